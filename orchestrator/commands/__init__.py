@@ -1,0 +1,1 @@
+"""Subcommands of `orchestrate`, one module each (see orchestrator/cli.py)."""

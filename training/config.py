@@ -1,0 +1,220 @@
+"""The run configuration: one fully resolved `RunConfig` per training run (a sweep cell).
+
+Sections: model, data, optim, loss, trainer, eval, launcher, mlflow. Defaults are the papers'
+settings (``../shared/reference/models.md``: AdamW 5e-4, betas 0.8/0.99, wd 0.01, LR decay 0.99 per
+epoch, global batch 8, loss weights 0.2/0.9/0.1/0.3/0.1/0.05, validation every 250 steps).
+The training code reads ``model/data/optim/loss/trainer/eval/mlflow``; ``launcher`` is carried for
+the orchestrator so that the saved config alone describes how the run was launched.
+
+    cfg = load_run_config("run.yaml", ["trainer.max_steps=100", "model.name=semamba"])
+    save_config(cfg, workdir / "config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from training.configtools import (
+    ConfigError,
+    atomic_write_text,
+    build_config,
+    field_help,
+    flatten,
+    load_yaml,
+    option,
+    to_container,
+    to_yaml,
+)
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "ModelConfig",
+    "DataConfig",
+    "OptimConfig",
+    "LossConfig",
+    "TrainerConfig",
+    "EvalConfig",
+    "LauncherConfig",
+    "MlflowConfig",
+    "load_run_config",
+    "save_config",
+    "to_yaml",
+    "to_container",
+    "flatten",
+    "field_help",
+]
+
+
+def _positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}", name)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: str = option("rwsa-xs", "registered model name (see `orchestrate models`)")
+    options: dict[str, Any] = option(help="keyword options of the model constructor (ablations)", factory=dict)
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    train: str = option("data/demo/train", "training shard split folder (manifest.json + shard-*.tar)")
+    valid: Optional[str] = option("data/demo/valid", "validation shard split folder; null disables validation")
+    segment_samples: Optional[int] = option(None, "training crop length in samples at 16 kHz; null = the model's")
+    batch_size: int = option(8, "GLOBAL batch size, split evenly over the ranks")
+    num_workers: int = option(0, "data loader worker processes per rank")
+    valid_limit: Optional[int] = option(None, "use at most this many validation utterances")
+    skip_bad: bool = option(True, "skip (and count) undecodable or silent samples instead of failing")
+
+    def __post_init__(self):
+        _positive(self, "batch_size", "segment_samples", "valid_limit")
+        _positive(self, "num_workers", allow_zero=True)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = option(5e-4, "AdamW learning rate of generator and discriminator")
+    betas: list[float] = option(help="AdamW betas", factory=lambda: [0.8, 0.99])
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    lr_decay: float = option(0.99, "ExponentialLR gamma, applied once per epoch")
+    epoch_steps: int = option(1000, "steps per 'epoch' for the LR decay (the stream is unbounded)")
+    grad_clip: Optional[float] = option(None, "clip the generator's gradient norm; null = no clipping")
+
+    def __post_init__(self):
+        _positive(self, "lr", "epoch_steps", "grad_clip", "lr_decay")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}", "betas")
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    metric: float = option(0.05, "weight of the metric-discriminator (adversarial) term")
+    magnitude: float = option(0.9, "weight of the compressed-magnitude MSE")
+    complex: float = option(0.1, "weight of the compressed-complex MSE (x2 as the authors' code)")
+    time: float = option(0.2, "weight of the waveform L1")
+    phase: float = option(0.3, "weight of the anti-wrapping phase losses (IP + GD + IAF)")
+    consistency: float = option(0.1, "weight of the STFT-consistency MSE (x2 as the authors' code)")
+    discriminator: bool = option(True, "train the metric discriminator (PESQ targets)")
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    max_steps: int = option(1000, "total optimizer steps")
+    seed: int = option(0, "global seed (model init, data order, crops)")
+    val_every: int = option(250, "validate every N steps (0 = only at the end)")
+    ckpt_every: int = option(250, "checkpoint every N steps")
+    keep_last: int = option(2, "number of recent step checkpoints kept (>= 2), besides `best`")
+    log_every: int = option(10, "log training metrics every N steps")
+    pesq_workers: int = option(2, "processes computing the discriminator's PESQ targets")
+    precision: Literal["fp32", "bf16"] = option("fp32", "bf16 autocast (GPU only) or fp32")
+    device: str = option("auto", "auto | cpu | cuda")
+    time_limit_margin_s: int = option(300, "under SLURM, checkpoint and requeue this long before the limit")
+    deterministic: bool = option(True, "deterministic algorithms (bitwise resume on CPU)")
+    num_threads: Optional[int] = option(None, "torch intra-op threads per rank; null = torch default")
+
+    def __post_init__(self):
+        _positive(self, "max_steps", "ckpt_every", "log_every", "num_threads")
+        _positive(self, "val_every", "pesq_workers", "time_limit_margin_s", allow_zero=True)
+        if self.keep_last < 2:
+            raise ConfigError(
+                f"keep_last must be >= 2 (the newest checkpoint may still be being written), got {self.keep_last}",
+                "keep_last",
+            )
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    testsets: list[str] = option(help="test sets: folders with clean/+noisy/, noisy/ only, or shard splits", factory=list)
+    metrics: list[str] = option(help="metrics to compute", factory=lambda: ["pesq", "estoi", "si_sdr", "ssnr"])
+    num_workers: int = option(2, "metric worker processes")
+    chunk_seconds: float = option(10.0, "enhance long files in chunks of this length")
+    overlap_seconds: float = option(0.5, "overlap between chunks (overlap-add); 0 = the papers' plain chunks")
+
+    def __post_init__(self):
+        _positive(self, "num_workers", "chunk_seconds")
+        _positive(self, "overlap_seconds", allow_zero=True)
+        known = {"pesq", "estoi", "stoi", "si_sdr", "ssnr", "dnsmos"}
+        for m in self.metrics:
+            if m not in known:
+                raise ConfigError(f"metrics: unknown metric {m!r} (known: {', '.join(sorted(known))})", "metrics")
+
+
+@dataclass(kw_only=True)
+class LauncherConfig:
+    executor: Literal["local", "slurm", "ray"] = option("local", "where the run is launched")
+    nproc: int = option(1, "DDP processes per node (local) / tasks per node (SLURM)")
+    nodes: int = option(1, "nodes per run (SLURM)")
+    gpus_per_node: int = option(0, "GPUs (GCDs on MI250X) per node")
+    cpus_per_task: int = option(2, "CPU cores per task")
+    mem_gb: int = option(8, "memory per node in GiB")
+    time_min: int = option(60, "time limit per job in minutes (runs chain through requeues)")
+    partition: Optional[str] = option(None, "SLURM partition")
+    account: Optional[str] = option(None, "SLURM account")
+    qos: Optional[str] = option(None, "SLURM QOS")
+    profile: str = option("local", "cluster profile: a name under slurm/ or a YAML path")
+    max_parallel: int = option(1, "cells run at once by the local executor")
+
+    def __post_init__(self):
+        _positive(self, "nproc", "nodes", "cpus_per_task", "mem_gb", "time_min", "max_parallel")
+        _positive(self, "gpus_per_node", allow_zero=True)
+
+
+@dataclass(kw_only=True)
+class MlflowConfig:
+    enabled: bool = option(True, "log to MLflow")
+    tracking_uri: str = option("sqlite:///mlflow.db", "MLflow tracking URI (sqlite:///path, http://host:port)")
+    experiment: str = option("se-orchestrator", "MLflow experiment name")
+    run_name: Optional[str] = option(None, "MLflow run name; null = the run's name")
+    parent_run_id: Optional[str] = option(None, "nest the run under this parent run (the sweep's)")
+    tags: dict[str, str] = option(help="extra tags (sweep, cell, ...)", factory=dict)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    name: str = option("run", "run name (used for folders and MLflow)")
+    model: ModelConfig = option(help="the model", factory=ModelConfig)
+    data: DataConfig = option(help="the data", factory=DataConfig)
+    optim: OptimConfig = option(help="the optimizers and LR schedule", factory=OptimConfig)
+    loss: LossConfig = option(help="the generator loss weights", factory=LossConfig)
+    trainer: TrainerConfig = option(help="the training loop", factory=TrainerConfig)
+    eval: EvalConfig = option(help="evaluation", factory=EvalConfig)
+    launcher: LauncherConfig = option(help="how the run is launched", factory=LauncherConfig)
+    mlflow: MlflowConfig = option(help="experiment tracking", factory=MlflowConfig)
+
+
+def load_run_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    *,
+    base: dict | None = None,
+) -> RunConfig:
+    """Defaults ← ``base`` mapping ← YAML file ``path`` ← ``key=value`` overrides, validated.
+
+    Raises :class:`ConfigError` (one line: file or override, key path, expectation).
+    """
+    sources: list[tuple[str, dict]] = []
+    if base:
+        sources.append(("base config", base))
+    if path is not None:
+        sources.append((str(path), load_yaml(path)))
+    return build_config(RunConfig, sources, overrides)
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML atomically; returns the path."""
+    atomic_write_text(path, to_yaml(cfg))
+    return Path(path)
+
+
+def replace(cfg: RunConfig, **sections: Any) -> RunConfig:
+    """A copy of ``cfg`` with whole sections replaced (dataclasses.replace, re-validated)."""
+    return dataclasses.replace(cfg, **sections)

@@ -1,0 +1,339 @@
+"""Typed configuration from YAML + ``key=value`` overrides, validated against dataclasses.
+
+The generic machinery behind every config of the project (runs, sweeps, cluster profiles, recipe
+options). A config source is a YAML file, a dict, or a list of dotted overrides; OmegaConf merges
+them and resolves ``${...}`` interpolation; the resulting plain dict is checked against a dataclass
+schema here, so every error is one line naming the source, the key path and what was expected,
+with a close-match suggestion for misspelt keys::
+
+    config.yaml: unknown key 'trainer.max_step' (did you mean 'trainer.max_steps'?)
+    override 'trainer.max_steps=ten': trainer.max_steps expects an integer, got 'ten'
+
+Fields may use: bool, int, float, str, Optional[X], Literal[...], list[X], dict[str, X], Any and
+nested dataclasses. A field's help text lives in ``metadata["help"]`` (see :func:`field_help`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong. The message is one line: source, key path, expectation.
+
+    ``key_path`` is the dotted key the error is about, when there is one.
+    """
+
+    def __init__(self, message: str, key_path: str | None = None):
+        super().__init__(message)
+        self.key_path = key_path
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
+    """A dataclass field with a help text (shown by ``--help``-style listings and docs)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Dotted key → help text for every leaf field of a dataclass schema."""
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update({f"{f.name}.{k}": v for k, v in field_help(tp).items()})
+        else:
+            out[f.name] = f.metadata.get("help", "")
+    return out
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (yaml.YAMLError, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any, str]]:
+    """``["a.b=1", "c=[x, y]"]`` → ``[(path, value, original_text)]``; values parsed as YAML."""
+    parsed = []
+    for text in overrides:
+        if "=" not in text or text.startswith("="):
+            raise ConfigError(f"override '{text}': expected key=value (e.g. trainer.max_steps=100)")
+        key, raw = text.split("=", 1)
+        key = key.strip().lstrip("+")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key, value, text))
+    return parsed
+
+
+def _set_path(d: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    for p in parts[:-1]:
+        nxt = d.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            d[p] = nxt
+        d = nxt
+    d[parts[-1]] = value
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge (update wins); dict values merge, everything else replaces."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + (" or null" if len(args) < len(get_args(tp)) else "")
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against type ``tp``; return it converted (int→float, dict→dataclass)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise _Mismatch
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        (item_tp,) = get_args(tp)[:1] or (Any,)
+        return [_coerce_item(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        args = get_args(tp)
+        val_tp = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce_item(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return _build(tp, value, path)
+    raise _Mismatch
+
+
+def _coerce_item(value: Any, tp: Any, path: str) -> Any:
+    try:
+        return _coerce(value, tp, path)
+    except _Mismatch:
+        raise ConfigError(f"{path} expects {_type_name(tp)}, got {value!r}", path) from None
+
+
+def _build(cls: type[T], data: dict, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else (
+                f" (valid keys: {', '.join(sorted(fields))})"
+            )
+            raise ConfigError(f"unknown key '{path}'{hint}", path)
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if dataclasses.is_dataclass(hints[name]):
+                    kwargs[name] = _build(hints[name], {}, path)
+                    continue
+                raise ConfigError(f"missing required key '{path}' ({_type_name(hints[name])})", path)
+            continue
+        kwargs[name] = _coerce_item(data[name], hints[name], path)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # __post_init__ checks name the field they reject: "max_steps must be > 0"
+        key = getattr(e, "key_path", None)
+        path = f"{prefix}.{key}" if prefix and key else (key or prefix or None)
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{e}", path) from None
+
+
+def _has_path(d: Any, path: str) -> bool:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return False
+        d = d[part]
+    return True
+
+
+def _locate_source(err: ConfigError, sources: list[tuple[str, dict]], overrides: list[tuple[str, Any, str]]) -> str:
+    """Prefix an error with the override or file that set the offending key."""
+    path = err.key_path
+    if path:
+        for key, _value, text in reversed(overrides):
+            if key == path or path.startswith(key + ".") or key.startswith(path + "."):
+                return f"override '{text}': {err}"
+        for name, d in reversed(sources):
+            if _has_path(d, path):
+                return f"{name}: {err}"
+    return f"{sources[-1][0]}: {err}" if sources else str(err)
+
+
+def build_config(
+    schema: type[T],
+    sources: list[tuple[str, dict]] | None = None,
+    overrides: list[str] | None = None,
+) -> T:
+    """Merge ``sources`` (name, mapping) in order, apply dotted ``overrides``, resolve, validate.
+
+    Raises :class:`ConfigError` naming the source (file or override) and the key path.
+    """
+    sources = list(sources or [])
+    # Start from the schema's defaults so that ${...} may point at keys nobody set.
+    merged: dict = dataclasses.asdict(schema())
+    for _name, d in sources:
+        merged = merge(merged, d)
+    parsed = parse_overrides(list(overrides or []))
+    for key, value, _text in parsed:
+        _set_path(merged, key, value)
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
+    except OmegaConfBaseException as e:
+        msg = str(e).strip().splitlines()[0]
+        culprits = [text for _k, _v, text in parsed if "${" in text]
+        where = f"override '{culprits[-1]}': " if culprits else (f"{sources[-1][0]}: " if sources else "")
+        raise ConfigError(f"{where}cannot resolve interpolation: {msg}") from None
+    try:
+        return _build(schema, resolved or {})
+    except ConfigError as e:
+        raise ConfigError(_locate_source(e, sources, parsed), e.key_path) from None
+
+
+def to_container(cfg: Any) -> dict:
+    """A dataclass config as plain nested dicts/lists (YAML- and JSON-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_container(cfg), sort_keys=False, default_flow_style=None)
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted key → string value of every leaf (for MLflow params)."""
+    if dataclasses.is_dataclass(d):
+        d = to_container(d)
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
