@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tempfile
 import types
 import typing
@@ -151,6 +152,24 @@ class _Mismatch(Exception):
     pass
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _defaults(cls: type) -> dict:
+    """The schema's default values as a dict (required fields left out)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out[f.name] = _defaults(hints[f.name])
+    return out
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against type ``tp``; return it converted (int→float, dict→dataclass)."""
     origin = get_origin(tp)
@@ -179,6 +198,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
         raise _Mismatch
     if tp is str:
         if isinstance(value, str):
@@ -275,7 +296,7 @@ def build_config(
     """
     sources = list(sources or [])
     # Start from the schema's defaults so that ${...} may point at keys nobody set.
-    merged: dict = dataclasses.asdict(schema())
+    merged: dict = _defaults(schema)
     for _name, d in sources:
         merged = merge(merged, d)
     parsed = parse_overrides(list(overrides or []))
