@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install everything this project needs on a fresh Debian machine (idempotent; rerun is quick).
+#   apt: SLURM (slurmctld, two slurmd, munge) for the real-cluster tests, espeak-ng for demo speech,
+#        libsndfile for soundfile.
+#   pip: a venv in .venv with torch pinned to the CPU build (constraints.txt) and the project + dev extra.
+# Usage: bash .ci/setup.sh            (then use .venv/bin/orchestrate, .venv/bin/pytest)
+# Set SE_SKIP_APT=1 to skip the apt step (e.g. not root; SLURM tests then skip with a reason).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(slurm-wlm slurmctld slurmd slurm-client munge espeak-ng libsndfile1)
+
+if [[ "${SE_SKIP_APT:-0}" != 1 ]]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "[setup] apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    SUDO=""; [[ $(id -u) != 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+# torch first, from the pinned CPU build; then the project with the same pins.
+.venv/bin/pip install -q -c constraints.txt torch==2.13.0
+.venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+echo "[setup] ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"
