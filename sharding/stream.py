@@ -1,0 +1,410 @@
+"""Streaming reader of WebDataset shards: resumable, rank-balanced training batches; utterances for eval.
+
+Training stream design (exact resume first):
+
+* Slots. Rank ``r`` with ``W = max(1, num_workers)`` loader workers owns slots ``j = r*W + w`` of
+  ``J = world_size*W``. Each epoch ``e`` the shard list (repeated until it has at least ``J``
+  entries) is permuted with a seed of (seed, e) -- resampled, different every epoch -- and slot
+  ``j`` reads entries ``perm[j::J]`` (explicit split by node and worker; no shard read twice by
+  two slots in one epoch unless there are fewer shards than slots).
+* Inside a shard the sample order is a seeded permutation; samples are fetched by seeking to their
+  members (headers are indexed once), so a slot's stream is a pure function of
+  (seed, slot, raw position ``p``). Random crops use a seed of (seed, slot, p).
+* A batch is the next ``batch_size`` good samples of one slot. With workers, torch's DataLoader
+  returns worker batches round-robin (deterministic), each batch carries its slot's raw position,
+  and the state is {raw position per slot, batches consumed}: resuming restarts every slot at its
+  position and rotates the worker order, giving bitwise the batches of the uninterrupted stream
+  for the same (seed, rank, world_size, num_workers, batch_size, segment_samples).
+* The iterator is infinite, so every rank yields the same number of batches (no DDP hang);
+  ``len(stream)`` is the nominal epoch (``epoch_batches``, default: train samples // (world*batch)).
+
+Bad input is skipped and counted, never fatal: a truncated shard or an undecodable sample
+(``skipped_corrupt``, warning naming shard and key), non-finite audio (``rejected_nonfinite``),
+all-zero clean (``rejected_silent``), wrong rate/channels (converted: ``converted``, or with
+``on_mismatch="reject"``: ``rejected_format``). Only a slot that finds no good sample in a whole
+epoch raises SourceError.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from sharding.audio import SAMPLE_RATE, to_mono_16k
+from sharding.errors import SourceError
+from sharding.tario import TarIndex, index_tar, read_members
+
+log = logging.getLogger(__name__)
+
+STAT_KEYS = ("samples", "skipped_corrupt", "rejected_nonfinite", "rejected_silent", "rejected_format", "converted")
+AUDIO_EXTS = ("flac", "wav")
+
+
+# ----------------------------------------------------------------- shard lists
+@dataclass(frozen=True)
+class ShardRef:
+    path: str
+    samples: int
+
+
+def resolve_split_dir(path: str | Path, split: str = "train") -> Path:
+    """``path`` may be a split folder (manifest or shards) or a corpus folder holding ``split``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SourceError(f"{path}: shard folder does not exist")
+    if (path / "manifest.json").exists() or any(path.glob("*.tar")):
+        return path
+    if (path / split).is_dir():
+        return resolve_split_dir(path / split, split)
+    raise SourceError(f"{path}: no manifest.json, no *.tar and no {split}/ folder")
+
+
+def list_shards(split_dir: str | Path) -> list[ShardRef]:
+    """Shards of a split with their sample counts (from manifest.json, else by indexing the tars)."""
+    split_dir = Path(split_dir)
+    manifest = split_dir / "manifest.json"
+    if manifest.exists():
+        try:
+            m = json.loads(manifest.read_text())
+            refs = [ShardRef(str(split_dir / s["name"]), int(s["samples"])) for s in m["shards"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise SourceError(f"{manifest}: not a shard manifest ({e})") from None
+    else:
+        refs = [ShardRef(str(p), len(index_tar(p).samples)) for p in sorted(split_dir.glob("*.tar"))]
+    refs = [r for r in refs if r.samples > 0]
+    if not refs:
+        raise SourceError(f"{split_dir}: holds no shard with samples")
+    return refs
+
+
+_INDEX_CACHE: OrderedDict[str, TarIndex] = OrderedDict()
+
+
+def _index(path: str) -> TarIndex:
+    idx = _INDEX_CACHE.get(path)
+    if idx is None:
+        idx = index_tar(path)
+        if idx.truncated:
+            log.warning("shard %s is truncated/corrupt (%s); %d samples readable", path, idx.error, len(idx.samples))
+        _INDEX_CACHE[path] = idx
+        while len(_INDEX_CACHE) > 256:
+            _INDEX_CACHE.popitem(last=False)
+    else:
+        _INDEX_CACHE.move_to_end(path)
+    return idx
+
+
+# ----------------------------------------------------------------- decoding
+class BadSample(Exception):
+    """A sample to skip; ``kind`` is the stats counter."""
+
+    def __init__(self, kind: str, why: str):
+        super().__init__(why)
+        self.kind = kind
+
+
+def _field(members: dict, name: str) -> str:
+    for ext in AUDIO_EXTS:
+        if f"{name}.{ext}" in members:
+            return f"{name}.{ext}"
+    raise BadSample("skipped_corrupt", f"no {name}.flac/.wav member")
+
+
+def _decode_full(data: bytes, on_mismatch: str, stats: Counter) -> np.ndarray:
+    try:
+        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise BadSample("skipped_corrupt", f"undecodable audio ({e})") from None
+    if sr != SAMPLE_RATE or x.shape[1] != 1:
+        if on_mismatch == "reject":
+            raise BadSample("rejected_format", f"{x.shape[1]} ch at {sr} Hz")
+        stats["converted"] += 1
+    return to_mono_16k(x, sr)
+
+
+def _check(noisy: np.ndarray, clean: np.ndarray) -> None:
+    if not (np.all(np.isfinite(noisy)) and np.all(np.isfinite(clean))):
+        raise BadSample("rejected_nonfinite", "NaN/inf audio")
+    if not np.any(clean):
+        raise BadSample("rejected_silent", "all-zero clean audio")
+
+
+def _decode_crop(blobs: dict[str, bytes], seg: int, rng: np.random.Generator, on_mismatch: str,
+                 stats: Counter) -> tuple[np.ndarray, np.ndarray]:
+    """Random ``seg``-sample crop of noisy/clean (same offset), zero-padded when shorter."""
+    nk, ck = _field(blobs, "noisy"), _field(blobs, "clean")
+    try:
+        fn, fc = sf.SoundFile(io.BytesIO(blobs[nk])), sf.SoundFile(io.BytesIO(blobs[ck]))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise BadSample("skipped_corrupt", f"undecodable audio ({e})") from None
+    with fn, fc:
+        native = all(f.samplerate == SAMPLE_RATE and f.channels == 1 for f in (fn, fc))
+        n = min(fn.frames, fc.frames)
+        start = int(rng.integers(0, n - seg + 1)) if n > seg else 0
+        if native:
+            try:
+                out = []
+                for f in (fn, fc):
+                    f.seek(start)
+                    out.append(f.read(min(seg, n), dtype="float32"))
+            except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+                raise BadSample("skipped_corrupt", f"undecodable audio ({e})") from None
+            noisy, clean = out
+    if not native:
+        noisy = _decode_full(blobs[nk], on_mismatch, stats)
+        clean = _decode_full(blobs[ck], on_mismatch, Counter())
+        n = min(len(noisy), len(clean))
+        start = int(rng.integers(0, n - seg + 1)) if n > seg else 0
+        noisy, clean = noisy[start : start + seg], clean[start : start + seg]
+    if len(noisy) != len(clean) or len(noisy) < min(seg, n):
+        raise BadSample("skipped_corrupt", "audio shorter than its header says")
+    if len(noisy) < seg:
+        noisy, clean = (np.pad(x, (0, seg - len(x))) for x in (noisy, clean))
+    _check(noisy, clean)
+    return noisy, clean
+
+
+# ----------------------------------------------------------------- slot streams
+@dataclass(frozen=True)
+class StreamConfig:
+    shards: tuple[ShardRef, ...]
+    segment_samples: int
+    batch_size: int
+    seed: int
+    num_slots: int
+    on_mismatch: str
+
+
+def epoch_assignment(cfg: StreamConfig, epoch: int, slot: int) -> list[int]:
+    """Shard ids read by ``slot`` in ``epoch`` (seeded per-epoch permutation, split by slot)."""
+    n = len(cfg.shards)
+    entries = np.tile(np.arange(n), math.ceil(cfg.num_slots / n))
+    perm = np.random.default_rng([cfg.seed, epoch, 0x5A4D]).permutation(entries)
+    return [int(i) for i in perm[slot :: cfg.num_slots]]
+
+
+def _locate(cfg: StreamConfig, slot: int, pos: int) -> tuple[int, int, int]:
+    """Raw position -> (epoch, index in the epoch's shard list, offset in that shard)."""
+    epoch = 0
+    while True:
+        ids = epoch_assignment(cfg, epoch, slot)
+        total = sum(cfg.shards[i].samples for i in ids)
+        if pos < total:
+            for k, i in enumerate(ids):
+                if pos < cfg.shards[i].samples:
+                    return epoch, k, pos
+                pos -= cfg.shards[i].samples
+        pos -= total
+        epoch += 1
+
+
+def slot_samples(cfg: StreamConfig, slot: int, pos: int, stats: Counter) -> Iterator[tuple[int, Any]]:
+    """Yield (raw position after, (noisy, clean) or None for a skipped sample) from ``pos`` on, forever."""
+    epoch, k, offset = _locate(cfg, slot, pos)
+    while True:
+        ids = epoch_assignment(cfg, epoch, slot)
+        for kk in range(k, len(ids)):
+            ref = cfg.shards[ids[kk]]
+            order = np.random.default_rng([cfg.seed, epoch, ids[kk], slot, 0x0BDE]).permutation(ref.samples)
+            idx = _index(ref.path)
+            keys = list(idx.samples)
+            for off in range(offset, ref.samples):
+                pos += 1
+                which = int(order[off])
+                key = keys[which] if which < len(keys) else f"#{which}"
+                try:
+                    if which >= len(keys):
+                        raise BadSample("skipped_corrupt", "sample missing (shard shorter than its manifest)")
+                    blobs = read_members(ref.path, idx.samples[key])
+                    rng = np.random.default_rng([cfg.seed, slot, pos, 0xC0])
+                    item = _decode_crop(blobs, cfg.segment_samples, rng, cfg.on_mismatch, stats)
+                except (BadSample, SourceError) as e:
+                    kind = e.kind if isinstance(e, BadSample) else "skipped_corrupt"
+                    stats[kind] += 1
+                    log.warning("skipping sample %s of shard %s: %s", key, ref.path, e)
+                    yield pos, None
+                    continue
+                stats["samples"] += 1
+                yield pos, item
+            offset = 0
+        k = 0
+        epoch += 1
+
+
+def slot_batches(cfg: StreamConfig, slot: int, start: int) -> Iterator[dict[str, Any]]:
+    """Batches of one slot: {"noisy", "clean": Tensor[B,S], "_pos": raw position after, "_stats"}."""
+    stats: Counter = Counter()
+    epoch_size = sum(cfg.shards[i].samples for i in epoch_assignment(cfg, 0, slot))
+    noisy, clean, bad_run = [], [], 0
+    for pos, item in slot_samples(cfg, slot, start, stats):
+        if item is None:
+            bad_run += 1
+            if bad_run > epoch_size + cfg.batch_size:
+                raise SourceError(f"slot {slot}: no decodable sample in {bad_run} consecutive samples")
+            continue
+        bad_run = 0
+        noisy.append(item[0])
+        clean.append(item[1])
+        if len(noisy) == cfg.batch_size:
+            yield {"noisy": torch.from_numpy(np.stack(noisy)), "clean": torch.from_numpy(np.stack(clean)),
+                   "_pos": pos, "_slot": slot, "_stats": dict(stats)}
+            noisy, clean = [], []
+
+
+class _WorkerDataset(torch.utils.data.IterableDataset):
+    """DataLoader worker ``i`` streams slot ``base + (i + shift) % W`` from its saved position."""
+
+    def __init__(self, cfg: StreamConfig, base: int, positions: list[int], shift: int):
+        self.cfg, self.base, self.positions, self.shift = cfg, base, positions, shift
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        n = len(self.positions)
+        w = ((info.id if info else 0) + self.shift) % n
+        return slot_batches(self.cfg, self.base + w, self.positions[w])
+
+
+class TrainStream:
+    """Infinite iterator of {"noisy", "clean": float32 Tensor[B, S]} training batches (see module doc).
+
+    :param shard_dir: corpus folder (its ``train/`` is used) or a split folder of shards.
+    :param num_workers: DataLoader worker processes (0: decode in this process).
+    :param epoch_batches: nominal batches per epoch (``len``); default train samples // (world*batch).
+    :param on_mismatch: ``convert`` (resample/mono-mix) or ``reject`` audio not mono 16 kHz.
+    """
+
+    def __init__(self, shard_dir: str | Path, *, segment_samples: int, batch_size: int, seed: int,
+                 rank: int, world_size: int, num_workers: int = 0, epoch_batches: int | None = None,
+                 on_mismatch: str = "convert", split: str = "train", prefetch_factor: int = 2):
+        if not 0 <= rank < world_size:
+            raise SourceError(f"rank {rank} not in [0, world_size={world_size})")
+        if segment_samples < 1 or batch_size < 1 or num_workers < 0:
+            raise SourceError("segment_samples and batch_size must be >= 1, num_workers >= 0")
+        if on_mismatch not in ("convert", "reject"):
+            raise SourceError(f"on_mismatch: expected convert|reject, got {on_mismatch!r}")
+        shards = tuple(list_shards(resolve_split_dir(shard_dir, split)))
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.prefetch_factor = prefetch_factor
+        self._w = max(1, num_workers)
+        self.cfg = StreamConfig(shards, segment_samples, batch_size, seed, world_size * self._w, on_mismatch)
+        total = sum(s.samples for s in shards)
+        self.epoch_batches = epoch_batches or max(1, total // (world_size * batch_size))
+        self._positions = [0] * self._w
+        self._batches = 0
+        self._stats_base: Counter = Counter()
+        self._slot_stats: dict[int, dict] = {}
+        self._it: Iterator | None = None
+
+    def __len__(self) -> int:
+        return self.epoch_batches
+
+    @property
+    def epoch(self) -> int:
+        return self._batches // self.epoch_batches
+
+    def __iter__(self) -> TrainStream:
+        return self
+
+    def _start(self) -> Iterator:
+        base = self.rank * self._w
+        shift = self._batches % self._w
+        if self.num_workers == 0:
+            return slot_batches(self.cfg, base, self._positions[0])
+        ds = _WorkerDataset(self.cfg, base, list(self._positions), shift)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                                             prefetch_factor=self.prefetch_factor)
+        return iter(loader)
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self._it is None:
+            self._stats_base = Counter(self.stats())
+            self._stats_base.pop("batches", None)
+            self._slot_stats = {}
+            self._it = self._start()
+        batch = next(self._it)
+        slot = int(batch.pop("_slot")) - self.rank * self._w
+        self._positions[slot] = int(batch.pop("_pos"))
+        self._slot_stats[slot] = batch.pop("_stats")
+        self._batches += 1
+        return batch
+
+    def stats(self) -> dict[str, int]:
+        total = Counter(self._stats_base)
+        for s in self._slot_stats.values():
+            total.update(s)
+        out = {k: int(total.get(k, 0)) for k in STAT_KEYS}
+        out["batches"] = self._batches
+        return out
+
+    def _identity(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"seed": c.seed, "rank": self.rank, "world_size": self.world_size, "num_workers": self.num_workers,
+                "batch_size": c.batch_size, "segment_samples": c.segment_samples, "num_shards": len(c.shards)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": 1, **self._identity(), "batches": self._batches,
+                "positions": list(self._positions), "stats": self.stats()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self._identity()
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if diff:
+            raise SourceError(f"stream state does not match this stream (saved, now): {diff}")
+        self._batches = int(state["batches"])
+        self._positions = [int(p) for p in state["positions"]]
+        self._stats_base = Counter({k: v for k, v in state.get("stats", {}).items() if k != "batches"})
+        self._slot_stats = {}
+        self._it = None  # restart lazily; drops any prefetched batches (and their workers)
+
+    def config(self) -> dict[str, Any]:
+        return {**asdict(self.cfg), "shards": len(self.cfg.shards)}
+
+
+# ----------------------------------------------------------------- utterances
+def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | None = None,
+                    on_mismatch: str = "convert", stats: Counter | None = None
+                    ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield (key, noisy [N], clean [N]) full-length float32 16 kHz, in shard then file order.
+
+    ``path``: a split folder, a single ``.tar`` shard, or a corpus folder together with ``split``.
+    Bad samples are skipped with a warning and counted in ``stats`` (if given).
+    """
+    path = Path(path)
+    stats = stats if stats is not None else Counter()
+    if path.is_file():
+        shards = [str(path)]
+    else:
+        if split is None and not ((path / "manifest.json").exists() or any(path.glob("*.tar"))) and path.is_dir():
+            raise SourceError(f"{path}: a corpus folder; pass a split folder (train/valid/test) or split=")
+        shards = [r.path for r in list_shards(resolve_split_dir(path, split or "test"))]
+    n = 0
+    for shard in shards:
+        idx = _index(shard)
+        for key, members in idx.samples.items():
+            if limit is not None and n >= limit:
+                return
+            try:
+                blobs = read_members(shard, members)
+                noisy = _decode_full(blobs[_field(blobs, "noisy")], on_mismatch, stats)
+                clean = _decode_full(blobs[_field(blobs, "clean")], on_mismatch, Counter())
+                m = min(len(noisy), len(clean))
+                noisy, clean = noisy[:m], clean[:m]
+                _check(noisy, clean)
+            except (BadSample, SourceError) as e:
+                stats[e.kind if isinstance(e, BadSample) else "skipped_corrupt"] += 1
+                log.warning("skipping sample %s of shard %s: %s", key, shard, e)
+                continue
+            stats["samples"] += 1
+            n += 1
+            yield key, noisy, clean

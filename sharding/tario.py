@@ -1,0 +1,147 @@
+"""Generic deterministic tar I/O for WebDataset shards.
+
+Writing: ``write_tar(path, samples)`` writes ``{"__key__": str, ext: bytes, ...}`` dicts as members
+``<key>.<ext>`` (extensions sorted) with fixed headers (mtime 0, uid/gid 0, no user names, mode 0644),
+to a temporary name, fsync, rename -- so a rebuilt shard has the same bytes and a killed job never
+leaves a cut-off shard under the final name.
+
+Reading: ``index_tar(path)`` walks the 512-byte headers itself (no data read), tolerates truncation
+and returns the samples it could fully locate; ``read_members`` fetches one sample's bytes by seeking.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sharding.errors import SourceError
+
+BLOCK = 512
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via temp file + fsync + rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def check_sample(sample: dict) -> str:
+    """Validate a sample dict for writing; returns its key."""
+    key = sample.get("__key__")
+    if not isinstance(key, str) or not key or "." in key or "/" in key:
+        raise ValueError(f"sample key must be a non-empty str without '.' or '/', got {key!r}")
+    for ext, value in sample.items():
+        if ext != "__key__" and not isinstance(value, bytes | bytearray):
+            raise ValueError(f"sample {key}: field {ext!r} must be bytes, got {type(value).__name__}")
+    return key
+
+
+def write_tar(path: str | Path, samples: Iterable[dict]) -> int:
+    """Write samples to ``path`` atomically; returns the number of samples."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    n = 0
+    with open(tmp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                key = check_sample(sample)
+                for ext in sorted(k for k in sample if k != "__key__"):
+                    data = bytes(sample[ext])
+                    tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
+                n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return n
+
+
+@dataclass
+class TarIndex:
+    """Samples located in a shard: key -> {ext: (offset, size)}, in file order; ``truncated`` if cut off."""
+
+    path: Path
+    samples: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    truncated: bool = False
+    error: str = ""
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first '.' of the basename, ext = the rest."""
+    d, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{d}/{stem}" if d else stem), ext
+
+
+def index_tar(path: str | Path) -> TarIndex:
+    """Index a tar shard by reading headers only; a truncated or corrupt tail is reported, not raised."""
+    path = Path(path)
+    idx = TarIndex(path)
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")
+    except OSError as e:
+        idx.truncated, idx.error = True, str(e)
+        return idx
+    with f:
+        pos = 0
+        while True:
+            f.seek(pos)
+            buf = f.read(BLOCK)
+            if len(buf) < BLOCK:
+                idx.truncated, idx.error = True, f"header cut off at byte {pos}"
+                break
+            if buf == b"\0" * BLOCK:
+                break
+            try:
+                info = tarfile.TarInfo.frombuf(buf, tarfile.ENCODING, "surrogateescape")
+            except tarfile.HeaderError as e:
+                idx.truncated, idx.error = True, f"bad header at byte {pos}: {e}"
+                break
+            data_off = pos + BLOCK
+            if data_off + info.size > size:
+                idx.truncated, idx.error = True, f"member {info.name} cut off"
+                break
+            if info.isreg():
+                key, ext = split_name(info.name)
+                idx.samples.setdefault(key, {})[ext] = (data_off, info.size)
+            pos = data_off + (info.size + BLOCK - 1) // BLOCK * BLOCK
+    return idx
+
+
+def read_members(path: str | Path, members: dict[str, tuple[int, int]]) -> dict[str, bytes]:
+    """Read the given {ext: (offset, size)} of one sample from ``path``."""
+    out = {}
+    with open(path, "rb") as f:
+        for ext, (off, size) in members.items():
+            f.seek(off)
+            data = f.read(size)
+            if len(data) != size:
+                raise SourceError(f"{path}: member .{ext} at {off} is cut off")
+            out[ext] = data
+    return out
+
+
+def iter_tar(path: str | Path):
+    """Yield (key, {ext: bytes}) for every complete sample of a shard, in file order (+ the index)."""
+    idx = index_tar(path)
+    for key, members in idx.samples.items():
+        yield key, read_members(path, members)

@@ -1,0 +1,203 @@
+"""Corpus recipe -> WebDataset shards + ``manifest.json`` per split.
+
+Layout (``DIR/<split>/``)::
+
+    shard-000000.tar      samples <key>.noisy.flac, <key>.clean.flac, <key>.json
+    .parts/shard-000000.json   sidecar written after the shard: samples, seconds, bytes, sha256
+    manifest.json         shards (+ counts, seconds, sha256), totals, recipe name and options
+
+Shard ``i`` of a split holds the fixed clip range ``[i*k, (i+1)*k)`` (``k`` = samples per shard), and
+clip ``j`` depends only on (options, split, j), so any executor (local processes, Ray, a SLURM array)
+writes the same bytes, and a rebuild skips shards that are already complete (tar renamed into
+place and sidecar present).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sharding.audio import SAMPLE_RATE, encode_flac
+from sharding.errors import SourceError
+from sharding.recipes import get_recipe
+from sharding.recipes.base import SPLITS, Clip, options_to_dict
+from sharding.tario import atomic_write_bytes, index_tar, write_tar
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_BYTES = 512 * 2**20
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to build: clips ``[start, stop)`` of ``split`` into ``shard-<index>.tar``."""
+
+    split: str
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def encode_clip(clip: Clip) -> dict[str, Any]:
+    """Clip -> sample dict (FLAC PCM_16 noisy/clean + sorted-key JSON metadata)."""
+    for name, x in (("noisy", clip.noisy), ("clean", clip.clean)):
+        if x.ndim != 1 or not np.all(np.isfinite(x)):
+            raise SourceError(f"clip {clip.key}: {name} audio is not finite mono")
+    if not np.any(clip.clean):
+        raise SourceError(f"clip {clip.key}: clean audio is all zeros")
+    meta = dict(clip.meta, key=clip.key, seconds=len(clip.clean) / SAMPLE_RATE, sample_rate=SAMPLE_RATE)
+    return {
+        "__key__": clip.key,
+        "noisy.flac": encode_flac(clip.noisy),
+        "clean.flac": encode_flac(clip.clean),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+
+
+def plan_tasks(sizes: dict[str, int], shard_samples: int) -> list[ShardTask]:
+    tasks = []
+    for split in SPLITS:
+        n = sizes.get(split, 0)
+        for i in range(math.ceil(n / shard_samples)):
+            tasks.append(ShardTask(split, i, i * shard_samples, min(n, (i + 1) * shard_samples)))
+    return tasks
+
+
+@functools.lru_cache(maxsize=4)
+def _open_corpus(recipe_name: str, options_json: str):
+    spec = get_recipe(recipe_name)
+    return spec.open(spec.parse_options(json.loads(options_json)))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _part_path(out_dir: Path, task: ShardTask) -> Path:
+    return out_dir / task.split / ".parts" / f"shard-{task.index:06d}.json"
+
+
+def _describe(path: Path, task: ShardTask) -> dict[str, Any]:
+    """Sidecar facts of a finished shard (read back from the tar, so it also repairs a lost sidecar)."""
+    idx = index_tar(path)
+    seconds = 0.0
+    with open(path, "rb") as f:
+        for members in idx.samples.values():
+            off, size = members["json"]
+            f.seek(off)
+            seconds += json.loads(f.read(size))["seconds"]
+    return {"name": task.name, "index": task.index, "start": task.start, "stop": task.stop,
+            "samples": len(idx.samples), "seconds": round(seconds, 6),
+            "bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def build_shard(recipe_name: str, options: dict[str, Any], out_dir: str | Path, task: ShardTask) -> dict[str, Any]:
+    """Build one shard unless complete; returns its sidecar facts. Safe to call in any process."""
+    out_dir = Path(out_dir)
+    path, part = out_dir / task.split / task.name, _part_path(out_dir, task)
+    if path.exists() and part.exists():
+        info = json.loads(part.read_text())
+        if (info["start"], info["stop"]) == (task.start, task.stop):
+            return info
+    if not path.exists():
+        corpus = _open_corpus(recipe_name, json.dumps(options, sort_keys=True))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_tar(path, (encode_clip(corpus.clip(task.split, j)) for j in range(task.start, task.stop)))
+    info = _describe(path, task)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(part, json.dumps(info, sort_keys=True).encode())
+    return info
+
+
+def finalize(out_dir: str | Path, recipe_name: str, options: dict[str, Any], tasks: list[ShardTask]) -> dict:
+    """Write ``manifest.json`` for each split from the shard sidecars; returns {split: manifest}."""
+    out_dir = Path(out_dir)
+    manifests = {}
+    for split in SPLITS:
+        split_tasks = [t for t in tasks if t.split == split]
+        if not split_tasks:
+            continue
+        shards = []
+        for t in split_tasks:
+            part = _part_path(out_dir, t)
+            if not part.exists():
+                raise SourceError(f"{out_dir / split / t.name}: shard not built yet (no {part.name} sidecar)")
+            shards.append(json.loads(part.read_text()))
+        manifest = {
+            "format": "se-shards/1", "split": split, "recipe": recipe_name, "options": options,
+            "sample_rate": SAMPLE_RATE, "fields": ["noisy.flac", "clean.flac", "json"],
+            "shards": shards, "num_samples": sum(s["samples"] for s in shards),
+            "seconds": round(sum(s["seconds"] for s in shards), 6),
+        }
+        atomic_write_bytes(out_dir / split / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        manifests[split] = manifest
+    return manifests
+
+
+def resolve_plan(recipe_name: str, options: dict[str, Any] | None, shard_samples: int | None = None,
+                 shard_bytes: int | None = None) -> tuple[dict[str, Any], list[ShardTask]]:
+    """Validate options and sources (SourceError before any work); returns (normalised options, tasks)."""
+    spec = get_recipe(recipe_name)
+    opts = spec.parse_options(options)
+    corpus = spec.open(opts)
+    norm = options_to_dict(opts)
+    sizes = corpus.split_sizes()
+    if shard_samples is None:
+        if shard_bytes is None and spec.default_shard_samples:
+            shard_samples = spec.default_shard_samples
+        else:
+            per = max(corpus.bytes_per_clip(s) for s in SPLITS)
+            shard_samples = max(1, int((shard_bytes or DEFAULT_SHARD_BYTES) // per))
+    if shard_samples < 1:
+        raise SourceError(f"shard_samples: must be >= 1, got {shard_samples}")
+    return norm, plan_tasks(sizes, shard_samples)
+
+
+def build(recipe_name: str, out_dir: str | Path, options: dict[str, Any] | None = None, *,
+          executor: str = "local", num_workers: int = 1, shard_samples: int | None = None,
+          shard_bytes: int | None = None, slurm: dict[str, Any] | None = None,
+          dry_run: bool = False) -> dict[str, Any]:
+    """Build (or resume building) a corpus. Returns {"manifests": {split: manifest}, "tasks": n, ...}.
+
+    ``executor``: ``local`` (``num_workers`` processes), ``ray`` (local ``ray.init`` unless connected)
+    or ``slurm`` (array job + dependent finalize job; ``dry_run`` returns the plan and script only).
+    """
+    from sharding import executors
+
+    norm, tasks = resolve_plan(recipe_name, options, shard_samples, shard_bytes)
+    out_dir = Path(out_dir)
+    if executor == "slurm":
+        return executors.run_slurm(recipe_name, norm, out_dir, tasks, slurm or {}, dry_run=dry_run)
+    if dry_run:
+        return {"recipe": recipe_name, "options": norm, "tasks": [t.__dict__ for t in tasks]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if executor == "local":
+        executors.run_local(recipe_name, norm, out_dir, tasks, num_workers)
+    elif executor == "ray":
+        executors.run_ray(recipe_name, norm, out_dir, tasks, num_workers)
+    else:
+        raise SourceError(f"executor: expected local|ray|slurm, got {executor!r}")
+    manifests = finalize(out_dir, recipe_name, norm, tasks)
+    log.info("built %s: %s", out_dir, {s: m["num_samples"] for s, m in manifests.items()})
+    return {"manifests": manifests, "tasks": len(tasks), "out_dir": str(out_dir)}
