@@ -1,0 +1,39 @@
+"""`orchestrate sweep`: expand a sweep file into cells and run them on SLURM, locally or on Ray."""
+
+from __future__ import annotations
+
+import argparse
+
+from orchestrator.sweeper import run_sweep
+
+NAME = "sweep"
+HELP = "run a grid of training runs (SLURM job array, local processes or Ray); rerun to resume"
+DESCRIPTION = """Expand a sweep file (sweeps/*.yaml) into cells, each a fully resolved run config,
+write runs/<sweep>/ (ledger.json, cells/<cell>/config.yaml) and submit every cell that is not done.
+
+With --executor slurm it submits a job array (one task per cell) and returns at once. With local or
+ray it runs the cells and blocks, printing progress. Running the same command again resumes the
+sweep: done cells are skipped, failed/cancelled/preempted ones resubmitted, queued ones left alone."""
+EPILOG = """examples:
+  orchestrate sweep sweeps/demo.yaml                          # local, a few minutes on a laptop
+  orchestrate sweep sweeps/rwsa_sizes.yaml --dry-run          # print the cells and the sbatch script
+  orchestrate sweep sweeps/rwsa_sizes.yaml                    # submit 15 cells as one job array
+  orchestrate sweep sweeps/baselines.yaml trainer.max_steps=1000 --root /scratch/me/runs
+  orchestrate sweep sweeps/demo.yaml --executor ray           # the same cells on Ray
+exit codes: 0 submitted (slurm) or every cell done (local/ray), 1 some cell failed,
+            2 bad sweep file or override (the message names the file and key)
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="sweep file (sweeps/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every cell")
+    p.add_argument("--executor", choices=("slurm", "local", "ray"), default=None,
+                   help="where to run (default: the sweep file's `executor`)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and the sbatch script, submit nothing")
+    p.add_argument("--root", default="runs", help="parent folder of the sweep folder (default: runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_sweep(args.file, executor=args.executor, dry_run=args.dry_run, root=args.root,
+                     overrides=args.overrides)

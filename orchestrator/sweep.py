@@ -1,0 +1,271 @@
+"""Sweep files: load, validate, expand a grid into cells (each a fully resolved RunConfig).
+
+A sweep file (``sweeps/*.yaml``)::
+
+    name: rwsa_sizes                     # folder name under runs/, MLflow parent run name
+    base: configs/dns.yaml               # a run-config YAML (relative to this file) or a mapping
+    grid:                                # the cartesian product of the axes, in this order
+      model.name: [rwsa-xs, rwsa-s, rwsa-m]    # a list: values for one dotted key
+      trainer.seed: [0, 1, 2, 3, 4]
+      variant:                           # a mapping: named variants, each a set of overrides
+        default: {}
+        attention_after: {model.options.attention_after: true}
+    overrides:                           # per-cell overrides, matched on grid values
+      - match: {model.name: rwsa-m}
+        set: {data.batch_size: 4}
+    exclude:                             # cells left out, matched on grid values
+      - {model.name: rwsa-m, trainer.seed: 4}
+    resources: {nodes: 1, nproc: 8, gpus_per_node: 8, cpus_per_task: 7, mem_gb: 480,
+                time_min: 2880, partition: standard-g, account: project_xxx, qos: null}
+    profile: lumi                        # slurm/<profile>.yaml or a path
+    executor: slurm                      # default executor: slurm | local | ray
+    mlflow: {tracking_uri: "sqlite:///runs/mlflow.db", experiment: rwsa}
+
+Cell ids are readable and stable: ``rwsa-xs_s0`` (a string value as is, ``trainer.seed`` → ``s<N>``,
+a named variant → its name, other numbers/bools → ``<last key part><value>``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import UserError
+from training.config import RunConfig
+from training.configtools import ConfigError, build_config, load_yaml, merge, parse_overrides, to_container
+
+TOP_KEYS = ("name", "base", "grid", "overrides", "exclude", "resources", "profile", "executor", "mlflow")
+RESOURCE_KEYS = (
+    "nodes", "nproc", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
+    "partition", "account", "qos", "max_parallel",
+)
+RESOURCE_ALIASES = {"tasks_per_node": "nproc", "gpus": "gpus_per_node", "cpus": "cpus_per_task", "mem": "mem_gb"}
+EXECUTORS = ("slurm", "local", "ray")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class SweepSpec:
+    """A validated sweep file. ``grid`` maps an axis to ``[(token, overrides), ...]``."""
+
+    name: str
+    source: str
+    base: dict
+    grid: dict[str, list[tuple[str, Any, dict]]]
+    overrides: list[tuple[dict, dict]] = field(default_factory=list)
+    exclude: list[dict] = field(default_factory=list)
+    resources: dict = field(default_factory=dict)
+    profile: str = "local"
+    executor: str = "slurm"
+    mlflow: dict = field(default_factory=dict)
+
+
+@dataclass
+class Cell:
+    """One point of the grid: ``id`` (folder name), ``index`` (array task id), the grid values
+    (axis → value, a named variant's name for mapping axes) and the resolved config as a dict."""
+
+    id: str
+    index: int
+    values: dict[str, Any]
+    config: dict
+
+
+def _err(source: str, key: str, msg: str) -> UserError:
+    return UserError(f"{source}: {key}: {msg}")
+
+
+def _dotted(d: dict, source: str, key: str) -> dict:
+    """A mapping of possibly dotted keys → nested dict (``{"a.b": 1}`` → ``{"a": {"b": 1}}``)."""
+    if not isinstance(d, dict):
+        raise _err(source, key, f"expected a mapping of config keys, got {type(d).__name__}")
+    out: dict = {}
+    for k, v in d.items():
+        nested: Any = _dotted(v, source, f"{key}.{k}") if isinstance(v, dict) and k != "options" else v
+        for part in reversed(str(k).split(".")):
+            nested = {part: nested}
+        out = merge(out, nested)
+    return out
+
+
+def _token(axis: str, value: Any) -> str:
+    if axis == "trainer.seed":
+        return f"s{value}"
+    if isinstance(value, str):
+        text = value
+    else:
+        text = f"{axis.split('.')[-1]}{value}"
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+    return text or "x"
+
+
+def _parse_grid(grid: Any, source: str) -> dict[str, list[tuple[str, Any, dict]]]:
+    if grid is None:
+        return {}
+    if not isinstance(grid, dict):
+        raise _err(source, "grid", f"expected a mapping of axis → list of values, got {type(grid).__name__}")
+    out: dict[str, list[tuple[str, Any, dict]]] = {}
+    for axis, values in grid.items():
+        key = f"grid.{axis}"
+        if isinstance(values, dict):  # named variants
+            if not values:
+                raise _err(source, key, "expected at least one named variant")
+            points = []
+            for name, sets in values.items():
+                if not _NAME_RE.match(str(name)):
+                    raise _err(source, f"{key}.{name}", "variant names may use letters, digits, '.', '_', '-'")
+                points.append((str(name), str(name), _dotted(sets or {}, source, f"{key}.{name}")))
+            out[axis] = points
+        elif isinstance(values, list):
+            if not values:
+                raise _err(source, key, "expected a non-empty list of values")
+            if len(set(map(repr, values))) != len(values):
+                raise _err(source, key, f"duplicate values in {values}")
+            out[axis] = [(_token(axis, v), v, _dotted({axis: v}, source, key)) for v in values]
+        else:
+            raise _err(source, key, f"expected a list of values or a mapping of named variants, got {values!r}")
+    return out
+
+
+def _parse_matches(items: Any, source: str, key: str, grid: dict, with_set: bool) -> list:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise _err(source, key, "expected a list")
+    out = []
+    for i, item in enumerate(items):
+        k = f"{key}[{i}]"
+        if with_set:
+            if not isinstance(item, dict) or set(item) - {"match", "set"} or "set" not in item:
+                raise _err(source, k, "expected {match: {axis: value, ...}, set: {key: value, ...}}")
+            match, sets = item.get("match") or {}, item["set"]
+        else:
+            match, sets = item, None
+        if not isinstance(match, dict) or (not with_set and not match):
+            raise _err(source, k, "expected a non-empty mapping axis → value")
+        for axis, v in match.items():
+            if axis not in grid:
+                raise _err(source, f"{k}.{axis}", f"not a grid axis (axes: {', '.join(grid)})")
+            if not any(v == value for _t, value, _s in grid[axis]):
+                raise _err(source, f"{k}.{axis}", f"{v!r} is not one of the grid values")
+        out.append((match, _dotted(sets, source, f"{k}.set")) if with_set else match)
+    return out
+
+
+def _parse_resources(res: Any, source: str) -> dict:
+    if res is None:
+        return {}
+    if not isinstance(res, dict):
+        raise _err(source, "resources", "expected a mapping")
+    out = {}
+    for k, v in res.items():
+        name = RESOURCE_ALIASES.get(k, k)
+        if name not in RESOURCE_KEYS:
+            raise _err(source, f"resources.{k}", f"unknown resource (valid: {', '.join(RESOURCE_KEYS)})")
+        out[name] = v
+    return out
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and check a sweep file; every error names the file and the key path (UserError)."""
+    path = Path(path)
+    source = str(path)
+    try:
+        data = load_yaml(path)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    unknown = set(data) - set(TOP_KEYS)
+    if unknown:
+        raise _err(source, sorted(unknown)[0], f"unknown key (valid: {', '.join(TOP_KEYS)})")
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise _err(source, "name", "expected a folder-safe name (letters, digits, '.', '_', '-')")
+    base = data.get("base") or {}
+    if isinstance(base, str):
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file() and Path(base).is_file():
+            base_path = Path(base)
+        try:
+            base = load_yaml(base_path)
+        except ConfigError as e:
+            raise _err(source, "base", str(e)) from None
+    base = _dotted(base, source, "base")
+    grid = _parse_grid(data.get("grid"), source)
+    executor = data.get("executor", "slurm")
+    if executor not in EXECUTORS:
+        raise _err(source, "executor", f"expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+    profile = data.get("profile", "local")
+    if not isinstance(profile, str):
+        raise _err(source, "profile", "expected a profile name (slurm/<name>.yaml) or a path")
+    mlflow = data.get("mlflow") or {}
+    if not isinstance(mlflow, dict):
+        raise _err(source, "mlflow", "expected a mapping of mlflow.* settings")
+    return SweepSpec(
+        name=name,
+        source=source,
+        base=base,
+        grid=grid,
+        overrides=_parse_matches(data.get("overrides"), source, "overrides", grid, with_set=True),
+        exclude=_parse_matches(data.get("exclude"), source, "exclude", grid, with_set=False),
+        resources=_parse_resources(data.get("resources"), source),
+        profile=profile,
+        executor=executor,
+        mlflow=dict(mlflow),
+    )
+
+
+def _matches(match: dict, values: dict) -> bool:
+    return all(values.get(axis) == v for axis, v in match.items())
+
+
+def expand(spec: SweepSpec, overrides: list[str] | None = None, *, extra: dict | None = None) -> list[Cell]:
+    """The grid's cells in order (last axis fastest), exclusions dropped, each config resolved.
+
+    ``overrides`` (``key=value``, from the command line) apply to every cell after the sweep's own
+    settings; ``extra`` (nested dict: sweep-level values the orchestrator adds, e.g. the MLflow
+    parent run id) applies before them. Raises UserError/ConfigError naming file and key.
+    """
+    axes = list(spec.grid)
+    combos = itertools.product(*(spec.grid[a] for a in axes)) if axes else [()]
+    shared = {"launcher": {**spec.resources, "profile": spec.profile, "executor": spec.executor}}
+    if spec.mlflow:
+        shared["mlflow"] = spec.mlflow
+    cells: list[Cell] = []
+    seen: dict[str, int] = {}
+    parse_overrides(list(overrides or []))  # fail early on a malformed override
+    for combo in combos:
+        values = {a: value for a, (_tok, value, _s) in zip(axes, combo)}
+        if any(_matches(m, values) for m in spec.exclude):
+            continue
+        cid = "_".join(tok for tok, _v, _s in combo) or spec.name
+        seen[cid] = seen.get(cid, 0) + 1
+        if seen[cid] > 1:
+            cid = f"{cid}-{seen[cid]}"
+        grid_sets: dict = {}
+        for _tok, _v, sets in combo:
+            grid_sets = merge(grid_sets, sets)
+        cell_sets: dict = {}
+        for match, sets in spec.overrides:
+            if _matches(match, values):
+                cell_sets = merge(cell_sets, sets)
+        naming = {
+            "name": f"{spec.name}-{cid}",
+            "mlflow": {"run_name": cid, "tags": {"se.sweep": spec.name, "se.cell": cid}},
+        }
+        sources = [
+            (f"{spec.source} (base)", spec.base),
+            (f"{spec.source} (resources/profile/mlflow)", shared),
+            (f"{spec.source} (grid cell {cid})", grid_sets),
+            (f"{spec.source} (overrides for cell {cid})", cell_sets),
+            ("sweep naming", naming),
+        ]
+        if extra:
+            sources.append(("orchestrator", extra))
+        cfg = build_config(RunConfig, sources, overrides)
+        cells.append(Cell(id=cid, index=len(cells), values=values, config=to_container(cfg)))
+    if not cells:
+        raise _err(spec.source, "exclude", "every cell of the grid is excluded")
+    return cells

@@ -1,0 +1,391 @@
+"""Run a sweep: expand, write the sweep folder and ledger, submit what is not done, report.
+
+    SWEEP_DIR/ledger.json              cell → state, job ids, attempts, MLflow run (orchestrator.ledger)
+    SWEEP_DIR/cells/<cell>/config.yaml the cell's fully resolved RunConfig (= its training workdir)
+    SWEEP_DIR/slurm/submit-<n>.sbatch  every job array submitted, as submitted
+    SWEEP_DIR/logs/<job>_<task>.out    SLURM output
+
+Running ``orchestrate sweep FILE`` again resumes: done cells are skipped, failed / cancelled /
+preempted (and never submitted) cells are (re)submitted, queued or running ones are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from orchestrator.errors import UserError
+from orchestrator.launchers import base
+from orchestrator.launchers import slurm as slurm_launcher
+from orchestrator.ledger import ACTIVE, RESUBMIT, Ledger, new_cell_record, set_state
+from orchestrator.mlflow_sweep import absolute_tracking_uri, ensure_parent_run, finish_parent_run
+from orchestrator.profiles import ClusterProfile, load_profile
+from orchestrator.sweep import Cell, SweepSpec, expand, load_sweep
+from training.configtools import atomic_write_text
+
+log = logging.getLogger(__name__)
+Printer = Callable[[str], None]
+# Launcher fields that shape a SLURM job; cells that differ in any of them go to separate arrays.
+JOB_SHAPE = ("nodes", "nproc", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min", "partition", "account", "qos")
+
+
+@dataclass
+class SweepPlan:
+    spec: SweepSpec
+    executor: str
+    sweep_dir: Path
+    cells: list[Cell]
+    profile: ClusterProfile | None
+    tracking_uri: str | None
+    parent_run_id: str | None
+
+
+def resolve_sweep_dir(sweep: str | Path, root: str | Path = "runs") -> Path:
+    """A sweep folder (holding ledger.json) or a sweep name under ``root``."""
+    p = Path(sweep)
+    for cand in (p, Path(root) / str(sweep)):
+        if (cand / "ledger.json").is_file():
+            return cand
+    raise UserError(f"{sweep}: no sweep here or under {root}/ (expected a folder with ledger.json)")
+
+
+def plan_sweep(
+    sweep_file: str | Path,
+    *,
+    executor: str | None = None,
+    root: str | Path = "runs",
+    overrides: list[str] | None = None,
+    dry_run: bool = False,
+) -> SweepPlan:
+    """Load and expand a sweep; on a real run also create/reuse the MLflow parent run."""
+    spec = load_sweep(sweep_file)
+    executor = executor or spec.executor
+    if executor not in ("slurm", "local", "ray"):
+        raise UserError(f"--executor: expected slurm, local or ray, got {executor!r}")
+    spec.executor = executor
+    sweep_dir = Path(root).resolve() / spec.name
+    profile = None
+    if executor == "slurm":
+        profile = load_profile(spec.profile)
+        spec.resources = {**{k: v for k, v in profile.defaults.items()}, **spec.resources}
+    # Expand once without MLflow ids: validates everything before any side effect.
+    cells = expand(spec, overrides)
+    mlcfg = cells[0].config["mlflow"]
+    tracking_uri = parent = None
+    if mlcfg["enabled"]:
+        tracking_uri = absolute_tracking_uri(spec.mlflow.get("tracking_uri"), sweep_dir)
+        experiment = spec.mlflow.get("experiment") or spec.name
+        ledger = Ledger(sweep_dir)
+        previous = ledger.read().get("mlflow", {}).get("parent_run_id") if ledger.exists() else None
+        if not dry_run:
+            parent = ensure_parent_run(tracking_uri, experiment, spec.name, previous)
+        else:
+            parent = previous
+        extra = {"mlflow": {"tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent}}
+        cells = expand(spec, overrides, extra=extra)
+    return SweepPlan(spec, executor, sweep_dir, cells, profile, tracking_uri, parent)
+
+
+def _cell_dir(plan: SweepPlan, cell: Cell) -> Path:
+    return plan.sweep_dir / "cells" / cell.id
+
+
+def _config_text(cell: Cell) -> str:
+    return yaml.safe_dump(cell.config, sort_keys=False, default_flow_style=None)
+
+
+def write_cells(plan: SweepPlan, sweep_file: str | Path, overrides: list[str]) -> dict:
+    """Create/update the ledger and every cell's config.yaml; returns the ledger snapshot.
+
+    A cell that has already started must keep its config: changing it is refused (UserError).
+    """
+    ledger = Ledger(plan.sweep_dir)
+    fresh = {
+        "sweep": plan.spec.name, "sweep_file": str(Path(sweep_file).resolve()), "overrides": list(overrides),
+        "executor": plan.executor, "profile": plan.spec.profile,
+        "mlflow": {"tracking_uri": plan.tracking_uri, "parent_run_id": plan.parent_run_id},
+        "cells": {},
+    }
+    with ledger.locked(create=fresh) as data:
+        data["executor"] = plan.executor
+        data["mlflow"] = fresh["mlflow"]
+        data["overrides"] = list(overrides)
+        for cell in plan.cells:
+            cdir = _cell_dir(plan, cell)
+            cfg_path = cdir / "config.yaml"
+            text = _config_text(cell)
+            rec = data["cells"].get(cell.id)
+            if rec is None:
+                rec = data["cells"][cell.id] = new_cell_record(
+                    cell.index, str(cfg_path.relative_to(plan.sweep_dir)),
+                    str(cdir.relative_to(plan.sweep_dir)), cell.values,
+                )
+            elif rec["state"] != "pending" and cfg_path.is_file() and cfg_path.read_text() != text:
+                raise UserError(
+                    f"{plan.spec.source}: cell {cell.id} already ran with a different config "
+                    f"({cfg_path}); keep the sweep file and overrides, or use another name/--root"
+                )
+            rec["index"] = cell.index
+            cdir.mkdir(parents=True, exist_ok=True)
+            if not cfg_path.is_file() or cfg_path.read_text() != text:
+                atomic_write_text(cfg_path, text)
+        return data
+
+
+# ------------------------------------------------------------------------------------ refresh
+
+
+def _sacct_state(task_id: str) -> str | None:
+    """Final state from sacct when accounting exists (None otherwise)."""
+    try:
+        r = slurm_launcher._run(["sacct", "-n", "-X", "-P", "-j", task_id, "-o", "State"], timeout=20)
+    except slurm_launcher.SlurmError:
+        return None
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    state = r.stdout.split()[0].upper()
+    if state.startswith("CANCELLED"):
+        return "cancelled"
+    if state in ("PREEMPTED", "REQUEUED"):
+        return "preempted"
+    if state == "COMPLETED":
+        return "done"
+    if state in ("FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"):
+        return "failed"
+    return None
+
+
+def refresh(sweep_dir: Path, data: dict) -> None:
+    """Update every cell record in ``data`` from squeue (SLURM cells) and the cell's own files."""
+    slurm_jobs = sorted({r["job_id"].split("_")[0] for r in data["cells"].values()
+                         if r.get("job_id") and r["state"] in ACTIVE and "_" in r["job_id"]})
+    queue = slurm_launcher.queue_states(slurm_jobs) if slurm_jobs else {}
+    for rec in data["cells"].values():
+        cdir = sweep_dir / rec["workdir"]
+        rec["attempts"] = max(rec.get("attempts", 0), base.count_attempts(cdir))
+        rec["mlflow_run_id"] = base.read_run_id(cdir) or rec.get("mlflow_run_id")
+        rc = base.read_exit_code(cdir)
+        if rec["state"] not in ACTIVE:
+            continue
+        job = rec.get("job_id") or ""
+        if "_" in job:  # a SLURM array task
+            if queue is None:
+                continue  # squeue failed: conclude nothing
+            if job in queue:
+                st, reason = queue[job]
+                set_state(rec, slurm_launcher.SQUEUE_ACTIVE.get(st, "running"), slurm_state=st, reason=reason)
+                continue
+            if rc is not None:
+                set_state(rec, base.state_from_exit_code(rc), exit_code=rc, slurm_state=None, reason=None)
+            else:
+                state = _sacct_state(job) or "cancelled"
+                set_state(rec, state, slurm_state=None, reason="left the queue without an exit code")
+        elif rc is not None:  # local / ray cells record their exit code when they end
+            set_state(rec, base.state_from_exit_code(rc), exit_code=rc)
+
+
+def _maybe_finish_parent(data: dict) -> None:
+    ml = data.get("mlflow") or {}
+    if ml.get("parent_run_id") and all(r["state"] == "done" for r in data["cells"].values()):
+        try:
+            finish_parent_run(ml["tracking_uri"], ml["parent_run_id"])
+        except Exception as e:  # the sweep is still done; say why the parent run is not closed
+            log.warning("could not mark MLflow parent run %s finished: %s", ml["parent_run_id"], e)
+
+
+# ------------------------------------------------------------------------------------ submit
+
+
+def _sbatch_kwargs(plan: SweepPlan, launcher: dict, cell_dirs: list[str], array: str, tag: str) -> dict:
+    prof = plan.profile or ClusterProfile()
+    c = prof.container
+    return dict(
+        job_name=plan.spec.name, cell_dirs=cell_dirs, array=array, chdir=os.getcwd(),
+        log_dir=str(plan.sweep_dir / "logs"),
+        nodes=launcher["nodes"], tasks_per_node=launcher["nproc"], gpus_per_node=launcher["gpus_per_node"],
+        cpus_per_task=launcher["cpus_per_task"], mem_gb=launcher["mem_gb"], time_min=launcher["time_min"],
+        partition=launcher["partition"], account=launcher["account"], qos=launcher["qos"],
+        array_parallel=prof.array_parallel, signal_before_end_s=prof.signal_before_end_s,
+        requeue=prof.requeue, sbatch_extra=list(prof.sbatch_extra), setup=list(prof.setup),
+        env=dict(prof.env), task_env=dict(prof.task_env), master_addr=prof.master_addr,
+        cpu_bind=prof.cpu_bind, srun_args=list(prof.srun_args), container_image=c.image,
+        container_exec=c.exec, container_binds=list(c.binds), container_args=list(c.args),
+        python=prof.python or sys.executable,
+    )
+
+
+def slurm_scripts(plan: SweepPlan, indices: list[int] | None = None) -> list[tuple[list[Cell], str]]:
+    """The sbatch scripts submitting ``indices`` (default: every cell), one per job shape."""
+    cell_dirs = [str(_cell_dir(plan, c)) for c in plan.cells]
+    chosen = [c for c in plan.cells if indices is None or c.index in set(indices)]
+    groups: dict[tuple, list[Cell]] = {}
+    for c in chosen:
+        groups.setdefault(tuple(c.config["launcher"][k] for k in JOB_SHAPE), []).append(c)
+    out = []
+    for n, cells in enumerate(groups.values()):
+        array = ",".join(str(c.index) for c in cells)
+        if [c.index for c in cells] == list(range(cells[0].index, cells[-1].index + 1)) and len(cells) > 1:
+            array = f"{cells[0].index}-{cells[-1].index}"
+        kwargs = _sbatch_kwargs(plan, cells[0].config["launcher"], cell_dirs, array, str(n))
+        out.append((cells, slurm_launcher.make_sbatch_script(**kwargs)))
+    return out
+
+
+def _submit_slurm(plan: SweepPlan, todo: list[Cell], out: Printer) -> None:
+    ledger = Ledger(plan.sweep_dir)
+    (plan.sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
+    script_dir = plan.sweep_dir / "slurm"
+    script_dir.mkdir(parents=True, exist_ok=True)
+    for cells, script in slurm_scripts(plan, [c.index for c in todo]):
+        n = len(list(script_dir.glob("submit-*.sbatch")))
+        path = script_dir / f"submit-{n:03d}.sbatch"
+        atomic_write_text(path, script)
+        for c in cells:
+            base.clear_exit_code(_cell_dir(plan, c))
+        job = slurm_launcher.submit(str(path))
+        with ledger.locked() as data:
+            for c in cells:
+                rec = data["cells"][c.id]
+                task = f"{job}_{c.index}"
+                set_state(rec, "submitted", job_id=task, job_ids=[*rec.get("job_ids", []), task],
+                          submissions=rec.get("submissions", 0) + 1, exit_code=None, reason=None)
+        out(f"submitted job array {job} ({len(cells)} cells: {', '.join(c.id for c in cells)}) from {path}")
+
+
+def run_sweep(
+    sweep_file: str | Path,
+    *,
+    executor: str | None = None,
+    dry_run: bool = False,
+    root: str | Path = "runs",
+    overrides: list[str] | None = None,
+    out: Printer = print,
+) -> int:
+    """``orchestrate sweep``: plan, then print (dry run) or submit / run what is not done."""
+    overrides = list(overrides or [])
+    plan = plan_sweep(sweep_file, executor=executor, root=root, overrides=overrides, dry_run=dry_run)
+    if dry_run:
+        out(f"# sweep {plan.spec.name}: {len(plan.cells)} cells, executor {plan.executor}, dir {plan.sweep_dir}")
+        for c in plan.cells:
+            vals = ", ".join(f"{k}={v}" for k, v in c.values.items())
+            out(f"#   [{c.index}] {c.id}: {vals}")
+        if plan.executor == "slurm":
+            for _cells, script in slurm_scripts(plan):
+                out(script)
+        else:
+            for c in plan.cells:
+                out(shlex.join(base.cell_command(_cell_dir(plan, c), nproc=c.config["launcher"]["nproc"])))
+        return 0
+    write_cells(plan, sweep_file, overrides)
+    ledger = Ledger(plan.sweep_dir)
+    with ledger.locked() as data:
+        if plan.executor == "slurm":
+            refresh(plan.sweep_dir, data)
+        else:  # a local/ray sweep that was interrupted: its 'running' cells are not running now
+            for rec in data["cells"].values():
+                if rec["state"] in ACTIVE:
+                    set_state(rec, "preempted", reason="interrupted (no live process)")
+            refresh(plan.sweep_dir, data)
+        states = {cid: rec["state"] for cid, rec in data["cells"].items()}
+    wanted = {c.id for c in plan.cells}
+    todo = [c for c in plan.cells if states[c.id] in RESUBMIT]
+    skipped = {s: sum(1 for cid in wanted if states[cid] == s) for s in ("done", "submitted", "running")}
+    out(f"sweep {plan.spec.name}: {len(plan.cells)} cells; {skipped['done']} done, "
+        f"{skipped['submitted'] + skipped['running']} queued/running, {len(todo)} to submit")
+    if plan.executor == "slurm":
+        if todo:
+            _submit_slurm(plan, todo, out)
+        out(f"sweep id: {plan.spec.name} ({plan.sweep_dir})")
+        out(f"follow it with: orchestrate status {plan.sweep_dir}    (cancel: orchestrate cancel {plan.sweep_dir})")
+        return 0
+    if plan.executor == "local":
+        from orchestrator.launchers.local import run_local
+
+        rc = run_local(plan.sweep_dir, [(c, _cell_dir(plan, c)) for c in todo], out=out)
+    else:
+        from orchestrator.launchers.ray import run_ray
+
+        rc = run_ray(plan.sweep_dir, [(c, _cell_dir(plan, c)) for c in todo], out=out)
+    with ledger.locked() as data:
+        _maybe_finish_parent(data)
+    out(format_status(sweep_status(plan.sweep_dir)))
+    return rc
+
+
+def resume_sweep(sweep: str | Path, *, root: str | Path = "runs", out: Printer = print) -> int:
+    """``orchestrate resume SWEEP``: rerun the sweep command the ledger remembers."""
+    sweep_dir = resolve_sweep_dir(sweep, root)
+    data = Ledger(sweep_dir).read()
+    return run_sweep(
+        data["sweep_file"], executor=data.get("executor"), root=sweep_dir.parent,
+        overrides=data.get("overrides") or [], out=out,
+    )
+
+
+# ------------------------------------------------------------------------------------ status / cancel
+
+
+def sweep_status(sweep: str | Path, *, root: str | Path = "runs") -> list[dict]:
+    """One row per cell: id, state, step, max_steps, best_pesq, job_id, attempts, mlflow_run_id."""
+    sweep_dir = resolve_sweep_dir(sweep, root)
+    ledger = Ledger(sweep_dir)
+    with ledger.locked() as data:
+        refresh(sweep_dir, data)
+        _maybe_finish_parent(data)
+    rows = []
+    for cid, rec in sorted(data["cells"].items(), key=lambda kv: kv[1]["index"]):
+        prog = base.read_progress(sweep_dir / rec["workdir"])
+        rows.append({
+            "cell": cid, "state": rec["state"], "step": prog.get("step"), "max_steps": prog.get("max_steps"),
+            "best_pesq": prog.get("best_pesq"), "job_id": rec.get("job_id"), "attempts": rec.get("attempts", 0),
+            "mlflow_run_id": rec.get("mlflow_run_id"), "reason": rec.get("reason"),
+        })
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    """The status table (one screen)."""
+    head = ("cell", "state", "step", "best PESQ", "job", "attempts", "MLflow run")
+    table = [head]
+    for r in rows:
+        step = "-" if r["step"] is None else f"{r['step']}/{r['max_steps'] if r['max_steps'] is not None else '?'}"
+        pesq = r["best_pesq"]
+        pesq_s = f"{pesq:.3f}" if isinstance(pesq, (int, float)) else "-"
+        table.append((r["cell"], r["state"], step, pesq_s, r["job_id"] or "-", str(r["attempts"]),
+                      r["mlflow_run_id"] or "-"))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def cancel_sweep(sweep: str | Path, cells: list[str] | None = None, *, root: str | Path = "runs",
+                 out: Printer = print) -> int:
+    """``orchestrate cancel``: scancel the cells' jobs (all active cells by default)."""
+    sweep_dir = resolve_sweep_dir(sweep, root)
+    ledger = Ledger(sweep_dir)
+    with ledger.locked() as data:
+        unknown = [c for c in cells or [] if c not in data["cells"]]
+        if unknown:
+            raise UserError(f"{sweep_dir}: no cell {unknown[0]!r} (cells: {', '.join(data['cells'])})")
+        chosen = cells or list(data["cells"])
+        tasks = []
+        for cid in chosen:
+            rec = data["cells"][cid]
+            if rec["state"] in ACTIVE:
+                if rec.get("job_id") and "_" in rec["job_id"]:
+                    tasks.append(rec["job_id"])
+                set_state(rec, "cancelled", reason="orchestrate cancel")
+        slurm_launcher.cancel(tasks)
+    out(f"cancelled {len(tasks)} job(s): {' '.join(tasks) or '-'}")
+    return 0
