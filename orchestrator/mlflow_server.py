@@ -1,0 +1,353 @@
+"""One MLflow tracking server per sweep: many SLURM jobs log through it, none writes the store.
+
+Many jobs writing one SQLite file on a shared filesystem hit "database is locked" and
+schema-migration races; a single ``mlflow server`` on the login node serialises the writes (SQLite)
+or pools them (PostgreSQL), and proxies artifact uploads (``--serve-artifacts``) so jobs need no
+access to the artifact store. Layout of a server folder ``DIR``::
+
+    DIR/server.json    {"uri", "pid", "host", "port", "backend_store_uri", "artifacts_destination", ...}
+    DIR/server.log     the server's stdout + stderr
+    DIR/mlflow.db      the default SQLite backend store
+    DIR/artifacts/     the default artifact destination
+
+    uri = ensure_server("runs/sweep-a/mlflow")      # starts it once, reuses it afterwards
+    stop_server("runs/sweep-a/mlflow")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from orchestrator.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+SERVER_JSON = "server.json"
+SERVER_LOG = "server.log"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ServerInfo:
+    """What ``server.json`` records about a running server."""
+
+    uri: str
+    pid: int
+    host: str
+    port: int
+    backend_store_uri: str
+    artifacts_destination: str
+    workers: int
+    log_path: str
+    started_at: float
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def profile_mlflow_host(profile: str | os.PathLike | None) -> str:
+    """The login node's address from a cluster profile (``slurm/NAME.yaml`` or a path), key
+    ``mlflow_host``; ``127.0.0.1`` when the profile, the file or the key is missing or unusable."""
+    if not profile:
+        return DEFAULT_HOST
+    path = Path(profile)
+    if not path.suffix:
+        path = REPO_ROOT / "slurm" / f"{profile}.yaml"
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as e:
+        log.debug("cluster profile %s unreadable (%s); mlflow host %s", path, e, DEFAULT_HOST)
+        return DEFAULT_HOST
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:  # a malformed profile must not stop a sweep
+        log.warning("cluster profile %s is not valid YAML (%s); mlflow host %s", path, e, DEFAULT_HOST)
+        return DEFAULT_HOST
+    host = data.get("mlflow_host") if isinstance(data, dict) else None
+    if isinstance(host, str) and host.strip():
+        return host.strip()
+    return DEFAULT_HOST
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host if host not in ("0.0.0.0", "") else "", 0))
+        return s.getsockname()[1]
+
+
+def _connect_host(host: str) -> str:
+    """The address clients use: the bound one, or this machine's name for a wildcard bind."""
+    return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+
+def _needs_allowed_hosts(host: str) -> bool:
+    """MLflow's default Host-header check admits only localhost and private IPs."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # a host name
+    return not (ip.is_loopback or ip.is_private)
+
+
+def server_command(
+    *,
+    backend_store_uri: str,
+    artifacts_destination: str,
+    host: str = DEFAULT_HOST,
+    port: int = 5000,
+    workers: int = 2,
+) -> list[str]:
+    """The ``mlflow server`` command line (uvicorn with ``workers`` processes, artifacts proxied)."""
+    if workers < 2:
+        raise UserError(f"mlflow server: --workers must be >= 2, got {workers}")
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", artifacts_destination,
+        "--serve-artifacts",
+        "--host", host,
+        "--port", str(port),
+        "--workers", str(workers),
+    ]  # fmt: skip
+    connect = _connect_host(host)
+    if _needs_allowed_hosts(connect):
+        allowed = ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", connect, f"{connect}:*"]
+        cmd += ["--allowed-hosts", ",".join(allowed)]
+    return cmd
+
+
+def server_env() -> dict[str, str]:
+    """The server's environment: no telemetry, no GenAI job runner (5 idle processes we never use)."""
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
+
+
+def default_backend_store_uri(dir: str | os.PathLike) -> str:
+    return f"sqlite:///{Path(dir).resolve() / 'mlflow.db'}"
+
+
+def _check_backend(uri: str) -> str:
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "mysql", "mssql"):
+        raise UserError(
+            f"mlflow server: --backend-store-uri must be sqlite:///PATH or postgresql://..., got {uri!r}"
+        )
+    if scheme == "sqlite":
+        db = uri.split("sqlite:///", 1)[-1]
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+# ---------------------------------------------------------------- health and state
+
+
+def is_healthy(uri: str, timeout_s: float = 2.0) -> bool:
+    """True when ``GET uri/health`` answers 200."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as dead
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def read_server(dir: str | os.PathLike) -> ServerInfo | None:
+    """``DIR/server.json`` as a :class:`ServerInfo`, or None when absent or unreadable."""
+    path = Path(dir) / SERVER_JSON
+    try:
+        data = json.loads(path.read_text())
+        return ServerInfo(**{k: data[k] for k in ServerInfo.__dataclass_fields__})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def running_server(dir: str | os.PathLike) -> ServerInfo | None:
+    """The server recorded in ``DIR`` if its process lives and ``/health`` answers, else None."""
+    info = read_server(dir)
+    if info and _pid_alive(info.pid) and is_healthy(info.uri):
+        return info
+    return None
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def wait_healthy(uri: str, *, timeout_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``/health`` until it answers; raise ``TimeoutError`` (or ``RuntimeError`` if ``proc``
+    exits) otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if is_healthy(uri):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {proc.returncode} before it was healthy")
+        time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {uri} not healthy after {timeout_s:.0f} s")
+
+
+# ---------------------------------------------------------------- start / stop
+
+
+def start_server(
+    dir: str | os.PathLike,
+    *,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    host: str | None = None,
+    profile: str | None = None,
+    port: int | None = None,
+    workers: int = 2,
+    timeout_s: float = 120.0,
+) -> ServerInfo:
+    """Start ``mlflow server`` detached (own session, survives this process), wait until healthy,
+    record it in ``DIR/server.json``. Host: ``host`` or the profile's ``mlflow_host``; port: ``port``
+    or a free one. Raises ``RuntimeError``/``TimeoutError`` (server killed) when it does not come up."""
+    d = Path(dir).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    host = host or profile_mlflow_host(profile)
+    port = port or free_port(host if host != "0.0.0.0" else "")
+    backend = _check_backend(backend_store_uri or default_backend_store_uri(d))
+    artifacts = artifacts_destination or str(d / "artifacts")
+    if "://" not in artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        artifacts = str(Path(artifacts).resolve())
+    cmd = server_command(
+        backend_store_uri=backend, artifacts_destination=artifacts, host=host, port=port, workers=workers
+    )
+    log_path = d / SERVER_LOG
+    uri = f"http://{_connect_host(host)}:{port}"
+    log.info("starting mlflow server at %s (store %s, log %s)", uri, backend, log_path)
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=server_env(), cwd=d, start_new_session=True,
+        )  # fmt: skip
+    info = ServerInfo(
+        uri=uri, pid=proc.pid, host=host, port=port, backend_store_uri=backend,
+        artifacts_destination=artifacts, workers=workers, log_path=str(log_path), started_at=time.time(),
+    )  # fmt: skip
+    try:
+        wait_healthy(uri, timeout_s=timeout_s, proc=proc)
+    except BaseException:
+        _kill_group(proc.pid, timeout_s=10)
+        with contextlib.suppress(ChildProcessError):
+            proc.wait(timeout=1)
+        raise
+    _write_json_atomic(d / SERVER_JSON, asdict(info))
+    return info
+
+
+def _kill_group(pid: int, *, timeout_s: float = 15.0) -> None:
+    """SIGTERM the server's process group (server, uvicorn workers), SIGKILL after ``timeout_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.2)
+
+
+def stop_server(dir: str | os.PathLike, *, timeout_s: float = 15.0) -> bool:
+    """Stop the server recorded in ``DIR`` (its whole process group); True if one was running."""
+    info = read_server(dir)
+    if info is None:
+        return False
+    was_alive = _pid_alive(info.pid)
+    if was_alive:
+        _kill_group(info.pid, timeout_s=timeout_s)
+    with contextlib.suppress(FileNotFoundError):
+        (Path(dir) / SERVER_JSON).unlink()
+    return was_alive
+
+
+def ensure_server(dir: str | os.PathLike, **options) -> str:
+    """The URI of the server recorded in ``DIR``, starting one first if none answers.
+
+    ``options`` are :func:`start_server`'s; they matter only when a server is started."""
+    info = running_server(dir)
+    if info is None:
+        info = start_server(dir, **options)
+    return info.uri
+
+
+def serve_foreground(
+    dir: str | os.PathLike,
+    *,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    host: str | None = None,
+    profile: str | None = None,
+    port: int = 5000,
+    workers: int = 2,
+) -> int:
+    """Run the server in this terminal until Ctrl-C; returns its exit code."""
+    d = Path(dir).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    host = host or profile_mlflow_host(profile)
+    artifacts = artifacts_destination or str(d / "artifacts")
+    if "://" not in artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+    cmd = server_command(
+        backend_store_uri=_check_backend(backend_store_uri or default_backend_store_uri(d)),
+        artifacts_destination=artifacts, host=host, port=port, workers=workers,
+    )  # fmt: skip
+    print(f"mlflow server: http://{_connect_host(host)}:{port}  (Ctrl-C stops it)", flush=True)
+    proc = subprocess.Popen(cmd, env=server_env(), cwd=d)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
