@@ -89,7 +89,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+AuthInfo=socket={self.munge_socket},cred_expire=10
 StateSaveLocation={b}/state
 SlurmdSpoolDir={b}/spool/%n
 SlurmctldPidFile={b}/run/slurmctld.pid

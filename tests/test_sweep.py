@@ -1,0 +1,232 @@
+"""Sweep files: validation errors, grid expansion, cell ids, dry-run sbatch scripts (+ golden file)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main as cli_main
+from orchestrator.errors import UserError
+from orchestrator.launchers.slurm import check_sbatch_parameters, make_sbatch_script, sbatch_parameters
+from orchestrator.profiles import load_profile
+from orchestrator.sweep import expand, load_sweep
+from orchestrator.sweeper import plan_sweep, slurm_scripts
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden" / "sbatch_lumi.txt"
+
+
+def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def parse_sbatch(script: str) -> dict[str, str | None]:
+    """#SBATCH directives → {option: value}; each must be exactly one shell word."""
+    out: dict[str, str | None] = {}
+    for line in script.splitlines():
+        if line.startswith("#SBATCH "):
+            words = shlex.split(line[len("#SBATCH "):])
+            assert len(words) == 1, f"directive is not one shell word: {line!r}"
+            key, _, value = words[0].partition("=")
+            assert key.startswith("--"), line
+            out[key[2:]] = value if _ else None
+    return out
+
+
+def test_expand_grid_ids_overrides_and_exclusions(tmp_path):
+    p = write(tmp_path, """
+name: t
+base: {trainer.max_steps: 10, data.batch_size: 4}
+grid:
+  model.name: [rwsa-xs, rwsa-s]
+  trainer.seed: [0, 1, 2]
+overrides:
+  - match: {model.name: rwsa-s}
+    set: {data.batch_size: 2, trainer.max_steps: 20}
+exclude:
+  - {model.name: rwsa-s, trainer.seed: 2}
+resources: {nproc: 2, time_min: 30}
+executor: local
+""")
+    cells = expand(load_sweep(p))
+    assert [c.id for c in cells] == ["rwsa-xs_s0", "rwsa-xs_s1", "rwsa-xs_s2", "rwsa-s_s0", "rwsa-s_s1"]
+    assert [c.index for c in cells] == [0, 1, 2, 3, 4]
+    xs, s = cells[0].config, cells[4].config
+    assert (xs["model"]["name"], xs["trainer"]["seed"], xs["data"]["batch_size"], xs["trainer"]["max_steps"]) == (
+        "rwsa-xs", 0, 4, 10)
+    assert (s["model"]["name"], s["trainer"]["seed"], s["data"]["batch_size"], s["trainer"]["max_steps"]) == (
+        "rwsa-s", 1, 2, 20)
+    assert xs["launcher"]["nproc"] == 2 and xs["launcher"]["time_min"] == 30 and xs["launcher"]["executor"] == "local"
+    assert xs["mlflow"]["run_name"] == "rwsa-xs_s0"
+    assert xs["mlflow"]["tags"] == {"se.sweep": "t", "se.cell": "rwsa-xs_s0"}
+    # command-line overrides apply to every cell, after the sweep's own values
+    cells2 = expand(load_sweep(p), ["data.batch_size=8"])
+    assert {c.config["data"]["batch_size"] for c in cells2} == {8}
+
+
+def test_named_variants_and_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("trainer:\n  max_steps: 7\nmodel:\n  name: semamba\n")
+    p = write(tmp_path, """
+name: abl
+base: base.yaml
+grid:
+  variant:
+    default: {}
+    after: {model.name: mambattention-attn-after, model.options: {attn_position: after}}
+  lr: {lo: {optim.lr: 1.0e-4}, hi: {optim.lr: 1.0e-3}}
+""")
+    cells = expand(load_sweep(p))
+    assert [c.id for c in cells] == ["default_lo", "default_hi", "after_lo", "after_hi"]
+    assert cells[0].config["model"]["name"] == "semamba" and cells[0].config["trainer"]["max_steps"] == 7
+    assert cells[3].config["model"] == {"name": "mambattention-attn-after", "options": {"attn_position": "after"}}
+    assert cells[3].config["optim"]["lr"] == pytest.approx(1e-3)
+    assert cells[3].values == {"variant": "after", "lr": "hi"}
+
+
+@pytest.mark.parametrize("text, where", [
+    ("name: x\ngrid: {trainer.seed: []}\n", "grid.trainer.seed: expected a non-empty list"),
+    ("name: x\ngrid: {trainer.seed: 3}\n", "grid.trainer.seed: expected a list"),
+    ("name: 'a b'\n", "name: expected a folder-safe name"),
+    ("name: x\ngrids: {}\n", "grids: unknown key"),
+    ("name: x\nresources: {gpu: 1}\n", "resources.gpu: unknown resource"),
+    ("name: x\nexecutor: pbs\n", "executor: expected one of slurm, local, ray"),
+    ("name: x\ngrid: {trainer.seed: [0]}\nexclude: [{model.name: a}]\n", "exclude[0].model.name: not a grid axis"),
+    ("name: x\ngrid: {trainer.seed: [0]}\nexclude: [{trainer.seed: 5}]\n", "exclude[0].trainer.seed: 5 is not one"),
+    ("name: x\ngrid: {trainer.seed: [0]}\noverrides: [{match: {trainer.seed: 0}}]\n", "overrides[0]: expected"),
+    ("name: x\ngrid: {trainer.seed: [0]}\nexclude: [{trainer.seed: 0}]\n", "every cell of the grid is excluded"),
+])
+def test_sweep_errors_name_file_and_key(tmp_path, text, where):
+    p = write(tmp_path, text)
+    with pytest.raises(UserError) as e:
+        expand(load_sweep(p))
+    assert str(e.value).startswith(str(p)) and where in str(e.value), str(e.value)
+
+
+def test_bad_run_config_value_names_the_cell_and_key(tmp_path, capsys):
+    p = write(tmp_path, "name: x\ngrid: {trainer.max_steps: [10, ten]}\nexecutor: local\n")
+    rc = cli_main(["sweep", str(p), "--dry-run", "--root", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and str(p) in err and "trainer.max_steps" in err and "ten" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_rwsa_sizes_on_lumi_is_a_valid_sbatch_script(tmp_path, capsys):
+    root = tmp_path / "runs with space$HOME;'q'"
+    rc = cli_main(["sweep", str(REPO / "sweeps/rwsa_sizes.yaml"), "--dry-run", "--root", str(root)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "#   [14] rwsa-m_s4: model.name=rwsa-m, trainer.seed=4" in text
+    script = text[text.index("#!/bin/bash"):]
+    d = parse_sbatch(script)
+    assert d["array"] == "0-14" and d["nodes"] == "1" and d["ntasks-per-node"] == "8"
+    assert d["gpus-per-node"] == "8" and d["cpus-per-task"] == "7" and d["mem"] == "480G"
+    assert d["time"] == "2-00:00:00" and d["partition"] == "standard-g" and d["account"] == "project_xxx"
+    assert d["signal"] == "USR2@600" and "requeue" in d and d["job-name"] == "rwsa_sizes"
+    assert d["output"] == f"{root.resolve()}/rwsa_sizes/logs/%A_%a.out"
+    assert "--cpu-bind=mask_cpu:fe000000000000,fe00000000000000,fe0000,fe000000,fe,fe00,fe00000000,fe0000000000" in script
+    assert 'export NCCL_SOCKET_IFNAME="hsn0,hsn1,hsn2,hsn3"' in script and "singularity exec" in script
+    assert not root.exists()  # a dry run writes nothing
+    # bash parses it, and every cell folder survives the quoting exactly (spaces, $, ', ;)
+    f = tmp_path / "job.sbatch"
+    f.write_text(script)
+    assert subprocess.run(["bash", "-n", str(f)]).returncode == 0
+    head = script[: script.index("export CELL_DIR")] + 'printf "%s\\n" "$CELL_DIR"\n'
+    for task, cell in ((0, "rwsa-xs_s0"), (14, "rwsa-m_s4")):
+        r = subprocess.run(["bash", "-c", head], capture_output=True, text=True,
+                           env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_JOB_ID": "9"})
+        assert r.stdout == f"{root.resolve()}/rwsa_sizes/cells/{cell}\n", r.stderr
+
+
+def test_hostile_values_are_single_shell_words(tmp_path):
+    p = write(tmp_path, """
+name: q
+grid: {trainer.seed: [0, 1]}
+resources: {partition: "gpu; rm -rf /", account: "a b'c", qos: "$(id)"}
+profile: local
+""")
+    plan = plan_sweep(p, root=tmp_path / "r", dry_run=True)
+    ((cells, script),) = slurm_scripts(plan)
+    d = parse_sbatch(script)
+    assert d["partition"] == "gpu; rm -rf /" and d["account"] == "a b'c" and d["qos"] == "$(id)"
+
+
+def test_cells_with_different_resources_go_to_separate_arrays(tmp_path):
+    p = write(tmp_path, """
+name: mixed
+grid: {model.name: [rwsa-xs, rwsa-m], trainer.seed: [0, 1]}
+overrides: [{match: {model.name: rwsa-m}, set: {launcher.time_min: 600}}]
+profile: local
+""")
+    plan = plan_sweep(p, root=tmp_path / "r", dry_run=True)
+    scripts = slurm_scripts(plan)
+    assert [[c.id for c in cells] for cells, _ in scripts] == [["rwsa-xs_s0", "rwsa-xs_s1"], ["rwsa-m_s0", "rwsa-m_s1"]]
+    assert parse_sbatch(scripts[0][1])["array"] == "0-1" and parse_sbatch(scripts[1][1])["array"] == "2-3"
+    assert parse_sbatch(scripts[1][1])["time"] == "10:00:00"
+    # a resubmission of some cells keeps the full cell list (array index = cell index)
+    ((_, part),) = slurm_scripts(plan, [1])
+    assert parse_sbatch(part)["array"] == "1" and "[3]=" in part
+
+
+def _golden_script() -> str:
+    prof = load_profile("lumi")
+    c = prof.container
+    return make_sbatch_script(
+        job_name="rwsa_sizes", cell_dirs=["/scratch/p/runs/rwsa_sizes/cells/rwsa-xs_s0",
+                                          "/scratch/p/runs/rwsa_sizes/cells/rwsa-xs_s1"],
+        chdir="/scratch/p/se-orchestrator", log_dir="/scratch/p/runs/rwsa_sizes/logs",
+        nodes=2, tasks_per_node=8, gpus_per_node=8, cpus_per_task=7, mem_gb=480, time_min=2880,
+        partition="standard-g", account="project_xxx", qos=None, array_parallel=1,
+        signal_before_end_s=prof.signal_before_end_s, requeue=prof.requeue, sbatch_extra=prof.sbatch_extra,
+        setup=prof.setup, env=prof.env, task_env=prof.task_env, master_addr=prof.master_addr,
+        cpu_bind=prof.cpu_bind, srun_args=prof.srun_args, container_image=c.image, container_exec=c.exec,
+        container_binds=c.binds, container_args=c.args, python="python",
+    )
+
+
+def test_sbatch_script_golden_file():
+    script = _golden_script()
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(script)
+    assert script == GOLDEN.read_text(), "sbatch script changed: rerun with UPDATE_GOLDEN=1 and review the diff"
+
+
+def test_sbatch_parameter_schema():
+    params = sbatch_parameters()
+    assert params["signal_before_end_s"] == 300 and params["requeue"] is True and params["nodes"] == 1
+    check_sbatch_parameters({"nodes": 2, "time_min": 5})
+    with pytest.raises(UserError, match="unknown sbatch parameter 'gpus'.*gpus_per_node=0"):
+        check_sbatch_parameters({"gpus": 2})
+    no_requeue = make_sbatch_script(cell_dirs=["/x"], requeue=False, signal_before_end_s=0)
+    assert "no-requeue" in parse_sbatch(no_requeue) and "signal" not in parse_sbatch(no_requeue)
+    assert "scontrol requeue" not in no_requeue and "`" not in no_requeue and "`" not in _golden_script()
+
+
+def test_shipped_sweeps_expand(tmp_path):
+    sizes = {}
+    for f in sorted((REPO / "sweeps").glob("*.yaml")):
+        plan = plan_sweep(f, root=tmp_path, dry_run=True)
+        sizes[plan.spec.name] = len(plan.cells)
+        for c in plan.cells:
+            assert yaml.safe_load(yaml.safe_dump(c.config)) == c.config
+    assert sizes == {"baselines": 15, "demo": 2, "mambattention_ablations": 25, "rwsa_sizes": 15}
+    abl = plan_sweep(REPO / "sweeps/mambattention_ablations.yaml", root=tmp_path, dry_run=True)
+    models = {c.config["model"]["name"] for c in abl.cells}
+    assert models == {"mambattention", "mambattention-attn-after", "mambattention-unshared", "semamba",
+                      "mambattention-ft"}
+    from training.models import list_models
+
+    for name in ("rwsa_sizes", "baselines"):
+        plan = plan_sweep(REPO / f"sweeps/{name}.yaml", root=tmp_path, dry_run=True)
+        assert all(c.config["model"]["name"] in list_models() for c in plan.cells)
+    sizes_plan = plan_sweep(REPO / "sweeps/rwsa_sizes.yaml", root=tmp_path, dry_run=True)
+    assert {c.config["trainer"]["max_steps"] for c in sizes_plan.cells} == {950000}
+    base_plan = plan_sweep(REPO / "sweeps/baselines.yaml", root=tmp_path, dry_run=True)
+    assert {c.config["trainer"]["max_steps"] for c in base_plan.cells} == {550000}
