@@ -164,7 +164,13 @@ def test_reference_free_rows_and_dnsmos_availability(pair):
     res = M.compute_metrics(None, enh, metrics=M.ALL_METRICS)
     assert not set(res.values) & set(M.REFERENCE_METRICS)  # not applicable, not failed
     if M.dnsmos_available():
+        from speechmos import dnsmos
+
+        direct = dnsmos.run(enh, SR)
         assert res.errors == {}
+        assert res.values["dnsmos_sig"] == pytest.approx(direct["sig_mos"])
+        assert res.values["dnsmos_bak"] == pytest.approx(direct["bak_mos"])
+        assert res.values["dnsmos_ovrl"] == pytest.approx(direct["ovrl_mos"])
         assert all(1.0 <= res.values[m] <= 5.0 for m in M.DNSMOS_METRICS)
     else:
         assert set(res.errors) == set(M.DNSMOS_METRICS)

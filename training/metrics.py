@@ -141,13 +141,12 @@ def dnsmos_available() -> bool:
 
 
 def dnsmos(enhanced: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
-    """DNSMOS P.835 {'dnsmos_sig', 'dnsmos_bak', 'dnsmos_ovrl'} of one signal via ``speechmos``."""
+    """DNSMOS P.835 {'dnsmos_sig', 'dnsmos_bak', 'dnsmos_ovrl'} of one 16 kHz signal via ``speechmos``
+    (ONNX models shipped in the package; clips under 9.01 s are repeated to that length, as DNSMOS does)."""
     from speechmos import dnsmos as _dnsmos
 
-    x = np.asarray(enhanced, dtype=np.float32)
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak > 1.0:  # speechmos refuses samples outside [-1, 1]
-        x = x / peak
+    # speechmos refuses samples outside [-1, 1]; clip as writing a 16-bit file would
+    x = np.clip(np.asarray(enhanced, dtype=np.float32), -1.0, 1.0)
     out = _dnsmos.run(x, sr)
     return {"dnsmos_sig": float(out["sig_mos"]), "dnsmos_bak": float(out["bak_mos"]),
             "dnsmos_ovrl": float(out["ovrl_mos"])}
