@@ -125,6 +125,8 @@ def test_silent_reference_gives_nan_with_reasons_and_is_counted(pair):
     assert summary.means["pesq"] == pytest.approx(good["pesq"])
     assert summary.means["ssnr"] == pytest.approx((good["ssnr"] - 10.0) / 2)
     assert summary.first_errors["pesq"].startswith("silent: NoUtterancesError")
+    flat = summary.flat("val/")
+    assert flat["val/pesq"] == summary.means["pesq"] and flat["val/pesq_failed"] == 1.0
 
 
 def test_short_and_mismatched_inputs_fail_per_metric_not_per_call(pair):
@@ -190,6 +192,11 @@ def test_evaluate_pairs_parallel_equals_serial_in_order():
         assert a["errors"] == b["errors"]
         for m in M.REFERENCE_METRICS:
             assert a[m] == pytest.approx(b[m], nan_ok=True)
+    with M.PesqPool(num_workers=2) as pool:  # validation reusing the discriminator's pool
+        reused = M.evaluate_pairs(pairs[:2], metrics=["pesq"], executor=pool.executor, progress=False)
+        assert pool.executor is not None and not pool.executor._shutdown_thread  # still usable
+        assert pool.normalized_pesq(pairs[0][1][None], pairs[0][2][None])[1].tolist() == [True]
+    assert [r["pesq"] for r in reused] == pytest.approx([r["pesq"] for r in serial[:2]])
     # more noise, lower scores
     pesqs = [r["pesq"] for r in serial[:4]]
     assert pesqs == sorted(pesqs, reverse=True)

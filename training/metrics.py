@@ -323,46 +323,49 @@ def evaluate_pairs(
     sr: int = SAMPLE_RATE,
     progress: bool = True,
     total: int | None = None,
+    executor: ProcessPoolExecutor | None = None,
 ) -> list[dict]:
     """Score ``(key, clean | None, enhanced)`` pairs; rows come back in input order.
 
     Each row is ``{"key": key, <metric>: float, ..., "errors": {metric: reason}}``. ``num_workers`` 0
-    scores in this process; otherwise a process pool, with at most ``2 * num_workers`` pairs in flight so
-    memory stays flat for long test sets. A progress bar is shown when ``progress`` and stderr is a tty.
+    scores in this process; otherwise a process pool (``executor`` if given, e.g. ``PesqPool.executor``
+    during validation, else a new one), with at most ``2 * num_workers`` pairs in flight so memory stays
+    flat for long test sets. A progress bar is shown when ``progress`` and stderr is a tty.
     """
-    names = check_metric_names(metrics)
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     from tqdm import tqdm
 
+    names = check_metric_names(metrics)
     if total is None and hasattr(pairs, "__len__"):
         total = len(pairs)  # type: ignore[arg-type]
     bar = tqdm(total=total, desc="metrics", unit="file", disable=not (progress and sys.stderr.isatty()))
-    rows: list[dict] = []
     try:
-        if num_workers <= 0:
+        if num_workers <= 0 and executor is None:
+            rows = []
             for key, clean, enh in pairs:
                 rows.append(_score_row(key, clean, enh, sr, names))
                 bar.update(1)
             return rows
+        pool = executor if executor is not None else make_pool(num_workers)
+        max_in_flight = 2 * max(num_workers, getattr(pool, "_max_workers", 1))
         results: dict[int, dict] = {}
-        with make_pool(num_workers) as pool:
-            in_flight: dict[Future, int] = {}
-            index = 0
-
-            def drain(limit: int) -> None:
-                from concurrent.futures import FIRST_COMPLETED, wait
-
-                while len(in_flight) > limit:
+        in_flight: dict[Future, int] = {}
+        try:
+            for index, (key, clean, enh) in enumerate(pairs):
+                in_flight[pool.submit(_score_row, key, clean, enh, sr, names)] = index
+                while len(in_flight) >= max_in_flight:
                     done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                     for fut in done:
                         results[in_flight.pop(fut)] = fut.result()
                         bar.update(1)
-
-            for key, clean, enh in pairs:
-                in_flight[pool.submit(_score_row, key, clean, enh, sr, names)] = index
-                index += 1
-                drain(2 * num_workers)
-            drain(0)
-        return [results[i] for i in range(index)]
+            for fut, index in in_flight.items():
+                results[index] = fut.result()
+                bar.update(1)
+        finally:
+            if executor is None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return [results[i] for i in range(len(results))]
     finally:
         bar.close()
 
@@ -375,6 +378,14 @@ class Summary:
     counts: dict[str, int]
     failed: dict[str, int]
     first_errors: dict[str, str]
+
+    def flat(self, prefix: str = "") -> dict[str, float]:
+        """{prefix+metric: mean, prefix+metric+'_failed': count} for a metrics logger."""
+        out: dict[str, float] = {}
+        for m, mean in self.means.items():
+            out[f"{prefix}{m}"] = mean
+            out[f"{prefix}{m}_failed"] = float(self.failed[m])
+        return out
 
 
 def summarize(rows: Iterable[dict]) -> Summary:
@@ -454,6 +465,11 @@ class PesqPool:
             self._restart()
             return PesqJob([_done(_pesq_many(c, e))], c.shape[0])
         return PesqJob(futures, c.shape[0], fallback=(self, c, e))
+
+    @property
+    def executor(self) -> ProcessPoolExecutor | None:
+        """The worker pool (None when ``num_workers=0``), e.g. for ``evaluate_pairs`` during validation."""
+        return self._pool
 
     def normalized_pesq(self, clean_batch: np.ndarray, est_batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores float32 [B] = (PESQ - 1) / 3.5, NaN where not ok; ok bool [B]) for [B, N] batches."""
