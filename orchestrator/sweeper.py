@@ -183,7 +183,11 @@ def refresh(sweep_dir: Path, data: dict) -> None:
                 set_state(rec, slurm_launcher.SQUEUE_ACTIVE.get(st, "running"), slurm_state=st, reason=reason)
                 continue
             if rc is not None:
-                set_state(rec, base.state_from_exit_code(rc), exit_code=rc, slurm_state=None, reason=None)
+                state = base.state_from_exit_code(rc)
+                reason = None
+                if state == "preempted" and base.was_terminated(cdir):  # TERM and not requeued: scancel
+                    state, reason = "cancelled", "terminated (scancel) after a checkpoint"
+                set_state(rec, state, exit_code=rc, slurm_state=None, reason=reason)
             else:
                 state = _sacct_state(job) or "cancelled"
                 set_state(rec, state, slurm_state=None, reason="left the queue without an exit code")

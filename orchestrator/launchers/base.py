@@ -50,10 +50,19 @@ def clear_exit_code(cell_dir: str | Path) -> None:
 
 
 def read_exit_code(cell_dir: str | Path) -> int | None:
+    """The first line of the exit-code file (None while the attempt runs)."""
     try:
-        return int((Path(cell_dir) / EXIT_CODE_FILE).read_text().strip())
-    except (OSError, ValueError):
+        return int((Path(cell_dir) / EXIT_CODE_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
         return None
+
+
+def was_terminated(cell_dir: str | Path) -> bool:
+    """True when the SLURM wrapper saw SIGTERM (scancel, or preemption) before the run ended."""
+    try:
+        return "terminated" in (Path(cell_dir) / EXIT_CODE_FILE).read_text().split()[1:]
+    except OSError:
+        return False
 
 
 def count_attempts(cell_dir: str | Path) -> int:

@@ -20,9 +20,11 @@ from orchestrator.launchers import base
 from orchestrator.launchers.local import record_end, record_start
 
 
-def _run_cell_process(cmd: list[str], cell_dir: str, env: dict) -> int:
+def _run_cell_process(cmd: list[str], cell_dir: str, env: dict, cwd: str) -> int:
+    """Inside the Ray worker: run the cell's module command from the submitter's folder."""
     with open(os.path.join(cell_dir, "launcher.log"), "ab") as logf:
-        return subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **env}).returncode
+        return subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                              cwd=cwd).returncode
 
 
 def run_ray(sweep_dir: Path, cells: list, *, out: Callable[[str], None] = print, address: str | None = None) -> int:
@@ -48,7 +50,7 @@ def run_ray(sweep_dir: Path, cells: list, *, out: Callable[[str], None] = print,
             lc = cell.config["launcher"]
             cmd = base.cell_command(cdir, nproc=lc["nproc"])
             ref = remote.options(num_cpus=lc["nproc"] * lc["cpus_per_task"], num_gpus=lc["gpus_per_node"]).remote(
-                cmd, str(cdir), env)
+                cmd, str(cdir), env, os.getcwd())
             record_start(sweep_dir, cell.id, cdir, f"ray:{ref.task_id().hex()[:12]}")
             inflight[ref] = (cell, cdir)
             out(f"started {cell.id} on Ray")

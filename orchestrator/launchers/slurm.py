@@ -153,7 +153,8 @@ def make_sbatch_script(
         " ".join(srun) + " bash -c " + q(task_cmd) + " &",
         "srun_pid=$!",
         'while true; do wait "$srun_pid"; rc=$?; kill -0 "$srun_pid" 2>/dev/null || break; done',
-        f'printf \'%s\\n\' "$rc" > "$CELL_DIR/.{EXIT_CODE_FILE}.tmp" && '
+        "# the exit code, then 'terminated' when the job was told to stop (scancel / preemption)",
+        f'{{ printf \'%s\\n\' "$rc"; [ "$terminated" -eq 0 ] || echo terminated; }} > "$CELL_DIR/.{EXIT_CODE_FILE}.tmp" && '
         f'mv -f "$CELL_DIR/.{EXIT_CODE_FILE}.tmp" "$CELL_DIR/{EXIT_CODE_FILE}"',
         f"printf '%s end %s rc=%s\\n' \"$(date -u +%FT%TZ)\" \"$TASK_ID\" \"$rc\" >> \"$CELL_DIR/{ATTEMPTS_FILE}\"",
         f'if [ "$rc" -eq {EXIT_PREEMPTED} ]; then',
