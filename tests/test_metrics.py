@@ -97,6 +97,15 @@ def test_ssnr_matches_definition_loop(pair):
     assert M.ssnr(clean, enh) == pytest.approx(expected, abs=1e-9)
 
 
+def test_ssnr_of_a_long_file_is_computed_in_blocks():
+    rng = np.random.default_rng(1)
+    s = rng.standard_normal(16000 * 40)  # 5329 frames: three blocks of 2048
+    e = s + rng.standard_normal(s.size) * np.repeat(rng.uniform(0.01, 3.0, s.size // 1600), 1600)
+    expected, frames = _ssnr_oracle(s, e)
+    assert frames == 5329
+    assert M.ssnr(s, e) == pytest.approx(expected, abs=1e-9)
+
+
 def test_ssnr_constant_snr_and_clip_bounds():
     rng = np.random.default_rng(0)
     s = rng.standard_normal(16000)  # energy in every frame

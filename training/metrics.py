@@ -93,13 +93,17 @@ def ssnr_frames(clean: np.ndarray, enhanced: np.ndarray, sr: int = SAMPLE_RATE) 
     num_frames = int(s.shape[0] / hop - frame_len / hop)
     if num_frames <= 0:
         return np.zeros(0)
-    idx = np.arange(num_frames)[:, None] * hop + np.arange(frame_len)[None, :]
     win = ssnr_window(frame_len)
-    sf_ = s[idx] * win
-    ef = e[idx] * win
-    sig = np.sum(sf_**2, axis=1)
-    err = np.sum((sf_ - ef) ** 2, axis=1)
-    snr = 10.0 * np.log10(sig / (err + SSNR_EPS) + SSNR_EPS)
+    s_frames = np.lib.stride_tricks.sliding_window_view(s, frame_len)[::hop][:num_frames]
+    e_frames = np.lib.stride_tricks.sliding_window_view(e, frame_len)[::hop][:num_frames]
+    snr = np.empty(num_frames)
+    block = 2048  # frames at a time: memory stays bounded for hour-long files
+    for i in range(0, num_frames, block):
+        sw = s_frames[i : i + block] * win
+        ew = e_frames[i : i + block] * win
+        sig = np.sum(sw**2, axis=1)
+        err = np.sum((sw - ew) ** 2, axis=1)
+        snr[i : i + block] = 10.0 * np.log10(sig / (err + SSNR_EPS) + SSNR_EPS)
     return np.clip(snr, SSNR_MIN_DB, SSNR_MAX_DB)
 
 
