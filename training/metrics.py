@@ -191,6 +191,30 @@ def _as_1d(x: np.ndarray, what: str) -> np.ndarray:
     return a.astype(np.float64, copy=False)
 
 
+class _Undefined(Exception):
+    """The metric is not defined for this input (the message says why)."""
+
+
+def _reference_metric(name: str, ref: np.ndarray, enh: np.ndarray, silent: bool) -> float:
+    if silent and name in ("estoi", "si_sdr"):
+        raise _Undefined("silent reference")
+    if name == "pesq":
+        return pesq_wb(ref, enh)
+    if name == "estoi":
+        return estoi(ref, enh)
+    if name == "si_sdr":
+        value = si_sdr(ref, enh)
+        if value == math.inf:
+            raise _Undefined("infinite: the estimate is an exact scaled copy of the reference")
+        if value == -math.inf:
+            raise _Undefined("-infinite: the estimate is orthogonal to the reference")
+        return value
+    value = ssnr(ref, enh)
+    if math.isnan(value):
+        raise _Undefined(f"too short: SSNR needs at least {5 * SSNR_FRAME_MS / 4:g} ms")
+    return value
+
+
 def compute_metrics(
     clean: np.ndarray | None,
     enhanced: np.ndarray,
@@ -234,25 +258,11 @@ def compute_metrics(
             fail(name, pair_problem)
             continue
         try:
-            if name == "pesq":
-                value = pesq_wb(ref, enh_ref)
-            elif name == "estoi":
-                if silent:
-                    raise ValueError("silent reference")
-                value = estoi(ref, enh_ref)
-            elif name == "si_sdr":
-                if silent:
-                    raise ValueError("silent reference")
-                value = si_sdr(ref, enh_ref)
-            else:
-                value = ssnr(ref, enh_ref)
-                if math.isnan(value):
-                    raise ValueError(f"shorter than two {SSNR_FRAME_MS:g} ms frames")
-        except Exception as exc:  # a failing metric must not stop the others
+            value = _reference_metric(name, ref, enh_ref, silent)
+        except _Undefined as exc:
+            fail(name, str(exc))
+        except Exception as exc:  # a failing library call must not stop the other metrics
             fail(name, _one_line(exc))
-            continue
-        if not math.isfinite(value):
-            fail(name, f"non-finite value {value} (estimate is an exact scaled copy of the reference)")
         else:
             result.values[name] = value
 
