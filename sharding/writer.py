@@ -112,6 +112,15 @@ def _describe(path: Path, task: ShardTask) -> dict[str, Any]:
             "bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
+def _encoded(corpus, task: ShardTask):
+    for j in range(task.start, task.stop):
+        clip = corpus.clip(task.split, j)
+        if clip is None:  # the recipe skipped a bad source (and logged why)
+            log.warning("%s/%s: clip %d skipped by the recipe", task.split, task.name, j)
+            continue
+        yield encode_clip(clip)
+
+
 def build_shard(recipe_name: str, options: dict[str, Any], out_dir: str | Path, task: ShardTask) -> dict[str, Any]:
     """Build one shard unless complete; returns its sidecar facts. Safe to call in any process."""
     out_dir = Path(out_dir)
@@ -123,7 +132,7 @@ def build_shard(recipe_name: str, options: dict[str, Any], out_dir: str | Path, 
     if not path.exists():
         corpus = _open_corpus(recipe_name, json.dumps(options, sort_keys=True))
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_tar(path, (encode_clip(corpus.clip(task.split, j)) for j in range(task.start, task.stop)))
+        write_tar(path, _encoded(corpus, task))
     info = _describe(path, task)
     part.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(part, json.dumps(info, sort_keys=True).encode())

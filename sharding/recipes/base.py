@@ -35,8 +35,8 @@ class Corpus(Protocol):
     def split_sizes(self) -> dict[str, int]:
         """Number of clips per split."""
 
-    def clip(self, split: str, index: int) -> Clip:
-        """Clip ``index`` of ``split``; deterministic given the options."""
+    def clip(self, split: str, index: int) -> Clip | None:
+        """Clip ``index`` of ``split``; deterministic given the options (None: source unusable, skipped)."""
 
     def bytes_per_clip(self, split: str) -> float:
         """Rough encoded size of one sample (noisy+clean FLAC), to turn a byte target into a count."""
@@ -80,7 +80,7 @@ def parse_options(options_cls: type, options: dict[str, Any] | None, recipe: str
     fields = {f.name: f for f in dataclasses.fields(options_cls)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
-        valid = ", ".join(f"{n}={dataclasses.asdict(options_cls())[n]!r}" for n in fields)
+        valid = ", ".join(f"{n}={f.default!r}" for n, f in fields.items())
         raise SourceError(f"recipe {recipe}: unknown option(s) {', '.join(unknown)}; valid: {valid}")
     kwargs = {k: _convert(k, v, fields[k].type) for k, v in options.items()}
     try:
