@@ -11,9 +11,11 @@ preempted (and never submitted) cells are (re)submitted, queued or running ones 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -387,9 +389,14 @@ def cancel_sweep(sweep: str | Path, cells: list[str] | None = None, *, root: str
         for cid in chosen:
             rec = data["cells"][cid]
             if rec["state"] in ACTIVE:
-                if rec.get("job_id") and "_" in rec["job_id"]:
-                    tasks.append(rec["job_id"])
+                job = rec.get("job_id") or ""
+                if "_" in job:
+                    tasks.append(job)
+                elif job.startswith("local:"):  # a local executor's process group
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.killpg(int(job.split(":")[1]), signal.SIGTERM)
+                        tasks.append(job)
                 set_state(rec, "cancelled", reason="orchestrate cancel")
-        slurm_launcher.cancel(tasks)
+        slurm_launcher.cancel([t for t in tasks if "_" in t])
     out(f"cancelled {len(tasks)} job(s): {' '.join(tasks) or '-'}")
     return 0

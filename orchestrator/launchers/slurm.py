@@ -8,6 +8,7 @@ of time, after a checkpoint) into ``scontrol requeue``. The job imports nothing 
 
 from __future__ import annotations
 
+import getpass
 import inspect
 import shlex
 import subprocess
@@ -230,7 +231,7 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
     """
     if not job_ids:
         return {}
-    r = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
+    r = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"])
     if r.returncode != 0:
         return None
     wanted = {str(j) for j in job_ids}

@@ -1,0 +1,102 @@
+"""`orchestrate sweep --executor local` (and ray) with the real training on a tiny demo corpus:
+completion, status, MLflow parent/child runs, resume of a failed cell only."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main as cli_main
+from orchestrator.sweeper import sweep_status
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    from sharding.recipes.demo import prepare_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    prepare_demo(out, train_clips=8, valid_clips=2, test_clips=0, min_seconds=1.0, max_seconds=1.5,
+                 speech="procedural", shard_samples=4)
+    return out
+
+
+def sweep_file(tmp_path: Path, demo: Path, name: str, **extra) -> Path:
+    spec = {
+        "name": name,
+        "base": {
+            "model.name": "rwsa-xs", "data.train": str(demo / "train"), "data.valid": str(demo / "valid"),
+            "data.segment_samples": 3720, "data.batch_size": 2, "data.valid_limit": 1,
+            "trainer.max_steps": 3, "trainer.val_every": 3, "trainer.ckpt_every": 3, "trainer.log_every": 1,
+            "trainer.pesq_workers": 1, "trainer.num_threads": 1, "loss.discriminator": False,
+        },
+        "grid": {"trainer.seed": [0, 1]},
+        "resources": {"max_parallel": 2},
+        "executor": "local",
+        **extra,
+    }
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(json.dumps(spec))
+    return p
+
+
+def test_local_sweep_runs_resumes_only_failed_cells(tmp_path, demo_data, capsys):
+    bad = {"match": {"trainer.seed": 1}, "set": {"data.train": str(tmp_path / "missing")}}
+    p = sweep_file(tmp_path, demo_data, "loc", overrides=[bad])
+    root = str(tmp_path / "runs")
+    assert cli_main(["sweep", str(p), "--root", root]) == 1  # one cell failed
+    rows = {r["cell"]: r for r in sweep_status(tmp_path / "runs" / "loc")}
+    assert rows["s0"]["state"] == "done" and rows["s0"]["step"] == 3 and rows["s0"]["mlflow_run_id"]
+    assert rows["s1"]["state"] == "failed"
+    ledger = json.loads((tmp_path / "runs/loc/ledger.json").read_text())
+    assert ledger["cells"]["s1"]["exit_code"] != 0
+    # the same command again: nothing to redo for s0, s1 fails again (its config is unchanged)
+    capsys.readouterr()
+    assert cli_main(["sweep", str(p), "--root", root]) == 1
+    out = capsys.readouterr().out
+    assert "1 done" in out and "1 to submit" in out and "started s0" not in out and "started s1" in out
+    ledger = json.loads((tmp_path / "runs/loc/ledger.json").read_text())
+    assert ledger["cells"]["s0"]["submissions"] == 1 and ledger["cells"]["s1"]["submissions"] == 2
+    # changing a started cell's config is refused (exit 2), naming the cell
+    capsys.readouterr()
+    assert cli_main(["sweep", str(p), "--root", root, "trainer.max_steps=5"]) == 2
+    assert "cell s0 already ran with a different config" in capsys.readouterr().err
+
+
+def test_local_sweep_mlflow_parent_and_children(tmp_path, demo_data):
+    from mlflow.tracking import MlflowClient
+
+    p = sweep_file(tmp_path, demo_data, "ml")
+    assert cli_main(["sweep", str(p), "--root", str(tmp_path / "runs")]) == 0
+    sweep_dir = tmp_path / "runs" / "ml"
+    ledger = json.loads((sweep_dir / "ledger.json").read_text())
+    parent = ledger["mlflow"]["parent_run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ml")
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in children) == ["s0", "s1"]
+    assert all("val/pesq" in r.data.metrics and r.info.status == "FINISHED" for r in children)
+    p_run = client.get_run(parent)
+    assert p_run.data.tags["se.kind"] == "sweep" and p_run.info.status == "FINISHED"
+    cfg = (sweep_dir / "cells" / "s0" / "config.yaml").read_text()
+    assert f"parent_run_id: {parent}" in cfg
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_a_cell(tmp_path, demo_data, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    p = sweep_file(tmp_path, demo_data, "ray1", grid={"trainer.seed": [0]}, resources={"cpus_per_task": 1})
+    try:
+        assert cli_main(["sweep", str(p), "--root", str(tmp_path / "runs"), "--executor", "ray"]) == 0
+    finally:
+        import ray
+
+        ray.shutdown()
+    (row,) = sweep_status(tmp_path / "runs" / "ray1")
+    assert row["state"] == "done" and row["step"] == 3 and row["job_id"].startswith("ray:")
