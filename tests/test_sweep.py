@@ -211,8 +211,8 @@ def test_sbatch_parameter_schema():
 
 def test_shipped_sweeps_expand(tmp_path):
     sizes = {}
-    for f in sorted((REPO / "sweeps").glob("*.yaml")):
-        plan = plan_sweep(f, root=tmp_path, dry_run=True)
+    for name in ("baselines", "demo", "mambattention_ablations", "rwsa_sizes"):  # tune_*.yaml: orchestrate tune
+        plan = plan_sweep(REPO / "sweeps" / f"{name}.yaml", root=tmp_path, dry_run=True)
         sizes[plan.spec.name] = len(plan.cells)
         for c in plan.cells:
             assert yaml.safe_load(yaml.safe_dump(c.config)) == c.config
