@@ -1,0 +1,115 @@
+"""`orchestrate shard`: build, verify and summarise WebDataset shard corpora (``sharding``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NAME = "shard"
+HELP = "build shard corpora from recipes (demo, pairs, dns2020, vb-demandex, ears-wham), verify, stats"
+DESCRIPTION = """Build a corpus as WebDataset shards + manifest.json per split (train/valid/test), check it,
+or summarise it. Recipe options are key=value pairs (the recipe's options dataclass; unknown keys are
+refused with the valid list). Rebuilding the same folder resumes: finished shards are skipped."""
+EPILOG = """examples:
+  orchestrate shard build demo --out data/demo
+  orchestrate shard build demo --out data/demo train_clips=1000 speech=procedural --workers 2
+  orchestrate shard build dns2020 --out /scratch/dns clean_dir=/data/DNS/clean noise_dir=/data/DNS/noise \\
+      total_hours=3000 --executor slurm --slurm partition=cpu --slurm array_tasks=200
+  orchestrate shard build dns2020 --out /scratch/dns clean_dir=... noise_dir=... --executor slurm --dry-run
+  orchestrate shard build pairs --out data/dns-test root=/data/DNS/test_set/synthetic/no_reverb match=fileid
+  orchestrate shard verify data/demo          # exit 1 when a problem is found
+  orchestrate shard stats data/demo --json
+"""
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    from orchestrator.errors import UserError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{what}: expected key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+class _KeyValueParser(argparse.ArgumentParser):
+    """Collects ``key=value`` words wherever they appear (argparse stops positionals at the first flag)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        if hasattr(ns, "options"):
+            kv = [a for a in extras if "=" in a and not a.startswith("-")]
+            ns.options = list(ns.options or []) + kv
+            extras = [a for a in extras if a not in kv]
+        return ns, extras
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="shard_command", metavar="ACTION", required=True, parser_class=_KeyValueParser)
+    b = sub.add_parser("build", help="build (or resume) a corpus from a recipe")
+    b.add_argument("recipe", help="demo, pairs, dns2020, vb-demandex or ears-wham")
+    b.add_argument("options", nargs="*", metavar="key=value", help="recipe options")
+    b.add_argument("--out", required=True, help="output folder (DIR/<split>/shard-*.tar + manifest.json)")
+    b.add_argument("--executor", choices=("local", "ray", "slurm"), default="local")
+    b.add_argument("--workers", type=int, default=1, help="local processes / Ray CPUs (default 1)")
+    b.add_argument("--shard-samples", type=int, help="samples per shard (default: from --shard-mb)")
+    b.add_argument("--shard-mb", type=float, help="target shard size in MB (default 512)")
+    b.add_argument("--slurm", action="append", default=[], metavar="key=value",
+                   help="SLURM setting: array_tasks, max_parallel, partition, account, time_min, cpus_per_task, mem_gb")
+    b.add_argument("--dry-run", action="store_true", help="only plan (and write the sbatch scripts for slurm)")
+    v = sub.add_parser("verify", help="checksums, sample counts, decode every sample; exit 1 on problems")
+    v.add_argument("dir")
+    v.add_argument("--no-decode", action="store_true", help="skip decoding (checksums and counts only)")
+    s = sub.add_parser("stats", help="hours, clips, SNR histogram, speakers, noise types per split")
+    s.add_argument("dir")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.shard_command == "build":
+        from sharding.writer import build
+
+        slurm = {k: _num(v) for k, v in _pairs(args.slurm, "--slurm").items()}
+        result = build(args.recipe, args.out, _pairs(args.options, "recipe option"), executor=args.executor,
+                       num_workers=args.workers, shard_samples=args.shard_samples,
+                       shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None,
+                       slurm=slurm, dry_run=args.dry_run)
+        if "manifests" in result:
+            for split, m in result["manifests"].items():
+                print(f"{split}: {m['num_samples']} clips, {m['seconds'] / 3600:.3f} h, {len(m['shards'])} shards")
+        else:
+            print(json.dumps({k: v for k, v in result.items() if k != "scripts"}, indent=1, default=str))
+        return 0
+    if args.shard_command == "verify":
+        from sharding.verify import verify
+
+        report = verify(args.dir, decode=not args.no_decode)
+        for split, c in report.splits.items():
+            print(f"{split}: {c['shards']} shards, {c['samples']} samples, {c['bad_samples']} bad")
+        for problem in report.problems:
+            print(f"problem: {problem}")
+        print("ok" if report.ok else f"{len(report.problems)} problem(s)")
+        return 0 if report.ok else 1
+    from sharding.verify import stats
+
+    result = stats(args.dir)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+        return 0
+    for split, st in result.items():
+        print(f"{split}: {st['clips']} clips, {st['hours']} h, {st['shards']} shards, recipe {st['recipe']}")
+        print(f"  SNR dB: {st['snr_histogram']}")
+        print(f"  speakers ({st['num_speakers']}): {dict(list(st['speakers'].items())[:10])}")
+        print(f"  noise types: {st['noise_types']}")
+    return 0
+
+
+def _num(value: str):
+    try:
+        return int(value)
+    except ValueError:
+        return value
