@@ -1,13 +1,15 @@
 """Numba kernels of the fused CPU selective scan (used by ``scan_fused``; import numba here only).
 
-Shapes (all arrays C-contiguous, one float dtype ``f`` per call):
-    u, dt: (nb, nd, L)   A: (nd, N)   Bt, Ct: (nb, L, N)   (B and C transposed so that the
-    inner loop over the state runs over contiguous memory)
+Shapes (all arrays C-contiguous, one float dtype per call):
+    u, delta, z, out: (nb, nd, L)   A: (nd, N)   Bt, Ct: (nb, L, N)   D, bias: (nd,)
+B and C come transposed so that the inner loop over the state reads contiguous memory.
+Absent D / z / bias are passed as dummy arrays with their ``has_*`` flag false.
 
-Each parallel work item is one batch row ``b`` and a group ``g`` of ``G`` contiguous channel
-ranges; it keeps the state of one channel (``N`` numbers) in a small local array and loops over
-time, so nothing of shape (nb, nd, L, N) is ever materialised. Every work item writes disjoint
-outputs, so results do not depend on the number of threads.
+Each parallel work item is one batch row ``b`` and one group ``g`` of contiguous channels; it
+keeps one channel's state (``N`` numbers) in a small local array and loops over time, so nothing
+of shape (nb, nd, L, N) is ever materialised. Work items write disjoint outputs and the caller
+reduces the per-item partial sums in a fixed order, so results do not depend on the thread count.
+The bias, softplus, D skip and silu(z) gate are applied inside the kernels (no temporaries).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from numba import prange
 
 # No 'nnan'/'ninf': NaN and inf must propagate as in the reference.
 _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
+_SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus default: identity above it
 
 
 def _jit(fn):
@@ -30,22 +33,78 @@ def _jit(fn):
         return numba.njit(parallel=True, cache=False, fastmath=_FASTMATH, nogil=True)(fn)
 
 
+# exp for float32: exp(x) = 2**k * exp(r), k = rint(x / ln 2), |r| <= ln2 / 2, exp(r) by its
+# degree-6 Taylor polynomial (relative error < 5e-7). Unlike a libm call it vectorises.
+_F32 = np.float32
+_LOG2E = _F32(1.4426950408889634)
+_LN2_HI = _F32(0.693359375)  # ln 2 split in two so that k * _LN2_HI is exact
+_LN2_LO = _F32(-2.1219444005469057e-4)
+_ONE = _F32(1.0)
+_TAYLOR = tuple(_F32(1.0 / math.factorial(i)) for i in range(2, 7))
+_X_MIN = _F32(-87.0)  # exp(-87) ~ 1.6e-38, still a normal float32
+_X_MAX = _F32(88.0)
+_C2, _C3, _C4, _C5, _C6 = _TAYLOR
+
+
+def _exp32_inplace(x, bits, scale, N):
+    """x[:N] <- exp(x[:N]) (float32). bits: int32 scratch, scale: the same memory as float32."""
+    for n in range(N):
+        xn = min(max(x[n], _X_MIN), _X_MAX)
+        kf = np.rint(xn * _LOG2E)
+        r = xn - kf * _LN2_HI
+        r = r - kf * _LN2_LO
+        x[n] = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * _C6)))))
+        bits[n] = (np.int32(kf) + np.int32(127)) << np.int32(23)
+    for n in range(N):
+        x[n] = x[n] * scale[n]
+
+
+_exp32_inplace = numba.njit(inline="always", fastmath=_FASTMATH)(_exp32_inplace)
+
+
+def _exp_inplace(x, bits, scale, N, fast):
+    """x[:N] <- exp(x[:N]); the polynomial when ``fast`` (float32 only), else libm."""
+    if fast:
+        _exp32_inplace(x, bits, scale, N)
+    else:
+        for n in range(N):
+            x[n] = math.exp(x[n])
+
+
+_exp_inplace = numba.njit(inline="always", fastmath=_FASTMATH)(_exp_inplace)
+
+
+def _split(i, groups, nd):
+    b = i // groups
+    g = i - b * groups
+    return b, g, (g * nd) // groups, ((g + 1) * nd) // groups
+
+
+_split = numba.njit(inline="always")(_split)
+
+
 @_jit
-def scan_forward(u, dt, A, Bt, Ct, groups, chunk, save, y, ckpt):
-    """y[b,d,t] = <h_t, C_t>; h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t; h_{-1} = 0.
+def scan_forward(u, delta, A, Bt, Ct, D, z, bias, has_D, has_z, has_bias, softplus, fast,
+                 groups, chunk, save, out, ckpt):
+    """out = (<h_t, C_t> + D u_t) silu(z_t); h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t; h_{-1} = 0,
+    dt = softplus(delta + bias).
 
     When ``save``: ckpt[b, d, c, :] = h before step c*chunk, shape (nb, nd, ceil(L/chunk), N).
     """
     nb, nd, L = u.shape
     N = A.shape[1]
     for i in prange(nb * groups):
-        b = i // groups
-        g = i - b * groups
-        d0 = (g * nd) // groups
-        d1 = ((g + 1) * nd) // groups
-        h = np.empty(N, dtype=y.dtype)
-        a = np.empty(N, dtype=y.dtype)
+        b, g, d0, d1 = _split(i, groups, nd)
+        h = np.empty(N, dtype=out.dtype)
+        a = np.empty(N, dtype=out.dtype)
+        e = np.empty(N, dtype=out.dtype)
+        bits = np.empty(N, dtype=np.int32)
+        scale = bits.view(np.float32)
+        cast = np.zeros(1, dtype=out.dtype)  # storing through it rounds a float64 to out's dtype
+        zero = cast[0]
         for d in range(d0, d1):
+            bias_d = bias[d] if has_bias else 0.0
+            D_d = D[d] if has_D else 0.0
             for n in range(N):
                 h[n] = 0.0
                 a[n] = A[d, n]
@@ -54,39 +113,58 @@ def scan_forward(u, dt, A, Bt, Ct, groups, chunk, save, y, ckpt):
                     c = t // chunk
                     for n in range(N):
                         ckpt[b, d, c, n] = h[n]
-                dtt = dt[b, d, t]
-                dtu = dtt * u[b, d, t]
-                acc = 0.0
+                ut = u[b, d, t]
+                raw = delta[b, d, t] + bias_d
+                if softplus and raw <= _SOFTPLUS_THRESHOLD:
+                    raw = math.log1p(math.exp(raw))
+                cast[0] = raw
+                dtt = cast[0]
+                dtu = dtt * ut
                 for n in range(N):
-                    hn = math.exp(dtt * a[n]) * h[n] + dtu * Bt[b, t, n]
+                    e[n] = dtt * a[n]
+                _exp_inplace(e, bits, scale, N, fast)
+                acc = zero
+                for n in range(N):
+                    hn = e[n] * h[n] + dtu * Bt[b, t, n]
                     h[n] = hn
                     acc += hn * Ct[b, t, n]
-                y[b, d, t] = acc
+                yt = acc + D_d * ut
+                if has_z:
+                    zt = z[b, d, t]
+                    yt = yt * zt / (1.0 + math.exp(-zt))
+                out[b, d, t] = yt
 
 
 @_jit
-def scan_backward(u, dt, A, Bt, Ct, dy, ckpt, groups, chunk, du, ddt, dA_part, dB_part, dC_part):
+def scan_backward(u, delta, A, Bt, Ct, D, z, bias, has_D, has_z, has_bias, softplus, fast,
+                  dout, ckpt, groups, chunk,
+                  du, ddelta, dz, dA_part, dD_part, dbias_part, dB_part, dC_part):
     """Reverse scan. Recomputes each chunk's states from ``ckpt``, then walks it backwards.
 
-    Outputs (written, not accumulated, except dB_part/dC_part which must start at zero):
-        du, ddt: (nb, nd, L)   scan part of dL/du and dL/ddt (D and z handled by the caller)
-        dA_part: (nb, nd, N) float64, dL/dA summed over time for each batch row
-        dB_part, dC_part: (groups, nb, L, N), dL/dBt and dL/dCt summed over each channel group
+    Written: du, ddelta, dz (nb, nd, L); per batch row (float64) dA_part (nb, nd, N),
+    dD_part and dbias_part (nb, nd). Accumulated (must start at zero): dB_part, dC_part
+    (groups, nb, L, N), dL/dBt and dL/dCt summed over each channel group.
     """
     nb, nd, L = u.shape
     N = A.shape[1]
     nchunk = ckpt.shape[2]
     for i in prange(nb * groups):
-        b = i // groups
-        g = i - b * groups
-        d0 = (g * nd) // groups
-        d1 = ((g + 1) * nd) // groups
+        b, g, d0, d1 = _split(i, groups, nd)
         hbuf = np.empty((chunk + 1, N), dtype=du.dtype)
         ebuf = np.empty((chunk, N), dtype=du.dtype)
+        dtbuf = np.empty(chunk, dtype=du.dtype)
         gs = np.empty(N, dtype=du.dtype)
         a = np.empty(N, dtype=du.dtype)
         dal = np.empty(N, dtype=np.float64)
+        bits = np.empty(N, dtype=np.int32)
+        scale = bits.view(np.float32)
+        cast = np.zeros(1, dtype=du.dtype)
+        zero = cast[0]
         for d in range(d0, d1):
+            bias_d = bias[d] if has_bias else 0.0
+            D_d = D[d] if has_D else 0.0
+            dD_acc = 0.0
+            dbias_acc = 0.0
             for n in range(N):
                 a[n] = A[d, n]
                 gs[n] = 0.0
@@ -98,24 +176,42 @@ def scan_backward(u, dt, A, Bt, Ct, dy, ckpt, groups, chunk, du, ddt, dA_part, d
                     hbuf[0, n] = ckpt[b, d, c, n]
                 for k in range(m):
                     t = t0 + k
-                    dtt = dt[b, d, t]
+                    raw = delta[b, d, t] + bias_d
+                    if softplus and raw <= _SOFTPLUS_THRESHOLD:
+                        raw = math.log1p(math.exp(raw))
+                    dtbuf[k] = raw
+                    dtt = dtbuf[k]
                     dtu = dtt * u[b, d, t]
+                    ek = ebuf[k]
                     for n in range(N):
-                        e = math.exp(dtt * a[n])
-                        ebuf[k, n] = e
-                        hbuf[k + 1, n] = e * hbuf[k, n] + dtu * Bt[b, t, n]
+                        ek[n] = dtt * a[n]
+                    _exp_inplace(ek, bits, scale, N, fast)
+                    for n in range(N):
+                        hbuf[k + 1, n] = ek[n] * hbuf[k, n] + dtu * Bt[b, t, n]
                 for k in range(m - 1, -1, -1):
                     t = t0 + k
-                    dtt = dt[b, d, t]
+                    dtt = dtbuf[k]
                     ut = u[b, d, t]
-                    dyt = dy[b, d, t]
+                    dout_t = dout[b, d, t]
+                    zt = 0.0
+                    sz = 0.0
+                    cast[0] = dout_t
+                    if has_z:
+                        zt = z[b, d, t]
+                        sz = 1.0 / (1.0 + math.exp(-zt))
+                        cast[0] = dout_t * zt * sz
+                    dyt = cast[0]
                     dtu = dtt * ut
-                    sdu = 0.0
-                    sdt = 0.0
+                    sdu = zero
+                    sdt = zero
+                    shc = zero
                     for n in range(N):
                         # gs holds dL/dh_t once the output term of step t is added.
-                        gn = gs[n] + dyt * Ct[b, t, n]
-                        dC_part[g, b, t, n] += dyt * hbuf[k + 1, n]
+                        cn = Ct[b, t, n]
+                        hn = hbuf[k + 1, n]
+                        gn = gs[n] + dyt * cn
+                        shc += hn * cn
+                        dC_part[g, b, t, n] += dyt * hn
                         bn = Bt[b, t, n]
                         dB_part[g, b, t, n] += gn * dtu
                         eh = ebuf[k, n] * hbuf[k, n]
@@ -123,7 +219,17 @@ def scan_backward(u, dt, A, Bt, Ct, dy, ckpt, groups, chunk, du, ddt, dA_part, d
                         sdt += gn * (a[n] * eh + bn * ut)
                         dal[n] += gn * dtt * eh
                         gs[n] = gn * ebuf[k, n]
-                    du[b, d, t] = sdu * dtt
-                    ddt[b, d, t] = sdt
+                    if has_z:
+                        dz[b, d, t] = dout_t * (shc + D_d * ut) * sz * (1.0 + zt * (1.0 - sz))
+                    du[b, d, t] = sdu * dtt + dyt * D_d
+                    dD_acc += dyt * ut
+                    if softplus:
+                        x = delta[b, d, t] + bias_d
+                        if x <= _SOFTPLUS_THRESHOLD:
+                            sdt = sdt / (1.0 + math.exp(-x))
+                    ddelta[b, d, t] = sdt
+                    dbias_acc += sdt
             for n in range(N):
                 dA_part[b, d, n] = dal[n]
+            dD_part[b, d] = dD_acc
+            dbias_part[b, d] = dbias_acc

@@ -19,7 +19,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from training.mamba import _scan_kernels as _k
 
@@ -53,13 +52,6 @@ def _groups(batch: int, dim: int) -> int:
     return max(1, min(dim, -(-WORK_ITEMS // batch)))
 
 
-def _delta(delta, delta_bias, softplus, dtype):
-    dt = delta.detach().to(dtype)
-    if delta_bias is not None:
-        dt = dt + delta_bias.detach().to(dtype)[None, :, None]
-    return F.softplus(dt) if softplus else dt
-
-
 def _check(u, delta, A, B, C, D, z, delta_bias):
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"selective_scan_fused: u and delta must be (batch, dim, L), got {tuple(u.shape)} and {tuple(delta.shape)}")
@@ -81,103 +73,73 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"selective_scan_fused: CPU tensors only, got device {u.device}")
 
 
-def _scan_forward(u, dt, A, B, C, save: bool):
-    """Run the forward kernel. dt: (batch, dim, L) in the compute dtype. Returns (y, ckpt)."""
-    dtype = dt.dtype
-    batch, dim, length = u.shape
-    n = A.shape[1]
-    _use_threads()
-    groups = _groups(batch, dim)
-    y = np.empty((batch, dim, length), dtype=dt.numpy().dtype)
-    nchunk = -(-length // CHUNK)
-    shape = (batch, dim, nchunk, n) if save else (1, 1, 1, 1)
-    ckpt = np.empty(shape, dtype=y.dtype)
-    _k.scan_forward(
-        _np(u, dtype), dt.numpy(), _np(A, dtype),
+def _prepare(u, delta, A, B, C, D, z, delta_bias):
+    """Contiguous numpy views in the compute dtype, B/C transposed, dummies for absent ones."""
+    dtype = _compute_dtype(u)
+    dummy = np.zeros(1, dtype=np.float64 if dtype == torch.float64 else np.float32)
+    arrays = [
+        _np(u, dtype), _np(delta, dtype), _np(A, dtype),
         _np(B.transpose(1, 2), dtype), _np(C.transpose(1, 2), dtype),
-        groups, CHUNK, save, y, ckpt,
-    )
-    return torch.from_numpy(y), torch.from_numpy(ckpt)
+        _np(D, dtype) if D is not None else dummy,
+        _np(z, dtype) if z is not None else dummy.reshape(1, 1, 1),
+        _np(delta_bias, dtype) if delta_bias is not None else dummy,
+    ]
+    return arrays, (D is not None, z is not None, delta_bias is not None)
 
 
-def _finish(y, u, D, z):
-    """y + D u, gated by silu(z). Returns (out, y_before_gate)."""
-    if D is not None:
-        y = y + D.detach().to(y.dtype)[None, :, None] * u.detach().to(y.dtype)
-    out = y * F.silu(z.detach().to(y.dtype)) if z is not None else y
-    return out, y
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save: bool):
+    """Run the forward kernel. Returns (out in the compute dtype, ckpt or None)."""
+    arrays, flags = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, length = u.shape
+    _use_threads()
+    out = np.empty((batch, dim, length), dtype=arrays[0].dtype)
+    shape = (batch, dim, -(-length // CHUNK), A.shape[1]) if save else (1, 1, 1, 1)
+    ckpt = np.empty(shape, dtype=out.dtype)
+    _k.scan_forward(*arrays, *flags, softplus, arrays[0].dtype == np.float32, _groups(batch, dim), CHUNK, save, out, ckpt)
+    return torch.from_numpy(out), (torch.from_numpy(ckpt) if save else None)
 
 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        dtype = _compute_dtype(u)
-        dt = _delta(delta, delta_bias, delta_softplus, dtype).contiguous()
-        y, ckpt = _scan_forward(u, dt, A, B, C, save=True)
-        out, y_pre = _finish(y, u, D, z)
+        out, ckpt = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save=True)
         ctx.delta_softplus = delta_softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y_pre if z is not None else None)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
         return out.to(u.dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        u, delta, A, B, C, D, z, delta_bias, ckpt, y_pre = ctx.saved_tensors
-        dtype = ckpt.dtype
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        arrays, flags = _prepare(u, delta, A, B, C, D, z, delta_bias)
         batch, dim, length = u.shape
         n = A.shape[1]
-        dout = dout.to(dtype)
-        dz = None
-        if z is not None:
-            zc = z.detach().to(dtype)
-            sz = torch.sigmoid(zc)
-            if ctx.needs_input_grad[6]:
-                dz = (dout * y_pre * sz * (1 + zc * (1 - sz))).to(z.dtype)
-            dy = dout * (zc * sz)
-        else:
-            dy = dout
-        dy = dy.contiguous()
-        dt = _delta(delta, delta_bias, ctx.delta_softplus, dtype).contiguous()
-        _use_threads()
+        f = arrays[0].dtype
         groups = _groups(batch, dim)
-        npdt = dt.numpy().dtype
-        du = np.empty((batch, dim, length), dtype=npdt)
-        ddt = np.empty((batch, dim, length), dtype=npdt)
-        dA_part = np.empty((batch, dim, n), dtype=np.float64)
-        dB_part = np.zeros((groups, batch, length, n), dtype=npdt)
-        dC_part = np.zeros((groups, batch, length, n), dtype=npdt)
+        du = np.empty((batch, dim, length), dtype=f)
+        ddelta = np.empty((batch, dim, length), dtype=f)
+        dz = np.empty((batch, dim, length) if z is not None else (1, 1, 1), dtype=f)
+        dA = np.empty((batch, dim, n), dtype=np.float64)
+        dD = np.empty((batch, dim), dtype=np.float64)
+        dbias = np.empty((batch, dim), dtype=np.float64)
+        dB = np.zeros((groups, batch, length, n), dtype=f)
+        dC = np.zeros((groups, batch, length, n), dtype=f)
+        _use_threads()
         _k.scan_backward(
-            _np(u, dtype), dt.numpy(), _np(A, dtype),
-            _np(B.transpose(1, 2), dtype), _np(C.transpose(1, 2), dtype),
-            dy.numpy(), ckpt.numpy(), groups, CHUNK, du, ddt, dA_part, dB_part, dC_part,
+            *arrays, *flags, ctx.delta_softplus, f == np.float32, _np(dout, ckpt.dtype), ckpt.numpy(), groups, CHUNK,
+            du, ddelta, dz, dA, dD, dbias, dB, dC,
         )
-        du = torch.from_numpy(du)
-        ddt = torch.from_numpy(ddt)
-        grads = {}
-        if D is not None:
-            if ctx.needs_input_grad[5]:
-                grads["D"] = (dy * u.detach().to(dtype)).sum((0, 2)).to(D.dtype)
-            du = du + dy * D.detach().to(dtype)[None, :, None]
-        if ctx.delta_softplus:
-            raw = delta.detach().to(dtype)
-            if delta_bias is not None:
-                raw = raw + delta_bias.detach().to(dtype)[None, :, None]
-            ddt = ddt * torch.sigmoid(raw)
-        if delta_bias is not None and ctx.needs_input_grad[7]:
-            grads["bias"] = ddt.sum((0, 2)).to(delta_bias.dtype)
-        dA = torch.from_numpy(dA_part.sum(0)).to(A.dtype)
-        dB = torch.from_numpy(dB_part.sum(0)).transpose(1, 2).to(B.dtype)
-        dC = torch.from_numpy(dC_part.sum(0)).transpose(1, 2).to(C.dtype)
         need = ctx.needs_input_grad
+
+        def grad(i, array, like, reduce=None):
+            if not need[i]:
+                return None
+            t = torch.from_numpy(array.sum(0) if reduce else array)
+            return t.transpose(1, 2).to(like.dtype) if reduce == "T" else t.to(like.dtype)
+
         return (
-            du.to(u.dtype) if need[0] else None,
-            ddt.to(delta.dtype) if need[1] else None,
-            dA if need[2] else None,
-            dB if need[3] else None,
-            dC if need[4] else None,
-            grads.get("D"),
-            dz,
-            grads.get("bias"),
-            None,
+            grad(0, du, u), grad(1, ddelta, delta), grad(2, dA, A, "sum"),
+            grad(3, dB, B, "T"), grad(4, dC, C, "T"), grad(5, dD, D, "sum"),
+            grad(6, dz, z), grad(7, dbias, delta_bias, "sum"), None,
         )
 
 
@@ -190,7 +152,5 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     args = (u, delta, A, B, C, D, z, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         return _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
-    dtype = _compute_dtype(u)
-    dt = _delta(delta, delta_bias, delta_softplus, dtype).contiguous()
-    y, _ = _scan_forward(u, dt, A, B, C, save=False)
-    return _finish(y, u, D, z)[0].to(u.dtype)
+    out, _ = _forward(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), save=False)
+    return out.to(u.dtype)
