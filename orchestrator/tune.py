@@ -300,6 +300,8 @@ def train_in_chunks(cfg, workdir: Path, train_fn: TrainFn, report: Callable[[int
 
     Returns the number of reports. Exit code 75 (preempted) re-runs the chunk (it resumes);
     any other non-zero exit code raises ``RuntimeError``."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     total, every = cfg.trainer.max_steps, cfg.trainer.val_every or cfg.trainer.max_steps
     step, retries, reports = _progress_step(workdir), 0, 0
     while step < total:
@@ -420,8 +422,7 @@ def run_tune(
     ``train_fn`` replaces ``training.run.train`` (tests)."""
     if not isinstance(spec, TuneSpec):
         spec = load_tune_spec(spec, overrides)
-    for var, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
-                       ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")):  # fmt: skip
+    for var, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
         os.environ.setdefault(var, value)
     import ray
     from ray import tune
@@ -456,8 +457,8 @@ def run_tune(
             param_space=search_space(spec),
             tune_config=tune.TuneConfig(
                 metric=spec.metric, mode=spec.mode, scheduler=scheduler, num_samples=spec.num_samples,
-                max_concurrent_trials=spec.max_concurrent,
-                search_alg=BasicVariantGenerator(random_state=spec.seed),
+                search_alg=BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent or 0),
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(name="ray", storage_path=str(spec.search_dir), verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=0)),

@@ -1,0 +1,205 @@
+"""`orchestrate tune`: Ray Tune + ASHA over a YAML search space, trials as MLflow child runs.
+
+The fast test replaces the model training (``training.run.train``) by ``standin_train`` below:
+real training of even the smallest model for several validations x 4 trials takes minutes on
+2 CPU cores, and ASHA's decisions need scores that are known in advance. Everything else is the
+real code path: the tune file, Ray Tune with ASHA, the chunked trial loop that re-runs ``train``
+with a larger ``trainer.max_steps`` and resumes from the workdir, reading ``val/pesq`` back from
+MLflow, and the MLflow parent/child runs. ``test_real_engine_tune`` (slow) runs the real engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import cli
+from orchestrator import tune as tn
+from orchestrator.errors import UserError
+
+for _var, _val in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("RAY_USAGE_STATS_ENABLED", "0"),
+                   ("RAY_AUTH_MODE", "disabled")):  # fmt: skip
+    os.environ[_var] = _val
+
+REPO = Path(__file__).resolve().parents[1]
+LRS = [1.0e-3, 5.0e-4, 2.5e-4, 1.25e-4]  # stand-in score grows with the LR: trial 0 is the best
+
+
+def standin_pesq(lr: float, step: int) -> float:
+    return 1.0 + 2.0 * (lr / 1.0e-3) * (1.0 - math.exp(-step / 20.0))
+
+
+def standin_train(cfg, workdir) -> int:
+    """Stands in for ``training.run.train(cfg, workdir)`` (no model is trained, see module doc).
+
+    Behaves as the engine does at its seams: resumes from ``WORKDIR/progress.json``, re-opens the
+    MLflow run named in ``WORKDIR/mlflow_run_id`` (else creates it as a child of
+    ``cfg.mlflow.parent_run_id`` with ``cfg.mlflow.tags``), logs ``val/pesq`` every
+    ``trainer.val_every`` steps up to ``trainer.max_steps``, writes progress, ends the run, exits 0."""
+    from mlflow.tracking import MlflowClient
+
+    workdir = Path(workdir)
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    progress = workdir / "progress.json"
+    start = json.loads(progress.read_text())["step"] if progress.exists() else 0
+    id_file = workdir / "mlflow_run_id"
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+        client.update_run(run_id, status="RUNNING")
+    else:
+        exp = client.get_run(cfg.mlflow.parent_run_id).info.experiment_id
+        tags = {**cfg.mlflow.tags, "mlflow.parentRunId": cfg.mlflow.parent_run_id, "se.kind": "train"}
+        run_id = client.create_run(exp, run_name=cfg.mlflow.run_name, tags=tags).info.run_id
+        client.log_param(run_id, "optim.lr", str(cfg.optim.lr))
+        id_file.write_text(run_id + "\n")
+    for step in range(start + 1, cfg.trainer.max_steps + 1):
+        if step % cfg.trainer.val_every == 0 or step == cfg.trainer.max_steps:
+            time.sleep(0.3)  # a validation takes time: keeps the trials' reports interleaved
+            client.log_metric(run_id, "val/pesq", standin_pesq(cfg.optim.lr, step), step=step)
+    progress.write_text(json.dumps({"step": cfg.trainer.max_steps, "max_steps": cfg.trainer.max_steps}))
+    client.set_terminated(run_id)
+    return 0
+
+
+def _write_spec(tmp_path: Path, **extra) -> Path:
+    spec = {
+        "name": "tune_test",
+        "base": {"data.batch_size": 2, "trainer.max_steps": 40, "trainer.val_every": 10},
+        "space": {"optim.lr": {"grid_search": LRS}},
+        "scheduler": {"metric": "val/pesq", "mode": "max", "grace_period": 1, "reduction_factor": 2},
+        "num_samples": 1,
+        "max_concurrent": 2,
+        "resources": {"cpu": 1},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tune_test"},
+        "root": str(tmp_path / "runs"),
+        **extra,
+    }
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_asha_stops_bad_trials_and_trials_are_child_runs(tmp_path):
+    import ray.cloudpickle
+    from mlflow.tracking import MlflowClient
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests/
+    spec = tn.load_tune_spec(_write_spec(tmp_path))
+    t0 = time.monotonic()
+    out = tn.run_tune(spec, num_cpus=2, train_fn=standin_train, verbose=0)
+    print(f"4-trial tune: {time.monotonic() - t0:.1f} s\n" + tn.format_outcome(out))
+    assert out.trial_mode == "chunks"  # standin_train has no on_validation argument
+    assert out.max_iterations == 4
+    assert len(out.trials) == 4 and all(t.error is None for t in out.trials)
+    by_lr = {t.values["optim.lr"]: t for t in out.trials}
+    best = by_lr[LRS[0]]
+    assert out.best is best and best.iterations == 4 and not best.stopped_early
+    assert best.best == pytest.approx(standin_pesq(LRS[0], 40))
+    stopped = [t for t in out.trials if t.stopped_early]
+    assert stopped and all(t.iterations < 4 for t in stopped)
+    assert by_lr[LRS[3]].stopped_early  # the worst never survives the first rung
+    for t in out.trials:  # each report is the score at its step: the chunks resumed, not restarted
+        assert t.last == pytest.approx(standin_pesq(t.values["optim.lr"], 10 * t.iterations))
+
+    client = MlflowClient(tracking_uri=out.tracking_uri)
+    parent = client.get_run(out.parent_run_id)
+    assert parent.data.tags["se.kind"] == "sweep" and parent.data.tags["se.sweep"] == "tune_test"
+    assert parent.data.tags["se.best_trial"] == best.trial_id
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{out.parent_run_id}'")
+    assert sorted(r.info.run_id for r in children) == sorted(t.mlflow_run_id for t in out.trials)
+    for r in children:
+        t = next(t for t in out.trials if t.mlflow_run_id == r.info.run_id)
+        assert r.data.tags["se.trial"] == t.trial_id and r.data.tags["se.sweep"] == "tune_test"
+        hist = client.get_metric_history(r.info.run_id, "val/pesq")
+        assert sorted(m.step for m in hist) == [10 * (i + 1) for i in range(t.iterations)]
+        assert r.data.tags["se.tune_status"] == ("stopped" if t.stopped_early else "complete")
+    assert {a.path for a in client.list_artifacts(out.parent_run_id)} >= {"tune_results.json"}
+    saved = json.loads((spec.search_dir / "tune_results.json").read_text())
+    assert saved["best"]["trial_id"] == best.trial_id
+
+
+def test_train_in_chunks_reports_after_each_validation(tmp_path):
+    """The chunk loop alone: 4 chunks of 10 steps, resumed, and a preempted chunk is re-run."""
+    from orchestrator.mlflow_sweep import ensure_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = ensure_parent_run(uri, "chunks", "chunks")
+    spec = tn.load_tune_spec(_write_spec(tmp_path))
+    cfg = tn.trial_config(spec, {"optim.lr": 5e-4}, trial_id="t0", parent_run_id=parent, tracking_uri=uri)
+    calls, reports = [], []
+    preempt_once = [True]
+
+    def train(c, w):
+        calls.append(c.trainer.max_steps)
+        if c.trainer.max_steps == 30 and preempt_once[0]:
+            preempt_once[0] = False
+            return tn.EXIT_PREEMPTED
+        return standin_train(c, w)
+
+    n = tn.train_in_chunks(cfg, tmp_path / "w", train, lambda s, m: reports.append((s, m["val/pesq"], m["step"])))
+    assert n == 4
+    assert calls == [10, 20, 30, 30, 40]
+    assert reports == [(s, pytest.approx(standin_pesq(5e-4, s)), s) for s in (10, 20, 30, 40)]
+    with pytest.raises(RuntimeError, match="exited with code 1"):
+        tn.train_in_chunks(cfg, tmp_path / "w2", lambda c, w: 1, lambda s, m: None)
+
+
+def test_tune_file_errors_name_the_key(tmp_path):
+    with pytest.raises(UserError, match=r"space\.optim\.lr: unknown distribution 'normal'"):
+        tn.load_tune_spec(_write_spec(tmp_path, space={"optim.lr": {"normal": [0, 1]}}))
+    with pytest.raises(UserError, match=r"space\.optim\.lr: loguniform expects"):
+        tn.load_tune_spec(_write_spec(tmp_path, space={"optim.lr": {"loguniform": [1e-3]}}))
+    with pytest.raises(UserError, match="unknown key"):
+        tn.load_tune_spec(_write_spec(tmp_path, schedular={}))
+    with pytest.raises(UserError, match="scheduler.mode"):
+        tn.load_tune_spec(_write_spec(tmp_path, scheduler={"mode": "up"}))
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError):  # a sampled value that the run config refuses, caught before Ray
+        tn.load_tune_spec(_write_spec(tmp_path, space={"data.batch_size": {"choice": [2, -4]}}))
+    assert cli.main(["tune", str(_write_spec(tmp_path, space={"optim.lr": {"uniform": [2, 1]}}))]) == 2
+
+
+def test_demo_tune_file_loads():
+    spec = tn.load_tune_spec(REPO / "sweeps" / "tune_demo.yaml")
+    assert spec.metric == "val/pesq" and spec.mode == "max"
+    assert set(spec.space) >= {"optim.lr", "data.batch_size", "data.segment_samples"}
+    assert tn.max_iterations(spec) >= 2
+    space = tn.search_space(spec)
+    assert set(space) == set(spec.space)
+
+
+@pytest.mark.slow
+def test_real_engine_tune(tmp_path):
+    """2 trials of the real training engine (rwsa-xs, demo corpus), ASHA, MLflow children."""
+    pytest.importorskip("training.run")
+    demo = REPO / "data" / "demo"
+    if not (demo / "train" / "manifest.json").is_file():
+        pytest.skip("demo corpus missing: run `orchestrate shard demo` (data/demo)")
+    from mlflow.tracking import MlflowClient
+
+    spec_path = _write_spec(
+        tmp_path,
+        base={"data.train": str(demo / "train"), "data.valid": str(demo / "valid"), "data.valid_limit": 2,
+              "data.segment_samples": 3960, "data.batch_size": 2, "trainer.max_steps": 4, "trainer.val_every": 2,
+              "trainer.ckpt_every": 2, "trainer.log_every": 1, "trainer.pesq_workers": 1, "model.name": "rwsa-xs"},
+        space={"optim.lr": {"grid_search": [1e-3, 1e-4]}},
+    )  # fmt: skip
+    out = tn.run_tune(tn.load_tune_spec(spec_path), num_cpus=2, verbose=0)
+    print(tn.format_outcome(out))
+    assert len(out.trials) == 2 and all(t.error is None for t in out.trials)
+    assert out.best is not None and out.best.iterations == 2
+    client = MlflowClient(tracking_uri=out.tracking_uri)
+    for t in out.trials:
+        run = client.get_run(t.mlflow_run_id)
+        assert run.data.tags["mlflow.parentRunId"] == out.parent_run_id
+        assert [m.step for m in client.get_metric_history(t.mlflow_run_id, "val/pesq")][: t.iterations] == [
+            2 * (i + 1) for i in range(t.iterations)
+        ]
