@@ -146,7 +146,7 @@ def test_short_and_mismatched_inputs_fail_per_metric_not_per_call(pair):
     assert math.isnan(res.values["estoi"]) and res.errors["estoi"]
     assert math.isfinite(res.values["si_sdr"]) and math.isfinite(res.values["ssnr"])
     res = M.compute_metrics(clean, enh[: clean.size // 2])
-    assert set(res.errors) == set(M.REFERENCE_METRICS)
+    assert set(res.errors) == set(M.DEFAULT_METRICS)
     assert all("length mismatch" in r for r in res.errors.values())
     # a few samples of iSTFT slack are cut, not refused
     res = M.compute_metrics(clean, np.concatenate([enh, np.zeros(37, np.float32)]), metrics=["si_sdr"])
@@ -161,6 +161,14 @@ def test_other_sample_rate_is_resampled(pair):
     res = M.compute_metrics(c8, e8, sr=8000, metrics=["pesq", "si_sdr"])
     direct = M.compute_metrics(resample_poly(c8, 2, 1), resample_poly(e8, 2, 1), metrics=["pesq", "si_sdr"])
     assert res.values == pytest.approx(direct.values)
+
+
+def test_classic_stoi_and_metric_groups(pair):
+    clean, enh = pair
+    res = M.compute_metrics(clean, enh, metrics=["stoi", "si_sdr"])
+    assert res.values["stoi"] == pytest.approx(stoi(clean, enh, SR, extended=False), abs=1e-9)
+    assert M.check_metric_names(["pesq", "dnsmos", "pesq", "dnsmos_bak"]) == (
+        "pesq", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 
 
 def test_bad_requests_raise():
@@ -199,7 +207,7 @@ def test_evaluate_pairs_parallel_equals_serial_in_order():
     assert [r["key"] for r in parallel] == ["utt0", "utt1", "utt2", "utt3", "silent"]
     for a, b in zip(serial, parallel):
         assert a["errors"] == b["errors"]
-        for m in M.REFERENCE_METRICS:
+        for m in M.DEFAULT_METRICS:
             assert a[m] == pytest.approx(b[m], nan_ok=True)
     with M.PesqPool(num_workers=2) as pool:  # validation reusing the discriminator's pool
         reused = M.evaluate_pairs(pairs[:2], metrics=["pesq"], executor=pool.executor, progress=False)

@@ -3,13 +3,13 @@
 Definitions as the field computes them (``docs``: /work/shared/reference/models.md):
 
 - ``pesq``: wide-band PESQ, ITU-T P.862.2 (``pesq`` package, mode 'wb', 16 kHz), MOS-LQO in [1.04, 4.64].
-- ``estoi``: extended STOI, ``pystoi.stoi(clean, enhanced, 16000, extended=True)``.
+- ``estoi``: extended STOI, ``pystoi.stoi(clean, enhanced, 16000, extended=True)``; ``stoi``: the classic one.
 - ``si_sdr``: alpha = <s_hat, s> / ||s||^2; 10 log10(||alpha s||^2 / ||alpha s - s_hat||^2) dB.
 - ``ssnr``: segmental SNR, 30 ms Hann-like frames (0.5 (1 - cos(2 pi n / (N + 1))), n = 1..N), hop N/4,
   per frame 10 log10(E_s / (E_err + eps) + eps) clipped to [-10, 35] dB, mean over frames (the frame
   count ``int(len / hop - N / hop)`` of the widely used Loizou-derived Python code).
 - ``dnsmos_sig`` / ``dnsmos_bak`` / ``dnsmos_ovrl``: reference-free DNSMOS P.835, only when the optional
-  ``speechmos`` package is installed (``pip install .[dnsmos]``).
+  ``speechmos`` package is installed (``pip install .[dnsmos]``); the name ``dnsmos`` selects all three.
 
 A metric that cannot be computed for a file gives NaN plus a one-line reason in ``MetricResult.errors``;
 it never stops the other metrics or files. Nothing here imports torch, so worker processes start quickly.
@@ -32,10 +32,11 @@ from fractions import Fraction
 import numpy as np
 
 SAMPLE_RATE = 16000
-REFERENCE_METRICS = ("pesq", "estoi", "si_sdr", "ssnr")
+REFERENCE_METRICS = ("pesq", "estoi", "stoi", "si_sdr", "ssnr")
 DNSMOS_METRICS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 ALL_METRICS = REFERENCE_METRICS + DNSMOS_METRICS
-DEFAULT_METRICS = REFERENCE_METRICS
+METRIC_GROUPS = {"dnsmos": DNSMOS_METRICS}
+DEFAULT_METRICS = ("pesq", "estoi", "si_sdr", "ssnr")
 
 SSNR_FRAME_MS = 30.0
 SSNR_MIN_DB = -10.0
@@ -122,16 +123,17 @@ def pesq_wb(clean: np.ndarray, enhanced: np.ndarray, sr: int = SAMPLE_RATE) -> f
     return float(pesq(sr, np.asarray(clean), np.asarray(enhanced), "wb"))
 
 
-def estoi(clean: np.ndarray, enhanced: np.ndarray, sr: int = SAMPLE_RATE) -> float:
-    """Extended STOI; raises ValueError when pystoi finds too few speech frames (it would return 1e-5)."""
+def estoi(clean: np.ndarray, enhanced: np.ndarray, sr: int = SAMPLE_RATE, extended: bool = True) -> float:
+    """Extended (or classic) STOI; raises ValueError when pystoi finds too few speech frames (where
+    pystoi itself would warn and return 1e-5)."""
     from pystoi import stoi
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        value = float(stoi(np.asarray(clean), np.asarray(enhanced), sr, extended=True))
+        value = float(stoi(np.asarray(clean), np.asarray(enhanced), sr, extended=extended))
     for w in caught:
         if "Not enough STFT frames" in str(w.message):
-            raise ValueError("too few non-silent STFT frames for ESTOI")
+            raise ValueError("too few non-silent STFT frames for STOI")
     return value
 
 
@@ -161,12 +163,19 @@ def dnsmos(enhanced: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
 
 
 def check_metric_names(metrics: Iterable[str]) -> tuple[str, ...]:
-    """Validate metric names (raises MetricError listing the known ones)."""
-    names = tuple(metrics)
-    unknown = [m for m in names if m not in ALL_METRICS]
+    """Validated metric names with groups expanded (``dnsmos`` -> the three DNSMOS scores), in order,
+    without repeats: the keys the rows will have. Raises MetricError listing the known names."""
+    names: list[str] = []
+    unknown = []
+    for m in metrics:
+        for name in METRIC_GROUPS.get(m, (m,)):
+            if name not in ALL_METRICS:
+                unknown.append(name)
+            elif name not in names:
+                names.append(name)
     if unknown:
-        raise MetricError(f"unknown metric(s) {unknown}; known: {list(ALL_METRICS)}")
-    return names
+        raise MetricError(f"unknown metric(s) {unknown}; known: {list(ALL_METRICS) + list(METRIC_GROUPS)}")
+    return tuple(names)
 
 
 def _resample(x: np.ndarray, sr: int) -> np.ndarray:
@@ -196,12 +205,12 @@ class _Undefined(Exception):
 
 
 def _reference_metric(name: str, ref: np.ndarray, enh: np.ndarray, silent: bool) -> float:
-    if silent and name in ("estoi", "si_sdr"):
+    if silent and name in ("estoi", "stoi", "si_sdr"):
         raise _Undefined("silent reference")
     if name == "pesq":
         return pesq_wb(ref, enh)
-    if name == "estoi":
-        return estoi(ref, enh)
+    if name in ("estoi", "stoi"):
+        return estoi(ref, enh, extended=name == "estoi")
     if name == "si_sdr":
         value = si_sdr(ref, enh)
         if value == math.inf:
