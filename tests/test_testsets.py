@@ -81,6 +81,24 @@ def test_mismatched_names_list_the_missing_files(tmp_path):
     assert "no noisy file for clean extra" in msg
 
 
+def test_dns_style_names_pair_by_fileid(tmp_path):
+    root = tmp_path / "no_reverb"
+    (root / "noisy").mkdir(parents=True)
+    (root / "clean").mkdir()
+    for i in (0, 7, 12):
+        sf.write(root / "clean" / f"clean_fileid_{i}.wav", tone(0.2, SR, 100.0 + i), SR, subtype="FLOAT")
+        sf.write(root / "noisy" / f"book_0{i}_chp_5_snr{i}_tl-21_fileid_{i}.wav", tone(0.2, SR, 100.0 + i) + 0.1,
+                 SR, subtype="FLOAT")
+    ts = open_testset(root)
+    assert ts.keys() == ["fileid_0", "fileid_12", "fileid_7"]
+    for key, noisy, clean in ts:
+        np.testing.assert_allclose(noisy - clean, 0.1, atol=1e-6)
+        np.testing.assert_allclose(clean, tone(0.2, SR, 100.0 + int(key.split("_")[1])), atol=1e-7)
+    (root / "clean" / "clean_fileid_7.wav").unlink()
+    with pytest.raises(TestSetError, match="names do not match: no clean file for noisy fileid_7$"):
+        open_testset(root)
+
+
 def test_layout_and_decode_errors_name_the_problem(tmp_path):
     with pytest.raises(TestSetError, match="does not exist"):
         open_testset(tmp_path / "nope")

@@ -2,7 +2,8 @@
 
 Layouts ``open_testset`` accepts::
 
-    DIR/clean/*.wav|flac + DIR/noisy/*.wav|flac   paired by file name (stem); reference metrics
+    DIR/clean/*.wav|flac + DIR/noisy/*.wav|flac   paired by file name (stem), or else by the DNS
+                                                   ``fileid_<n>`` part when every name has one
     DIR/noisy/*.wav|flac                           no reference: reference-free metrics only
     DIR/manifest.json + shard-*.tar                a shard split (``sharding``), or DIR/<split>/...
 
@@ -11,6 +12,7 @@ Any sample rate and channel count is converted to float32 mono 16 kHz when a fil
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from training.audio_io import AUDIO_EXTENSIONS, AudioFileError, audio_info, read
 # Paired files converted to 16 kHz may differ by resampling rounding; more than this is a data error.
 MAX_PAIR_MISMATCH = 160
 SHARD_SPLITS = ("train", "valid", "test")
+_FILEID = re.compile(r"fileid_(\d+)")
 
 
 class TestSetError(ValueError):
@@ -121,6 +124,10 @@ def _open_folder(path: Path, name: str) -> TestSet:
         pairs = [(k, noisy[k], None) for k in sorted(noisy)]
         return TestSet(name, path, "noisy-only", False, pairs)
     clean = _audio_files(clean_dir)
+    if set(noisy) != set(clean):
+        noisy_ids, clean_ids = _by_fileid(noisy), _by_fileid(clean)
+        if noisy_ids is not None and clean_ids is not None:
+            noisy, clean = noisy_ids, clean_ids  # DNS test sets: book_..._fileid_7.wav <-> clean_fileid_7.wav
     no_clean = sorted(set(noisy) - set(clean))
     no_noisy = sorted(set(clean) - set(noisy))
     if no_clean or no_noisy:
@@ -133,6 +140,17 @@ def _open_folder(path: Path, name: str) -> TestSet:
     _check_headers(list(noisy.values()) + list(clean.values()))
     pairs = [(k, noisy[k], clean[k]) for k in sorted(noisy)]
     return TestSet(name, path, "paired", True, pairs)
+
+
+def _by_fileid(files: dict[str, Path]) -> dict[str, Path] | None:
+    """{"fileid_<n>": path} when every name holds exactly one distinct ``fileid_<n>``, else None."""
+    out: dict[str, Path] = {}
+    for stem, path in files.items():
+        ids = _FILEID.findall(stem)
+        if len(ids) != 1 or f"fileid_{int(ids[0])}" in out:
+            return None
+        out[f"fileid_{int(ids[0])}"] = path
+    return out
 
 
 def _shard_split_dir(path: Path, split: str) -> Path | None:
