@@ -351,3 +351,42 @@ def serve_foreground(
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait()
+
+
+# ---------------------------------------------------------------- the UI
+
+
+def ui_command(tracking_uri: str, *, host: str = DEFAULT_HOST, port: int = 5000) -> list[str] | None:
+    """``mlflow ui`` over a database store; None when ``tracking_uri`` is already a server (it
+    serves the UI itself)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", _check_backend(tracking_uri),
+            "--host", host, "--port", str(port)]  # fmt: skip
+
+
+def open_ui(tracking_uri: str, *, host: str = DEFAULT_HOST, port: int = 5000, timeout_s: float = 120.0,
+            out=print) -> int:  # fmt: skip
+    """Print the UI's URL; start ``mlflow ui`` on a database store and serve until Ctrl-C."""
+    cmd = ui_command(tracking_uri, host=host, port=port)
+    if cmd is None:
+        out(f"MLflow UI: {tracking_uri.rstrip('/')}  (served by the tracking server)")
+        return 0
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).is_file():
+        raise UserError(f"tracking URI {tracking_uri}: no such database file")
+    url = f"http://{_connect_host(host)}:{port}"
+    proc = subprocess.Popen(cmd, env=server_env())
+    try:
+        wait_healthy(url, timeout_s=timeout_s, proc=proc)
+        out(f"MLflow UI: {url}  (store {tracking_uri}; Ctrl-C stops it)")
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

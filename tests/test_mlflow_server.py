@@ -178,3 +178,54 @@ def test_server_command_shape():
         ms.server_command(backend_store_uri="sqlite:////x/m.db", artifacts_destination="/x/a", workers=1)
     with pytest.raises(ValueError, match="backend-store-uri"):
         ms.start_server("/tmp/unused-mlflow-dir", backend_store_uri="file:///tmp/mlruns")
+
+
+@pytest.mark.slow
+def test_ui_serves_a_sweeps_sqlite_store(tmp_path):
+    """`orchestrate ui --sweep DIR` starts `mlflow ui` on the ledger's store and prints the URL."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).create_experiment("ui-demo", artifact_location=(tmp_path / "a").as_uri())
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "ledger.json").write_text(json.dumps({"sweep": "s", "mlflow": {"tracking_uri": uri}, "cells": {}}))
+    port = ms.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--sweep", str(sweep), "--port", str(port)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        ms.wait_healthy(url, timeout_s=180, proc=proc)
+        req = urllib.request.Request(
+            f"{url}/api/2.0/mlflow/experiments/search", data=b'{"max_results": 10}',
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=30) as r:
+            names = {e["name"] for e in json.loads(r.read())["experiments"]}
+        assert "ui-demo" in names
+        deadline = time.monotonic() + 30
+        line = ""
+        while "MLflow UI:" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+        assert f"MLflow UI: {url}" in line
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_ui_of_a_tracking_server_only_prints_its_url(capsys):
+    assert cli.main(["ui", "--tracking-uri", "http://login1:5055/"]) == 0
+    assert "MLflow UI: http://login1:5055" in capsys.readouterr().out
