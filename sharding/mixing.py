@@ -15,9 +15,13 @@ from sharding.audio import SAMPLE_RATE
 EPS = 1e-10
 
 
+def _rms(x: np.ndarray) -> float:
+    # not np.dot: multi-threaded BLAS burns CPU on busy nodes for a 1-D reduction
+    return float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0
+
+
 def normalize_rms(x: np.ndarray, target_dbfs: float = -25.0) -> np.ndarray:
-    r = np.sqrt(np.mean(np.square(x, dtype=np.float64)))
-    return x * (10 ** (target_dbfs / 20) / (r + EPS))
+    return x * (10 ** (target_dbfs / 20) / (_rms(x) + EPS))
 
 
 def activity(x: np.ndarray, *, frame_s: float = 0.05, threshold_db: float = -50.0) -> float:
@@ -36,21 +40,25 @@ def dns_snr_mixer(clean: np.ndarray, noise: np.ndarray, snr_db: float, level_dbf
                   ) -> tuple[np.ndarray, np.ndarray, float]:
     """Mix like the DNS 2020 synthesizer; returns (noisy, clean, applied level dBFS), float32 [N]."""
     n = max(len(clean), len(noise))
-    clean = np.pad(np.asarray(clean, np.float64), (0, n - len(clean)))
-    noise = np.pad(np.asarray(noise, np.float64), (0, n - len(noise)))
-    clean = normalize_rms(clean / (np.max(np.abs(clean)) + EPS), target_dbfs)
-    noise = normalize_rms(noise / (np.max(np.abs(noise)) + EPS), target_dbfs)
-    rms_clean = np.sqrt(np.mean(clean**2))
-    rms_noise = np.sqrt(np.mean(noise**2))
-    noise = noise * (rms_clean / (10 ** (snr_db / 20)) / (rms_noise + EPS))
+    clean = np.asarray(clean, np.float64)
+    noise = np.asarray(noise, np.float64)
+    if len(clean) < n:
+        clean = np.pad(clean, (0, n - len(clean)))
+    if len(noise) < n:
+        noise = np.pad(noise, (0, n - len(noise)))
+    # The synthesizer peak-normalises, then sets -25 dBFS RMS: the same as setting the RMS directly.
+    target = 10 ** (target_dbfs / 20)
+    clean = clean * (target / (_rms(clean) + EPS))
+    noise = noise * (target / (_rms(noise) + EPS))
+    noise *= _rms(clean) / (10 ** (snr_db / 20)) / (_rms(noise) + EPS)
     noisy = clean + noise
-    gain = 10 ** (level_dbfs / 20) / (np.sqrt(np.mean(noisy**2)) + EPS)
-    noisy, clean = noisy * gain, clean * gain
-    peak = np.max(np.abs(noisy))
+    gain = 10 ** (level_dbfs / 20) / (_rms(noisy) + EPS)
+    peak = np.max(np.abs(noisy)) * gain
     if peak > clip_threshold:
-        scale = peak / (clip_threshold - EPS)
-        noisy, clean = noisy / scale, clean / scale
-    level = 20 * np.log10(np.sqrt(np.mean(noisy**2)) + EPS)
+        gain /= peak / (clip_threshold - EPS)
+    noisy *= gain
+    clean *= gain
+    level = 20 * np.log10(_rms(noisy) + EPS)
     return noisy.astype(np.float32), clean.astype(np.float32), float(level)
 
 
