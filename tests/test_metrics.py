@@ -239,3 +239,22 @@ def test_pesq_pool_matches_serial_and_isolates_failures():
     serial_scores, serial_ok = M.PesqPool(num_workers=0).normalized_pesq(clean, est)
     np.testing.assert_array_equal(serial_ok, ok)
     np.testing.assert_allclose(serial_scores, scores, atol=1e-7, equal_nan=True)
+
+
+def test_pesq_pool_survives_a_killed_worker():
+    import os
+    import signal
+    import time
+
+    clean = np.stack([speech_like(2.0, seed=40 + i) for i in range(2)])
+    est = np.stack([noisy_version(c, 0.001, seed=i) for i, c in enumerate(clean)])
+    with M.PesqPool(num_workers=2) as pool:
+        expected, _ = pool.normalized_pesq(clean, est)
+        for pid in list(pool.executor._processes):  # as the OOM killer would
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        scores, ok = pool.normalized_pesq(clean, est)  # scored anyway, the pool is restarted
+        assert ok.all() and np.allclose(scores, expected)
+        scores, ok = pool.normalized_pesq(clean, est)
+        assert ok.all() and np.allclose(scores, expected)
+        assert len(pool.executor._processes) > 0
