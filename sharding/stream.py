@@ -18,6 +18,10 @@ Training stream design (exact resume first):
 * The iterator is infinite, so every rank yields the same number of batches (no DDP hang);
   ``len(stream)`` is the nominal epoch (``epoch_batches``, default: train samples // (world*batch)).
 
+On-the-fly mixing (``remix=``): the clean crop of each sample is re-mixed with the noise
+(noisy - clean) of a random sample of a noise corpus (default: the same corpus) at an SNR drawn
+from the given range; its draws are seeded by (seed, slot, p) too, so resume stays exact.
+
 Bad input is skipped and counted, never fatal: a truncated shard or an undecodable sample
 (``skipped_corrupt``, warning naming shard and key), non-finite audio (``rejected_nonfinite``),
 all-zero clean (``rejected_silent``), wrong rate/channels (converted: ``converted``, or with
@@ -47,7 +51,8 @@ from sharding.tario import TarIndex, index_tar, read_members
 
 log = logging.getLogger(__name__)
 
-STAT_KEYS = ("samples", "skipped_corrupt", "rejected_nonfinite", "rejected_silent", "rejected_format", "converted")
+STAT_KEYS = ("samples", "skipped_corrupt", "rejected_nonfinite", "rejected_silent", "rejected_format", "converted",
+             "remixed", "remix_failed")
 AUDIO_EXTS = ("flac", "wav")
 
 
@@ -177,6 +182,18 @@ def _decode_crop(blobs: dict[str, bytes], seg: int, rng: np.random.Generator, on
 
 # ----------------------------------------------------------------- slot streams
 @dataclass(frozen=True)
+class Remix:
+    """On-the-fly mixing: each clean crop gets the noise (noisy - clean) of a random sample of
+    ``noise_shards`` at an SNR drawn uniformly in [snr_db_min, snr_db_max] (crop-level power ratio),
+    with probability ``probability`` (else the stored pair is used)."""
+
+    noise_shards: tuple[ShardRef, ...]
+    snr_db_min: float = -5.0
+    snr_db_max: float = 15.0
+    probability: float = 1.0
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     shards: tuple[ShardRef, ...]
     segment_samples: int
@@ -184,6 +201,7 @@ class StreamConfig:
     seed: int
     num_slots: int
     on_mismatch: str
+    remix: Remix | None = None
 
 
 def epoch_assignment(cfg: StreamConfig, epoch: int, slot: int) -> list[int]:
@@ -209,6 +227,40 @@ def _locate(cfg: StreamConfig, slot: int, pos: int) -> tuple[int, int, int]:
         epoch += 1
 
 
+def _remix(cfg: StreamConfig, item: tuple[np.ndarray, np.ndarray], rng: np.random.Generator,
+           stats: Counter) -> tuple[np.ndarray, np.ndarray]:
+    """Replace the noise of ``item`` by another sample's noise at a random SNR (see ``Remix``)."""
+    r = cfg.remix
+    if rng.random() >= r.probability:
+        return item
+    counts = np.array([ref.samples for ref in r.noise_shards], dtype=np.float64)
+    ref = r.noise_shards[int(rng.choice(len(counts), p=counts / counts.sum()))]
+    idx = _index(ref.path)
+    keys = list(idx.samples)
+    snr = rng.uniform(r.snr_db_min, r.snr_db_max)
+    try:
+        if not keys:
+            raise BadSample("skipped_corrupt", "no readable sample")
+        key = keys[int(rng.integers(len(keys)))]
+        noisy, clean = _decode_crop(read_members(ref.path, idx.samples[key]), cfg.segment_samples, rng,
+                                    cfg.on_mismatch, Counter())
+    except (BadSample, SourceError) as e:
+        stats["remix_failed"] += 1
+        log.warning("remix: noise from shard %s unusable (%s); stored pair kept", ref.path, e)
+        return item
+    noise = noisy - clean
+    clean = item[1]
+    p_clean, p_noise = float(np.mean(np.square(clean))), float(np.mean(np.square(noise)))
+    if p_noise <= 0 or p_clean <= 0:
+        stats["remix_failed"] += 1
+        return item
+    mixed = clean + noise * np.float32(np.sqrt(p_clean / (p_noise * 10 ** (snr / 10))))
+    peak = float(np.max(np.abs(mixed)))
+    scale = np.float32(0.99 / peak) if peak > 0.99 else np.float32(1.0)
+    stats["remixed"] += 1
+    return (mixed * scale).astype(np.float32), (clean * scale).astype(np.float32)
+
+
 def slot_samples(cfg: StreamConfig, slot: int, pos: int, stats: Counter) -> Iterator[tuple[int, Any]]:
     """Yield (raw position after, (noisy, clean) or None for a skipped sample) from ``pos`` on, forever."""
     epoch, k, offset = _locate(cfg, slot, pos)
@@ -229,6 +281,8 @@ def slot_samples(cfg: StreamConfig, slot: int, pos: int, stats: Counter) -> Iter
                     blobs = read_members(ref.path, idx.samples[key])
                     rng = np.random.default_rng([cfg.seed, slot, pos, 0xC0])
                     item = _decode_crop(blobs, cfg.segment_samples, rng, cfg.on_mismatch, stats)
+                    if cfg.remix is not None:
+                        item = _remix(cfg, item, np.random.default_rng([cfg.seed, slot, pos, 0x3E]), stats)
                 except (BadSample, SourceError) as e:
                     kind = e.kind if isinstance(e, BadSample) else "skipped_corrupt"
                     stats[kind] += 1
@@ -262,6 +316,20 @@ def slot_batches(cfg: StreamConfig, slot: int, start: int) -> Iterator[dict[str,
             noisy, clean = [], []
 
 
+def _remix_config(remix: dict[str, Any], shards: tuple[ShardRef, ...], split: str) -> Remix:
+    opts = dict(remix)
+    noise_dir = opts.pop("noise_dir", None)
+    unknown = sorted(set(opts) - {"snr_db_min", "snr_db_max", "probability"})
+    if unknown:
+        raise SourceError(f"remix: unknown key(s) {', '.join(unknown)}; valid: noise_dir, snr_db_min, "
+                          "snr_db_max, probability")
+    noise = tuple(list_shards(resolve_split_dir(noise_dir, split))) if noise_dir else shards
+    r = Remix(noise, **{k: float(v) for k, v in opts.items()})
+    if r.snr_db_min > r.snr_db_max or not 0 <= r.probability <= 1:
+        raise SourceError(f"remix: need snr_db_min <= snr_db_max and 0 <= probability <= 1, got {opts}")
+    return r
+
+
 class _WorkerDataset(torch.utils.data.IterableDataset):
     """DataLoader worker ``i`` streams slot ``base + (i + shift) % W`` from its saved position."""
 
@@ -282,11 +350,14 @@ class TrainStream:
     :param num_workers: DataLoader worker processes (0: decode in this process).
     :param epoch_batches: nominal batches per epoch (``len``); default train samples // (world*batch).
     :param on_mismatch: ``convert`` (resample/mono-mix) or ``reject`` audio not mono 16 kHz.
+    :param remix: on-the-fly mixing, e.g. ``{"snr_db_min": -5, "snr_db_max": 15, "noise_dir": DIR,
+        "probability": 1.0}`` (noise = noisy - clean of random samples of ``noise_dir``, default this corpus).
     """
 
     def __init__(self, shard_dir: str | Path, *, segment_samples: int, batch_size: int, seed: int,
                  rank: int, world_size: int, num_workers: int = 0, epoch_batches: int | None = None,
-                 on_mismatch: str = "convert", split: str = "train", prefetch_factor: int = 2):
+                 on_mismatch: str = "convert", split: str = "train", prefetch_factor: int = 2,
+                 remix: dict[str, Any] | None = None):
         if not 0 <= rank < world_size:
             raise SourceError(f"rank {rank} not in [0, world_size={world_size})")
         if segment_samples < 1 or batch_size < 1 or num_workers < 0:
@@ -294,10 +365,12 @@ class TrainStream:
         if on_mismatch not in ("convert", "reject"):
             raise SourceError(f"on_mismatch: expected convert|reject, got {on_mismatch!r}")
         shards = tuple(list_shards(resolve_split_dir(shard_dir, split)))
+        remix_cfg = _remix_config(remix, shards, split) if remix else None
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.prefetch_factor = prefetch_factor
         self._w = max(1, num_workers)
-        self.cfg = StreamConfig(shards, segment_samples, batch_size, seed, world_size * self._w, on_mismatch)
+        self.cfg = StreamConfig(shards, segment_samples, batch_size, seed, world_size * self._w, on_mismatch,
+                                remix_cfg)
         total = sum(s.samples for s in shards)
         self.epoch_batches = epoch_batches or max(1, total // (world_size * batch_size))
         self._positions = [0] * self._w
@@ -350,7 +423,8 @@ class TrainStream:
     def _identity(self) -> dict[str, Any]:
         c = self.cfg
         return {"seed": c.seed, "rank": self.rank, "world_size": self.world_size, "num_workers": self.num_workers,
-                "batch_size": c.batch_size, "segment_samples": c.segment_samples, "num_shards": len(c.shards)}
+                "batch_size": c.batch_size, "segment_samples": c.segment_samples, "num_shards": len(c.shards),
+                "remix": c.remix is not None}
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": 1, **self._identity(), "batches": self._batches,
@@ -358,7 +432,8 @@ class TrainStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = self._identity()
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        diff = {k: (state.get(k, False if k == "remix" else None), v) for k, v in mine.items()
+                if state.get(k, False if k == "remix" else None) != v}
         if diff:
             raise SourceError(f"stream state does not match this stream (saved, now): {diff}")
         self._batches = int(state["batches"])

@@ -212,3 +212,29 @@ def test_truncated_shard_with_manifest_counts_missing_samples(corpus, tmp_path):
     take(s, 10)  # one nominal epoch = 30 samples, >= 4 of them lost in the cut
     assert s.stats()["skipped_corrupt"] >= 4
     assert s.stats()["samples"] == 30
+
+
+def test_remix_mixes_on_the_fly_at_the_requested_snr_and_resumes(corpus):
+    remix = {"snr_db_min": 0.0, "snr_db_max": 5.0}
+    plain = take(make(corpus), 3)
+    mixed = take(make(corpus, remix=remix), 3)
+    for p, m in zip(plain, mixed):
+        c, n = m["clean"].double(), m["noisy"].double()
+        snr = 10 * torch.log10((c**2).sum(1) / ((n - c) ** 2).sum(1))
+        assert torch.all(snr > -0.01) and torch.all(snr < 5.01)
+        ratio = (m["clean"] * p["clean"]).sum(1) / (p["clean"] ** 2).sum(1)  # same crop, maybe rescaled
+        assert torch.all(ratio > 0.2) and torch.all(ratio <= 1.0001)
+        assert not torch.equal(p["noisy"], m["noisy"])
+    s = make(corpus, remix=remix)
+    full = take(s, 6)
+    assert s.stats()["remixed"] == 18
+    r = make(corpus, remix=remix)
+    take(r, 2)
+    state = r.state_dict()
+    again = make(corpus, remix=remix)
+    again.load_state_dict(state)
+    assert same(full[2:], take(again, 4))
+    with pytest.raises(SourceError, match="remix"):
+        make(corpus).load_state_dict(state)
+    with pytest.raises(SourceError, match="unknown key"):
+        make(corpus, remix={"snr": 3})
