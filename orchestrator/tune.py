@@ -10,6 +10,8 @@ the trial gets it in one of two ways (``trial_mode``):
   resumes from the workdir's newest checkpoint, so the trajectory is that of one long run (the LR
   schedule counts ``optim.epoch_steps``, not ``max_steps``). After each chunk the trial reads the
   run's newest ``val/*`` metrics from MLflow (run id in ``WORKDIR/mlflow_run_id``) and reports them.
+  The trial creates the MLflow run itself first (:func:`create_trial_run`) so that its params are
+  the whole trial's config: the engine re-opens a run named in the workdir and logs no params then.
 - ``callback``: ``train(cfg, workdir, on_validation=fn)`` with ``fn(step, metrics)`` called by the
   engine after each validation (one process, no restarts); ``auto`` picks it when ``train`` accepts
   an ``on_validation`` argument.
@@ -323,6 +325,45 @@ def train_in_chunks(cfg, workdir: Path, train_fn: TrainFn, report: Callable[[int
     return reports
 
 
+def create_trial_run(cfg, workdir: Path) -> str:
+    """Create the trial's MLflow child run with the FULL run config as params (``trainer.max_steps``
+    of the whole trial, not of the first chunk: a re-opened run logs no params) and the engine's
+    tags, plus ``model.params``; write ``WORKDIR/mlflow_run_id`` so the engine re-opens it."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from training.config import flatten
+
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    exp_id = client.get_run(cfg.mlflow.parent_run_id).info.experiment_id
+    tags = {"se.kind": "train", "se.model": cfg.model.name, "se.seed": str(cfg.trainer.seed),
+            "se.world_size": "1", "run_name": cfg.name, **cfg.mlflow.tags,
+            "mlflow.parentRunId": cfg.mlflow.parent_run_id}  # fmt: skip
+    try:
+        from training.distributed import hostname
+        from training.trainer import git_commit
+
+        tags |= {"se.git_commit": git_commit(), "se.hostname": hostname()}
+    except ImportError:
+        pass
+    params = dict(flatten(cfg))
+    try:
+        from training.models import build_model
+
+        model = build_model(cfg.model.name, **cfg.model.options)
+        params["model.params"] = str(sum(p.numel() for p in model.parameters()))
+    except Exception as e:  # the engine reports a bad model itself; the count is a nicety here
+        log.warning("model.params not logged: %s", e)
+    run_id = client.create_run(exp_id, run_name=cfg.mlflow.run_name or cfg.name, tags=tags).info.run_id
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    tmp = workdir / "mlflow_run_id.tmp"
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, workdir / "mlflow_run_id")
+    return run_id
+
+
 def _accepts_callback(train_fn: TrainFn) -> bool:
     try:
         return "on_validation" in inspect.signature(train_fn).parameters
@@ -371,6 +412,8 @@ def run_trial(config: dict, *, spec: TuneSpec, parent_run_id: str, tracking_uri:
         if rc != 0:
             raise RuntimeError(f"training exited with code {rc} (workdir {workdir})")
     else:
+        if not (workdir / "mlflow_run_id").is_file():
+            create_trial_run(cfg, workdir)
         train_in_chunks(cfg, workdir, train_fn, report)
 
 

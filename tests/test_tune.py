@@ -5,7 +5,7 @@ real training of even the smallest model for several validations x 4 trials take
 2 CPU cores, and ASHA's decisions need scores that are known in advance. Everything else is the
 real code path: the tune file, Ray Tune with ASHA, the chunked trial loop that re-runs ``train``
 with a larger ``trainer.max_steps`` and resumes from the workdir, reading ``val/pesq`` back from
-MLflow, and the MLflow parent/child runs. ``test_real_engine_tune`` (slow) runs the real engine.
+MLflow, and the MLflow parent/child runs (created by the trial with the full config's params). ``test_real_engine_tune`` (slow) runs the real engine.
 """
 
 from __future__ import annotations
@@ -120,6 +120,10 @@ def test_asha_stops_bad_trials_and_trials_are_child_runs(tmp_path):
         hist = client.get_metric_history(r.info.run_id, "val/pesq")
         assert sorted(m.step for m in hist) == [10 * (i + 1) for i in range(t.iterations)]
         assert r.data.tags["se.tune_status"] == ("stopped" if t.stopped_early else "complete")
+        # params are the trial's full config (not the first chunk's), logged once before training
+        assert r.data.params["trainer.max_steps"] == "40"
+        assert float(r.data.params["optim.lr"]) == t.values["optim.lr"]
+        assert int(r.data.params["model.params"]) > 0
     assert {a.path for a in client.list_artifacts(out.parent_run_id)} >= {"tune_results.json"}
     saved = json.loads((spec.search_dir / "tune_results.json").read_text())
     assert saved["best"]["trial_id"] == best.trial_id
