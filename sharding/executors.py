@@ -97,7 +97,9 @@ def make_sbatch(plan_path: Path, num_array: int, p: dict[str, Any], *, finalize:
     cmd = [p["python"], "-m", "sharding.build_job", "--plan", str(plan_path)]
     if finalize:
         cmd.append("--finalize")
-    lines += ["set -euo pipefail", "exec " + " ".join(shlex.quote(c) for c in cmd), ""]
+    code_dir = str(Path(__file__).resolve().parent.parent)  # so the job imports this very checkout
+    lines += ["set -euo pipefail", f"export PYTHONPATH={shlex.quote(code_dir)}${{PYTHONPATH:+:$PYTHONPATH}}",
+              "exec " + " ".join(shlex.quote(c) for c in cmd), ""]
     return "\n".join(lines)
 
 
