@@ -99,7 +99,7 @@ def _part_path(out_dir: Path, task: ShardTask) -> Path:
 
 
 def _describe(path: Path, task: ShardTask) -> dict[str, Any]:
-    """Sidecar facts of a finished shard (read back from the tar, so it also repairs a lost sidecar)."""
+    """Sidecar facts of a finished shard, read back from the tar."""
     idx = index_tar(path)
     seconds = 0.0
     with open(path, "rb") as f:
@@ -121,19 +121,32 @@ def _encoded(corpus, task: ShardTask):
         yield encode_clip(clip)
 
 
+def build_id(recipe_name: str, options: dict[str, Any]) -> str:
+    """Identity of a corpus build (recipe + normalised options), stored in every shard sidecar."""
+    blob = json.dumps({"recipe": recipe_name, "options": options}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def build_shard(recipe_name: str, options: dict[str, Any], out_dir: str | Path, task: ShardTask) -> dict[str, Any]:
-    """Build one shard unless complete; returns its sidecar facts. Safe to call in any process."""
+    """Build one shard unless complete; returns its sidecar facts. Safe to call in any process.
+
+    Complete = tar and sidecar present with this build's id and clip range. A sidecar of another
+    build is refused (SourceError); a tar without sidecar (killed between the two renames) is rebuilt.
+    """
     out_dir = Path(out_dir)
     path, part = out_dir / task.split / task.name, _part_path(out_dir, task)
-    if path.exists() and part.exists():
+    bid = build_id(recipe_name, options)
+    if part.exists():
         info = json.loads(part.read_text())
-        if (info["start"], info["stop"]) == (task.start, task.stop):
+        if info.get("build_id") != bid or (info["start"], info["stop"]) != (task.start, task.stop):
+            raise SourceError(f"{path}: built with other recipe options or shard size (sidecar {part}); "
+                              "use a new output folder or delete this one")
+        if path.exists():
             return info
-    if not path.exists():
-        corpus = _open_corpus(recipe_name, json.dumps(options, sort_keys=True))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_tar(path, _encoded(corpus, task))
-    info = _describe(path, task)
+    corpus = _open_corpus(recipe_name, json.dumps(options, sort_keys=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_tar(path, _encoded(corpus, task))
+    info = {**_describe(path, task), "build_id": bid}
     part.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(part, json.dumps(info, sort_keys=True).encode())
     return info

@@ -106,6 +106,16 @@ def test_resume_skips_complete_shards_and_rebuilds_missing(built, tmp_path):
     assert shas(out) == shas(built)
 
 
+def test_rebuild_with_other_options_into_same_folder_is_refused(built, tmp_path):
+    out = tmp_path / "o"
+    prepare_demo(out, shard_samples=5, **OPTS)
+    with pytest.raises(SourceError, match="other recipe options"):
+        prepare_demo(out, shard_samples=5, seed=9, **OPTS)
+    with pytest.raises(SourceError, match="shard size"):
+        prepare_demo(out, shard_samples=4, **OPTS)
+    assert shas(out) == shas(built)
+
+
 def test_different_seed_changes_data_and_splits_use_disjoint_speakers(built, tmp_path):
     out = tmp_path / "s1"
     prepare_demo(out, shard_samples=5, seed=1, **OPTS)
