@@ -1,0 +1,202 @@
+"""One optimisation step (`train_step`) and one validation pass (`validate`).
+
+Step order as the papers' code (MP-SENet lineage): normalise noisy/clean so that the noisy RMS is 1;
+STFT; G forward; iSTFT; PESQ targets of every segment (process pool, overlapped with the D forward);
+D update on (clean, clean) -> 1 and (clean, est) -> PESQ_norm; G update with the six weighted
+terms, the metric term using the freshly updated D. Gradients are averaged across ranks by an
+explicit all-reduce; a non-finite loss or gradient skips that optimizer step on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from training import distributed
+from training.losses import LossWeights, discriminator_loss, generator_loss
+from training.stft import STFTSpec, mag_pha_istft, mag_pha_stft
+
+log = logging.getLogger(__name__)
+
+VAL_METRICS = ("pesq", "estoi", "si_sdr", "ssnr")
+
+
+@dataclass
+class StepContext:
+    """Everything `train_step` needs; built once by the Trainer."""
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    spec: STFTSpec
+    weights: LossWeights
+    device: torch.device
+    world_size: int = 1
+    pesq_pool: object | None = None  # training.metrics.PesqPool
+    grad_clip: float | None = None
+    bf16: bool = False
+    counters: dict = field(default_factory=lambda: {"nonfinite_skipped": 0, "pesq_failed": 0})
+
+    def autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _grad_norm(params, clip: float | None) -> torch.Tensor:
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return torch.tensor(0.0)
+    return torch.nn.utils.clip_grad_norm_(params, clip if clip else math.inf)
+
+
+def _apply(ctx: StepContext, loss: torch.Tensor, module: torch.nn.Module, opt, clip) -> tuple[float, bool]:
+    """Backward, average gradients, step -- unless a rank has a non-finite loss or the averaged
+    gradient is non-finite (identical on every rank, so all ranks decide alike).
+    Returns (grad norm, stepped)."""
+    local_bad = not bool(torch.isfinite(loss.detach()).item())
+    if not local_bad:
+        loss.backward()
+    if distributed.any_rank(local_bad, ctx.device):
+        opt.zero_grad(set_to_none=True)
+        return float("nan"), False
+    params = [p for p in module.parameters() if p.requires_grad]
+    distributed.average_gradients(params, ctx.world_size)
+    norm = _grad_norm(params, clip)
+    if not bool(torch.isfinite(norm).item()):
+        opt.zero_grad(set_to_none=True)
+        return float("nan"), False
+    opt.step()
+    return float(norm), True
+
+
+def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One G (and D) update on this rank's batch {"noisy", "clean": [b, N]}; returns scalar metrics."""
+    G, D, spec = ctx.generator, ctx.discriminator, ctx.spec
+    noisy = batch["noisy"].to(ctx.device, torch.float32)
+    clean = batch["clean"].to(ctx.device, torch.float32)
+    n = noisy.shape[-1]
+    norm = torch.rsqrt(noisy.pow(2).mean(-1, keepdim=True).clamp_min(1e-10))
+    noisy, clean = noisy * norm, clean * norm
+    clean_mag, clean_pha, clean_com = mag_pha_stft(clean, spec)
+    noisy_mag, noisy_pha, _ = mag_pha_stft(noisy, spec)
+
+    with ctx.autocast():
+        mag, pha, com = G(noisy_mag, noisy_pha)
+    mag, pha, com = mag.float(), pha.float(), com.float()
+    est = mag_pha_istft(mag, pha, spec, length=n)
+    est_mag, _, rec_com = mag_pha_stft(est, spec)
+    out: dict[str, float] = {}
+
+    if D is not None:
+        job = ctx.pesq_pool.submit(clean.detach().cpu().numpy(), est.detach().cpu().numpy())
+        ctx.opt_d.zero_grad(set_to_none=True)
+        with ctx.autocast():
+            real = D(clean_mag, clean_mag).flatten()
+            fake = D(clean_mag, est_mag.detach()).flatten()
+        scores, ok = job.result()
+        n_ok = torch.tensor([float(ok.sum())], device=ctx.device)
+        num_ok_global = int(distributed.all_reduce(n_ok).item())
+        failed = ctx.world_size * len(ok) - num_ok_global
+        ctx.counters["pesq_failed"] += failed
+        loss_d, parts = discriminator_loss(
+            real, fake, torch.from_numpy(np.nan_to_num(scores)), torch.from_numpy(ok),
+            num_ok_global=num_ok_global, world_size=ctx.world_size,
+        )
+        gn_d, stepped_d = _apply(ctx, loss_d, D, ctx.opt_d, None)
+        out.update(loss_d=float(loss_d.detach()), grad_norm_d=gn_d, pesq_failed=float(failed),
+                   pesq_target=float(np.mean(scores[ok])) if ok.any() else float("nan"),
+                   **{k: float(v) for k, v in parts.items()})
+
+    ctx.opt_g.zero_grad(set_to_none=True)
+    metric_fake = None
+    if D is not None:
+        D.requires_grad_(False)
+        with ctx.autocast():
+            metric_fake = D(clean_mag, est_mag).flatten()
+    try:
+        loss_g, terms = generator_loss(
+            clean_wav=clean, clean_mag=clean_mag, clean_pha=clean_pha, clean_com=clean_com,
+            est_wav=est, est_mag=mag, est_pha=pha, est_com=com, rec_com=rec_com,
+            metric_fake=metric_fake, weights=ctx.weights,
+        )
+        gn_g, stepped_g = _apply(ctx, loss_g, G, ctx.opt_g, ctx.grad_clip)
+    finally:
+        if D is not None:
+            D.requires_grad_(True)
+    if not stepped_g or (D is not None and not stepped_d):
+        ctx.counters["nonfinite_skipped"] += 1
+        log.warning("non-finite loss or gradient: optimizer step skipped (%d so far)",
+                    ctx.counters["nonfinite_skipped"])
+    out.update(loss_g=float(loss_g.detach()), grad_norm=gn_g, **{k: float(v) for k, v in terms.items()})
+    return out
+
+
+# ----- validation ---------------------------------------------------------------------------------
+@torch.no_grad()
+def enhance_utterance(G: torch.nn.Module, noisy: np.ndarray, device: torch.device, bf16: bool = False) -> np.ndarray:
+    """Full-utterance inference with the model's own `enhance` (RMS normalisation, any length)."""
+    x = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32)).to(device)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with ctx:
+        y = G.enhance(x)
+    return y.float().cpu().numpy()
+
+
+def validate(
+    G: torch.nn.Module,
+    utterances,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    keep_clips: int = 0,
+    with_noisy: bool = False,
+    bf16: bool = False,
+) -> tuple[dict[str, float], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]:
+    """Mean PESQ/ESTOI/SI-SDR/SSNR over `utterances` ((key, noisy, clean) of all ranks; this rank
+    enhances every `world_size`-th) and, with `with_noisy`, of the unprocessed input
+    (`noisy_<metric>`). Returns (metrics incl. `n`, up to `keep_clips` (key, noisy, clean, enhanced))."""
+    from training.metrics import evaluate_pairs
+
+    was_training = G.training
+    G.eval()
+    pairs, noisy_pairs, clips = [], [], []
+    try:
+        for i, (key, noisy, clean) in enumerate(utterances):
+            if i % world_size != rank:
+                continue
+            enh = enhance_utterance(G, noisy, device, bf16)
+            pairs.append((key, clean, enh))
+            if with_noisy:
+                noisy_pairs.append((key, clean, noisy))
+            if len(clips) < keep_clips:
+                clips.append((key, noisy, clean, enh))
+    finally:
+        G.train(was_training)
+    rows = evaluate_pairs(pairs + noisy_pairs, num_workers=num_workers, metrics=VAL_METRICS, progress=False)
+    sums = torch.zeros(2 * len(VAL_METRICS) * 2 + 1, dtype=torch.float64)
+    for j, row in enumerate(rows):
+        off = 0 if j < len(pairs) else 2 * len(VAL_METRICS)
+        for m_i, m in enumerate(VAL_METRICS):
+            v = row.get(m, math.nan)
+            if isinstance(v, float) and math.isfinite(v):
+                sums[off + 2 * m_i] += v
+                sums[off + 2 * m_i + 1] += 1
+    sums[-1] = len(pairs)
+    sums = distributed.all_reduce(sums.to(device)).cpu()
+    out = {"n": float(sums[-1])}
+    for prefix, off in (("", 0), ("noisy_", 2 * len(VAL_METRICS))):
+        if prefix and not with_noisy:
+            continue
+        for m_i, m in enumerate(VAL_METRICS):
+            s, c = float(sums[off + 2 * m_i]), float(sums[off + 2 * m_i + 1])
+            out[prefix + m] = s / c if c else math.nan
+    return out, clips

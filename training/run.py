@@ -1,0 +1,155 @@
+"""Entry point of one training run, whatever started it (laptop, torchrun, SLURM srun, submitit, Ray).
+
+    python -m training.run --config run.yaml --workdir runs/x [key=value ...]    # one process
+    torchrun --nproc_per_node 2 -m training.run --config run.yaml --workdir runs/x
+    srun python -m training.run --workdir runs/x          # config defaults to WORKDIR/config.yaml
+
+Rank/world/master come from the environment (`training.distributed`). A workdir holding a
+complete checkpoint resumes from it. Exit codes: 0 done, 2 bad config (before any work),
+75 (`EXIT_PREEMPTED`) checkpointed after a signal / near the SLURM time limit: requeue and rerun
+the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from training import distributed
+from training.config import ConfigError, RunConfig, load_run_config, save_config
+from training.preempt import EXIT_PREEMPTED
+
+log = logging.getLogger("training.run")
+
+EXIT_OK, EXIT_BAD_CONFIG = 0, 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from sharding.errors import SourceError
+    from training.models import UnknownModelError
+
+    return ConfigError, SourceError, UnknownModelError
+
+
+def train(cfg: RunConfig, workdir: Path) -> int:
+    """Train (or resume) the run in `workdir` on this process's rank; returns the exit code."""
+    from training.trainer import Trainer
+
+    env = distributed.env_from()
+    workdir = Path(workdir)
+    try:
+        device = distributed.pick_device(cfg.trainer.device, env)
+        distributed.init(env, device)
+        trainer = Trainer(cfg, workdir, env)
+    except _user_errors() as e:
+        log.error("error: %s", e)
+        distributed.shutdown()
+        return EXIT_BAD_CONFIG
+    status = "FAILED"
+    try:
+        trainer.resume()
+        trainer.open_tracker()
+        code = trainer.fit()
+        status = "FINISHED" if code == EXIT_OK else "KILLED"
+        return code
+    finally:
+        trainer.close(status)
+        distributed.shutdown()
+
+
+def setup_logging(workdir: Path, rank: int) -> None:
+    """Console (rank 0: INFO, others: WARNING) and WORKDIR/logs/rank-R.log (INFO)."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(logs / f"rank-{rank}.log")
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(cfg: RunConfig, workdir: Path, nproc: int) -> int:
+    """Run `nproc` local DDP processes (`python -m training.run`, torchrun-style environment).
+
+    Signals to this process are forwarded to the children (they checkpoint and exit 75). If one
+    child fails, the others are terminated. Returns 0, 75 when the run was preempted, else the
+    first failing exit code."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = save_config(cfg, workdir / "config.yaml")
+    port = free_port()
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    procs = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        env.setdefault("OMP_NUM_THREADS", threads)
+        cmd = [sys.executable, "-m", "training.run", "--config", str(config), "--workdir", str(workdir)]
+        procs.append(subprocess.Popen(cmd, env=env))
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        codes: list[int | None] = [None] * nproc
+        while any(c is None for c in codes):
+            for i, p in enumerate(procs):
+                codes[i] = p.poll()
+            failed = [c for c in codes if c not in (None, EXIT_OK, EXIT_PREEMPTED)]
+            if failed:
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                for p in procs:
+                    p.wait()
+                return failed[0]
+            time.sleep(0.2)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="run config YAML (default: WORKDIR/config.yaml when it exists)")
+    parser.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, mlflow_run_id)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    setup_logging(workdir, distributed.env_from().rank)
+    config = args.config
+    if config is None and (workdir / "config.yaml").is_file():
+        config = workdir / "config.yaml"
+    try:
+        cfg = load_run_config(config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return train(cfg, workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
