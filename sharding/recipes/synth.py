@@ -108,7 +108,9 @@ def espeak_speech(rng: np.random.Generator, voice: str, num_samples: int) -> np.
     pieces, total = [], 0
     gap = np.zeros(int(0.2 * SR), dtype=np.float32)
     while total < num_samples:
-        text = " ".join(rng.choice(WORDS, size=int(rng.integers(4, 10))))
+        # ~3 words per second at these speeds: usually one call covers the clip
+        words = int(rng.integers(4, 8)) + int(3 * (num_samples - total) / SR)
+        text = " ".join(rng.choice(WORDS, size=words))
         cmd = ["espeak-ng", "-v", voice, "-p", str(int(rng.integers(25, 75))),
                "-s", str(int(rng.integers(130, 190))), "--stdout", text]
         wav = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
