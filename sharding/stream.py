@@ -31,6 +31,7 @@ epoch raises SourceError.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -244,7 +245,7 @@ def _remix(cfg: StreamConfig, item: tuple[np.ndarray, np.ndarray], rng: np.rando
         key = keys[int(rng.integers(len(keys)))]
         noisy, clean = _decode_crop(read_members(ref.path, idx.samples[key]), cfg.segment_samples, rng,
                                     cfg.on_mismatch, Counter())
-    except (BadSample, SourceError) as e:
+    except (BadSample, SourceError, OSError) as e:
         stats["remix_failed"] += 1
         log.warning("remix: noise from shard %s unusable (%s); stored pair kept", ref.path, e)
         return item
@@ -261,6 +262,19 @@ def _remix(cfg: StreamConfig, item: tuple[np.ndarray, np.ndarray], rng: np.rando
     return (mixed * scale).astype(np.float32), (clean * scale).astype(np.float32)
 
 
+@contextlib.contextmanager
+def _open_shard(path: str):
+    """The open shard, or None (warned) when it cannot be opened -- its samples are then skipped."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 -- closed below
+    except OSError as e:
+        log.warning("cannot open shard %s: %s", path, e)
+        yield None
+        return
+    with f:
+        yield f
+
+
 def slot_samples(cfg: StreamConfig, slot: int, pos: int, stats: Counter) -> Iterator[tuple[int, Any]]:
     """Yield (raw position after, (noisy, clean) or None for a skipped sample) from ``pos`` on, forever."""
     epoch, k, offset = _locate(cfg, slot, pos)
@@ -271,26 +285,28 @@ def slot_samples(cfg: StreamConfig, slot: int, pos: int, stats: Counter) -> Iter
             order = np.random.default_rng([cfg.seed, epoch, ids[kk], slot, 0x0BDE]).permutation(ref.samples)
             idx = _index(ref.path)
             keys = list(idx.samples)
-            for off in range(offset, ref.samples):
-                pos += 1
-                which = int(order[off])
-                key = keys[which] if which < len(keys) else f"#{which}"
-                try:
-                    if which >= len(keys):
-                        raise BadSample("skipped_corrupt", "sample missing (shard shorter than its manifest)")
-                    blobs = read_members(ref.path, idx.samples[key])
-                    rng = np.random.default_rng([cfg.seed, slot, pos, 0xC0])
-                    item = _decode_crop(blobs, cfg.segment_samples, rng, cfg.on_mismatch, stats)
-                    if cfg.remix is not None:
-                        item = _remix(cfg, item, np.random.default_rng([cfg.seed, slot, pos, 0x3E]), stats)
-                except (BadSample, SourceError) as e:
-                    kind = e.kind if isinstance(e, BadSample) else "skipped_corrupt"
-                    stats[kind] += 1
-                    log.warning("skipping sample %s of shard %s: %s", key, ref.path, e)
-                    yield pos, None
-                    continue
-                stats["samples"] += 1
-                yield pos, item
+            with _open_shard(ref.path) as f:  # one open per shard: metadata ops are dear on parallel FS
+                for off in range(offset, ref.samples):
+                    pos += 1
+                    which = int(order[off])
+                    key = keys[which] if which < len(keys) else f"#{which}"
+                    try:
+                        if f is None or which >= len(keys):
+                            raise BadSample("skipped_corrupt", "shard unreadable" if f is None else
+                                            "sample missing (shard shorter than its manifest)")
+                        blobs = read_members(f, idx.samples[key])
+                        rng = np.random.default_rng([cfg.seed, slot, pos, 0xC0])
+                        item = _decode_crop(blobs, cfg.segment_samples, rng, cfg.on_mismatch, stats)
+                        if cfg.remix is not None:
+                            item = _remix(cfg, item, np.random.default_rng([cfg.seed, slot, pos, 0x3E]), stats)
+                    except (BadSample, SourceError, OSError) as e:
+                        kind = e.kind if isinstance(e, BadSample) else "skipped_corrupt"
+                        stats[kind] += 1
+                        log.warning("skipping sample %s of shard %s: %s", key, ref.path, e)
+                        yield pos, None
+                        continue
+                    stats["samples"] += 1
+                    yield pos, item
             offset = 0
         k = 0
         epoch += 1
@@ -476,7 +492,7 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
                 m = min(len(noisy), len(clean))
                 noisy, clean = noisy[:m], clean[:m]
                 _check(noisy, clean)
-            except (BadSample, SourceError) as e:
+            except (BadSample, SourceError, OSError) as e:
                 stats[e.kind if isinstance(e, BadSample) else "skipped_corrupt"] += 1
                 log.warning("skipping sample %s of shard %s: %s", key, shard, e)
                 continue

@@ -127,16 +127,18 @@ def index_tar(path: str | Path) -> TarIndex:
     return idx
 
 
-def read_members(path: str | Path, members: dict[str, tuple[int, int]]) -> dict[str, bytes]:
-    """Read the given {ext: (offset, size)} of one sample from ``path``."""
+def read_members(source, members: dict[str, tuple[int, int]]) -> dict[str, bytes]:
+    """Read the given {ext: (offset, size)} of one sample from a path or an open binary file."""
+    if isinstance(source, str | Path):
+        with open(source, "rb") as f:
+            return read_members(f, members)
     out = {}
-    with open(path, "rb") as f:
-        for ext, (off, size) in members.items():
-            f.seek(off)
-            data = f.read(size)
-            if len(data) != size:
-                raise SourceError(f"{path}: member .{ext} at {off} is cut off")
-            out[ext] = data
+    for ext, (off, size) in members.items():
+        source.seek(off)
+        data = source.read(size)
+        if len(data) != size:
+            raise SourceError(f"{getattr(source, 'name', source)}: member .{ext} at {off} is cut off")
+        out[ext] = data
     return out
 
 

@@ -238,3 +238,15 @@ def test_remix_mixes_on_the_fly_at_the_requested_snr_and_resumes(corpus):
         make(corpus).load_state_dict(state)
     with pytest.raises(SourceError, match="unknown key"):
         make(corpus, remix={"snr": 3})
+
+
+def test_shard_vanishing_mid_run_is_skipped_not_fatal(corpus, tmp_path, caplog):
+    d = tmp_path / "train"
+    shutil.copytree(corpus / "train", d)
+    s = TrainStream(d, segment_samples=SEG, batch_size=3, seed=5, rank=0, world_size=1)
+    next(s)
+    (d / "shard-000003.tar").unlink()  # e.g. a parallel-FS hiccup or a cleanup gone wrong
+    caplog.set_level(logging.WARNING)
+    take(s, 12)
+    assert s.stats()["skipped_corrupt"] >= 6
+    assert any("shard-000003.tar" in r.getMessage() for r in caplog.records)
