@@ -100,3 +100,17 @@ def test_ray_executor_runs_a_cell(tmp_path, demo_data, monkeypatch):
         ray.shutdown()
     (row,) = sweep_status(tmp_path / "runs" / "ray1")
     assert row["state"] == "done" and row["step"] == 3 and row["job_id"].startswith("ray:")
+
+
+@pytest.mark.slow
+def test_local_executor_ddp_with_nproc(tmp_path, demo_data, capsys):
+    from mlflow.tracking import MlflowClient
+
+    p = sweep_file(tmp_path, demo_data, "lddp", grid={"trainer.seed": [0]}, resources={"nproc": 2})
+    assert cli_main(["sweep", str(p), "--root", str(tmp_path / "runs")]) == 0
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m training.run" in capsys.readouterr().out
+    (row,) = sweep_status(tmp_path / "runs" / "lddp")
+    assert row["state"] == "done" and row["step"] == 3
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs/lddp/mlflow.db'}")
+    run = client.get_run(row["mlflow_run_id"])
+    assert run.data.tags.get("se.world_size") == "2"
