@@ -166,6 +166,8 @@ def finalize(out_dir: str | Path, recipe_name: str, options: dict[str, Any], tas
             if not part.exists():
                 raise SourceError(f"{out_dir / split / t.name}: shard not built yet (no {part.name} sidecar)")
             shards.append(json.loads(part.read_text()))
+        for stale in (out_dir / split).glob(".shard-*.tar.tmp*"):  # left by killed writers
+            stale.unlink(missing_ok=True)
         manifest = {
             "format": "se-shards/1", "split": split, "recipe": recipe_name, "options": options,
             "sample_rate": SAMPLE_RATE, "fields": ["noisy.flac", "clean.flac", "json"],

@@ -103,6 +103,7 @@ def test_resume_skips_complete_shards_and_rebuilds_missing(built, tmp_path):
     (out / "train" / ".shard-000001.tar.tmp999").write_bytes(b"partial")  # a killed writer's temp file
     prepare_demo(out, shard_samples=5, **OPTS)
     assert keep.stat().st_mtime_ns == mtime
+    assert not list(out.rglob("*.tmp*"))
     assert shas(out) == shas(built)
 
 
