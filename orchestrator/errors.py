@@ -13,17 +13,17 @@ class UserError(ValueError):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Every exception type that means 'the user's input is wrong' (exit code 2)."""
+    import importlib
+
     types: list[type[BaseException]] = [UserError]
-    try:
-        from training.config import ConfigError
-
-        types.append(ConfigError)
-    except ImportError:
-        pass
-    try:
-        from sharding.errors import SourceError
-
-        types.append(SourceError)
-    except ImportError:
-        pass
+    for module, name in (
+        ("training.configtools", "ConfigError"),
+        ("training.audio_io", "AudioFileError"),
+        ("training.testsets", "TestSetError"),
+        ("sharding.errors", "SourceError"),
+    ):
+        try:
+            types.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
     return tuple(types)
