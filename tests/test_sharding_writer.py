@@ -166,3 +166,27 @@ def test_demo_with_espeak_when_installed(tmp_path):
     again = tmp_path / "e2"
     prepare_demo(again, speech="espeak", train_clips=3, valid_clips=1, test_clips=1, min_seconds=1, max_seconds=2)
     assert shas(again) == shas(out)
+
+
+def test_killed_build_resumes_to_identical_bytes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ref = tmp_path / "ref"
+    prepare_demo(ref, shard_samples=1, **OPTS)
+    out = tmp_path / "killed"
+    code = f"from sharding.recipes.demo import prepare_demo; prepare_demo({str(out)!r}, shard_samples=1, **{OPTS!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
+    parts = out / "train" / ".parts"
+    deadline = time.monotonic() + 60
+    while not (parts.exists() and len(list(parts.glob("*.json"))) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(parts.glob("*.json")))
+    assert 2 <= done < 12 and not (out / "train" / "manifest.json").exists()
+    prepare_demo(out, shard_samples=1, **OPTS)
+    assert shas(out) == shas(ref)
