@@ -190,3 +190,27 @@ def test_killed_build_resumes_to_identical_bytes(tmp_path):
     assert 2 <= done < 12 and not (out / "train" / "manifest.json").exists()
     prepare_demo(out, shard_samples=1, **OPTS)
     assert shas(out) == shas(ref)
+
+
+def test_sbatch_script_golden_and_unknown_keys():
+    from sharding.executors import make_sbatch, slurm_params, task_ranges
+
+    code = str(Path(__file__).resolve().parent.parent)
+    text = make_sbatch(Path("/data/out/.build/plan.json"), 4,
+                       slurm_params({"partition": "cpu", "python": "/venv/bin/python", "mem_gb": 2}))
+    assert text == f"""#!/bin/bash
+#SBATCH --job-name=shard-build
+#SBATCH --array=0-3%64
+#SBATCH --time=60
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=2G
+#SBATCH --output=/data/out/.build/logs/build-%A_%a.log
+#SBATCH --partition=cpu
+set -euo pipefail
+export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}
+exec /venv/bin/python -m sharding.build_job --plan /data/out/.build/plan.json
+"""
+    with pytest.raises(SourceError, match="slurm option.*partiton.*valid: array_tasks=0"):
+        slurm_params({"partiton": "cpu"})
+    assert task_ranges(10, 3) == [(0, 3), (3, 6), (6, 10)] and task_ranges(3, 0) == [(0, 1), (1, 2), (2, 3)]
+    assert task_ranges(2, 5) == [(0, 1), (1, 2)]
