@@ -117,3 +117,20 @@ def test_memory_is_the_output_buffer_plus_one_chunk():
     assert peak_60 < out_60 + 4 * per_chunk, (peak_60, out_60)
     # what is not the output buffer does not grow with the length
     assert abs((peak_60 - out_60) - (peak_20 - 20 * SR * 4)) < per_chunk
+
+
+def test_per_chunk_gain_is_crossfaded_without_a_seam():
+    """A model that normalises each chunk's level (as RMS normalisation does) applies a different gain
+    per chunk: the crossfade turns the step between gains into a smooth ramp; hard cuts keep the step."""
+    n, chunk, overlap = 4 * SR, SR, 1600
+    x = np.linspace(0.1, 1.0, n, dtype=np.float32)  # rising level: every chunk gets another gain
+
+    def normalise(t: torch.Tensor) -> torch.Tensor:
+        return t * (0.5 / torch.sqrt(torch.mean(t**2)))
+
+    gain_ola = enhance_long(normalise, x, chunk, overlap) / x
+    gain_cut = enhance_long(normalise, x, chunk, mode="paper") / x
+    step = np.max(np.abs(np.diff(gain_cut)))  # the largest jump at a hard cut
+    assert step > 0.1
+    # with the crossfade, no sample-to-sample change exceeds the step spread over the ramp (pi/2 / L)
+    assert np.max(np.abs(np.diff(gain_ola))) < 1.6 * step / overlap + 1e-5
