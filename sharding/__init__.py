@@ -1,1 +1,28 @@
-"""sharding package."""
+"""sharding: corpus recipes -> WebDataset shards -> resumable, rank-balanced streaming. Knows no models.
+
+Modules::
+
+    recipes/        demo, pairs, dns2020, vb-demandex, ears-wham (+ registry: get_recipe, list_recipes)
+    writer.py       build(recipe, out_dir, options, executor=local|ray|slurm, num_workers=...) -> manifests
+    executors.py    local processes, Ray, SLURM array (plan + sbatch); build_job.py runs one array task
+    stream.py       TrainStream (training batches), iter_utterances (validation/eval), list_shards
+    verify.py       verify(dir) -> VerifyReport, stats(dir) -> dict
+    audio.py, mixing.py, loudness.py, tario.py, testing.py   audio I/O, mixers, BS.1770, tar I/O, fakes
+
+``from sharding import build, verify, stats, TrainStream, iter_utterances`` works (lazy imports).
+"""
+
+from __future__ import annotations
+
+_LAZY = {
+    "build": "sharding.writer", "verify": "sharding.verify", "stats": "sharding.verify",
+    "TrainStream": "sharding.stream", "iter_utterances": "sharding.stream", "get_recipe": "sharding.recipes",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sharding' has no attribute {name!r}")
