@@ -64,12 +64,6 @@ def db_to_amp(db: float) -> float:
     return float(10.0 ** (db / 20.0))
 
 
-def set_level(x: np.ndarray, level_dbfs: float) -> tuple[np.ndarray, float]:
-    """Scale ``x`` to an RMS of ``level_dbfs``; returns (scaled, gain)."""
-    gain = db_to_amp(level_dbfs) / rms(x)
-    return (x * gain).astype(np.float32), gain
-
-
 def scale_noise_to_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     """Scale ``noise`` so that power(clean)/power(noise) equals ``snr_db`` (whole-signal)."""
     gain = rms(clean) / (rms(noise) * db_to_amp(snr_db))

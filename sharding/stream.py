@@ -38,7 +38,7 @@ import logging
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -457,9 +457,6 @@ class TrainStream:
         self._stats_base = Counter({k: v for k, v in state.get("stats", {}).items() if k != "batches"})
         self._slot_stats = {}
         self._it = None  # restart lazily; drops any prefetched batches (and their workers)
-
-    def config(self) -> dict[str, Any]:
-        return {**asdict(self.cfg), "shards": len(self.cfg.shards)}
 
 
 # ----------------------------------------------------------------- utterances

@@ -140,10 +140,3 @@ def read_members(source, members: dict[str, tuple[int, int]]) -> dict[str, bytes
             raise SourceError(f"{getattr(source, 'name', source)}: member .{ext} at {off} is cut off")
         out[ext] = data
     return out
-
-
-def iter_tar(path: str | Path):
-    """Yield (key, {ext: bytes}) for every complete sample of a shard, in file order (+ the index)."""
-    idx = index_tar(path)
-    for key, members in idx.samples.items():
-        yield key, read_members(path, members)

@@ -6,7 +6,8 @@ Layout (``DIR/<split>/``)::
     .parts/shard-000000.json   sidecar written after the shard: samples, seconds, bytes, sha256
     manifest.json         shards (+ counts, seconds, sha256), totals, recipe name and options
 
-Shard ``i`` of a split holds the fixed clip range ``[i*k, (i+1)*k)`` (``k`` = samples per shard), and
+A byte target (``shard_bytes``) is turned into a sample count with the recipe's size estimate, so
+shards come out near, not exactly at, that size. Shard ``i`` of a split holds the fixed clip range ``[i*k, (i+1)*k)`` (``k`` = samples per shard), and
 clip ``j`` depends only on (options, split, j), so any executor (local processes, Ray, a SLURM array)
 writes the same bytes, and a rebuild skips shards that are already complete (tar renamed into
 place and sidecar present).
