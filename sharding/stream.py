@@ -36,6 +36,8 @@ import io
 import json
 import logging
 import math
+import queue
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,19 +97,22 @@ def list_shards(split_dir: str | Path) -> list[ShardRef]:
 
 
 _INDEX_CACHE: OrderedDict[str, TarIndex] = OrderedDict()
+_INDEX_LOCK = threading.Lock()  # the prefetch thread and the main thread (validation) share it
 
 
 def _index(path: str) -> TarIndex:
-    idx = _INDEX_CACHE.get(path)
-    if idx is None:
-        idx = index_tar(path)
-        if idx.truncated:
-            log.warning("shard %s is truncated/corrupt (%s); %d samples readable", path, idx.error, len(idx.samples))
+    with _INDEX_LOCK:
+        idx = _INDEX_CACHE.get(path)
+        if idx is not None:
+            _INDEX_CACHE.move_to_end(path)
+            return idx
+    idx = index_tar(path)
+    if idx.truncated:
+        log.warning("shard %s is truncated/corrupt (%s); %d samples readable", path, idx.error, len(idx.samples))
+    with _INDEX_LOCK:
         _INDEX_CACHE[path] = idx
         while len(_INDEX_CACHE) > 256:
             _INDEX_CACHE.popitem(last=False)
-    else:
-        _INDEX_CACHE.move_to_end(path)
     return idx
 
 
@@ -359,11 +364,49 @@ class _WorkerDataset(torch.utils.data.IterableDataset):
         return slot_batches(self.cfg, self.base + w, self.positions[w])
 
 
+class _ThreadPrefetch:
+    """Runs a batch generator ``depth`` batches ahead in a daemon thread (soundfile/numpy release
+    the GIL), keeping its order; exceptions are re-raised in the consumer. ``close()`` stops it."""
+
+    def __init__(self, gen: Iterator, depth: int):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(gen,), daemon=True, name="shard-prefetch")
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, gen: Iterator) -> None:
+        try:
+            for batch in gen:
+                if not self._put(("batch", batch)):
+                    return
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
+            self._put(("error", e))
+
+    def __next__(self):
+        kind, item = self._q.get()
+        if kind == "error":
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 class TrainStream:
     """Infinite iterator of {"noisy", "clean": float32 Tensor[B, S]} training batches (see module doc).
 
     :param shard_dir: corpus folder (its ``train/`` is used) or a split folder of shards.
-    :param num_workers: DataLoader worker processes (0: decode in this process).
+    :param num_workers: DataLoader worker processes (0: decode in this process, in a prefetch thread).
+    :param prefetch_factor: batches decoded ahead per worker (0 with num_workers=0: no thread).
     :param epoch_batches: nominal batches per epoch (``len``); default train samples // (world*batch).
     :param on_mismatch: ``convert`` (resample/mono-mix) or ``reject`` audio not mono 16 kHz.
     :param remix: on-the-fly mixing, e.g. ``{"snr_db_min": -5, "snr_db_max": 15, "noise_dir": DIR,
@@ -409,7 +452,8 @@ class TrainStream:
         base = self.rank * self._w
         shift = self._batches % self._w
         if self.num_workers == 0:
-            return slot_batches(self.cfg, base, self._positions[0])
+            gen = slot_batches(self.cfg, base, self._positions[0])
+            return _ThreadPrefetch(gen, self.prefetch_factor) if self.prefetch_factor > 0 else gen
         ds = _WorkerDataset(self.cfg, base, list(self._positions), shift)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                              prefetch_factor=self.prefetch_factor)
@@ -456,7 +500,18 @@ class TrainStream:
         self._positions = [int(p) for p in state["positions"]]
         self._stats_base = Counter({k: v for k, v in state.get("stats", {}).items() if k != "batches"})
         self._slot_stats = {}
-        self._it = None  # restart lazily; drops any prefetched batches (and their workers)
+        self.close()  # restart lazily; drops any prefetched batches (and their workers)
+
+    def close(self) -> None:
+        """Stop the prefetch thread / DataLoader workers (iteration restarts lazily where it was)."""
+        if isinstance(self._it, _ThreadPrefetch):
+            self._it.close()
+        self._it = None
+
+    def __del__(self) -> None:
+        it = getattr(self, "_it", None)
+        if isinstance(it, _ThreadPrefetch):
+            it.close()
 
 
 # ----------------------------------------------------------------- utterances

@@ -250,3 +250,18 @@ def test_shard_vanishing_mid_run_is_skipped_not_fatal(corpus, tmp_path, caplog):
     take(s, 12)
     assert s.stats()["skipped_corrupt"] >= 6
     assert any("shard-000003.tar" in r.getMessage() for r in caplog.records)
+
+
+def test_prefetch_thread_keeps_order_and_stops(corpus):
+    import time
+
+    s = make(corpus)
+    assert same(take(s, 5), take(make(corpus, prefetch_factor=0), 5))
+    thread = s._it._thread
+    assert thread.is_alive()
+    s.close()
+    deadline = time.monotonic() + 5
+    while thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not thread.is_alive()
+    assert same(take(s, 2), take(make(corpus, prefetch_factor=0), 7)[5:])  # close() resumes in place
