@@ -15,6 +15,7 @@ Training stream design (exact resume first):
   and the state is {raw position per slot, batches consumed}: resuming restarts every slot at its
   position and rotates the worker order, giving bitwise the batches of the uninterrupted stream
   for the same (seed, rank, world_size, num_workers, batch_size, segment_samples).
+* With ``num_workers=0`` batches are decoded in this process by a prefetch thread (same order).
 * The iterator is infinite, so every rank yields the same number of batches (no DDP hang);
   ``len(stream)`` is the nominal epoch (``epoch_batches``, default: train samples // (world*batch)).
 
