@@ -529,8 +529,12 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
     if path.is_file():
         shards = [str(path)]
     else:
-        if split is None and not ((path / "manifest.json").exists() or any(path.glob("*.tar"))) and path.is_dir():
-            raise SourceError(f"{path}: a corpus folder; pass a split folder (train/valid/test) or split=")
+        is_split = (path / "manifest.json").exists() or any(path.glob("*.tar"))
+        if split is None and not is_split and path.is_dir():
+            present = [s for s in ("train", "valid", "test") if (path / s).is_dir()]
+            if len(present) != 1:
+                raise SourceError(f"{path}: a corpus folder with splits {present}; pass a split folder or split=")
+            split = present[0]
         shards = [r.path for r in list_shards(resolve_split_dir(path, split or "test"))]
     n = 0
     for shard in shards:
