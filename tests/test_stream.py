@@ -265,3 +265,13 @@ def test_prefetch_thread_keeps_order_and_stops(corpus):
         time.sleep(0.05)
     assert not thread.is_alive()
     assert same(take(s, 2), take(make(corpus, prefetch_factor=0), 7)[5:])  # close() resumes in place
+
+
+def test_more_slots_than_shards_with_workers_resumes(corpus):
+    # 4 ranks x 2 workers = 8 slots over 5 shards: shards repeat within an epoch, nothing hangs.
+    full = take(make(corpus, rank=3, world_size=4, num_workers=2), 7)
+    s = make(corpus, rank=3, world_size=4, num_workers=2)
+    take(s, 3)
+    r = make(corpus, rank=3, world_size=4, num_workers=2)
+    r.load_state_dict(s.state_dict())
+    assert same(full[3:], take(r, 4))
