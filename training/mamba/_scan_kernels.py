@@ -1,15 +1,17 @@
 """Numba kernels of the fused CPU selective scan (used by ``scan_fused``; import numba here only).
 
 Shapes (all arrays C-contiguous, one float dtype per call):
-    u, delta, z, out: (nb, nd, L)   A: (nd, N)   Bt, Ct: (nb, L, N)   D, bias: (nd,)
+    u, dt, zs, zd, out: (nb, nd, L)   A: (nd, N)   Bt, Ct: (nb, L, N)   D: (nd,)
+dt is the step after bias and softplus; zs = silu(z) and zd = silu'(z) are the gate and its
+derivative (elementwise transcendental functions are left to torch, which vectorises them).
 B and C come transposed so that the inner loop over the state reads contiguous memory.
-Absent D / z / bias are passed as dummy arrays with their ``has_*`` flag false.
+An absent D or z is passed as a dummy array with its ``has_*`` flag false.
 
 Each parallel work item is one batch row ``b`` and one group ``g`` of contiguous channels; it
 keeps one channel's state (``N`` numbers) in a small local array and loops over time, so nothing
 of shape (nb, nd, L, N) is ever materialised. Work items write disjoint outputs and the caller
 reduces the per-item partial sums in a fixed order, so results do not depend on the thread count.
-The bias, softplus, D skip and silu(z) gate are applied inside the kernels (no temporaries).
+The D skip and the gate are applied inside the kernels.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from numba import prange
 
 # No 'nnan'/'ninf': NaN and inf must propagate as in the reference.
 _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
-_SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus default: identity above it
 
 
 def _jit(fn):
@@ -83,153 +84,159 @@ def _split(i, groups, nd):
 _split = numba.njit(inline="always")(_split)
 
 
+def _decays(dt, a, b, d, t0, m, N, fast, ebuf, bits, scale):
+    """For steps t0..t0+m-1 of channel (b, d): ebuf[k*N + n] = exp(dt * a[n])."""
+    for k in range(m):
+        dtt = dt[b, d, t0 + k]
+        for n in range(N):
+            ebuf[k * N + n] = dtt * a[n]
+    # One exp over the whole chunk: long vectors amortise the loop overhead.
+    _exp_inplace(ebuf, bits, scale, m * N, fast)
+
+
+_decays = numba.njit(inline="always", fastmath=_FASTMATH)(_decays)
+
+
+def _buffers(chunk, N, dtype):
+    """Per-work-item scratch: exp(dt A) and states of one chunk, exp's int32 scratch."""
+    ebuf = np.empty(chunk * N, dtype=dtype)
+    hbuf = np.empty((chunk + 1) * N, dtype=dtype)
+    bits = np.empty(chunk * N, dtype=np.int32)
+    return ebuf, hbuf, bits, bits.view(np.float32)
+
+
+_buffers = numba.njit(inline="always")(_buffers)
+
+
 @_jit
-def scan_forward(u, delta, A, Bt, Ct, D, z, bias, has_D, has_z, has_bias, softplus, fast,
-                 groups, chunk, save, out, ckpt):
-    """out = (<h_t, C_t> + D u_t) silu(z_t); h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t; h_{-1} = 0,
-    dt = softplus(delta + bias).
+def scan_forward(u, dt, A, Bt, Ct, D, zs, has_D, has_z, fast, groups, chunk, save, out, ckpt):
+    """out = (<h_t, C_t> + D u_t) zs_t;  h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;  h_{-1} = 0.
 
     When ``save``: ckpt[b, d, c, :] = h before step c*chunk, shape (nb, nd, ceil(L/chunk), N).
     """
     nb, nd, L = u.shape
     N = A.shape[1]
+    nchunk = (L + chunk - 1) // chunk
     for i in prange(nb * groups):
         b, g, d0, d1 = _split(i, groups, nd)
+        ebuf, _, bits, scale = _buffers(chunk, N, out.dtype)
         h = np.empty(N, dtype=out.dtype)
         a = np.empty(N, dtype=out.dtype)
-        e = np.empty(N, dtype=out.dtype)
-        bits = np.empty(N, dtype=np.int32)
-        scale = bits.view(np.float32)
-        cast = np.zeros(1, dtype=out.dtype)  # storing through it rounds a float64 to out's dtype
-        zero = cast[0]
+        zero = np.zeros(1, dtype=out.dtype)[0]
         for d in range(d0, d1):
-            bias_d = bias[d] if has_bias else 0.0
-            D_d = D[d] if has_D else 0.0
+            D_d = D[d] if has_D else zero
             for n in range(N):
                 h[n] = 0.0
                 a[n] = A[d, n]
-            for t in range(L):
-                if save and t % chunk == 0:
-                    c = t // chunk
+            for c in range(nchunk):
+                t0 = c * chunk
+                m = min(chunk, L - t0)
+                if save:
                     for n in range(N):
                         ckpt[b, d, c, n] = h[n]
-                ut = u[b, d, t]
-                raw = delta[b, d, t] + bias_d
-                if softplus and raw <= _SOFTPLUS_THRESHOLD:
-                    raw = math.log1p(math.exp(raw))
-                cast[0] = raw
-                dtt = cast[0]
-                dtu = dtt * ut
-                for n in range(N):
-                    e[n] = dtt * a[n]
-                _exp_inplace(e, bits, scale, N, fast)
-                acc = zero
-                for n in range(N):
-                    hn = e[n] * h[n] + dtu * Bt[b, t, n]
-                    h[n] = hn
-                    acc += hn * Ct[b, t, n]
-                yt = acc + D_d * ut
-                if has_z:
-                    zt = z[b, d, t]
-                    yt = yt * zt / (1.0 + math.exp(-zt))
-                out[b, d, t] = yt
+                _decays(dt, a, b, d, t0, m, N, fast, ebuf, bits, scale)
+                for k in range(m):
+                    t = t0 + k
+                    ut = u[b, d, t]
+                    dtu = dt[b, d, t] * ut
+                    acc = zero
+                    for n in range(N):
+                        hn = ebuf[k * N + n] * h[n] + dtu * Bt[b, t, n]
+                        h[n] = hn
+                        acc += hn * Ct[b, t, n]
+                    yt = acc + D_d * ut
+                    out[b, d, t] = yt * zs[b, d, t] if has_z else yt
 
 
 @_jit
-def scan_backward(u, delta, A, Bt, Ct, D, z, bias, has_D, has_z, has_bias, softplus, fast,
-                  dout, ckpt, groups, chunk,
-                  du, ddelta, dz, dA_part, dD_part, dbias_part, dB_part, dC_part):
+def scan_backward(u, dt, A, Bt, Ct, D, zs, zd, has_D, has_z, fast, dout, ckpt, groups, chunk,
+                  du, ddt, dz, dA_part, dD_part, dB_part, dC_part):
     """Reverse scan. Recomputes each chunk's states from ``ckpt``, then walks it backwards.
 
-    Written: du, ddelta, dz (nb, nd, L); per batch row (float64) dA_part (nb, nd, N),
-    dD_part and dbias_part (nb, nd). Accumulated (must start at zero): dB_part, dC_part
-    (groups, nb, L, N), dL/dBt and dL/dCt summed over each channel group.
+    Written: du, ddt (dL/d dt), dz (nb, nd, L); per batch row (float64) dA_part (nb, nd, N) and
+    dD_part (nb, nd). Accumulated (must start at zero): dB_part, dC_part (groups, nb, L, N),
+    dL/dBt and dL/dCt summed over each channel group.
+
+    Per chunk: (1) recompute exp(dt A) and the states h; (2) the only serial part, the adjoint
+    g_t = dL/dh_t = dy_t C_t + exp(dt_{t+1} A) g_{t+1}, into a buffer; (3) every gradient from
+    h, g and exp(dt A) in loops without a carried dependency (each writes one array, so that
+    they vectorise).
     """
     nb, nd, L = u.shape
     N = A.shape[1]
     nchunk = ckpt.shape[2]
     for i in prange(nb * groups):
         b, g, d0, d1 = _split(i, groups, nd)
-        hbuf = np.empty((chunk + 1, N), dtype=du.dtype)
-        ebuf = np.empty((chunk, N), dtype=du.dtype)
-        dtbuf = np.empty(chunk, dtype=du.dtype)
+        ebuf, hbuf, bits, scale = _buffers(chunk, N, du.dtype)
+        gbuf = np.empty(chunk * N, dtype=du.dtype)
+        dyv = np.empty(chunk, dtype=du.dtype)
         gs = np.empty(N, dtype=du.dtype)
         a = np.empty(N, dtype=du.dtype)
-        dal = np.empty(N, dtype=np.float64)
-        bits = np.empty(N, dtype=np.int32)
-        scale = bits.view(np.float32)
-        cast = np.zeros(1, dtype=du.dtype)
-        zero = cast[0]
+        dal = np.empty(N, dtype=du.dtype)  # one chunk's part of dL/dA
+        dA_acc = np.empty(N, dtype=np.float64)
+        zero = np.zeros(1, dtype=du.dtype)[0]
         for d in range(d0, d1):
-            bias_d = bias[d] if has_bias else 0.0
-            D_d = D[d] if has_D else 0.0
+            D_d = D[d] if has_D else zero
             dD_acc = 0.0
-            dbias_acc = 0.0
             for n in range(N):
                 a[n] = A[d, n]
-                gs[n] = 0.0
-                dal[n] = 0.0
+                gs[n] = zero
+                dA_acc[n] = 0.0
             for c in range(nchunk - 1, -1, -1):
                 t0 = c * chunk
                 m = min(L - t0, chunk)
+                # (1) states
+                _decays(dt, a, b, d, t0, m, N, fast, ebuf, bits, scale)
                 for n in range(N):
-                    hbuf[0, n] = ckpt[b, d, c, n]
+                    hbuf[n] = ckpt[b, d, c, n]
                 for k in range(m):
                     t = t0 + k
-                    raw = delta[b, d, t] + bias_d
-                    if softplus and raw <= _SOFTPLUS_THRESHOLD:
-                        raw = math.log1p(math.exp(raw))
-                    dtbuf[k] = raw
-                    dtt = dtbuf[k]
-                    dtu = dtt * u[b, d, t]
-                    ek = ebuf[k]
+                    dtu = dt[b, d, t] * u[b, d, t]
                     for n in range(N):
-                        ek[n] = dtt * a[n]
-                    _exp_inplace(ek, bits, scale, N, fast)
-                    for n in range(N):
-                        hbuf[k + 1, n] = ek[n] * hbuf[k, n] + dtu * Bt[b, t, n]
+                        hbuf[(k + 1) * N + n] = ebuf[k * N + n] * hbuf[k * N + n] + dtu * Bt[b, t, n]
+                # (2) adjoint; dy = dL/dy before the gate
+                for k in range(m):
+                    t = t0 + k
+                    dyv[k] = dout[b, d, t] * zs[b, d, t] if has_z else dout[b, d, t]
                 for k in range(m - 1, -1, -1):
                     t = t0 + k
-                    dtt = dtbuf[k]
+                    dyt = dyv[k]
+                    for n in range(N):
+                        gn = gs[n] + dyt * Ct[b, t, n]
+                        gbuf[k * N + n] = gn
+                        gs[n] = gn * ebuf[k * N + n]
+                # (3) gradients
+                for n in range(N):
+                    dal[n] = zero
+                for k in range(m):
+                    t = t0 + k
+                    dtt = dt[b, d, t]
                     ut = u[b, d, t]
-                    dout_t = dout[b, d, t]
-                    zt = 0.0
-                    sz = 0.0
-                    cast[0] = dout_t
-                    if has_z:
-                        zt = z[b, d, t]
-                        sz = 1.0 / (1.0 + math.exp(-zt))
-                        cast[0] = dout_t * zt * sz
-                    dyt = cast[0]
-                    dtu = dtt * ut
+                    dyt = dyv[k]
                     sdu = zero
                     sdt = zero
                     shc = zero
                     for n in range(N):
-                        # gs holds dL/dh_t once the output term of step t is added.
-                        cn = Ct[b, t, n]
-                        hn = hbuf[k + 1, n]
-                        gn = gs[n] + dyt * cn
-                        shc += hn * cn
-                        dC_part[g, b, t, n] += dyt * hn
+                        gn = gbuf[k * N + n]
                         bn = Bt[b, t, n]
-                        dB_part[g, b, t, n] += gn * dtu
-                        eh = ebuf[k, n] * hbuf[k, n]
+                        eh = ebuf[k * N + n] * hbuf[k * N + n]
                         sdu += gn * bn
                         sdt += gn * (a[n] * eh + bn * ut)
-                        dal[n] += gn * dtt * eh
-                        gs[n] = gn * ebuf[k, n]
+                        shc += hbuf[(k + 1) * N + n] * Ct[b, t, n]
+                    for n in range(N):
+                        dal[n] += gbuf[k * N + n] * ebuf[k * N + n] * hbuf[k * N + n] * dtt
+                    for n in range(N):
+                        dC_part[g, b, t, n] += dyt * hbuf[(k + 1) * N + n]
+                    dtu = dtt * ut
+                    for n in range(N):
+                        dB_part[g, b, t, n] += gbuf[k * N + n] * dtu
                     if has_z:
-                        dz[b, d, t] = dout_t * (shc + D_d * ut) * sz * (1.0 + zt * (1.0 - sz))
+                        dz[b, d, t] = dout[b, d, t] * (shc + D_d * ut) * zd[b, d, t]
                     du[b, d, t] = sdu * dtt + dyt * D_d
                     dD_acc += dyt * ut
-                    if softplus:
-                        x = delta[b, d, t] + bias_d
-                        if x <= _SOFTPLUS_THRESHOLD:
-                            sdt = sdt / (1.0 + math.exp(-x))
-                    ddelta[b, d, t] = sdt
-                    dbias_acc += sdt
+                    ddt[b, d, t] = sdt
+                for n in range(N):
+                    dA_acc[n] += dal[n]
             for n in range(N):
-                dA_part[b, d, n] = dal[n]
+                dA_part[b, d, n] = dA_acc[n]
             dD_part[b, d] = dD_acc
-            dbias_part[b, d] = dbias_acc

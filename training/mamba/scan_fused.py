@@ -19,6 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from training.mamba import _scan_kernels as _k
 
@@ -73,29 +74,45 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"selective_scan_fused: CPU tensors only, got device {u.device}")
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias):
-    """Contiguous numpy views in the compute dtype, B/C transposed, dummies for absent ones."""
+def _step(delta, delta_bias, softplus: bool, dtype):
+    """(dt, raw): the step the scan uses and the pre-softplus value (for the derivative)."""
+    raw = delta.detach().to(dtype)
+    if delta_bias is not None:
+        raw = raw + delta_bias.detach().to(dtype)[None, :, None]
+    return (F.softplus(raw) if softplus else raw).contiguous(), raw
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, softplus: bool, grads: bool):
+    """Kernel arguments: contiguous numpy arrays in the compute dtype, B/C transposed, dt after
+    bias/softplus, silu(z) (and silu'(z) when ``grads``); dummies for absent D/z."""
     dtype = _compute_dtype(u)
     dummy = np.zeros(1, dtype=np.float64 if dtype == torch.float64 else np.float32)
+    dt, raw = _step(delta, delta_bias, softplus, dtype)
     arrays = [
-        _np(u, dtype), _np(delta, dtype), _np(A, dtype),
+        _np(u, dtype), dt.numpy(), _np(A, dtype),
         _np(B.transpose(1, 2), dtype), _np(C.transpose(1, 2), dtype),
         _np(D, dtype) if D is not None else dummy,
-        _np(z, dtype) if z is not None else dummy.reshape(1, 1, 1),
-        _np(delta_bias, dtype) if delta_bias is not None else dummy,
     ]
-    return arrays, (D is not None, z is not None, delta_bias is not None)
+    if z is None:
+        arrays += [dummy.reshape(1, 1, 1)] * (2 if grads else 1)
+    else:
+        zc = z.detach().to(dtype)
+        sig = torch.sigmoid(zc)
+        arrays.append((zc * sig).contiguous().numpy())
+        if grads:
+            arrays.append((sig * (1 + zc * (1 - sig))).contiguous().numpy())
+    return arrays, (D is not None, z is not None, dtype == torch.float32), raw
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save: bool):
     """Run the forward kernel. Returns (out in the compute dtype, ckpt or None)."""
-    arrays, flags = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    arrays, flags, _ = _prepare(u, delta, A, B, C, D, z, delta_bias, softplus, grads=False)
     batch, dim, length = u.shape
     _use_threads()
     out = np.empty((batch, dim, length), dtype=arrays[0].dtype)
     shape = (batch, dim, -(-length // CHUNK), A.shape[1]) if save else (1, 1, 1, 1)
     ckpt = np.empty(shape, dtype=out.dtype)
-    _k.scan_forward(*arrays, *flags, softplus, arrays[0].dtype == np.float32, _groups(batch, dim), CHUNK, save, out, ckpt)
+    _k.scan_forward(*arrays, *flags, _groups(batch, dim), CHUNK, save, out, ckpt)
     return torch.from_numpy(out), (torch.from_numpy(ckpt) if save else None)
 
 
@@ -110,25 +127,28 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        arrays, flags = _prepare(u, delta, A, B, C, D, z, delta_bias)
+        arrays, flags, raw = _prepare(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, grads=True)
         batch, dim, length = u.shape
         n = A.shape[1]
         f = arrays[0].dtype
         groups = _groups(batch, dim)
         du = np.empty((batch, dim, length), dtype=f)
-        ddelta = np.empty((batch, dim, length), dtype=f)
+        ddt = np.empty((batch, dim, length), dtype=f)
         dz = np.empty((batch, dim, length) if z is not None else (1, 1, 1), dtype=f)
         dA = np.empty((batch, dim, n), dtype=np.float64)
         dD = np.empty((batch, dim), dtype=np.float64)
-        dbias = np.empty((batch, dim), dtype=np.float64)
         dB = np.zeros((groups, batch, length, n), dtype=f)
         dC = np.zeros((groups, batch, length, n), dtype=f)
         _use_threads()
         _k.scan_backward(
-            *arrays, *flags, ctx.delta_softplus, f == np.float32, _np(dout, ckpt.dtype), ckpt.numpy(), groups, CHUNK,
-            du, ddelta, dz, dA, dD, dbias, dB, dC,
+            *arrays, *flags, _np(dout, ckpt.dtype), ckpt.numpy(), groups, CHUNK,
+            du, ddt, dz, dA, dD, dB, dC,
         )
         need = ctx.needs_input_grad
+        ddelta = torch.from_numpy(ddt)
+        if ctx.delta_softplus:
+            ddelta = ddelta * torch.sigmoid(raw)  # d softplus(x) / dx
+        dbias = ddelta.sum((0, 2), dtype=torch.float64) if delta_bias is not None and need[7] else None
 
         def grad(i, array, like, reduce=None):
             if not need[i]:
@@ -137,9 +157,9 @@ class _FusedScan(torch.autograd.Function):
             return t.transpose(1, 2).to(like.dtype) if reduce == "T" else t.to(like.dtype)
 
         return (
-            grad(0, du, u), grad(1, ddelta, delta), grad(2, dA, A, "sum"),
+            grad(0, du, u), ddelta.to(delta.dtype) if need[1] else None, grad(2, dA, A, "sum"),
             grad(3, dB, B, "T"), grad(4, dC, C, "T"), grad(5, dD, D, "sum"),
-            grad(6, dz, z), grad(7, dbias, delta_bias, "sum"), None,
+            grad(6, dz, z), dbias.to(delta_bias.dtype) if dbias is not None else None, None,
         )
 
 
