@@ -14,8 +14,8 @@ fsyncs and renames the folder to `step-N` and fsyncs `root`. Folders without the
 `.tmp-*` leftovers are ignored and removed by `clean_incomplete()`. Everything stored loads with
 `torch.load(weights_only=True)`.
 
-`SE_CKPT_TEST_PAUSE_S` (tests only): sleep that many seconds after the files are written and
-before the marker/rename, so a test can SIGKILL a run in the middle of a save.
+`SE_CKPT_TEST_PAUSE=STEP:SECONDS` (tests only): in the save of step STEP, sleep SECONDS after the
+files are written and before the marker/rename, so a test can SIGKILL a run in the middle of a save.
 """
 
 from __future__ import annotations
@@ -130,10 +130,10 @@ class CheckpointManager:
         atomic_torch_save(per_rank, tmp / f"rank-{self.rank}.pt")
         if self.rank == 0:
             atomic_torch_save(shared, tmp / STATE)
-        pause = float(os.environ.get("SE_CKPT_TEST_PAUSE_S", "0") or 0)
-        if pause > 0:
-            log.warning("SE_CKPT_TEST_PAUSE_S: pausing %.1f s inside the save of step %d", pause, step)
-            time.sleep(pause)
+        pause_step, _, pause_s = os.environ.get("SE_CKPT_TEST_PAUSE", "").partition(":")
+        if pause_step and int(pause_step) == step:
+            log.warning("SE_CKPT_TEST_PAUSE: pausing %s s inside the save of step %d", pause_s, step)
+            time.sleep(float(pause_s))
         distributed.barrier()
         if self.rank == 0:
             _fsync_dir(tmp)

@@ -122,7 +122,18 @@ class Trainer:
 
     def rank_state(self) -> dict:
         return {"rank": self.env.rank, "rng": rng_state(), "loader": self.stream.state_dict(),
-                "meter": self.meter.state_dict() if self.meter is not None else {}}
+                "meter": self.meter.state_dict() if self.meter is not None else {},
+                "param_digest": self.param_digest()}
+
+    def param_digest(self) -> str:
+        """sha256 of this rank's G and D parameters: equal on every rank of a healthy DDP run."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for m in (self.G, self.D):
+            for p in (m.parameters() if m is not None else ()):
+                h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def resume(self) -> int:
         """Load the newest complete checkpoint (if any); returns its step (0 when none)."""
@@ -257,6 +268,7 @@ class Trainer:
 
     def close(self, status: str = "FINISHED") -> None:
         self.preempt.uninstall()
+        self.stream.close()
         if self.pesq_pool is not None:
             self.pesq_pool.close()
         if self.tracker is not None:
