@@ -1,0 +1,169 @@
+"""Analytic FLOP counter (forward hooks, one forward pass). Counts are multiply-accumulates (MACs),
+which is what the papers call "FLOPs" (they use thop, which counts MACs).
+
+Two conventions:
+
+``"full"`` — every multiply-accumulate of the forward pass that scales with the input:
+  - Conv1d/Conv2d: ``out_elems * C_in/groups * prod(kernel)``; ConvTranspose: ``in_elems * C_out/groups
+    * prod(kernel)``; deformable conv: its conv MACs + 4 MACs (bilinear) per sampled value.
+  - Linear: ``rows * in * out``, also Mamba's ``in_proj``/``dt_proj`` applied as raw matmuls.
+  - Selective scan, per (batch, channel, step, state): 3 for ``exp(delta*A)`` and ``delta*B*u``
+    (delta*A, delta*u, *B), 2 for the state update, 1 for the C read-out; plus ``D*u`` and the gate.
+  - Multi-head attention: Q/K/V/out projections ``4 * N*L*C^2`` plus ``QK^T`` and ``AV``, ``2 * N*L^2*C``.
+  - Normalisation (Batch/Instance/Layer/RMS): ``2 * elems``, doubled with an affine weight (thop's rule).
+  Pointwise activations, softmax, additions and reshapes are not counted.
+
+``"thop"`` — the convention behind the papers' numbers (``thop.profile`` 0.1.1 as the authors call it):
+  only modules thop has rules for and sees *called as modules*: Conv1d/2d and ConvTranspose1d/2d
+  (``out_elems * C_in/groups * prod(kernel)``, also for transposed convs, bias ignored), nn.Linear
+  (``out_elems * in_features``; in Mamba that is ``x_proj`` and ``out_proj`` only, ``in_proj``/``dt_proj``
+  being raw matmuls), Batch/Instance/LayerNorm (``2 * elems``, x2 if affine) and PReLU (``elems``:
+  thop switches the model to eval mode, where its PReLU rule counts). Zero for the selective scan,
+  everything inside nn.MultiheadAttention, RMSNorm, other activations and the deformable conv (no
+  rule). thop's bookkeeping quirk is reproduced too: it attaches one hook per *path* from the root to
+  a module (``model.apply``) and sums per path (``named_children`` walk), so a module shared by
+  ``p`` parents (RWSA's shared attention LayerNorms, p = 3) counts ``p**2`` times per call.
+  With it, RWSA-MambaUNet XS/S/M give 9.22 / 14.90 / 28.47 G on a (1, 256, 256) input, as published.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+import torch.nn as nn
+
+from training.mamba.mixer import Mamba
+from training.models.deform_conv import DeformConv2d
+
+_CONV = (nn.Conv1d, nn.Conv2d)
+_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d)
+_NORM = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LayerNorm,
+)  # fmt: skip
+CONVENTIONS = ("full", "thop")
+
+
+def _norm_macs(m, x) -> int:
+    affine = getattr(m, "affine", False) or getattr(m, "elementwise_affine", False)
+    return 2 * x.numel() * (2 if affine else 1)
+
+
+def _thop_hook(m, x, y) -> int | None:
+    """thop's count for one call of ``m``, or None when thop has no rule for its exact type."""
+    t = type(m)
+    if t in _CONV + _CONVT:
+        return y.numel() * (x[0].shape[1] // m.groups) * math.prod(m.kernel_size)
+    if t is nn.Linear:
+        return y.numel() * m.in_features
+    if t in _NORM:
+        return _norm_macs(m, x[0])
+    if t is nn.PReLU:
+        return x[0].numel()
+    return None
+
+
+def _scan_macs(b: int, d: int, length: int, n: int) -> int:
+    return b * d * length * (6 * n + 2)
+
+
+def _full_hook(m, x, y) -> int | None:
+    """Full MAC count of one call of ``m`` (composite modules count their raw operations only)."""
+    t = type(m)
+    x0 = x[0]
+    if t in _CONV:
+        return y.numel() * (x0.shape[1] // m.groups) * math.prod(m.kernel_size)
+    if t in _CONVT:
+        return x0.numel() * (m.out_channels // m.groups) * math.prod(m.kernel_size)
+    if isinstance(m, nn.Linear) and t is not nn.modules.linear.NonDynamicallyQuantizableLinear:
+        return y.numel() * m.in_features
+    if t in _NORM or type(m).__name__ == "RMSNorm":
+        return _norm_macs(m, x0) if t in _NORM else 4 * x0.numel()
+    if t is DeformConv2d:
+        k = math.prod(m.weight.shape[2:])
+        cols = x0.shape[0] * x0.shape[1] * k * y.shape[2] * y.shape[3]
+        return y.numel() * m.weight.shape[1] * k + 4 * cols
+    if t is Mamba:
+        b, length, _ = x0.shape
+        e = m.d_inner
+        raw = b * length * (m.d_model * 2 * e + m.dt_rank * e)  # in_proj, dt_proj (raw matmuls)
+        return raw + _scan_macs(b, e, length, m.d_state)
+    if t is nn.MultiheadAttention:
+        n, length, c = x0.shape  # batch_first
+        return 4 * n * length * c * c + 2 * n * length * length * c
+    return None
+
+
+def count_macs(model: nn.Module, inputs: tuple, convention: str = "full") -> int:
+    """MACs of ``model(*inputs)`` under ``convention`` (see the module docstring)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    hook_fn = _full_hook if convention == "full" else _thop_hook
+    totals: dict[int, int] = defaultdict(int)
+    handles = []
+
+    def make(m):
+        def hook(mod, x, y):
+            macs = hook_fn(mod, x, y)
+            if macs:
+                totals[id(mod)] += int(macs)
+
+        return hook
+
+    for m in model.modules():
+        handles.append(m.register_forward_hook(make(m)))
+    was_training = model.training
+    if convention == "thop":
+        model.eval()  # as thop.profile does
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+    if convention == "full":
+        return sum(totals.values())
+
+    paths: dict[int, int] = defaultdict(int)  # root-to-module paths, as model.apply/dfs see them
+
+    def visit(module: nn.Module):
+        paths[id(module)] += 1
+        if not _thop_leaf(module):
+            for _, child in module.named_children():
+                visit(child)
+
+    visit(model)
+    return sum(total * paths[key] ** 2 for key, total in totals.items())
+
+
+def _thop_leaf(m: nn.Module) -> bool:
+    return type(m) in _CONV + _CONVT + _NORM or type(m) in (nn.Linear, nn.PReLU)
+
+
+def flops_input(model: nn.Module, frames: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-noise-free dummy ``(mag, pha)`` of ``[batch, F, frames]`` for ``model``'s STFT."""
+    g = torch.Generator().manual_seed(0)
+    f = model.stft.n_freq
+    return torch.rand(batch, f, frames, generator=g), torch.rand(batch, f, frames, generator=g) * 6 - 3
+
+
+def paper_frames(model: nn.Module) -> int:
+    """Frames of the papers' FLOP input: T = 256 for the 510/120 models (RWSA), 2 s (T = 321) otherwise."""
+    return 256 if model.stft.n_fft == 510 else model.stft.n_frames(32_000)
+
+
+def frames_per_2s(model: nn.Module) -> int:
+    """Frames ``enhance`` uses for 2 s of 16 kHz audio (rounded up to the model's frame multiple)."""
+    hop, mult = model.stft.hop, getattr(model, "frame_multiple", 1)
+    frames = -(-32_000 // hop) + 1
+    return -(-frames // mult) * mult
+
+
+def model_gflops(model: nn.Module) -> dict:
+    """``{"gflops": full G-MACs per 2 s, "gflops_thop": paper-convention G-MACs on the paper input}``."""
+    full = count_macs(model, flops_input(model, frames_per_2s(model)), "full")
+    thop = count_macs(model, flops_input(model, paper_frames(model)), "thop")
+    return {"gflops": full / 1e9, "gflops_thop": thop / 1e9}

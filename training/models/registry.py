@@ -1,0 +1,134 @@
+"""Named models: ``build_model(name, **options)``, ``list_models()``, ``model_info(name)``.
+
+Every preset is a builder plus its fixed options; ``build_model`` merges the caller's keyword
+options over them (e.g. ``build_model("mambattention", attn_position="after")``). ``seed=N``
+builds under a fixed RNG seed (same seed, same initial weights) without touching the global RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from training.models.discriminator import MetricDiscriminator
+from training.models.dualpath import SEGMENT_2S, STFT_400, mambattention, mpsenet, semamba
+from training.models.rwsa import SEGMENT_RWSA, STFT_510, rwsa
+from training.stft import STFTSpec
+
+
+class UnknownModelError(ValueError):
+    """A model name or option that the registry does not know."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a caller needs to feed a model: its STFT, training crop and reference size."""
+
+    name: str
+    stft: STFTSpec | None
+    segment_samples: int | None
+    params: int
+    kind: str  # "generator" | "discriminator"
+    description: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Preset:
+    builder: Callable[..., nn.Module]
+    options: dict
+    stft: STFTSpec | None
+    segment_samples: int | None
+    params: int
+    description: str
+    kind: str = "generator"
+
+
+_PRESETS: dict[str, _Preset] = {
+    "semamba": _Preset(
+        semamba, {}, STFT_400, SEGMENT_2S, 2_258_769, "SEMamba: dual-path bi-Mamba, no attention"
+    ),
+    "mambattention": _Preset(
+        mambattention, {}, STFT_400, SEGMENT_2S, 2_325_841, "MambAttention: T/F-shared MHA before bi-Mamba"
+    ),
+    "mambattention-attn-after": _Preset(
+        mambattention,
+        {"attn_position": "after"},
+        STFT_400,
+        SEGMENT_2S,
+        2_325_841,
+        "ablation: MHA after Mamba",
+    ),
+    "mambattention-unshared": _Preset(
+        mambattention, {"share_tf": False}, STFT_400, SEGMENT_2S, 2_392_913, "ablation: separate T and F MHA"
+    ),
+    "mambattention-ft": _Preset(
+        mambattention, {"order": "ft"}, STFT_400, SEGMENT_2S, 2_325_841, "ablation: frequency before time"
+    ),
+    "mpsenet": _Preset(mpsenet, {}, STFT_400, SEGMENT_2S, 2_048_849, "MP-SENet baseline: T/F Conformers"),
+    "rwsa-xs": _Preset(
+        rwsa, {"size": "xs"}, STFT_510, SEGMENT_RWSA, 1_024_360, "RWSA-MambaUNet XS (h 16, n 2)"
+    ),
+    "rwsa-s": _Preset(rwsa, {"size": "s"}, STFT_510, SEGMENT_RWSA, 1_946_664, "RWSA-MambaUNet S (h 16, n 4)"),
+    "rwsa-m": _Preset(rwsa, {"size": "m"}, STFT_510, SEGMENT_RWSA, 3_914_424, "RWSA-MambaUNet M (h 24, n 4)"),
+    "rwsa-s-unshared": _Preset(
+        rwsa,
+        {"size": "s", "share_resolution": False},
+        STFT_510,
+        SEGMENT_RWSA,
+        1_968_296,
+        "ablation: S without RWSA",
+    ),
+    "rwsa-s-noattn": _Preset(
+        rwsa, {"size": "s", "attention": False}, STFT_510, SEGMENT_RWSA, 1_887_016, "ablation: S without MHA"
+    ),
+    "metric-discriminator": _Preset(
+        MetricDiscriminator,
+        {},
+        None,
+        None,
+        181_650,
+        "MetricGAN discriminator (PESQ predictor)",
+        "discriminator",
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """All model names, in registry order."""
+    return list(_PRESETS)
+
+
+def _preset(name: str) -> _Preset:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(_PRESETS)}") from None
+
+
+def model_info(name: str) -> ModelInfo:
+    """STFT, training segment, parameter count and description of ``name``."""
+    p = _preset(name)
+    params = p.params or sum(x.numel() for x in build_model(name, seed=0).parameters())
+    return ModelInfo(name, p.stft, p.segment_samples, params, p.kind, p.description, dict(p.options))
+
+
+def build_model(name: str, seed: int | None = None, **options) -> nn.Module:
+    """Instantiate ``name`` with the preset's options overridden by ``options``."""
+    p = _preset(name)
+    kwargs = {**p.options, **options}
+    if seed is None:
+        return _call(name, p.builder, kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _call(name, p.builder, kwargs)
+
+
+def _call(name, builder, kwargs):
+    try:
+        return builder(**kwargs)
+    except TypeError as e:  # an unknown keyword option
+        raise UnknownModelError(f"model {name!r}: bad option ({e})") from None

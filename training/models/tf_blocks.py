@@ -1,0 +1,175 @@
+"""Time-frequency (dual-path) blocks on feature maps ``[B, C, T, F]``.
+
+- :class:`MambAttentionBlock`: per axis ``x = x + MHA(LN(x))`` then ``x = x + ConvT1d(BiMamba(x))``
+  (time axis: sequences ``[B*F, T, C]``; frequency axis: ``[B*T, F, C]``). With ``attention=None``
+  it is SEMamba's TF-Mamba block. Options: attention after Mamba, separate T/F attention, F before T.
+- :class:`TSConformerBlock`: MP-SENet's ``x = x + Conformer(x)`` along time, then frequency.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from training.mamba import BiMamba
+
+
+class AttentionModule(nn.Module):
+    """``MHA(LN(x))`` on ``[N, L, C]`` (self-attention, batch first, no dropout by default)."""
+
+    def __init__(self, dim: int, n_head: int = 8, dropout: float = 0.0):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, n_head, dropout=dropout, batch_first=True)
+        self.layernorm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layernorm(x)
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def _to_time(x):  # [B, C, T, F] -> [B*F, T, C]
+    b, c, t, f = x.shape
+    return x.permute(0, 3, 2, 1).reshape(b * f, t, c)
+
+
+def _from_time(s, shape):
+    b, c, t, f = shape
+    return s.reshape(b, f, t, c).permute(0, 3, 2, 1)
+
+
+def _to_freq(x):  # [B, C, T, F] -> [B*T, F, C]
+    b, c, t, f = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b * t, f, c)
+
+
+def _from_freq(s, shape):
+    b, c, t, f = shape
+    return s.reshape(b, t, f, c).permute(0, 3, 1, 2)
+
+
+_AXES = {"t": (_to_time, _from_time), "f": (_to_freq, _from_freq)}
+
+
+class MambAttentionBlock(nn.Module):
+    """One dual-path block; ``attention`` may be a module shared with other blocks.
+
+    :param attention: MHA module for the time axis (and the frequency axis unless
+        ``freq_attention`` is given); ``None`` = no attention (SEMamba).
+    :param freq_attention: a separate module for the frequency axis (the "unshared" ablation).
+    :param attn_position: ``"before"`` (paper) or ``"after"`` the Mamba of each axis.
+    :param order: ``"tf"`` (time then frequency, paper) or ``"ft"``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        attention: nn.Module | None = None,
+        freq_attention: nn.Module | None = None,
+        attn_position: str = "before",
+        order: str = "tf",
+        **mamba_options,
+    ):
+        super().__init__()
+        if attn_position not in ("before", "after"):
+            raise ValueError(f"attn_position must be 'before' or 'after', got {attn_position!r}")
+        if order not in ("tf", "ft"):
+            raise ValueError(f"order must be 'tf' or 'ft', got {order!r}")
+        self.attn_position, self.order = attn_position, order
+        self.time_mamba = BiMamba(channels, **mamba_options)
+        self.freq_mamba = BiMamba(channels, **mamba_options)
+        self.attention = attention
+        self.freq_attention = freq_attention
+        self.tlinear = nn.ConvTranspose1d(2 * channels, channels, 1)
+        self.flinear = nn.ConvTranspose1d(2 * channels, channels, 1)
+
+    def _axis(self, s, attn, mamba, linear):
+        if attn is not None and self.attn_position == "before":
+            s = s + attn(s)
+        s = s + linear(mamba(s).transpose(1, 2)).transpose(1, 2)
+        if attn is not None and self.attn_position == "after":
+            s = s + attn(s)
+        return s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        f_attn = self.freq_attention if self.freq_attention is not None else self.attention
+        parts = {
+            "t": (self.attention, self.time_mamba, self.tlinear),
+            "f": (f_attn, self.freq_mamba, self.flinear),
+        }
+        for axis in self.order:
+            to_seq, from_seq = _AXES[axis]
+            x = from_seq(self._axis(to_seq(x), *parts[axis]), shape)
+        return x.contiguous()
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.ffm = nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, dim * mult),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(dim * mult, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x):
+        return self.ffm(x)
+
+
+class _ConvModule(nn.Module):
+    """LN -> pointwise conv to 2*inner -> GLU -> depthwise conv (k) -> BN -> SiLU -> pointwise conv."""
+
+    def __init__(self, dim: int, expansion: int = 2, kernel_size: int = 31, dropout: float = 0.0):
+        super().__init__()
+        inner = dim * expansion
+        self.norm = nn.LayerNorm(dim)
+        self.ccm = nn.Sequential(
+            nn.Conv1d(dim, inner * 2, 1),
+            nn.GLU(dim=1),
+            nn.Conv1d(inner, inner, kernel_size, padding=kernel_size // 2, groups=inner),
+            nn.BatchNorm1d(inner),
+            nn.SiLU(),
+            nn.Conv1d(inner, dim, 1),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x):  # [N, L, C]
+        return self.ccm(self.norm(x).transpose(1, 2)).transpose(1, 2)
+
+
+class ConformerBlock(nn.Module):
+    """MP-SENet Conformer: half FF, MHA, conv module, half FF, post LayerNorm (``[N, L, C]``)."""
+
+    def __init__(self, dim: int, n_head: int = 4, kernel_size: int = 31, ff_dropout=0.2, attn_dropout=0.2):
+        super().__init__()
+        self.ffm1 = _FeedForward(dim, dropout=ff_dropout)
+        self.attn = AttentionModule(dim, n_head, dropout=attn_dropout)
+        self.ccm = _ConvModule(dim, kernel_size=kernel_size)
+        self.ffm2 = _FeedForward(dim, dropout=ff_dropout)
+        self.post_norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x = x + 0.5 * self.ffm1(x)
+        x = x + self.attn(x)
+        x = x + self.ccm(x)
+        x = x + 0.5 * self.ffm2(x)
+        return self.post_norm(x)
+
+
+class TSConformerBlock(nn.Module):
+    """``x = x + Conformer_T(x)`` along time, then ``x = x + Conformer_F(x)`` along frequency."""
+
+    def __init__(self, channels: int, n_head: int = 4):
+        super().__init__()
+        self.time_conformer = ConformerBlock(channels, n_head)
+        self.freq_conformer = ConformerBlock(channels, n_head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        s = _to_time(x)
+        x = _from_time(s + self.time_conformer(s), shape)
+        s = _to_freq(x)
+        return _from_freq(s + self.freq_conformer(s), shape).contiguous()
