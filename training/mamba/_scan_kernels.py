@@ -1,9 +1,8 @@
 """Numba kernels of the fused CPU selective scan (used by ``scan_fused``; import numba here only).
 
 Shapes (all arrays C-contiguous, one float dtype per call):
-    u, dt, zs, zd, out: (nb, nd, L)   A: (nd, N)   Bt, Ct: (nb, L, N)   D: (nd,)
-dt is the step after bias and softplus; zs = silu(z) and zd = silu'(z) are the gate and its
-derivative (elementwise transcendental functions are left to torch, which vectorises them).
+    u, dt, z, out: (nb, nd, L)   A: (nd, N)   Bt, Ct: (nb, L, N)   D: (nd,)
+dt is the step after bias and softplus (left to torch, which vectorises log1p).
 B and C come transposed so that the inner loop over the state reads contiguous memory.
 An absent D or z is passed as a dummy array with its ``has_*`` flag false.
 
@@ -97,6 +96,18 @@ def _decays(dt, a, b, d, t0, m, N, fast, ebuf, bits, scale):
 _decays = numba.njit(inline="always", fastmath=_FASTMATH)(_decays)
 
 
+def _sigmoids(z, b, d, t0, m, fast, sbuf, bits, scale):
+    """sbuf[k] = sigmoid(z[b, d, t0 + k]) for k < m (vectorised exp when ``fast``)."""
+    for k in range(m):
+        sbuf[k] = -z[b, d, t0 + k]
+    _exp_inplace(sbuf, bits, scale, m, fast)
+    for k in range(m):
+        sbuf[k] = 1.0 / (1.0 + sbuf[k])
+
+
+_sigmoids = numba.njit(inline="always", fastmath=_FASTMATH)(_sigmoids)
+
+
 def _buffers(chunk, N, dtype):
     """Per-work-item scratch: exp(dt A) and states of one chunk, exp's int32 scratch."""
     ebuf = np.empty(chunk * N, dtype=dtype)
@@ -109,8 +120,8 @@ _buffers = numba.njit(inline="always")(_buffers)
 
 
 @_jit
-def scan_forward(u, dt, A, Bt, Ct, D, zs, has_D, has_z, fast, groups, chunk, save, out, ckpt):
-    """out = (<h_t, C_t> + D u_t) zs_t;  h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;  h_{-1} = 0.
+def scan_forward(u, dt, A, Bt, Ct, D, z, has_D, has_z, fast, groups, chunk, save, out, ckpt):
+    """out = (<h_t, C_t> + D u_t) silu(z_t);  h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;  h_{-1} = 0.
 
     When ``save``: ckpt[b, d, c, :] = h before step c*chunk, shape (nb, nd, ceil(L/chunk), N).
     """
@@ -120,6 +131,7 @@ def scan_forward(u, dt, A, Bt, Ct, D, zs, has_D, has_z, fast, groups, chunk, sav
     for i in prange(nb * groups):
         b, g, d0, d1 = _split(i, groups, nd)
         ebuf, _, bits, scale = _buffers(chunk, N, out.dtype)
+        sbuf = np.empty(chunk, dtype=out.dtype)
         h = np.empty(N, dtype=out.dtype)
         a = np.empty(N, dtype=out.dtype)
         zero = np.zeros(1, dtype=out.dtype)[0]
@@ -135,6 +147,8 @@ def scan_forward(u, dt, A, Bt, Ct, D, zs, has_D, has_z, fast, groups, chunk, sav
                     for n in range(N):
                         ckpt[b, d, c, n] = h[n]
                 _decays(dt, a, b, d, t0, m, N, fast, ebuf, bits, scale)
+                if has_z:
+                    _sigmoids(z, b, d, t0, m, fast, sbuf, bits, scale)
                 for k in range(m):
                     t = t0 + k
                     ut = u[b, d, t]
@@ -145,11 +159,11 @@ def scan_forward(u, dt, A, Bt, Ct, D, zs, has_D, has_z, fast, groups, chunk, sav
                         h[n] = hn
                         acc += hn * Ct[b, t, n]
                     yt = acc + D_d * ut
-                    out[b, d, t] = yt * zs[b, d, t] if has_z else yt
+                    out[b, d, t] = yt * z[b, d, t] * sbuf[k] if has_z else yt
 
 
 @_jit
-def scan_backward(u, dt, A, Bt, Ct, D, zs, zd, has_D, has_z, fast, dout, ckpt, groups, chunk,
+def scan_backward(u, dt, A, Bt, Ct, D, z, has_D, has_z, fast, dout, ckpt, groups, chunk,
                   du, ddt, dz, dA_part, dD_part, dB_part, dC_part):
     """Reverse scan. Recomputes each chunk's states from ``ckpt``, then walks it backwards.
 
@@ -170,6 +184,7 @@ def scan_backward(u, dt, A, Bt, Ct, D, zs, zd, has_D, has_z, fast, dout, ckpt, g
         ebuf, hbuf, bits, scale = _buffers(chunk, N, du.dtype)
         gbuf = np.empty(chunk * N, dtype=du.dtype)
         dyv = np.empty(chunk, dtype=du.dtype)
+        sbuf = np.empty(chunk, dtype=du.dtype)
         gs = np.empty(N, dtype=du.dtype)
         a = np.empty(N, dtype=du.dtype)
         dal = np.empty(N, dtype=du.dtype)  # one chunk's part of dL/dA
@@ -195,9 +210,11 @@ def scan_backward(u, dt, A, Bt, Ct, D, zs, zd, has_D, has_z, fast, dout, ckpt, g
                     for n in range(N):
                         hbuf[(k + 1) * N + n] = ebuf[k * N + n] * hbuf[k * N + n] + dtu * Bt[b, t, n]
                 # (2) adjoint; dy = dL/dy before the gate
+                if has_z:
+                    _sigmoids(z, b, d, t0, m, fast, sbuf, bits, scale)
                 for k in range(m):
                     t = t0 + k
-                    dyv[k] = dout[b, d, t] * zs[b, d, t] if has_z else dout[b, d, t]
+                    dyv[k] = dout[b, d, t] * z[b, d, t] * sbuf[k] if has_z else dout[b, d, t]
                 for k in range(m - 1, -1, -1):
                     t = t0 + k
                     dyt = dyv[k]
@@ -230,8 +247,10 @@ def scan_backward(u, dt, A, Bt, Ct, D, zs, zd, has_D, has_z, fast, dout, ckpt, g
                     dtu = dtt * ut
                     for n in range(N):
                         dB_part[g, b, t, n] += gbuf[k * N + n] * dtu
-                    if has_z:
-                        dz[b, d, t] = dout[b, d, t] * (shc + D_d * ut) * zd[b, d, t]
+                    if has_z:  # silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
+                        sk = sbuf[k]
+                        zt = z[b, d, t]
+                        dz[b, d, t] = dout[b, d, t] * (shc + D_d * ut) * sk * (1.0 + zt * (1.0 - sk))
                     du[b, d, t] = sdu * dtt + dyt * D_d
                     dD_acc += dyt * ut
                     ddt[b, d, t] = sdt

@@ -75,38 +75,31 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
 
 
 def _step(delta, delta_bias, softplus: bool, dtype):
-    """(dt, raw): the step the scan uses and the pre-softplus value (for the derivative)."""
-    raw = delta.detach().to(dtype)
+    """The step the scan uses, softplus(delta + delta_bias); a new tensor when ``softplus``."""
+    dt = delta.detach().to(dtype)
     if delta_bias is not None:
-        raw = raw + delta_bias.detach().to(dtype)[None, :, None]
-    return (F.softplus(raw) if softplus else raw).contiguous(), raw
+        dt = dt + delta_bias.detach().to(dtype)[None, :, None]
+    return (F.softplus(dt) if softplus else dt).contiguous()
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias, softplus: bool, grads: bool):
+def _prepare(u, delta, A, B, C, D, z, delta_bias, softplus: bool):
     """Kernel arguments: contiguous numpy arrays in the compute dtype, B/C transposed, dt after
-    bias/softplus, silu(z) (and silu'(z) when ``grads``); dummies for absent D/z."""
+    bias/softplus; dummies for absent D/z."""
     dtype = _compute_dtype(u)
     dummy = np.zeros(1, dtype=np.float64 if dtype == torch.float64 else np.float32)
-    dt, raw = _step(delta, delta_bias, softplus, dtype)
+    dt = _step(delta, delta_bias, softplus, dtype)
     arrays = [
         _np(u, dtype), dt.numpy(), _np(A, dtype),
         _np(B.transpose(1, 2), dtype), _np(C.transpose(1, 2), dtype),
         _np(D, dtype) if D is not None else dummy,
     ]
-    if z is None:
-        arrays += [dummy.reshape(1, 1, 1)] * (2 if grads else 1)
-    else:
-        zc = z.detach().to(dtype)
-        sig = torch.sigmoid(zc)
-        arrays.append((zc * sig).contiguous().numpy())
-        if grads:
-            arrays.append((sig * (1 + zc * (1 - sig))).contiguous().numpy())
-    return arrays, (D is not None, z is not None, dtype == torch.float32), raw
+    arrays.append(_np(z, dtype) if z is not None else dummy.reshape(1, 1, 1))
+    return arrays, (D is not None, z is not None, dtype == torch.float32)
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save: bool):
     """Run the forward kernel. Returns (out in the compute dtype, ckpt or None)."""
-    arrays, flags, _ = _prepare(u, delta, A, B, C, D, z, delta_bias, softplus, grads=False)
+    arrays, flags = _prepare(u, delta, A, B, C, D, z, delta_bias, softplus)
     batch, dim, length = u.shape
     _use_threads()
     out = np.empty((batch, dim, length), dtype=arrays[0].dtype)
@@ -127,7 +120,7 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        arrays, flags, raw = _prepare(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, grads=True)
+        arrays, flags = _prepare(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus)
         batch, dim, length = u.shape
         n = A.shape[1]
         f = arrays[0].dtype
@@ -145,9 +138,13 @@ class _FusedScan(torch.autograd.Function):
             du, ddt, dz, dA, dD, dB, dC,
         )
         need = ctx.needs_input_grad
+        dt = torch.from_numpy(arrays[1])
+        del arrays
         ddelta = torch.from_numpy(ddt)
         if ctx.delta_softplus:
-            ddelta = ddelta * torch.sigmoid(raw)  # d softplus(x) / dx
+            # d softplus(x)/dx = sigmoid(x) = 1 - exp(-softplus(x)); dt is our own tensor here.
+            ddelta.mul_(torch.expm1(dt.neg_()).neg_())
+        del dt
         dbias = ddelta.sum((0, 2), dtype=torch.float64) if delta_bias is not None and need[7] else None
 
         def grad(i, array, like, reduce=None):
