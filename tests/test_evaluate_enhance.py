@@ -154,3 +154,28 @@ def test_chunked_enhancement_matches_whole_file_away_from_edges(run_dir):
     corr = np.corrcoef(whole[inner], chunked[inner])[0, 1]
     assert corr > 0.95, corr
     assert math.isclose(np.sqrt(np.mean(chunked**2)), np.sqrt(np.mean(whole**2)), rel_tol=0.3)
+
+
+def test_analyze_spectrogram_and_tsne_pngs_logged(run_dir, testset, tmp_path):
+    root, run_id, uri = run_dir
+    out = tmp_path / "figs"
+    assert main(["analyze", "spectrogram", str(root), "--testset", str(testset), "--keys", "u1", "--out", str(out)]) == 0
+    png = out / f"spectrogram_{testset.name}_u1.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["analyze", "spectrogram", str(root), "--testset", str(testset), "--keys", "zz", "--out",
+                 str(out), "--no-mlflow"]) == 2
+    assert main(["analyze", "tsne", str(root), "--testset", str(testset), "--with-clean", "--out", str(out)]) == 0
+    tsne = out / f"tsne_{testset.name}_clean.png"
+    assert tsne.read_bytes()[:4] == b"\x89PNG"
+    arts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id, "figures")}
+    assert {f"figures/{png.name}", f"figures/{tsne.name}"} <= arts
+
+
+def test_latent_vector_is_time_averaged_last_block_output(run_dir):
+    from training.analysis import latent_vector
+
+    model = load_generator(run_dir[0]).model
+    v1 = latent_vector(model, _speechlike(1.0, 7))
+    v2 = latent_vector(model, _speechlike(2.0, 7))
+    assert v1.shape == v2.shape and v1.ndim == 1  # one vector per utterance whatever its length
+    assert np.isfinite(v1).all() and not np.allclose(v1, v2)
