@@ -460,8 +460,9 @@ class PesqPool:
     """
 
     def __init__(self, num_workers: int | None = None):
-        if num_workers is None:
-            num_workers = min(8, max(1, (os.cpu_count() or 1)))
+        if num_workers is None:  # the CPUs this process may use (SLURM's allocation, not the node's)
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            num_workers = min(8, max(1, cpus))
         self.num_workers = int(num_workers)
         self._pool: ProcessPoolExecutor | None = None
         if self.num_workers > 0:
