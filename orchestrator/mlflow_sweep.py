@@ -35,7 +35,13 @@ def ensure_parent_run(tracking_uri: str, experiment: str, sweep_name: str, run_i
         except MlflowException:
             pass
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    if exp is not None:
+        exp_id = exp.experiment_id
+    else:  # a local SQLite store keeps its artifacts beside the database, not in the current folder
+        location = None
+        if tracking_uri.startswith(SQLITE):
+            location = (Path(tracking_uri[len(SQLITE):]).parent / "mlartifacts").resolve().as_uri()
+        exp_id = client.create_experiment(experiment, artifact_location=location)
     run = client.create_run(
         exp_id,
         run_name=sweep_name,

@@ -13,6 +13,7 @@ from orchestrator.cli import main as cli_main
 from orchestrator.sweeper import sweep_status
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("SE_SCAN_BACKEND", "torch")  # children inherit it: fastest for tiny shapes
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,8 @@ def sweep_file(tmp_path: Path, demo: Path, name: str, **extra) -> Path:
     spec = {
         "name": name,
         "base": {
-            "model.name": "rwsa-xs", "data.train": str(demo / "train"), "data.valid": str(demo / "valid"),
-            "data.segment_samples": 3720, "data.batch_size": 2, "data.valid_limit": 1,
+            "model.name": "rwsa-xs", "model.options": {"hidden": 8, "num_blocks": 1}, "data.train": str(demo / "train"), "data.valid": str(demo / "valid"),
+            "data.segment_samples": 1800, "data.batch_size": 2, "data.valid_limit": 1,
             "trainer.max_steps": 3, "trainer.val_every": 3, "trainer.ckpt_every": 3, "trainer.log_every": 1,
             "trainer.pesq_workers": 1, "trainer.num_threads": 1, "loss.discriminator": False,
         },
