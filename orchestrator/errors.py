@@ -20,6 +20,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ("training.configtools", "ConfigError"),
         ("training.audio_io", "AudioFileError"),
         ("training.testsets", "TestSetError"),
+        ("training.metrics", "MetricError"),
         ("sharding.errors", "SourceError"),
     ):
         try:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from training.configtools import atomic_write_text
-from training.metrics import DEFAULT_METRICS, evaluate_pairs, summarize
+from training.metrics import DEFAULT_METRICS, check_metric_names, evaluate_pairs, summarize
 from training.testsets import TestSet
 
 EnhanceFn = Callable[[np.ndarray], np.ndarray]
@@ -50,10 +50,11 @@ def evaluate_testset(
 
     out_dir = Path(out_dir)
     name = testset.name
-    pairs_noisy: list[tuple[str, np.ndarray | None, np.ndarray]] = []
+    metrics = check_metric_names(metrics)
     keys: list[str] = []
 
-    def enhanced_pairs() -> Iterator[tuple[str, np.ndarray | None, np.ndarray]]:
+    def both_pairs() -> Iterator[tuple[str, np.ndarray | None, np.ndarray]]:
+        """(noisy, enhanced) per utterance, interleaved: one pass, nothing kept for later."""
         for i, (key, noisy, clean) in enumerate(testset):
             if limit is not None and i >= limit:
                 break
@@ -61,13 +62,13 @@ def evaluate_testset(
             if save_audio_dir is not None:
                 write_wav(Path(save_audio_dir) / f"{key}.wav", enhanced)
             keys.append(key)
-            pairs_noisy.append((key, clean, noisy))
+            yield key, clean, noisy
             yield key, clean, enhanced
 
     total = len(testset) if limit is None else min(limit, len(testset))
-    enhanced_rows = evaluate_pairs(enhanced_pairs(), num_workers=num_workers, metrics=metrics,
-                                   progress=progress, total=total)
-    noisy_rows = evaluate_pairs(pairs_noisy, num_workers=num_workers, metrics=metrics, progress=False)
+    rows = evaluate_pairs(both_pairs(), num_workers=num_workers, metrics=metrics, progress=progress,
+                          total=2 * total)
+    noisy_rows, enhanced_rows = rows[0::2], rows[1::2]
     noisy_sum, enh_sum = summarize(noisy_rows), summarize(enhanced_rows)
     summary = {
         "testset": name,
@@ -77,12 +78,12 @@ def evaluate_testset(
         "failed": {"noisy": noisy_sum.failed, "enhanced": enh_sum.failed},
     }
     stem = _file_name(name)
-    atomic_write_text(out_dir / f"{stem}.csv", _rows_csv(noisy_rows, enhanced_rows, list(metrics)))
+    atomic_write_text(out_dir / f"{stem}.csv", _rows_csv(noisy_rows, enhanced_rows, metrics))
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(_json_safe(summary), indent=2) + "\n")
     return summary
 
 
-def _rows_csv(noisy_rows: list[dict], enhanced_rows: list[dict], metrics: list[str]) -> str:
+def _rows_csv(noisy_rows: list[dict], enhanced_rows: list[dict], metrics: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     names = [m for m in metrics if any(m in r for r in enhanced_rows + noisy_rows)]

@@ -1,0 +1,35 @@
+"""`orchestrate report efficiency`: params, GFLOPs and inference time per model (paper Table VI)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+NAME = "report"
+HELP = "reports: `efficiency` (params, GFLOPs per 2 s, inference time on a test set, per model)"
+EPILOG = """examples:
+  orchestrate report efficiency                                   # every registered generator, synthetic 2 s clips
+  orchestrate report efficiency --models rwsa-xs,mambattention --testset data/demo/test --limit 20
+  orchestrate report efficiency --models runs/demo/rwsa-xs_s0 --json   # a trained checkpoint
+For the papers' accuracy tables over seeds use `orchestrate compare SWEEP`.
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["efficiency"], help="which report")
+    p.add_argument("--models", help="comma-separated model names or checkpoint paths (default: all generators)")
+    p.add_argument("--testset", help="time inference on this test set (default: synthetic 2 s clips)")
+    p.add_argument("--clips", type=int, default=3, help="synthetic clips timed when no test set is given")
+    p.add_argument("--limit", type=int, help="time at most N files of the test set")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.report import efficiency_row, format_table
+    from training.models import list_models, model_info
+
+    specs = args.models.split(",") if args.models else [
+        n for n in list_models() if model_info(n).kind == "generator"]
+    rows = [efficiency_row(s, args.testset, clips=args.clips, limit=args.limit) for s in specs]
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
