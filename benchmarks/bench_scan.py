@@ -35,6 +35,7 @@ CASES = {"time": (800, 321), "freq": (2568, 100), "block": (800, 321)}
 DIM, STATE, D_MODEL, EXPAND = 256, 16, 64, 4
 # Fraction of the sequences each backend runs on at full size (1 = all of them).
 FRACTION = {"fused": 1, "torch": 4, "mambapy": 16, "oracle": 16}
+REPEATS = 2
 
 
 def _hwm_kb() -> int:
@@ -124,17 +125,24 @@ def child(case: str, backend: str, batch: int, length: int) -> dict:
     t0 = time.perf_counter()
     fn(warm_x).sum().backward()  # first call: numba compiles or loads its cache
     result["first_call_s"] = time.perf_counter() - t0
+    leaves = list(x.values()) if isinstance(x, dict) else [x, *fn.parameters()]
     base = _hwm_kb()
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    out = fn(x)
-    t1 = time.perf_counter()
-    out.backward(torch.ones_like(out))
-    t2 = time.perf_counter()
-    result.update(
-        fwd_s=t1 - t0, bwd_s=t2 - t1, cpu_s=time.process_time() - cpu0,
-        peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, base_mb=base / 1024,
-    )
+    best = None
+    for _ in range(REPEATS):  # the machine may be shared: keep the fastest run
+        for leaf in leaves:
+            leaf.grad = None
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        out = fn(x)
+        t1 = time.perf_counter()
+        out.backward(torch.ones_like(out))
+        t2 = time.perf_counter()
+        run = {"fwd_s": t1 - t0, "bwd_s": t2 - t1, "cpu_s": time.process_time() - cpu0}
+        if best is None or run["fwd_s"] + run["bwd_s"] < best["fwd_s"] + best["bwd_s"]:
+            best = run
+        del out
+    result.update(best)
+    result.update(peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, base_mb=base / 1024)
     return result
 
 
@@ -163,7 +171,7 @@ def _row(case, backend, r, ref):
     note = f"  (scaled x{r['scale']} from {r['batch']} sequences)" if r["scale"] > 1 else ""
     ratio = ""
     if ref is not None and backend != "fused":
-        ratio = (f"  | {total / (ref['fwd_s'] + ref['bwd_s']):6.1f}x time"
+        ratio = (f"  | {total / (ref['fwd_s'] + ref['bwd_s']):6.1f}x time {r['cpu_s'] / ref['cpu_s']:5.1f}x cpu"
                  f" {r['peak_full_mb'] / ref['peak_full_mb']:5.1f}x peak"
                  f" {r['above_mb'] / max(ref['above_mb'], 1.0):6.1f}x above-base")
     return (f"{case:6s} {backend:8s} fwd {r['fwd_s']:7.2f} s  bwd {r['bwd_s']:7.2f} s  cpu {r['cpu_s']:7.1f} s"
@@ -183,7 +191,8 @@ def main(argv=None) -> int:
         return 0
     print(f"# D {DIM}, N {STATE}; block d_model {D_MODEL} expand {EXPAND}; forward+backward, float32;"
           f" {'QUICK (1/16 of the sequences)' if args.quick else 'full batch 8'}; cpus {os.cpu_count()}")
-    print("# ratios: other backend / fused (time: fwd+bwd wall; peak: ru_maxrss; above-base: peak minus pre-call)")
+    print("# ratios: other backend / fused (time: fwd+bwd wall; cpu: process CPU time of that run;"
+          " peak: ru_maxrss; above-base: peak minus pre-call). Best of", REPEATS, "runs per child.")
     for case in args.cases.split(","):
         ref = None
         for backend in args.backends.split(","):

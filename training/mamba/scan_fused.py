@@ -7,11 +7,16 @@
 The forward keeps one channel's state in registers and loops over time, in parallel over
 batch x channel; the backward is a reverse scan that recomputes the states of each chunk of
 ``CHUNK`` steps from checkpoints saved by the forward. Memory is O(B·L·D + B·D·N·L/CHUNK)
-instead of the O(B·L·D·N) of the reference scans. Float64 inputs are computed in float64,
-everything else in float32 (gradients of A accumulate in float64).
+instead of the O(B·L·D·N) of the reference scans: autograd keeps only the inputs and the
+checkpoints. softplus(delta + delta_bias) and its derivative are computed by torch; the rest
+(exp, D skip, silu gate, all gradients) inside the kernels. Float64 inputs are computed in
+float64 (libm exp); everything else in float32 with a vectorised polynomial exp (relative error
+< 5e-7); gradients of A and D accumulate in float64. Results do not depend on the thread count.
 
 Importing this module fails when numba is missing; ``training.mamba.scan`` then falls back to
-the pure-PyTorch scan. The first call compiles the kernels (cached on disk by numba afterwards).
+the pure-PyTorch scan. The first call per dtype compiles the kernels (~30 s on 2 busy cores);
+numba caches them on disk (``__pycache__`` or ``$NUMBA_CACHE_DIR``), later processes load them
+in well under a second. numba uses as many threads as ``torch.get_num_threads()``.
 """
 
 from __future__ import annotations
