@@ -119,13 +119,17 @@ def slurm_end_time(environ: dict[str, str] | None = None) -> float | None:
     job = slurm_job_id(env)
     if not job:
         return None
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        # the first task's SLURM_JOB_ID is the array's id, which squeue expands to every task
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     try:
         out = subprocess.run(
             ["squeue", "-h", "-j", job, "-o", "%L"], capture_output=True, text=True, timeout=10
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    left = parse_slurm_duration(out.stdout.strip()) if out.returncode == 0 else None
+    lines = out.stdout.split()
+    left = parse_slurm_duration(lines[0]) if out.returncode == 0 and lines else None
     return None if left is None else time.time() + left
 
 
