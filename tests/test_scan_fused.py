@@ -209,3 +209,14 @@ def test_without_numba_the_module_is_not_importable_and_torch_is_used():
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["import-error", "torch"]
+
+
+def test_bfloat16_inputs_compute_in_float32():
+    x = make_inputs(2, 3, 8, 40, torch.float32, seed=19)
+    half = {k: (v.to(torch.bfloat16) if v is not None else None) for k, v in x.items()}
+    xs = {k: v.clone().requires_grad_() for k, v in half.items()}
+    out = selective_scan_fused(**xs, delta_softplus=True)
+    out.sum().backward()
+    ref = selective_scan_fused(**{k: v.float() for k, v in half.items()}, delta_softplus=True)
+    assert out.dtype == torch.bfloat16 and all(xs[k].grad.dtype == torch.bfloat16 for k in NAMES)
+    assert_close_rel(out.float(), ref, 1e-2, "bfloat16 out")
