@@ -386,12 +386,15 @@ def _default_train_fn() -> TrainFn:
 
 
 def run_trial(config: dict, *, spec: TuneSpec, parent_run_id: str, tracking_uri: str, experiment: str,
-              train_fn: TrainFn | None = None) -> None:  # fmt: skip
+              train_fn: TrainFn | None = None, cwd: str | None = None) -> None:  # fmt: skip
     """The Tune trainable (runs inside a Ray worker): one training run, reporting after each
-    validation. ``train_fn`` replaces ``training.run.train`` (tests)."""
+    validation. ``cwd``: the submitting folder, where relative paths of the config (data, test
+    sets) resolve. ``train_fn`` replaces ``training.run.train`` (tests)."""
     from ray import tune
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)  # Tune may have moved the worker into its trial folder
     train_fn = train_fn or _default_train_fn()
     trial_id = tune.get_context().get_trial_id()
     workdir = spec.search_dir / "trials" / trial_id
@@ -491,7 +494,7 @@ def run_tune(
     t0 = time.monotonic()
     try:
         trainable = tune.with_parameters(run_trial, spec=spec, parent_run_id=parent, tracking_uri=tracking_uri,
-                                         experiment=experiment, train_fn=train_fn)  # fmt: skip
+                                         experiment=experiment, train_fn=train_fn, cwd=os.getcwd())  # fmt: skip
         trainable = tune.with_resources(trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_iter, grace_period=spec.grace_period,
                                   reduction_factor=spec.reduction_factor)  # fmt: skip

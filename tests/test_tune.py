@@ -63,7 +63,8 @@ def standin_train(cfg, workdir) -> int:
         if step % cfg.trainer.val_every == 0 or step == cfg.trainer.max_steps:
             time.sleep(0.3)  # a validation takes time: keeps the trials' reports interleaved
             client.log_metric(run_id, "val/pesq", standin_pesq(cfg.optim.lr, step), step=step)
-    progress.write_text(json.dumps({"step": cfg.trainer.max_steps, "max_steps": cfg.trainer.max_steps}))
+    progress.write_text(json.dumps({"step": cfg.trainer.max_steps, "max_steps": cfg.trainer.max_steps,
+                                    "cwd": os.getcwd()}))  # fmt: skip
     client.set_terminated(run_id)
     return 0
 
@@ -125,6 +126,8 @@ def test_asha_stops_bad_trials_and_trials_are_child_runs(tmp_path):
         assert float(r.data.params["optim.lr"]) == t.values["optim.lr"]
         assert int(r.data.params["model.params"]) > 0
     assert {a.path for a in client.list_artifacts(out.parent_run_id)} >= {"tune_results.json"}
+    for t in out.trials:  # trials run where `orchestrate tune` was started: relative data paths work
+        assert json.loads((Path(t.workdir) / "progress.json").read_text())["cwd"] == os.getcwd()
     saved = json.loads((spec.search_dir / "tune_results.json").read_text())
     assert saved["best"]["trial_id"] == best.trial_id
 
@@ -182,28 +185,33 @@ def test_demo_tune_file_loads():
 
 @pytest.mark.slow
 def test_real_engine_tune(tmp_path):
-    """2 trials of the real training engine (rwsa-xs, demo corpus), ASHA, MLflow children."""
-    pytest.importorskip("training.run")
-    demo = REPO / "data" / "demo"
-    if not (demo / "train" / "manifest.json").is_file():
-        pytest.skip("demo corpus missing: run `orchestrate shard demo` (data/demo)")
+    """2 trials of the real training engine (rwsa-xs) on a tiny demo corpus: 2 chunks of 2 steps
+    each, validation after each, ASHA, MLflow children with the engine's metrics."""
     from mlflow.tracking import MlflowClient
 
+    from sharding.recipes.demo import prepare_demo
+
+    demo = tmp_path / "demo"
+    prepare_demo(demo, train_clips=8, valid_clips=2, test_clips=2, min_seconds=1.0, max_seconds=1.5,
+                 speech="procedural")  # fmt: skip
     spec_path = _write_spec(
         tmp_path,
         base={"data.train": str(demo / "train"), "data.valid": str(demo / "valid"), "data.valid_limit": 2,
-              "data.segment_samples": 3960, "data.batch_size": 2, "trainer.max_steps": 4, "trainer.val_every": 2,
+              "data.segment_samples": 3720, "data.batch_size": 2, "trainer.max_steps": 4, "trainer.val_every": 2,
               "trainer.ckpt_every": 2, "trainer.log_every": 1, "trainer.pesq_workers": 1, "model.name": "rwsa-xs"},
         space={"optim.lr": {"grid_search": [1e-3, 1e-4]}},
     )  # fmt: skip
+    t0 = time.monotonic()
     out = tn.run_tune(tn.load_tune_spec(spec_path), num_cpus=2, verbose=0)
-    print(tn.format_outcome(out))
+    print(f"real 2-trial tune: {time.monotonic() - t0:.0f} s\n" + tn.format_outcome(out))
+    assert out.trial_mode == "chunks"  # training.run.train has no on_validation (yet)
     assert len(out.trials) == 2 and all(t.error is None for t in out.trials)
     assert out.best is not None and out.best.iterations == 2
     client = MlflowClient(tracking_uri=out.tracking_uri)
     for t in out.trials:
         run = client.get_run(t.mlflow_run_id)
         assert run.data.tags["mlflow.parentRunId"] == out.parent_run_id
-        assert [m.step for m in client.get_metric_history(t.mlflow_run_id, "val/pesq")][: t.iterations] == [
-            2 * (i + 1) for i in range(t.iterations)
-        ]
+        assert run.data.params["trainer.max_steps"] == "4"
+        steps = sorted(m.step for m in client.get_metric_history(t.mlflow_run_id, "val/pesq"))
+        assert steps == [2 * (i + 1) for i in range(t.iterations)]
+        assert json.loads((Path(t.workdir) / "progress.json").read_text())["step"] == 2 * t.iterations
