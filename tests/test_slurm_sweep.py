@@ -88,18 +88,23 @@ def status(sweep_dir: Path) -> dict[str, dict]:
 
 def wait_for(cluster, sweep_dir: Path, cond, timeout_s: float, what: str) -> dict[str, dict]:
     deadline = time.monotonic() + timeout_s
+    problem = f"timed out waiting for {what}"
     while time.monotonic() < deadline:
         rows = status(sweep_dir)
-        if cond(rows):
-            return rows
+        try:
+            if cond(rows):
+                return rows
+        except AssertionError as e:
+            problem = f"while waiting for {what}: {e}"
+            break
         time.sleep(1.0)
     logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((sweep_dir / "logs").glob("*")))
-    raise AssertionError(f"timed out waiting for {what}: {rows}\n{logs}\n{cluster.log_tail(15)}")
+    raise AssertionError(f"{problem}: {rows}\n{logs}\n{cluster.log_tail(15)}")
 
 
 def all_done(rows) -> bool:
     bad = [r for r in rows.values() if r["state"] in ("failed", "cancelled")]
-    assert not bad, bad
+    assert not bad, f"cells ended {[(r['cell'], r['state']) for r in bad]}"
     return all(r["state"] == "done" for r in rows.values())
 
 
