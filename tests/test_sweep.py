@@ -230,3 +230,10 @@ def test_shipped_sweeps_expand(tmp_path):
     assert {c.config["trainer"]["max_steps"] for c in sizes_plan.cells} == {950000}
     base_plan = plan_sweep(REPO / "sweeps/baselines.yaml", root=tmp_path, dry_run=True)
     assert {c.config["trainer"]["max_steps"] for c in base_plan.cells} == {550000}
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    p = write(tmp_path, "name: x\ngrid: {trainer.seed: [0]}\nexecutor: local\n")
+    rc = cli_main(["sweep", str(p), "--dry-run", "--root", str(tmp_path / "r"), "trainer.max_steps=ten"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "override 'trainer.max_steps=ten'" in err and "trainer.max_steps" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.cliutil import trailing_positionals
 from orchestrator.sweeper import cancel_sweep
 
 NAME = "cancel"
@@ -16,6 +17,7 @@ EPILOG = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    trailing_positionals(p, "cells")  # `... --root DIR key=value` works too
     p.add_argument("sweep", help="sweep folder or sweep name under --root")
     p.add_argument("cells", nargs="*", help="cell ids (default: every active cell)")
     p.add_argument("--root", default="runs", help="where sweep names are looked up (default: runs)")

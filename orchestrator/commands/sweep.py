@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.cliutil import trailing_positionals
 from orchestrator.sweeper import run_sweep
 
 NAME = "sweep"
@@ -26,6 +27,7 @@ exit codes: 0 submitted (slurm) or every cell done (local/ray), 1 some cell fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    trailing_positionals(p, "overrides")  # `... --root DIR key=value` works too
     p.add_argument("file", help="sweep file (sweeps/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every cell")
     p.add_argument("--executor", choices=("slurm", "local", "ray"), default=None,
