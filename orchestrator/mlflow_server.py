@@ -6,6 +6,7 @@ or pools them (PostgreSQL), and proxies artifact uploads (``--serve-artifacts``)
 access to the artifact store. Layout of a server folder ``DIR``::
 
     DIR/server.json    {"uri", "pid", "host", "port", "backend_store_uri", "artifacts_destination", ...}
+    DIR/server.pid     its process id (= its process group: the uvicorn workers too)
     DIR/server.log     the server's stdout + stderr
     DIR/mlflow.db      the default SQLite backend store
     DIR/artifacts/     the default artifact destination
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 SERVER_JSON = "server.json"
 SERVER_LOG = "server.log"
+SERVER_PID = "server.pid"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -274,6 +276,7 @@ def start_server(
         with contextlib.suppress(ChildProcessError):
             proc.wait(timeout=1)
         raise
+    (d / SERVER_PID).write_text(f"{proc.pid}\n")
     _write_json_atomic(d / SERVER_JSON, asdict(info))
     return info
 
@@ -304,8 +307,9 @@ def stop_server(dir: str | os.PathLike, *, timeout_s: float = 15.0) -> bool:
     was_alive = _pid_alive(info.pid)
     if was_alive:
         _kill_group(info.pid, timeout_s=timeout_s)
-    with contextlib.suppress(FileNotFoundError):
-        (Path(dir) / SERVER_JSON).unlink()
+    for name in (SERVER_JSON, SERVER_PID):
+        with contextlib.suppress(FileNotFoundError):
+            (Path(dir) / name).unlink()
     return was_alive
 
 

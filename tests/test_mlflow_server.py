@@ -61,6 +61,7 @@ def server(tmp_path_factory):
 def test_start_writes_server_json_and_health(server):
     d, info = server
     assert (d / "server.json").exists()
+    assert int((d / "server.pid").read_text()) == info.pid
     assert info.uri.startswith("http://127.0.0.1:")
     assert ms.is_healthy(info.uri)
     assert ms.running_server(d) == info
@@ -141,7 +142,7 @@ def test_cli_status_and_stop(server, capsys):
     with pytest.raises(ProcessLookupError):
         os.killpg(info.pid, 0)  # the uvicorn workers went with it
     assert not ms.is_healthy(info.uri)
-    assert not (d / "server.json").exists()
+    assert not (d / "server.json").exists() and not (d / "server.pid").exists()
     assert cli.main(["mlflow-server", str(d), "--status"]) == 1
 
 

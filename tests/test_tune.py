@@ -186,7 +186,8 @@ def test_demo_tune_file_loads():
 @pytest.mark.slow
 def test_real_engine_tune(tmp_path):
     """2 trials of the real training engine (rwsa-xs) on a tiny demo corpus: 2 chunks of 2 steps
-    each, validation after each, ASHA, MLflow children with the engine's metrics."""
+    each, validation after each, ASHA, MLflow children with the engine's metrics (~10 min here:
+    581 s on 2 loaded cores, most of it model JIT/warm-up and validation)."""
     from mlflow.tracking import MlflowClient
 
     from sharding.recipes.demo import prepare_demo
@@ -206,7 +207,8 @@ def test_real_engine_tune(tmp_path):
     print(f"real 2-trial tune: {time.monotonic() - t0:.0f} s\n" + tn.format_outcome(out))
     assert out.trial_mode == "chunks"  # training.run.train has no on_validation (yet)
     assert len(out.trials) == 2 and all(t.error is None for t in out.trials)
-    assert out.best is not None and out.best.iterations == 2
+    assert any(t.iterations == 2 and not t.stopped_early for t in out.trials)  # the first to report goes on
+    assert out.best is not None and out.best.best == max(t.best for t in out.trials)
     client = MlflowClient(tracking_uri=out.tracking_uri)
     for t in out.trials:
         run = client.get_run(t.mlflow_run_id)

@@ -21,7 +21,7 @@ EPILOG = """examples:
   orchestrate mlflow-server runs/mlflow --status                   # is it up? (exit 1 if not)
   orchestrate mlflow-server runs/mlflow --stop
   orchestrate mlflow-server runs/mlflow                            # foreground, Ctrl-C stops it
-files: DIR/server.json (uri, pid, ...), DIR/server.log, DIR/mlflow.db (default store), DIR/artifacts/
+files: DIR/server.json (uri, pid, ...), DIR/server.pid, DIR/server.log, DIR/mlflow.db (default store), DIR/artifacts/
 """
 
 
