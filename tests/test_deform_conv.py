@@ -54,14 +54,18 @@ def _naive(x, offset, weight, bias, stride, pad, dil):
 def test_matches_naive_loop(c_in, c_out, groups, stride, pad, dil, bias, scale):
     g = torch.Generator().manual_seed(c_in * 7 + c_out)
     x = torch.randn(2, c_in, 6, 7, generator=g, dtype=torch.float64)
-    conv = DeformConv2d(c_in, c_out, 3, stride=stride, padding=pad, dilation=dil, groups=groups, bias=bias).double()
+    conv = DeformConv2d(
+        c_in, c_out, 3, stride=stride, padding=pad, dilation=dil, groups=groups, bias=bias
+    ).double()
     h_out = (6 + 2 * pad - dil * 2 - 1) // stride + 1
     w_out = (7 + 2 * pad - dil * 2 - 1) // stride + 1
     offset = torch.randn(2, 18, h_out, w_out, generator=g, dtype=torch.float64) * scale
     offset[0, 0, 0, 0] = -5.0  # a tap entirely outside (zero)
     offset[0, 1, 0, 1] = 0.25  # a tap straddling the border
     got = conv(x, offset)
-    want = _naive(x, offset, conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), stride, pad, dil)
+    want = _naive(
+        x, offset, conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), stride, pad, dil
+    )
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 

