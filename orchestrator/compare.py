@@ -3,9 +3,10 @@
 A sweep's cells are the child runs of its parent run (tag ``mlflow.parentRunId``), or, without a
 known parent, the runs tagged ``se.sweep=<name>`` (``se.kind`` not ``sweep``). Per run the test-set
 results are the metrics ``eval/<testset>/enhanced/<metric>`` (and ``.../noisy/<metric>`` for the
-noisy input's row). Runs are grouped by their ``model.*`` params (model name plus ablation options),
-seeds are ``trainer.seed`` (one run per seed: the newest wins). Statistics: the mean and the sample
-standard deviation (ddof = 1) over seeds; with one seed the std is ``None`` (JSON null, ``-`` in
+noisy input's row). Runs are grouped by their ``model.*`` params (model name plus ablation options)
+and any other param that varies between the runs (a grid axis such as ``optim.lr``; not the seed,
+``name``, ``mlflow.*``, ``launcher.*``); seeds are ``trainer.seed`` (one run per seed: the newest
+wins). Statistics: the mean and the sample standard deviation (ddof = 1) over seeds; with one seed the std is ``None`` (JSON null, ``-`` in
 tables). The noisy row averages the noisy metrics over every run that has them (they are equal
 when the runs evaluated the same files).
 
@@ -195,10 +196,26 @@ def _parse_eval_key(key: str) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2]
 
 
-def _group_key(run) -> tuple[tuple[str, str], ...]:
-    """What makes two runs the same 'model': every ``model.*`` param but the parameter count."""
+NOT_SETTINGS = ("name", "trainer.seed", "model.params")  # differ per run, not per model/setting
+NOT_SETTINGS_PREFIXES = ("mlflow.", "launcher.")
+
+
+def _is_setting(key: str) -> bool:
+    return key not in NOT_SETTINGS and not key.startswith(NOT_SETTINGS_PREFIXES)
+
+
+def varying_params(runs: list) -> set[str]:
+    """Params (other than the seed and per-run names) whose value differs between ``runs``: the
+    sweep's grid axes besides the seed (e.g. ``optim.lr``), found without the sweep file."""
+    keys = {k for r in runs for k in r.data.params if _is_setting(k)}
+    return {k for k in keys if len({r.data.params.get(k) for r in runs}) > 1}
+
+
+def _group_key(run, varying: set[str] = frozenset()) -> tuple[tuple[str, str], ...]:
+    """What makes two runs the same row: every ``model.*`` param (name, ablation options) and every
+    other varying setting; only the seed (and per-run names) may differ within a row."""
     params = run.data.params
-    items = {k: v for k, v in params.items() if k.startswith("model.") and k != "model.params"}
+    items = {k: v for k, v in params.items() if (k.startswith("model.") or k in varying) and _is_setting(k)}
     if "model.name" not in items:
         items["model.name"] = run.data.tags.get("se.model") or run.data.tags.get("se.cell") or "?"
     return tuple(sorted(items.items()))
@@ -217,7 +234,8 @@ def _labels(keys: list[tuple[tuple[str, str], ...]]) -> dict:
     labels = {}
     for key in keys:
         d = dict(key)
-        extra = [f"{k[len('model.'):]}={d.get(k, '-')}" for k in sorted(varying) if k != "model.name"]
+        extra = [f"{k[len('model.'):] if k.startswith('model.') else k}={d.get(k, '-')}"
+                 for k in sorted(varying) if k != "model.name"]  # fmt: skip
         labels[key] = d["model.name"] + (f" ({', '.join(extra)})" if extra else "")
     return labels
 
@@ -238,12 +256,11 @@ def build_table(sweep: str, runs: list, *, metrics: list[str] | None = None,
     """Group ``runs`` (MLflow Run objects) into the table. Only FINISHED runs count unless
     ``include_unfinished``; per (model, seed) the newest run counts."""
     chosen: dict[tuple, dict[str, object]] = {}
+    runs = [r for r in runs if (r.info.status == "FINISHED" or include_unfinished)
+            and any(_parse_eval_key(k) for k in r.data.metrics)]  # fmt: skip
+    varying = varying_params(runs)
     for r in runs:
-        if r.info.status != "FINISHED" and not include_unfinished:
-            continue
-        if not any(_parse_eval_key(k) for k in r.data.metrics):
-            continue
-        key, seed = _group_key(r), _seed(r)
+        key, seed = _group_key(r, varying), _seed(r)
         old = chosen.setdefault(key, {}).get(seed)
         if old is not None:
             log.warning("model %s seed %s: several runs (%s, %s); using the newest", dict(key)["model.name"],

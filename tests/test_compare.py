@@ -26,7 +26,8 @@ NOISY = {("vb_demand", "pesq"): 1.97, ("vb_demand", "ssnr"): 1.68, ("vb_demand",
          ("dns_nr", "estoi"): 0.81, ("dns_nr", "si_sdr"): 9.07}  # fmt: skip
 
 
-def _child(client, exp_id, parent_id, sweep, model, seed, metrics, *, status="FINISHED", options=None):
+def _child(client, exp_id, parent_id, sweep, model, seed, metrics, *, status="FINISHED", options=None,
+           extra_params=None):
     from mlflow.entities import Metric, Param
 
     run = client.create_run(
@@ -37,6 +38,7 @@ def _child(client, exp_id, parent_id, sweep, model, seed, metrics, *, status="FI
     )  # fmt: skip
     params = {"model.name": model, "trainer.seed": str(seed), "model.params": str(MODELS.get(model, 1000))}
     params.update({f"model.options.{k}": str(v) for k, v in (options or {}).items()})
+    params.update({"name": f"{sweep}-{model}_s{seed}", "mlflow.run_name": f"{model}_s{seed}", **(extra_params or {})})
     client.log_batch(
         run.info.run_id,
         metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()] + [Metric("train/loss_g", 1.0, 0, 5)],
@@ -170,3 +172,21 @@ def test_bad_input_is_a_user_error(store, tmp_path):
     with pytest.raises(UserError, match="expected a JSON object"):
         cmp.compare_sweep(str(tmp_path))
     assert cli.main(["compare", "nosuchsweep", "--tracking-uri", store["uri"]]) == 2
+
+
+def test_a_grid_axis_other_than_the_seed_makes_separate_rows(tmp_path):
+    """Runs differing in optim.lr are different rows even with one model name; seeds are pooled."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("lr", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp, tags={"se.kind": "sweep", "se.sweep": "lr"}).info.run_id
+    vals = {("0.001", 0): 3.0, ("0.001", 1): 3.2, ("0.0005", 0): 2.5, ("0.0005", 1): 2.9}
+    for (lr, seed), v in vals.items():
+        _child(client, exp, parent, "lr", "rwsa-xs", seed, {"eval/vb/enhanced/pesq": v},
+               extra_params={"optim.lr": lr, "data.train": "/data/train"})  # fmt: skip
+    recs = {r["model"]: r for r in cmp.to_records(cmp.compare_sweep("lr", tracking_uri=uri))}
+    assert set(recs) == {"rwsa-xs (optim.lr=0.001)", "rwsa-xs (optim.lr=0.0005)"}
+    hi = recs["rwsa-xs (optim.lr=0.001)"]
+    assert (hi["mean"], hi["std"], hi["n"]) == (statistics.mean([3.0, 3.2]), statistics.stdev([3.0, 3.2]), 2)
