@@ -205,3 +205,20 @@ def test_scancel_one_cell_then_rerun_resubmits_only_it(cluster, demo_data, tmp_p
     assert led["s1"]["state"] == "submitted"
     orchestrate(cluster, "cancel", str(sweep_dir), "s1")  # no need to train 400 steps
     assert ledger(sweep_dir)["cells"]["s1"]["state"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_time_limit_signal_chains_through_a_requeue(cluster, demo_data, tmp_path):
+    """The job's own USR2 (what `--signal=USR2@N` sends before the time limit): the run checkpoints,
+    exits 75, the wrapper runs `scontrol requeue` itself, and the next attempt finishes the run."""
+    sweep = write_sweep(tmp_path, "chain", tiny_base(demo_data, 4), {"trainer.seed": [0]})
+    orchestrate(cluster, "sweep", str(sweep), "--root", str(tmp_path / "runs"))
+    sweep_dir = tmp_path / "runs" / "chain"
+    wait_for(cluster, sweep_dir, lambda r: (r["s0"]["step"] or 0) >= 2, 240, "training under way")
+    task = ledger(sweep_dir)["cells"]["s0"]["job_id"]
+    cluster.run("scancel", "--signal=USR2", task)  # to the job steps, like --signal without B:
+    rows = wait_for(cluster, sweep_dir, all_done, 300, "the requeued run to finish")
+    assert rows["s0"]["step"] == 4 and rows["s0"]["attempts"] == 2
+    out = next((sweep_dir / "logs").glob("*_0.out")).read_text()
+    assert f"requeueing {task}" in out
+    assert ledger(sweep_dir)["cells"]["s0"]["job_ids"] == [task]  # requeued, not resubmitted
