@@ -240,6 +240,12 @@ def slurm_scripts(plan: SweepPlan, indices: list[int] | None = None) -> list[tup
         if [c.index for c in cells] == list(range(cells[0].index, cells[-1].index + 1)) and len(cells) > 1:
             array = f"{cells[0].index}-{cells[-1].index}"
         kwargs = _sbatch_kwargs(plan, cells[0].config["launcher"], cell_dirs, array, str(n))
+        if kwargs["signal_before_end_s"] * 2 > kwargs["time_min"] * 60:
+            raise UserError(
+                f"{plan.spec.source}: resources.time_min={kwargs['time_min']} leaves no time to train: the "
+                f"profile {plan.spec.profile!r} signals {kwargs['signal_before_end_s']} s before the limit "
+                "(signal_before_end_s must be at most half the time limit)"
+            )
         out.append((cells, slurm_launcher.make_sbatch_script(**kwargs)))
     return out
 

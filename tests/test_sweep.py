@@ -237,3 +237,9 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     rc = cli_main(["sweep", str(p), "--dry-run", "--root", str(tmp_path / "r"), "trainer.max_steps=ten"])
     err = capsys.readouterr().err
     assert rc == 2 and "override 'trainer.max_steps=ten'" in err and "trainer.max_steps" in err
+
+
+def test_time_limit_shorter_than_twice_the_signal_is_refused(tmp_path):
+    p = write(tmp_path, "name: x\ngrid: {trainer.seed: [0]}\nresources: {time_min: 15}\nprofile: lumi\n")
+    with pytest.raises(UserError, match=r"resources.time_min=15 leaves no time to train.*'lumi' signals 600 s"):
+        slurm_scripts(plan_sweep(p, root=tmp_path / "r", dry_run=True))
