@@ -100,15 +100,35 @@ def _fwd_bwd(model, frames):
     assert not missing, missing[:5]
 
 
-@pytest.mark.parametrize("name", GENERATORS)
-def test_forward_backward_short_segment(name):
+# Every architecture and ablation code path at a short segment (T = 8). The larger RWSA presets
+# differ from rwsa-xs only in width/depth; their own short runs are marked slow (~1 min each here).
+FAST = [
+    ("semamba", {}),
+    ("mambattention", {}),
+    ("mambattention-attn-after", {}),
+    ("mambattention-unshared", {}),
+    ("mambattention-ft", {}),
+    ("mpsenet", {}),
+    ("rwsa-xs", {}),
+    ("rwsa-xs", {"share_resolution": False}),
+    ("rwsa-xs", {"attention": False}),
+]
+
+
+@pytest.mark.parametrize("name,options", FAST)
+def test_forward_backward_short_segment(name, options):
     torch.manual_seed(0)
-    model = build_model(name, seed=0)
-    _fwd_bwd(model, frames=8)
+    _fwd_bwd(build_model(name, seed=0, **options), frames=8)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["semamba", "mambattention", "mpsenet", "rwsa-xs", "rwsa-s", "rwsa-m"])
+@pytest.mark.parametrize("name", ["rwsa-s", "rwsa-m", "rwsa-s-unshared", "rwsa-s-noattn"])
+def test_forward_backward_short_segment_large_rwsa(name):
+    _fwd_bwd(build_model(name, seed=0), frames=8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GENERATORS)
 def test_forward_backward_training_shape(name):
     model = build_model(name, seed=0)
     _fwd_bwd(model, frames=model.stft.n_frames(model.segment_samples))
