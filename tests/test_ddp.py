@@ -10,6 +10,7 @@
    of one process stepping on the whole batch (float tolerance). The discriminator's dropout is
    disabled there (its masks are per-rank random streams, as in any DDP run), and its fake term
    is normalised by the global count of PESQ-ok segments, so dropped segments do not break it.
+   The optimizer there is SGD so that parameter differences measure gradient differences.
 """
 
 from __future__ import annotations
@@ -112,8 +113,10 @@ def _steps(batch: dict[str, torch.Tensor], world_size: int, num_steps: int = 2) 
     for m in D.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    opt_g = torch.optim.AdamW(G.parameters(), lr=5e-4, betas=(0.8, 0.99), weight_decay=0.01)
-    opt_d = torch.optim.AdamW(D.parameters(), lr=5e-4, betas=(0.8, 0.99), weight_decay=0.01)
+    # SGD, not AdamW: Adam's first steps are ~lr*sign(g), which turns float noise in gradients that
+    # are mathematically zero (conv biases in front of InstanceNorm) into full-size updates.
+    opt_g = torch.optim.SGD(G.parameters(), lr=1e-2)
+    opt_d = torch.optim.SGD(D.parameters(), lr=1e-2)
     ctx = StepContext(G, D, opt_g, opt_d, G.stft, LossWeights(), torch.device("cpu"), world_size, PesqPool(0))
     for _ in range(num_steps):
         train_step(ctx, batch)

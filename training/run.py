@@ -118,6 +118,7 @@ def spawn(cfg: RunConfig, workdir: Path, nproc: int) -> int:
                 codes[i] = p.poll()
             failed = [c for c in codes if c not in (None, EXIT_OK, EXIT_PREEMPTED)]
             if failed:
+                log.error("rank exit codes %s: stopping the other ranks", codes)
                 for p in procs:
                     if p.poll() is None:
                         p.terminate()

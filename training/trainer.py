@@ -247,6 +247,7 @@ class Trainer:
                 self.write_progress("running")
         meter.close()
         self.finish(start_step)
+        distributed.barrier()  # no rank tears down its process group while rank 0 still writes artifacts
         return 0
 
     def finish(self, start_step: int) -> None:
