@@ -71,3 +71,10 @@ def test_rwsa_xs_reproduces_paper_gflops():
     assert paper_frames(model) == 256
     macs = count_macs(model, flops_input(model, 256), "thop")
     assert round(macs / 1e9, 2) == 9.22
+
+
+def test_mambattention_reproduces_paper_gflops():
+    # MambAttention paper, Table VI: 65.52 G for one 2 s clip (T = 321)
+    model = build_model("mambattention", seed=0)
+    assert paper_frames(model) == 321
+    assert round(count_macs(model, flops_input(model, 321), "thop") / 1e9, 2) == 65.52
