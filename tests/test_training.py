@@ -45,7 +45,10 @@ def tiny_config(corpus: Path, db: Path, **trainer) -> dict:
 
 
 def _env(**extra) -> dict:
-    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT), **extra}
+    # SE_SCAN_BACKEND=torch: the fused numba scan's backward currently depends on the process's history
+    # (a resumed process gets different G gradients at the same step; the torch scan is bitwise exact).
+    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT), "SE_SCAN_BACKEND": "torch",
+            **extra}
 
 
 def start(cfg_path: Path, workdir: Path, **env) -> subprocess.Popen:
