@@ -37,7 +37,8 @@ from orchestrator.errors import UserError
 from training.config import RunConfig
 from training.configtools import ConfigError, build_config, load_yaml, merge, parse_overrides, to_container
 
-TOP_KEYS = ("name", "base", "grid", "overrides", "exclude", "resources", "profile", "executor", "mlflow")
+TOP_KEYS = ("name", "base", "grid", "overrides", "exclude", "resources", "profile", "executor", "mlflow", "data")
+DATA_KEYS = ("recipe", "out", "options", "workers")
 RESOURCE_KEYS = (
     "nodes", "nproc", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
     "partition", "account", "qos", "max_parallel",
@@ -61,6 +62,7 @@ class SweepSpec:
     profile: str = "local"
     executor: str = "slurm"
     mlflow: dict = field(default_factory=dict)
+    data: dict | None = None  # {"recipe", "out", "options", "workers"}: corpus built before any cell runs
 
 
 @dataclass
@@ -204,6 +206,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not isinstance(mlflow, dict):
         raise _err(source, "mlflow", "expected a mapping of mlflow.* settings")
     return SweepSpec(
+        data=_parse_data(data.get("data"), source),
         name=name,
         source=source,
         base=base,
@@ -215,6 +218,27 @@ def load_sweep(path: str | Path) -> SweepSpec:
         executor=executor,
         mlflow=dict(mlflow),
     )
+
+
+def _parse_data(data: Any, source: str) -> dict | None:
+    """``data: {recipe: demo, out: data/demo, options: {...}, workers: 2}`` → checked mapping or None."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise _err(source, "data", "expected a mapping with recipe, out (and options, workers)")
+    unknown = set(data) - set(DATA_KEYS)
+    if unknown:
+        raise _err(source, f"data.{sorted(unknown)[0]}", f"unknown key (valid: {', '.join(DATA_KEYS)})")
+    for key in ("recipe", "out"):
+        if not isinstance(data.get(key), str):
+            raise _err(source, f"data.{key}", "expected a string")
+    if not isinstance(data.get("options", {}), dict):
+        raise _err(source, "data.options", "expected a mapping of recipe options")
+    workers = data.get("workers", 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise _err(source, "data.workers", f"expected a positive integer, got {workers!r}")
+    return {"recipe": data["recipe"], "out": data["out"], "options": dict(data.get("options") or {}),
+            "workers": workers}
 
 
 def _matches(match: dict, values: dict) -> bool:

@@ -271,6 +271,27 @@ def _submit_slurm(plan: SweepPlan, todo: list[Cell], out: Printer) -> None:
         out(f"submitted job array {job} ({len(cells)} cells: {', '.join(c.id for c in cells)}) from {path}")
 
 
+def prepare_data(spec, out: Printer = print) -> None:
+    """Build the sweep's corpus (``data:`` in the sweep file) unless every split's manifest exists.
+
+    The build is deterministic and resumable (sharding.writer): an interrupted one picks up where it
+    stopped, and a folder built with other options is refused rather than mixed.
+    """
+    if not spec.data:
+        return
+    from sharding.writer import build
+
+    root = Path(spec.data["out"])
+    manifests = list(root.glob("*/manifest.json"))
+    if manifests:
+        out(f"data: {root} ready ({', '.join(sorted(m.parent.name for m in manifests))})")
+        return
+    out(f"data: building {spec.data['recipe']} corpus into {root} ...")
+    result = build(spec.data["recipe"], root, spec.data["options"], num_workers=spec.data["workers"])
+    splits = {k: v.get("num_samples", v.get("samples")) for k, v in result.get("manifests", {}).items()}
+    out(f"data: built {root}: {splits}")
+
+
 def run_sweep(
     sweep_file: str | Path,
     *,
@@ -295,6 +316,7 @@ def run_sweep(
             for c in plan.cells:
                 out(shlex.join(base.cell_command(_cell_dir(plan, c), nproc=c.config["launcher"]["nproc"])))
         return 0
+    prepare_data(plan.spec, out)
     write_cells(plan, sweep_file, overrides)
     ledger = Ledger(plan.sweep_dir)
     with ledger.locked() as data:
