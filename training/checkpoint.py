@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from training import distributed
+from training.configtools import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,6 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 def _write_marker(folder: Path, step: int) -> None:
     atomic_write_text(folder / MARKER, f"{step}\n")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def load_file(path: Path, map_location="cpu"):
