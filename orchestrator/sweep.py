@@ -76,17 +76,17 @@ class Cell:
     config: dict
 
 
-def _err(source: str, key: str, msg: str) -> UserError:
+def key_error(source: str, key: str, msg: str) -> UserError:
     return UserError(f"{source}: {key}: {msg}")
 
 
-def _dotted(d: dict, source: str, key: str) -> dict:
+def nest_dotted(d: dict, source: str, key: str) -> dict:
     """A mapping of possibly dotted keys → nested dict (``{"a.b": 1}`` → ``{"a": {"b": 1}}``)."""
     if not isinstance(d, dict):
-        raise _err(source, key, f"expected a mapping of config keys, got {type(d).__name__}")
+        raise key_error(source, key, f"expected a mapping of config keys, got {type(d).__name__}")
     out: dict = {}
     for k, v in d.items():
-        nested: Any = _dotted(v, source, f"{key}.{k}") if isinstance(v, dict) and k != "options" else v
+        nested: Any = nest_dotted(v, source, f"{key}.{k}") if isinstance(v, dict) and k != "options" else v
         for part in reversed(str(k).split(".")):
             nested = {part: nested}
         out = merge(out, nested)
@@ -108,27 +108,27 @@ def _parse_grid(grid: Any, source: str) -> dict[str, list[tuple[str, Any, dict]]
     if grid is None:
         return {}
     if not isinstance(grid, dict):
-        raise _err(source, "grid", f"expected a mapping of axis → list of values, got {type(grid).__name__}")
+        raise key_error(source, "grid", f"expected a mapping of axis → list of values, got {type(grid).__name__}")
     out: dict[str, list[tuple[str, Any, dict]]] = {}
     for axis, values in grid.items():
         key = f"grid.{axis}"
         if isinstance(values, dict):  # named variants
             if not values:
-                raise _err(source, key, "expected at least one named variant")
+                raise key_error(source, key, "expected at least one named variant")
             points = []
             for name, sets in values.items():
                 if not _NAME_RE.match(str(name)):
-                    raise _err(source, f"{key}.{name}", "variant names may use letters, digits, '.', '_', '-'")
-                points.append((str(name), str(name), _dotted(sets or {}, source, f"{key}.{name}")))
+                    raise key_error(source, f"{key}.{name}", "variant names may use letters, digits, '.', '_', '-'")
+                points.append((str(name), str(name), nest_dotted(sets or {}, source, f"{key}.{name}")))
             out[axis] = points
         elif isinstance(values, list):
             if not values:
-                raise _err(source, key, "expected a non-empty list of values")
+                raise key_error(source, key, "expected a non-empty list of values")
             if len(set(map(repr, values))) != len(values):
-                raise _err(source, key, f"duplicate values in {values}")
-            out[axis] = [(_token(axis, v), v, _dotted({axis: v}, source, key)) for v in values]
+                raise key_error(source, key, f"duplicate values in {values}")
+            out[axis] = [(_token(axis, v), v, nest_dotted({axis: v}, source, key)) for v in values]
         else:
-            raise _err(source, key, f"expected a list of values or a mapping of named variants, got {values!r}")
+            raise key_error(source, key, f"expected a list of values or a mapping of named variants, got {values!r}")
     return out
 
 
@@ -136,24 +136,24 @@ def _parse_matches(items: Any, source: str, key: str, grid: dict, with_set: bool
     if items is None:
         return []
     if not isinstance(items, list):
-        raise _err(source, key, "expected a list")
+        raise key_error(source, key, "expected a list")
     out = []
     for i, item in enumerate(items):
         k = f"{key}[{i}]"
         if with_set:
             if not isinstance(item, dict) or set(item) - {"match", "set"} or "set" not in item:
-                raise _err(source, k, "expected {match: {axis: value, ...}, set: {key: value, ...}}")
+                raise key_error(source, k, "expected {match: {axis: value, ...}, set: {key: value, ...}}")
             match, sets = item.get("match") or {}, item["set"]
         else:
             match, sets = item, None
         if not isinstance(match, dict) or (not with_set and not match):
-            raise _err(source, k, "expected a non-empty mapping axis → value")
+            raise key_error(source, k, "expected a non-empty mapping axis → value")
         for axis, v in match.items():
             if axis not in grid:
-                raise _err(source, f"{k}.{axis}", f"not a grid axis (axes: {', '.join(grid)})")
+                raise key_error(source, f"{k}.{axis}", f"not a grid axis (axes: {', '.join(grid)})")
             if not any(v == value for _t, value, _s in grid[axis]):
-                raise _err(source, f"{k}.{axis}", f"{v!r} is not one of the grid values")
-        out.append((match, _dotted(sets, source, f"{k}.set")) if with_set else match)
+                raise key_error(source, f"{k}.{axis}", f"{v!r} is not one of the grid values")
+        out.append((match, nest_dotted(sets, source, f"{k}.set")) if with_set else match)
     return out
 
 
@@ -161,12 +161,12 @@ def _parse_resources(res: Any, source: str) -> dict:
     if res is None:
         return {}
     if not isinstance(res, dict):
-        raise _err(source, "resources", "expected a mapping")
+        raise key_error(source, "resources", "expected a mapping")
     out = {}
     for k, v in res.items():
         name = RESOURCE_ALIASES.get(k, k)
         if name not in RESOURCE_KEYS:
-            raise _err(source, f"resources.{k}", f"unknown resource (valid: {', '.join(RESOURCE_KEYS)})")
+            raise key_error(source, f"resources.{k}", f"unknown resource (valid: {', '.join(RESOURCE_KEYS)})")
         out[name] = v
     return out
 
@@ -181,10 +181,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise UserError(str(e)) from None
     unknown = set(data) - set(TOP_KEYS)
     if unknown:
-        raise _err(source, sorted(unknown)[0], f"unknown key (valid: {', '.join(TOP_KEYS)})")
+        raise key_error(source, sorted(unknown)[0], f"unknown key (valid: {', '.join(TOP_KEYS)})")
     name = data.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise _err(source, "name", "expected a folder-safe name (letters, digits, '.', '_', '-')")
+        raise key_error(source, "name", "expected a folder-safe name (letters, digits, '.', '_', '-')")
     base = data.get("base") or {}
     if isinstance(base, str):
         base_path = Path(base) if Path(base).is_absolute() else path.parent / base
@@ -193,18 +193,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
         try:
             base = load_yaml(base_path)
         except ConfigError as e:
-            raise _err(source, "base", str(e)) from None
-    base = _dotted(base, source, "base")
+            raise key_error(source, "base", str(e)) from None
+    base = nest_dotted(base, source, "base")
     grid = _parse_grid(data.get("grid"), source)
     executor = data.get("executor", "slurm")
     if executor not in EXECUTORS:
-        raise _err(source, "executor", f"expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+        raise key_error(source, "executor", f"expected one of {', '.join(EXECUTORS)}, got {executor!r}")
     profile = data.get("profile", "local")
     if not isinstance(profile, str):
-        raise _err(source, "profile", "expected a profile name (slurm/<name>.yaml) or a path")
+        raise key_error(source, "profile", "expected a profile name (slurm/<name>.yaml) or a path")
     mlflow = data.get("mlflow") or {}
     if not isinstance(mlflow, dict):
-        raise _err(source, "mlflow", "expected a mapping of mlflow.* settings")
+        raise key_error(source, "mlflow", "expected a mapping of mlflow.* settings")
     return SweepSpec(
         data=_parse_data(data.get("data"), source),
         name=name,
@@ -225,18 +225,18 @@ def _parse_data(data: Any, source: str) -> dict | None:
     if data is None:
         return None
     if not isinstance(data, dict):
-        raise _err(source, "data", "expected a mapping with recipe, out (and options, workers)")
+        raise key_error(source, "data", "expected a mapping with recipe, out (and options, workers)")
     unknown = set(data) - set(DATA_KEYS)
     if unknown:
-        raise _err(source, f"data.{sorted(unknown)[0]}", f"unknown key (valid: {', '.join(DATA_KEYS)})")
+        raise key_error(source, f"data.{sorted(unknown)[0]}", f"unknown key (valid: {', '.join(DATA_KEYS)})")
     for key in ("recipe", "out"):
         if not isinstance(data.get(key), str):
-            raise _err(source, f"data.{key}", "expected a string")
+            raise key_error(source, f"data.{key}", "expected a string")
     if not isinstance(data.get("options", {}), dict):
-        raise _err(source, "data.options", "expected a mapping of recipe options")
+        raise key_error(source, "data.options", "expected a mapping of recipe options")
     workers = data.get("workers", 1)
     if not isinstance(workers, int) or workers < 1:
-        raise _err(source, "data.workers", f"expected a positive integer, got {workers!r}")
+        raise key_error(source, "data.workers", f"expected a positive integer, got {workers!r}")
     return {"recipe": data["recipe"], "out": data["out"], "options": dict(data.get("options") or {}),
             "workers": workers}
 
@@ -291,5 +291,5 @@ def expand(spec: SweepSpec, overrides: list[str] | None = None, *, extra: dict |
         cfg = build_config(RunConfig, sources, overrides)
         cells.append(Cell(id=cid, index=len(cells), values=values, config=to_container(cfg)))
     if not cells:
-        raise _err(spec.source, "exclude", "every cell of the grid is excluded")
+        raise key_error(spec.source, "exclude", "every cell of the grid is excluded")
     return cells

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.sweep import key_error, nest_dotted
 
 log = logging.getLogger(__name__)
 
@@ -114,23 +115,9 @@ class TuneOutcome:
 # ---------------------------------------------------------------- the tune file
 
 
-def _err(source: str, key: str, msg: str) -> UserError:
-    return UserError(f"{source}: {key}: {msg}")
-
-
-def _nest(d: dict, source: str, key: str) -> dict:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (``model.options`` values stay mappings)."""
-    from training.configtools import merge
-
-    if not isinstance(d, dict):
-        raise _err(source, key, f"expected a mapping of config keys, got {type(d).__name__}")
-    out: dict = {}
-    for k, v in d.items():
-        nested: Any = _nest(v, source, f"{key}.{k}") if isinstance(v, dict) and k != "options" else v
-        for part in reversed(str(k).split(".")):
-            nested = {part: nested}
-        out = merge(out, nested)
-    return out
+# The tune file's base config nests dotted keys exactly as a sweep file's does.
+_err = key_error
+_nest = nest_dotted
 
 
 def _parse_space(space: Any, source: str) -> dict[str, tuple[str, list]]:
