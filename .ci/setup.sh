@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(slurm-wlm slurmctld slurmd slurm-client munge espeak-ng libsndfile1)
+APT_PACKAGES=(slurm-wlm slurmctld slurmd slurm-client munge espeak-ng libsndfile1 gcc libc6-dev)
 
 if [[ "${SE_SKIP_APT:-0}" != 1 ]]; then
   missing=()

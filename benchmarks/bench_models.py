@@ -28,7 +28,7 @@ from training.models import build_model, model_info  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (allocator, numba compilation)
+    fn()  # warm-up (allocator, kernel build or cache load)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -47,16 +47,19 @@ def _hwm_kb() -> int:
 
 
 def _scan_inputs(torch, batch, length, seed=0):
-    """Inputs in (batch, dim, L) layout, as a Mamba layer produces them (delta before softplus)."""
+    """Inputs in the (batch, dim, L) shapes of ``selective_scan_fn``, stored channel-last (as
+    transposed views of (batch, L, dim) tensors): the layout the Mamba layers of both this package
+    and mambapy produce (delta before softplus)."""
     g = torch.Generator().manual_seed(seed)
+    t = lambda v: v.transpose(1, 2)  # noqa: E731
     return {
-        "u": torch.randn(batch, DIM, length, generator=g),
-        "delta": torch.randn(batch, DIM, length, generator=g) * 0.5 - 2.0,
+        "u": t(torch.randn(batch, length, DIM, generator=g)),
+        "delta": t(torch.randn(batch, length, DIM, generator=g) * 0.5 - 2.0),
         "A": -torch.arange(1, STATE + 1, dtype=torch.float32).repeat(DIM, 1),
-        "B": torch.randn(batch, STATE, length, generator=g),
-        "C": torch.randn(batch, STATE, length, generator=g),
+        "B": t(torch.randn(batch, length, STATE, generator=g)),
+        "C": t(torch.randn(batch, length, STATE, generator=g)),
         "D": torch.ones(DIM),
-        "z": torch.randn(batch, DIM, length, generator=g),
+        "z": t(torch.randn(batch, length, DIM, generator=g)),
         "delta_bias": torch.full((DIM,), 0.1),
     }
 
@@ -123,7 +126,7 @@ def child(case: str, backend: str, batch: int, length: int) -> dict:
         x = {k: v.requires_grad_() for k, v in _scan_inputs(torch, batch, length).items()}
         warm_x = {k: v.requires_grad_() for k, v in _scan_inputs(torch, 2, 16, seed=1).items()}
     t0 = time.perf_counter()
-    fn(warm_x).sum().backward()  # first call: numba compiles or loads its cache
+    fn(warm_x).sum().backward()  # first call: kernels compile or load from the cache
     result["first_call_s"] = time.perf_counter() - t0
     leaves = list(x.values()) if isinstance(x, dict) else [x, *fn.parameters()]
     base = _hwm_kb()

@@ -456,7 +456,7 @@ class TrainStream:
             gen = slot_batches(self.cfg, base, self._positions[0])
             return _ThreadPrefetch(gen, self.prefetch_factor) if self.prefetch_factor > 0 else gen
         ds = _WorkerDataset(self.cfg, base, list(self._positions), shift)
-        # forkserver, not fork: a parent that already ran OpenMP/numba threads (the fused scan) can
+        # forkserver, not fork: a parent that already ran OpenMP threads (torch) can
         # deadlock a forked worker. Workers re-import only what the dataset needs.
         ctx = "forkserver" if "forkserver" in torch.multiprocessing.get_all_start_methods() else "spawn"
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,

@@ -86,7 +86,7 @@ def status(sweep_dir: Path) -> dict[str, dict]:
     return {r["cell"]: r for r in sweep_status(sweep_dir)}
 
 
-# Waits are generous: on a loaded 2-core CI machine a tiny job's start-up (imports, numba cache)
+# Waits are generous: on a loaded 2-core CI machine a tiny job's start-up (imports, kernel cache)
 # alone can take a minute. Only the time bound scales; every condition stays as it is.
 WAIT_SCALE = float(os.environ.get("SE_TEST_WAIT_SCALE", "2.5"))
 

@@ -6,8 +6,9 @@ State-dict keys (d_inner = expand * d_model, dt_rank = ceil(d_model / 16) when "
 ``dt_proj.bias [d_inner]``, ``A_log [d_inner, d_state]``, ``D [d_inner]``,
 ``out_proj.weight [d_model, d_inner]`` — so checkpoints load strictly into either implementation.
 
-Like mamba_ssm, ``in_proj`` and ``dt_proj`` are applied as raw matmuls and ``x_proj``/``out_proj``
-as module calls (this matters only to hook-based FLOP counters reproducing thop numbers).
+Like mamba_ssm, ``in_proj`` and ``dt_proj`` are applied as raw matmuls, ``x_proj``/``out_proj``
+as module calls and ``conv1d`` by a fused kernel (this matters only to hook-based FLOP counters
+reproducing thop numbers; ``training.models.flops`` counts the conv in its Mamba rule).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from training.mamba.scan import selective_scan
+from training.mamba.conv import causal_conv1d_silu
+from training.mamba.scan import resolve_backend, selective_scan
 
 try:  # mamba_ssm's fused GPU path (needs causal_conv1d too)
     from causal_conv1d import causal_conv1d_fn as _causal_conv1d_fn
@@ -90,33 +91,37 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        length = hidden_states.shape[1]
-        # in_proj as a raw matmul: [B, L, D] -> [B, 2E, L]
-        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[None, :, None]
         A = -torch.exp(self.A_log.float())
-
-        if (
-            self.use_fast_path
-            and xz.is_cuda
-            and _mamba_inner_fn is not None
-            and _causal_conv1d_fn is not None
-        ):
-            # mamba_ssm's own fused kernels (conv + scan + gating + out_proj), same parameters.
+        if self.use_fast_path and hidden_states.is_cuda and _mamba_inner_fn is not None and _causal_conv1d_fn is not None:
+            # mamba_ssm's own fused kernels (conv + scan + gating + out_proj), same parameters;
+            # in_proj as a raw matmul: [B, L, D] -> [B, 2E, L]
+            xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
+            if self.in_proj.bias is not None:
+                xz = xz + self.in_proj.bias[None, :, None]
             return _mamba_inner_fn(
                 xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                 self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
             )  # fmt: skip
+        return self._forward_channel_last(hidden_states, A)
 
-        x, z = xz.chunk(2, dim=1)
-        x = F.silu(self.conv1d(x)[..., :length])
-        x_dbl = self.x_proj(x.transpose(1, 2))  # [B, L, R + 2N]
+    def _forward_channel_last(self, hidden_states: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """CPU (and GPU without mamba_ssm's fused path): every tensor stays (B, L, channels), the
+        layout the projections produce and the CPU kernels read without copies."""
+        e = self.d_inner
+        native = resolve_backend(hidden_states) == "fused"
+        w, bias = self.in_proj.weight, self.in_proj.bias
+        x = torch.matmul(hidden_states, w[:e].t())  # [B, L, E]
+        z = torch.matmul(hidden_states, w[e:].t())
+        if bias is not None:
+            x, z = x + bias[:e], z + bias[e:]
+        x = causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias, native=native)
+        x_dbl = self.x_proj(x)  # [B, L, R + 2N]
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # raw matmul, bias added in the scan
+        dt = torch.matmul(dt, self.dt_proj.weight.t())  # raw matmul, bias added in the scan
+        t = lambda v: v.transpose(1, 2)  # noqa: E731  [B, L, C] -> the scan's [B, C, L] view
         y = selective_scan(
-            x, dt, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), self.D.float(), z=z,
+            t(x), t(dt), A, t(B), t(C), self.D.float(), z=t(z),
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
         )  # fmt: skip
-        return self.out_proj(y.transpose(1, 2))
+        return self.out_proj(t(y))

@@ -1,32 +1,40 @@
-"""Fused, memory-bounded CPU selective scan (numba), with mamba_ssm ``selective_scan_fn`` semantics.
+"""Fused, memory-bounded CPU selective scan (C kernels), with mamba_ssm ``selective_scan_fn`` semantics.
 
     u, delta, z: (batch, dim, L)   A: (dim, N)   B, C: (batch, N, L)   D, delta_bias: (dim,)
     delta <- softplus(delta + delta_bias);  h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t
     y_t = <h_t, C_t> + D u_t;  out = y * silu(z)
 
-The forward keeps one channel's state in registers and loops over time, in parallel over
-batch x channel; the backward is a reverse scan that recomputes the states of each chunk of
-``CHUNK`` steps from checkpoints saved by the forward. Memory is O(B·L·D + B·D·N·L/CHUNK)
-instead of the O(B·L·D·N) of the reference scans: autograd keeps only the inputs and the
-checkpoints. softplus(delta + delta_bias) and its derivative are computed by torch; the rest
-(exp, D skip, silu gate, all gradients) inside the kernels. Float64 inputs are computed in
-float64 (libm exp); everything else in float32 with a vectorised polynomial exp (relative error
-< 5e-7); gradients of A and D accumulate in float64. Results do not depend on the thread count.
+The kernels work channel-last, (batch, L, dim), the layout a Mamba layer's projections produce:
+inputs given as transposed views of channel-last storage are used without a copy, and the
+results come back as such views. The forward keeps the states of a block of channels in a small
+buffer and loops over time, in parallel over batch x channel groups; the backward is a reverse
+scan that recomputes the states of each chunk of ``CHUNK`` steps from checkpoints saved by the
+forward. Memory is O(B·L·D + B·D·N·L/CHUNK) instead of the O(B·L·D·N) of the reference scans:
+autograd keeps only the inputs and the checkpoints. Everything (softplus of the step and its
+derivative, exp, D skip, silu gate, all gradients) is computed inside the kernels. Float64
+inputs are computed in float64 (libm); everything else in float32 with vectorised polynomial
+exp/log1p (relative error < 5e-7); gradients of A and D accumulate in float64. Results do not
+depend on the thread count.
 
-Importing this module fails when numba is missing; ``training.mamba.scan`` then falls back to
-the pure-PyTorch scan. The first call per dtype compiles the kernels (~30 s on 2 busy cores);
-numba caches them on disk (``__pycache__`` or ``$NUMBA_CACHE_DIR``), later processes load them
-in well under a second. numba uses as many threads as ``torch.get_num_threads()``.
+The kernels (``csrc/selective_scan.c``) are compiled for this CPU on first use and cached (see
+``training.mamba._native``); work items run on ``torch.get_num_threads()`` threads. Importing
+this module fails with an ImportError when no C compiler can build them; ``training.mamba.scan``
+then falls back to the pure-PyTorch scan.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from training.mamba import _scan_kernels as _k
+from training.mamba import _native
+from training.mamba._native import ptr as _ptr
+from training.mamba._native import run_items as _run
+
+_LIB = _native.load()  # NativeBuildError (an ImportError) when no C compiler can build it
+BLOCK = 16
+"""Channels per vector block of the kernels (``BLOCK`` in csrc/selective_scan.c)."""
+_HAS_D, _HAS_BIAS, _HAS_Z, _SOFTPLUS = 1, 2, 4, 8
 
 __all__ = ["CHUNK", "selective_scan_fused"]
 
@@ -39,23 +47,23 @@ def _compute_dtype(u: torch.Tensor) -> torch.dtype:
 
 
 def _np(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A C-contiguous numpy view of ``x`` in ``dtype`` (a copy only when layout or dtype differ)."""
     return x.detach().to(dtype).contiguous().numpy()
 
 
-def _use_threads() -> int:
-    """Use as many numba threads as torch does (e.g. 1 inside a data-loader worker)."""
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
-    return n
+def _cl(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """(batch, dim, L) -> the kernels' channel-last (batch, L, dim); free for channel-last storage."""
+    return _np(x.transpose(1, 2), dtype)
 
 
 WORK_ITEMS = 128
-"""Minimum parallel work items; channels are split into groups when the batch is smaller.
+"""Minimum parallel work items; channel blocks are split into groups when the batch is smaller.
 Fixed (not derived from the thread count) so that results do not depend on the thread count."""
 
 
 def _groups(batch: int, dim: int) -> int:
-    return max(1, min(dim, -(-WORK_ITEMS // batch)))
+    blocks = -(-dim // BLOCK)
+    return max(1, min(blocks, -(-WORK_ITEMS // batch)))
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias):
@@ -79,39 +87,37 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"selective_scan_fused: CPU tensors only, got device {u.device}")
 
 
-def _step(delta, delta_bias, softplus: bool, dtype):
-    """The step the scan uses, softplus(delta + delta_bias); a new tensor when ``softplus``."""
-    dt = delta.detach().to(dtype)
-    if delta_bias is not None:
-        dt = dt + delta_bias.detach().to(dtype)[None, :, None]
-    return (F.softplus(dt) if softplus else dt).contiguous()
-
-
 def _prepare(u, delta, A, B, C, D, z, delta_bias, softplus: bool):
-    """Kernel arguments: contiguous numpy arrays in the compute dtype, B/C transposed, dt after
-    bias/softplus; dummies for absent D/z."""
+    """Kernel inputs (channel-last numpy arrays in the compute dtype, dummies for absent
+    D/bias/z), the flags word and the kernel library's function suffix."""
     dtype = _compute_dtype(u)
     dummy = np.zeros(1, dtype=np.float64 if dtype == torch.float64 else np.float32)
-    dt = _step(delta, delta_bias, softplus, dtype)
     arrays = [
-        _np(u, dtype), dt.numpy(), _np(A, dtype),
-        _np(B.transpose(1, 2), dtype), _np(C.transpose(1, 2), dtype),
+        _cl(u, dtype), _cl(delta, dtype), _np(A.t(), dtype), _cl(B, dtype), _cl(C, dtype),
         _np(D, dtype) if D is not None else dummy,
+        _np(delta_bias, dtype) if delta_bias is not None else dummy,
+        _cl(z, dtype) if z is not None else dummy,
     ]
-    arrays.append(_np(z, dtype) if z is not None else dummy.reshape(1, 1, 1))
-    return arrays, (D is not None, z is not None, dtype == torch.float32)
+    flags = ((_HAS_D if D is not None else 0) | (_HAS_BIAS if delta_bias is not None else 0)
+             | (_HAS_Z if z is not None else 0) | (_SOFTPLUS if softplus else 0))
+    return arrays, flags, ("f64" if dtype == torch.float64 else "f32")
+
+
+def _dims(u, A) -> tuple[int, int, int, int, int]:
+    """(nb, L, nd, N, groups) as the kernels take them."""
+    batch, dim, length = u.shape
+    return batch, length, dim, A.shape[1], _groups(batch, dim)
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save: bool):
-    """Run the forward kernel. Returns (out in the compute dtype, ckpt or None)."""
-    arrays, flags = _prepare(u, delta, A, B, C, D, z, delta_bias, softplus)
-    batch, dim, length = u.shape
-    _use_threads()
-    out = np.empty((batch, dim, length), dtype=arrays[0].dtype)
-    shape = (batch, dim, -(-length // CHUNK), A.shape[1]) if save else (1, 1, 1, 1)
-    ckpt = np.empty(shape, dtype=out.dtype)
-    _k.scan_forward(*arrays, *flags, _groups(batch, dim), CHUNK, save, out, ckpt)
-    return torch.from_numpy(out), (torch.from_numpy(ckpt) if save else None)
+    """Run the forward kernel. Returns (out (batch, dim, L) in the compute dtype, ckpt or None)."""
+    arrays, flags, suffix = _prepare(u, delta, A, B, C, D, z, delta_bias, softplus)
+    nb, length, dim, n, groups = _dims(u, A)
+    out = np.empty((nb, length, dim), dtype=arrays[0].dtype)
+    ckpt = np.empty((nb, -(-length // CHUNK), n, dim), dtype=out.dtype) if save else None
+    head = (*map(_ptr, arrays), flags, nb, length, dim, n, groups, CHUNK)
+    _run(getattr(_LIB, f"scan_forward_{suffix}"), nb * groups, head, (_ptr(out), _ptr(ckpt)))
+    return torch.from_numpy(out).transpose(1, 2), (torch.from_numpy(ckpt) if save else None)
 
 
 class _FusedScan(torch.autograd.Function):
@@ -125,43 +131,41 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        arrays, flags = _prepare(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus)
-        batch, dim, length = u.shape
-        n = A.shape[1]
+        arrays, flags, suffix = _prepare(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus)
+        nb, length, dim, n, groups = _dims(u, A)
         f = arrays[0].dtype
-        groups = _groups(batch, dim)
-        du = np.empty((batch, dim, length), dtype=f)
-        ddt = np.empty((batch, dim, length), dtype=f)
-        dz = np.empty((batch, dim, length) if z is not None else (1, 1, 1), dtype=f)
-        dA = np.empty((batch, dim, n), dtype=np.float64)
-        dD = np.empty((batch, dim), dtype=np.float64)
-        dB = np.zeros((groups, batch, length, n), dtype=f)
-        dC = np.zeros((groups, batch, length, n), dtype=f)
-        _use_threads()
-        _k.scan_backward(
-            *arrays, *flags, _np(dout, ckpt.dtype), ckpt.numpy(), groups, CHUNK,
-            du, ddt, dz, dA, dD, dB, dC,
-        )
+        du = np.empty((nb, length, dim), dtype=f)
+        ddelta = np.empty((nb, length, dim), dtype=f)
+        dz = np.empty((nb, length, dim) if z is not None else (1,), dtype=f)
+        dA = np.empty((nb, n, dim), dtype=np.float64)
+        dD = np.empty((nb, dim), dtype=np.float64)
+        dbias = np.empty((nb, dim), dtype=np.float64)
+        dB = np.zeros((groups, nb, length, n), dtype=f)
+        dC = np.zeros((groups, nb, length, n), dtype=f)
+        dout_cl = _cl(dout, ckpt.dtype)  # kept alive until the kernels return
+        head = (*map(_ptr, arrays), flags, nb, length, dim, n, groups, CHUNK)
+        tail = tuple(map(_ptr, (dout_cl, ckpt.numpy(), du, ddelta, dz, dA, dD, dbias, dB, dC)))
+        _run(getattr(_LIB, f"scan_backward_{suffix}"), nb * groups, head, tail)
+        del arrays, dout_cl
         need = ctx.needs_input_grad
-        dt = torch.from_numpy(arrays[1])
-        del arrays
-        ddelta = torch.from_numpy(ddt)
-        if ctx.delta_softplus:
-            # d softplus(x)/dx = sigmoid(x) = 1 - exp(-softplus(x)); dt is our own tensor here.
-            ddelta.mul_(torch.expm1(dt.neg_()).neg_())
-        del dt
-        dbias = ddelta.sum((0, 2), dtype=torch.float64) if delta_bias is not None and need[7] else None
 
-        def grad(i, array, like, reduce=None):
+        def grad(i, array, like, how=None):
+            """Gradient i as a tensor shaped and typed like ``like``."""
             if not need[i]:
                 return None
-            t = torch.from_numpy(array.sum(0) if reduce else array)
-            return t.transpose(1, 2).to(like.dtype) if reduce == "T" else t.to(like.dtype)
+            t = torch.from_numpy(array)
+            if how == "cl":  # (batch, L, dim) -> (batch, dim, L)
+                t = t.transpose(1, 2)
+            elif how == "sum":  # per batch row (float64) -> summed
+                t = t.sum(0)
+            elif how == "sum_t":  # (groups, batch, L, N) -> (batch, N, L); (batch, N, dim) -> (dim, N)
+                t = t.sum(0).transpose(-1, -2)
+            return t.to(like.dtype)
 
         return (
-            grad(0, du, u), ddelta.to(delta.dtype) if need[1] else None, grad(2, dA, A, "sum"),
-            grad(3, dB, B, "T"), grad(4, dC, C, "T"), grad(5, dD, D, "sum"),
-            grad(6, dz, z), dbias.to(delta_bias.dtype) if dbias is not None else None, None,
+            grad(0, du, u, "cl"), grad(1, ddelta, delta, "cl"), grad(2, dA, A, "sum_t"),
+            grad(3, dB, B, "sum_t"), grad(4, dC, C, "sum_t"), grad(5, dD, D, "sum"),
+            grad(6, dz, z, "cl"), grad(7, dbias, delta_bias, "sum"), None,
         )
 
 

@@ -23,8 +23,9 @@ Two conventions:
   rule). thop's bookkeeping quirk is reproduced too: it attaches one hook per *path* from the root to
   a module (``model.apply``) and sums per path (``named_children`` walk), so a module shared by
   ``p`` parents (RWSA's shared attention LayerNorms, p = 3) counts ``p**2`` times per call.
-  With it, RWSA-MambaUNet XS/S/M give 9.22 / 14.90 / 28.47 G on a (1, 256, 256) input and
-  MambAttention 65.52 G on 2 s (T = 321), as published (SEMamba: 65.46 G; its paper table says 64.46).
+  Mamba's conv1d runs in a fused kernel, not as a module call; the Mamba rule adds the MACs thop
+  counts for that Conv1d call (output before the causal crop). With it, RWSA-MambaUNet XS/S/M
+  give 9.22 / 14.90 / 28.47 G on a (1, 256, 256) input and MambAttention 65.52 G on 2 s (T = 321), as published (SEMamba: 65.46 G; its paper table says 64.46).
 """
 
 from __future__ import annotations
@@ -62,7 +63,16 @@ def _thop_hook(m, x, y) -> int | None:
         return _norm_macs(m, x[0])
     if t is nn.PReLU:
         return x[0].numel()
+    if t is Mamba:  # its conv1d runs in a fused kernel, not as a module call: count that call
+        return _mamba_conv_macs(m, x[0])
     return None
+
+
+def _mamba_conv_macs(m, x0) -> int:
+    """MACs thop counts for Mamba's depthwise ``conv1d`` call (output before the causal crop)."""
+    b, length, _ = x0.shape
+    k = m.conv1d.kernel_size[0]
+    return b * m.d_inner * (length + k - 1) * k
 
 
 def _scan_macs(b: int, d: int, length: int, n: int) -> int:
@@ -89,7 +99,7 @@ def _full_hook(m, x, y) -> int | None:
         b, length, _ = x0.shape
         e = m.d_inner
         raw = b * length * (m.d_model * 2 * e + m.dt_rank * e)  # in_proj, dt_proj (raw matmuls)
-        return raw + _scan_macs(b, e, length, m.d_state)
+        return raw + _mamba_conv_macs(m, x0) + _scan_macs(b, e, length, m.d_state)
     if t is nn.MultiheadAttention:
         n, length, c = x0.shape  # batch_first
         return 4 * n * length * c * c + 2 * n * length * length * c
