@@ -8,6 +8,7 @@ access to the artifact store. Layout of a server folder ``DIR``::
     DIR/server.json    {"uri", "pid", "host", "port", "backend_store_uri", "artifacts_destination", ...}
     DIR/server.pid     its process id (= its process group: the uvicorn workers too)
     DIR/server.log     the server's stdout + stderr
+    DIR/server.lock    held while a command checks for / starts the server
     DIR/mlflow.db      the default SQLite backend store
     DIR/artifacts/     the default artifact destination
 
@@ -18,6 +19,7 @@ access to the artifact store. Layout of a server folder ``DIR``::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import logging
@@ -40,6 +42,7 @@ DEFAULT_HOST = "127.0.0.1"
 SERVER_JSON = "server.json"
 SERVER_LOG = "server.log"
 SERVER_PID = "server.pid"
+SERVER_LOCK = "server.lock"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,6 +95,27 @@ def free_port(host: str = DEFAULT_HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host if host not in ("0.0.0.0", "") else "", 0))
         return s.getsockname()[1]
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when a server could bind ``host:port`` now (``SO_REUSEADDR``, as uvicorn binds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host if host not in ("0.0.0.0", "") else "", port))
+        except OSError:
+            return False
+    return True
+
+
+def reachable_host() -> str | None:
+    """This machine's address as other machines (compute nodes) reach it: what its host name
+    resolves to; None when that is a loopback address or does not resolve."""
+    try:
+        addr = socket.gethostbyname(socket.gethostname())
+        return None if ipaddress.ip_address(addr).is_loopback else addr
+    except (OSError, ValueError):
+        return None
 
 
 def _connect_host(host: str) -> str:
@@ -313,13 +337,33 @@ def stop_server(dir: str | os.PathLike, *, timeout_s: float = 15.0) -> bool:
     return was_alive
 
 
+@contextlib.contextmanager
+def _locked(dir: Path):
+    """An exclusive lock on ``DIR/server.lock``: one command at a time checks and starts."""
+    dir.mkdir(parents=True, exist_ok=True)
+    with open(dir / SERVER_LOCK, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure_server(dir: str | os.PathLike, **options) -> str:
     """The URI of the server recorded in ``DIR``, starting one first if none answers.
 
-    ``options`` are :func:`start_server`'s; they matter only when a server is started."""
-    info = running_server(dir)
-    if info is None:
-        info = start_server(dir, **options)
+    ``options`` are :func:`start_server`'s; they matter only when a server is started. A server
+    that died (crash, reboot) comes back on its recorded host and port when that port is free, so
+    its URI stays the same. Concurrent calls on one ``DIR`` start one server (file lock)."""
+    d = Path(dir)
+    with _locked(d):
+        info = running_server(d)
+        if info is None:
+            previous = read_server(d)
+            host = options.get("host") or profile_mlflow_host(options.get("profile"))
+            if previous and not options.get("port") and previous.host == host and port_free(host, previous.port):
+                options = {**options, "host": host, "port": previous.port}
+            info = start_server(d, **options)
     return info.uri
 
 

@@ -1,11 +1,22 @@
-"""The sweep's MLflow parent run (one per sweep; every cell's run is its child)."""
+"""The sweep's MLflow store, tracking server and parent run (one per sweep; every cell's run is
+its child).
+
+A SLURM sweep's jobs log through one ``mlflow server`` (``orchestrator.mlflow_server``) over the
+sweep's store instead of writing the SQLite file themselves: :func:`ensure_sweep_server` starts it
+(or finds it running) in ``<db folder>/<db name>-server/``, by default ``SWEEP_DIR/mlflow-server/``
+over ``SWEEP_DIR/mlflow.db``. A store shared by several sweeps thus gets one server.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from orchestrator.errors import UserError
+
 SQLITE = "sqlite:///"
+HTTP = ("http://", "https://")
+DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # the stores `mlflow server` may front
 
 
 def absolute_tracking_uri(uri: str | None, default_dir: Path) -> str:
@@ -57,3 +68,56 @@ def finish_parent_run(tracking_uri: str, run_id: str, status: str = "FINISHED") 
     client = MlflowClient(tracking_uri=tracking_uri)
     if client.get_run(run_id).info.status != status:
         client.set_terminated(run_id, status=status)
+
+
+def wants_server(store: str, setting: bool | None, executor: str) -> bool:
+    """Whether a sweep logs through a tracking server of its own: ``mlflow.server`` (``setting``),
+    by default for SLURM only; never when ``store`` already is a server (http/https). A store a
+    server cannot front (e.g. ``file:``) keeps being written directly unless the server was asked
+    for (UserError then)."""
+    if store.startswith(HTTP) or setting is False or (setting is None and executor != "slurm"):
+        return False
+    if store.split(":", 1)[0].split("+", 1)[0] not in DB_SCHEMES:
+        if setting:
+            raise UserError(f"mlflow.server: a tracking server needs a database store (sqlite:///PATH, "
+                            f"postgresql://...), got mlflow.tracking_uri {store!r}")
+        return False
+    return True
+
+
+def server_dir(store: str, sweep_dir: Path) -> Path:
+    """Where the server over ``store`` lives: beside a SQLite file (``<folder>/<name>-server``),
+    else in the sweep folder (``SWEEP_DIR/mlflow-server``)."""
+    if store.startswith(SQLITE):
+        db = Path(store[len(SQLITE):])
+        return db.parent / f"{db.stem}-server"
+    return Path(sweep_dir) / "mlflow-server"
+
+
+def ensure_sweep_server(store: str, sweep_dir: Path, *, host: str) -> tuple[str, Path]:
+    """``(uri, server folder)`` of the tracking server over ``store``, started on ``host`` unless
+    one already answers (a second sweep command, or ``orchestrate resume``, reuses it)."""
+    from orchestrator.mlflow_server import ensure_server, read_server
+
+    folder = server_dir(store, sweep_dir)
+    if store.startswith(SQLITE):
+        Path(store[len(SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
+    uri = ensure_server(folder, backend_store_uri=store, host=host)
+    info = read_server(folder)
+    if info is not None and info.backend_store_uri != store:
+        raise UserError(f"mlflow server in {folder} serves {info.backend_store_uri}, not this sweep's store "
+                        f"{store}; stop it (orchestrate mlflow-server {folder} --stop) or set mlflow.tracking_uri")
+    return uri, folder
+
+
+def live_tracking_uri(ml: dict) -> str:
+    """A ledger's ``mlflow`` record → the URI to use now: its tracking URI, or the store behind it
+    when that is a server of the sweep's own that does not answer (e.g. after a reboot)."""
+    uri = ml["tracking_uri"]
+    store = ml.get("store")
+    if store and store != uri and uri.startswith(HTTP):
+        from orchestrator.mlflow_server import is_healthy
+
+        if not is_healthy(uri):
+            return store
+    return uri

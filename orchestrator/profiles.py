@@ -49,6 +49,10 @@ class ClusterProfile:
     signal_before_end_s: int = option(300, "ask SLURM for SIGUSR2 this many seconds before the time limit")
     requeue: bool = option(True, "requeue the job when the run exits 75 (preempted / out of time)")
     array_parallel: Optional[int] = option(None, "at most this many array tasks at once (--array=...%N)")
+    mlflow_host: Optional[str] = option(
+        None, "address (of this, the submitting node) that the sweep's MLflow server binds and compute nodes "
+        "reach; null = what the host name resolves to"
+    )
 
     def __post_init__(self):
         for k in self.defaults:

@@ -20,6 +20,7 @@ A sweep file (``sweeps/*.yaml``)::
     profile: lumi                        # slurm/<profile>.yaml or a path
     executor: slurm                      # default executor: slurm | local | ray
     mlflow: {tracking_uri: "sqlite:///runs/mlflow.db", experiment: rwsa}
+                                         # + server: true|false (default: a tracking server for SLURM)
 
 Cell ids are readable and stable: ``rwsa-xs_s0`` (a string value as is, ``trainer.seed`` → ``s<N>``,
 a named variant → its name, other numbers/bools → ``<last key part><value>``).
@@ -63,6 +64,7 @@ class SweepSpec:
     executor: str = "slurm"
     mlflow: dict = field(default_factory=dict)
     data: dict | None = None  # {"recipe", "out", "options", "workers"}: corpus built before any cell runs
+    mlflow_server: bool | None = None  # `mlflow.server`: None = a tracking server for SLURM sweeps only
 
 
 @dataclass
@@ -205,6 +207,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
     mlflow = data.get("mlflow") or {}
     if not isinstance(mlflow, dict):
         raise key_error(source, "mlflow", "expected a mapping of mlflow.* settings")
+    mlflow = dict(mlflow)
+    server = mlflow.pop("server", None)  # the sweep's, not a run-config key
+    if server is not None and not isinstance(server, bool):
+        raise key_error(source, "mlflow.server", f"expected true, false or null (null: for SLURM only), got {server!r}")
     return SweepSpec(
         data=_parse_data(data.get("data"), source),
         name=name,
@@ -216,7 +222,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         resources=_parse_resources(data.get("resources"), source),
         profile=profile,
         executor=executor,
-        mlflow=dict(mlflow),
+        mlflow=mlflow,
+        mlflow_server=server,
     )
 
 

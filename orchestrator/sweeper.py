@@ -27,7 +27,15 @@ from orchestrator.errors import UserError
 from orchestrator.launchers import base
 from orchestrator.launchers import slurm as slurm_launcher
 from orchestrator.ledger import ACTIVE, RESUBMIT, Ledger, new_cell_record, set_state
-from orchestrator.mlflow_sweep import absolute_tracking_uri, ensure_parent_run, finish_parent_run
+from orchestrator.mlflow_sweep import (
+    absolute_tracking_uri,
+    ensure_parent_run,
+    ensure_sweep_server,
+    finish_parent_run,
+    live_tracking_uri,
+    server_dir,
+    wants_server,
+)
 from orchestrator.profiles import ClusterProfile, load_profile
 from orchestrator.sweep import Cell, SweepSpec, expand, load_sweep
 from training.configtools import atomic_write_text
@@ -47,6 +55,8 @@ class SweepPlan:
     profile: ClusterProfile | None
     tracking_uri: str | None
     parent_run_id: str | None
+    store: str | None = None  # the MLflow backend store (= tracking_uri unless a server fronts it)
+    server_dir: Path | None = None  # the sweep's MLflow tracking server, if it has one
 
 
 def resolve_sweep_dir(sweep: str | Path, root: str | Path = "runs") -> Path:
@@ -78,11 +88,24 @@ def plan_sweep(
         profile = load_profile(spec.profile)
         spec.resources = {**{k: v for k, v in profile.defaults.items()}, **spec.resources}
     # Expand once without MLflow ids: validates everything before any side effect.
+    overrides = list(overrides or [])
     cells = expand(spec, overrides)
     mlcfg = cells[0].config["mlflow"]
-    tracking_uri = parent = None
+    tracking_uri = parent = store = folder = None
     if mlcfg["enabled"]:
-        tracking_uri = absolute_tracking_uri(spec.mlflow.get("tracking_uri"), sweep_dir)
+        # the store: the sweep file's or a command-line mlflow.tracking_uri, else SWEEP_DIR/mlflow.db
+        uri_overrides = [o for o in overrides if o.split("=", 1)[0].strip().lstrip("+") == "mlflow.tracking_uri"]
+        given = mlcfg["tracking_uri"] if uri_overrides else spec.mlflow.get("tracking_uri")
+        store = tracking_uri = absolute_tracking_uri(given, sweep_dir)
+        if wants_server(store, spec.mlflow_server, executor):
+            folder = server_dir(store, sweep_dir)
+            if not dry_run:
+                tracking_uri, folder = ensure_sweep_server(store, sweep_dir, host=_server_host(spec, executor, profile))
+            else:  # a dry run starts nothing: the running server's URI if there is one
+                from orchestrator.mlflow_server import running_server
+
+                info = running_server(folder)
+                tracking_uri = info.uri if info else store
         experiment = spec.mlflow.get("experiment") or spec.name
         ledger = Ledger(sweep_dir)
         previous = ledger.read().get("mlflow", {}).get("parent_run_id") if ledger.exists() else None
@@ -91,8 +114,34 @@ def plan_sweep(
         else:
             parent = previous
         extra = {"mlflow": {"tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent}}
+        overrides = [o for o in overrides if o not in uri_overrides]  # resolved into `extra`
         cells = expand(spec, overrides, extra=extra)
-    return SweepPlan(spec, executor, sweep_dir, cells, profile, tracking_uri, parent)
+    return SweepPlan(spec, executor, sweep_dir, cells, profile, tracking_uri, parent, store, folder)
+
+
+def _server_host(spec: SweepSpec, executor: str, profile: ClusterProfile | None) -> str:
+    """The address the sweep's tracking server binds: the cells' processes must reach it. Local
+    cells run here (loopback); SLURM jobs need the profile's ``mlflow_host`` or this machine's
+    resolvable address; Ray uses the latter when there is one."""
+    from orchestrator.mlflow_server import DEFAULT_HOST, reachable_host
+
+    if executor == "local":
+        return DEFAULT_HOST
+    if profile is not None and profile.mlflow_host:
+        return profile.mlflow_host
+    host = reachable_host()
+    if host:
+        return host
+    if executor == "slurm":
+        import socket
+
+        raise UserError(
+            f"{spec.source}: the sweep's MLflow tracking server must be reachable from the compute nodes, "
+            f"but this machine's name ({socket.gethostname()}) resolves to a loopback address: set mlflow_host "
+            f"in the cluster profile {spec.profile!r} (127.0.0.1 for a single-machine cluster), point "
+            "mlflow.tracking_uri at a running server (http://HOST:PORT), or set mlflow.server: false"
+        )
+    return DEFAULT_HOST
 
 
 def _cell_dir(plan: SweepPlan, cell: Cell) -> Path:
@@ -112,10 +161,16 @@ def write_cells(plan: SweepPlan, sweep_file: str | Path, overrides: list[str]) -
     fresh = {
         "sweep": plan.spec.name, "sweep_file": str(Path(sweep_file).resolve()), "overrides": list(overrides),
         "executor": plan.executor, "profile": plan.spec.profile,
-        "mlflow": {"tracking_uri": plan.tracking_uri, "parent_run_id": plan.parent_run_id},
+        "mlflow": {"tracking_uri": plan.tracking_uri, "parent_run_id": plan.parent_run_id, "store": plan.store,
+                   "server_dir": str(plan.server_dir) if plan.server_dir else None},
         "cells": {},
     }
     with ledger.locked(create=fresh) as data:
+        # Same store behind another address (the sweep's server came back on another port, or a
+        # ledger from before sweeps had servers): the cells' runs are still there, so a started
+        # cell may take the new tracking URI.
+        previous = data.get("mlflow") or {}
+        same_store = bool(plan.store) and (previous.get("store") or previous.get("tracking_uri")) == plan.store
         data["executor"] = plan.executor
         data["mlflow"] = fresh["mlflow"]
         data["overrides"] = list(overrides)
@@ -129,7 +184,8 @@ def write_cells(plan: SweepPlan, sweep_file: str | Path, overrides: list[str]) -
                     cell.index, str(cfg_path.relative_to(plan.sweep_dir)),
                     str(cdir.relative_to(plan.sweep_dir)), cell.values,
                 )
-            elif rec["state"] != "pending" and cfg_path.is_file() and cfg_path.read_text() != text:
+            elif (rec["state"] != "pending" and cfg_path.is_file() and cfg_path.read_text() != text
+                  and not (same_store and _same_but_tracking_uri(cfg_path.read_text(), cell.config))):
                 raise UserError(
                     f"{plan.spec.source}: cell {cell.id} already ran with a different config "
                     f"({cfg_path}); keep the sweep file and overrides, or use another name/--root"
@@ -139,6 +195,18 @@ def write_cells(plan: SweepPlan, sweep_file: str | Path, overrides: list[str]) -
             if not cfg_path.is_file() or cfg_path.read_text() != text:
                 atomic_write_text(cfg_path, text)
         return data
+
+
+def _same_but_tracking_uri(old_text: str, config: dict) -> bool:
+    """True when a cell's stored config differs from ``config`` in ``mlflow.tracking_uri`` only."""
+    try:
+        old = yaml.safe_load(old_text)
+    except yaml.YAMLError:
+        return False
+    if not isinstance(old, dict) or not isinstance(old.get("mlflow"), dict):
+        return False
+    return {**old, "mlflow": {**old["mlflow"], "tracking_uri": None}} == {
+        **config, "mlflow": {**config["mlflow"], "tracking_uri": None}}
 
 
 # ------------------------------------------------------------------------------------ refresh
@@ -201,7 +269,7 @@ def _maybe_finish_parent(data: dict) -> None:
     ml = data.get("mlflow") or {}
     if ml.get("parent_run_id") and all(r["state"] == "done" for r in data["cells"].values()):
         try:
-            finish_parent_run(ml["tracking_uri"], ml["parent_run_id"])
+            finish_parent_run(live_tracking_uri(ml), ml["parent_run_id"])
         except Exception as e:  # the sweep is still done; say why the parent run is not closed
             log.warning("could not mark MLflow parent run %s finished: %s", ml["parent_run_id"], e)
 
@@ -306,6 +374,9 @@ def run_sweep(
     plan = plan_sweep(sweep_file, executor=executor, root=root, overrides=overrides, dry_run=dry_run)
     if dry_run:
         out(f"# sweep {plan.spec.name}: {len(plan.cells)} cells, executor {plan.executor}, dir {plan.sweep_dir}")
+        if plan.server_dir is not None:
+            state = "running" if plan.tracking_uri != plan.store else "started by the real run"
+            out(f"# mlflow: tracking server in {plan.server_dir} ({state}) over {plan.store}")
         for c in plan.cells:
             vals = ", ".join(f"{k}={v}" for k, v in c.values.items())
             out(f"#   [{c.index}] {c.id}: {vals}")
@@ -318,6 +389,8 @@ def run_sweep(
         return 0
     prepare_data(plan.spec, out)
     write_cells(plan, sweep_file, overrides)
+    if plan.server_dir is not None:
+        out(f"mlflow: tracking server {plan.tracking_uri} (folder {plan.server_dir}, store {plan.store})")
     ledger = Ledger(plan.sweep_dir)
     with ledger.locked() as data:
         if plan.executor == "slurm":

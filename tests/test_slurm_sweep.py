@@ -49,6 +49,16 @@ def demo_data(tmp_path_factory):
     return out
 
 
+@pytest.fixture(autouse=True)
+def stop_mlflow_servers(tmp_path):
+    """Every slurm sweep starts its MLflow tracking server (SWEEP_DIR/mlflow-server): stop them."""
+    yield
+    from orchestrator import mlflow_server as ms
+
+    for f in tmp_path.rglob(ms.SERVER_JSON):
+        ms.stop_server(f.parent, timeout_s=10)
+
+
 # sbatch exports the submitter's environment to the job: the plain-PyTorch scan is the fastest
 # for these tiny shapes (no JIT warm-up).
 TINY_ENV = {"SE_SCAN_BACKEND": "torch"}
@@ -137,6 +147,11 @@ def test_two_cell_sweep_completes_with_mlflow_runs(cluster, demo_data, tmp_path)
     table = orchestrate(cluster, "status", str(sweep_dir))
     assert table.count(" done ") == 2 and "2 done" in table
     parent = ledger(sweep_dir)["mlflow"]["parent_run_id"]
+    # the jobs logged through the sweep's own tracking server, into SWEEP_DIR/mlflow.db
+    server = json.loads((sweep_dir / "mlflow-server" / "server.json").read_text())
+    assert ledger(sweep_dir)["mlflow"]["tracking_uri"] == server["uri"] and server["uri"].startswith("http://")
+    assert all(f"tracking_uri: {server['uri']}" in (sweep_dir / "cells" / c / "config.yaml").read_text()
+               for c in ("s0", "s1"))
     client, runs = mlflow_runs(sweep_dir, parent)
     assert sorted(r.info.run_name for r in runs) == ["s0", "s1"]
     assert {r.info.run_id for r in runs} == {rows["s0"]["mlflow_run_id"], rows["s1"]["mlflow_run_id"]}
