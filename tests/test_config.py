@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Literal, Optional
 
 import pytest
@@ -137,6 +138,19 @@ def test_cli_prints_resolved_config_and_exits_2_on_bad_key(capsys):
     assert main(["config", "trainer.max_step=77"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: override 'trainer.max_step=77': unknown key 'trainer.max_step' (did you mean 'trainer.max_steps'?)"
+
+
+def test_cli_overrides_may_follow_options(tmp_path, capsys):
+    run = tmp_path / "run.yaml"
+    run.write_text("trainer: {max_steps: 10, seed: 4}\n")
+    assert main(["config", str(run), "--json", "trainer.max_steps=3"]) == 0
+    trainer = json.loads(capsys.readouterr().out)["trainer"]
+    assert trainer["max_steps"] == 3 and trainer["seed"] == 4  # the file, then the override
+    assert main(["config", "--json", "trainer.max_steps=5"]) == 0  # overrides only, no file
+    assert json.loads(capsys.readouterr().out)["trainer"]["max_steps"] == 5
+    assert main(["config", str(run), "trainer.seed=1", "--json", "trainer.max_steps=3"]) == 0
+    trainer = json.loads(capsys.readouterr().out)["trainer"]
+    assert (trainer["max_steps"], trainer["seed"]) == (3, 1)
 
 
 def test_every_run_config_field_has_help():

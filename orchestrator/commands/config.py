@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from orchestrator.cliutil import trailing_positionals
 from training.config import RunConfig, field_help, flatten, load_run_config, to_container, to_yaml
 
 NAME = "config"
@@ -19,6 +20,7 @@ exit codes: 0 valid, 2 invalid (the message names the file or override, the key 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    trailing_positionals(p, "items")  # overrides may follow options too
     p.add_argument("items", nargs="*", metavar="[FILE] key=value", help="an optional YAML file, then overrides")
     p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     p.add_argument("--keys", action="store_true", help="list every config key with its default and help")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from orchestrator.cliutil import trailing_positionals
+
 NAME = "train"
 HELP = "train (or resume) one model in a run directory; --nproc N for local DDP"
 EPILOG = """examples:
@@ -18,6 +20,7 @@ exit codes: 0 done, 2 bad config, 75 preempted (checkpointed; run the same comma
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    trailing_positionals(p, "overrides")  # overrides may follow options too
     p.add_argument("model", help="registered model name (see `orchestrate models`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run config overrides")
     p.add_argument("--workdir", type=Path, help="run directory (required unless --print-config)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator import tune as tn
+from orchestrator.cliutil import trailing_positionals
 
 NAME = "tune"
 HELP = "hyper-parameter search with Ray Tune + ASHA on val/pesq; trials are MLflow child runs"
@@ -23,6 +24,7 @@ exit codes: 0 when at least one trial reported val/pesq, 1 when none did, 2 for 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    trailing_positionals(p, "overrides")  # overrides may follow options too
     p.add_argument("file", help="tune file (YAML: name, base, space, scheduler, num_samples, resources, mlflow)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every trial")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); default: start a local Ray")
