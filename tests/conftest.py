@@ -15,3 +15,16 @@ def demo_corpus(tmp_path_factory):
     prepare_demo(out, speech="procedural", train_clips=24, valid_clips=3, test_clips=0, shard_samples=6,
                  min_seconds=1.0, max_seconds=1.5)
     return out
+
+
+# ----- sweep fixtures (tests/test_sweep_local.py, tests/test_slurm_sweep.py) ---------------------------
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """A tinier procedural demo corpus (train 8 clips of 1-1.5 s in 2 shards, valid 2), built once;
+    the sweeps only read it."""
+    from sharding.recipes.demo import prepare_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    prepare_demo(out, train_clips=8, valid_clips=2, test_clips=0, min_seconds=1.0, max_seconds=1.5,
+                 speech="procedural", shard_samples=4)
+    return out

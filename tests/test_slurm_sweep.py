@@ -39,16 +39,6 @@ def cluster(tmp_path_factory):
         os.environ["SLURM_CONF"] = old
 
 
-@pytest.fixture(scope="session")
-def demo_data(tmp_path_factory):
-    from sharding.recipes.demo import prepare_demo
-
-    out = tmp_path_factory.mktemp("demo")
-    prepare_demo(out, train_clips=8, valid_clips=2, test_clips=0, min_seconds=1.0, max_seconds=1.5,
-                 speech="procedural", shard_samples=4)
-    return out
-
-
 @pytest.fixture(autouse=True)
 def stop_mlflow_servers(tmp_path):
     """Every slurm sweep starts its MLflow tracking server (SWEEP_DIR/mlflow-server): stop them."""

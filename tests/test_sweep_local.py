@@ -16,16 +16,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("SE_SCAN_BACKEND", "torch")  # children inherit it: fastest for tiny shapes
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    from sharding.recipes.demo import prepare_demo
-
-    out = tmp_path_factory.mktemp("demo")
-    prepare_demo(out, train_clips=8, valid_clips=2, test_clips=0, min_seconds=1.0, max_seconds=1.5,
-                 speech="procedural", shard_samples=4)
-    return out
-
-
 def sweep_file(tmp_path: Path, demo: Path, name: str, **extra) -> Path:
     spec = {
         "name": name,
