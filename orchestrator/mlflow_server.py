@@ -255,6 +255,24 @@ def wait_healthy(uri: str, *, timeout_s: float = 120.0, proc: subprocess.Popen |
 # ---------------------------------------------------------------- start / stop
 
 
+def _setup(
+    dir: str | os.PathLike, backend_store_uri: str | None, artifacts_destination: str | None,
+    host: str | None, profile: str | None,
+) -> tuple[Path, str, str, str]:
+    """A server's folder (created, absolute), host (``host`` or the profile's ``mlflow_host``),
+    checked backend store (default ``DIR/mlflow.db``) and artifact destination (default
+    ``DIR/artifacts``; a path is created and made absolute)."""
+    d = Path(dir).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    host = host or profile_mlflow_host(profile)
+    backend = _check_backend(backend_store_uri or default_backend_store_uri(d))
+    artifacts = artifacts_destination or str(d / "artifacts")
+    if "://" not in artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        artifacts = str(Path(artifacts).resolve())
+    return d, host, backend, artifacts
+
+
 def start_server(
     dir: str | os.PathLike,
     *,
@@ -269,15 +287,8 @@ def start_server(
     """Start ``mlflow server`` detached (own session, survives this process), wait until healthy,
     record it in ``DIR/server.json``. Host: ``host`` or the profile's ``mlflow_host``; port: ``port``
     or a free one. Raises ``RuntimeError``/``TimeoutError`` (server killed) when it does not come up."""
-    d = Path(dir).resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    host = host or profile_mlflow_host(profile)
+    d, host, backend, artifacts = _setup(dir, backend_store_uri, artifacts_destination, host, profile)
     port = port or free_port(host if host != "0.0.0.0" else "")
-    backend = _check_backend(backend_store_uri or default_backend_store_uri(d))
-    artifacts = artifacts_destination or str(d / "artifacts")
-    if "://" not in artifacts:
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
-        artifacts = str(Path(artifacts).resolve())
     cmd = server_command(
         backend_store_uri=backend, artifacts_destination=artifacts, host=host, port=port, workers=workers
     )
@@ -378,16 +389,10 @@ def serve_foreground(
     workers: int = 2,
 ) -> int:
     """Run the server in this terminal until Ctrl-C; returns its exit code."""
-    d = Path(dir).resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    host = host or profile_mlflow_host(profile)
-    artifacts = artifacts_destination or str(d / "artifacts")
-    if "://" not in artifacts:
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
+    d, host, backend, artifacts = _setup(dir, backend_store_uri, artifacts_destination, host, profile)
     cmd = server_command(
-        backend_store_uri=_check_backend(backend_store_uri or default_backend_store_uri(d)),
-        artifacts_destination=artifacts, host=host, port=port, workers=workers,
-    )  # fmt: skip
+        backend_store_uri=backend, artifacts_destination=artifacts, host=host, port=port, workers=workers
+    )
     print(f"mlflow server: http://{_connect_host(host)}:{port}  (Ctrl-C stops it)", flush=True)
     proc = subprocess.Popen(cmd, env=server_env(), cwd=d)
     try:

@@ -147,18 +147,16 @@ def test_cli_status_and_stop(server, capsys):
 
 
 def test_profile_mlflow_host_is_read_defensively(tmp_path):
-    good = tmp_path / "good.yaml"
-    good.write_text("name: c\nmlflow_host: 10.1.2.3\n")
-    assert ms.profile_mlflow_host(str(good)) == "10.1.2.3"
-    nokey = tmp_path / "nokey.yaml"
-    nokey.write_text("name: c\n")
-    assert ms.profile_mlflow_host(str(nokey)) == "127.0.0.1"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("mlflow_host: [unclosed\n")
-    assert ms.profile_mlflow_host(str(bad)) == "127.0.0.1"
-    listy = tmp_path / "list.yaml"
-    listy.write_text("- a\n- b\n")
-    assert ms.profile_mlflow_host(str(listy)) == "127.0.0.1"
+    cases = {  # profile text -> host
+        "name: c\nmlflow_host: 10.1.2.3\n": "10.1.2.3",
+        "name: c\n": "127.0.0.1",  # no key
+        "mlflow_host: [unclosed\n": "127.0.0.1",  # not YAML
+        "- a\n- b\n": "127.0.0.1",  # not a mapping
+    }
+    for i, (text, host) in enumerate(cases.items()):
+        path = tmp_path / f"p{i}.yaml"
+        path.write_text(text)
+        assert ms.profile_mlflow_host(str(path)) == host, text
     assert ms.profile_mlflow_host(str(tmp_path / "missing.yaml")) == "127.0.0.1"
     assert ms.profile_mlflow_host("no-such-profile") == "127.0.0.1"
     assert ms.profile_mlflow_host(None) == "127.0.0.1"
