@@ -28,7 +28,7 @@ from training.config import load_run_config
 from training.preempt import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_STEPS = 20
+MAX_STEPS = 40
 TINY_MODEL = {"name": "rwsa-xs", "options": {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}}
 
 
@@ -45,10 +45,9 @@ def tiny_config(corpus: Path, db: Path, **trainer) -> dict:
 
 
 def _env(**extra) -> dict:
-    # SE_SCAN_BACKEND=torch: the fused numba scan's backward currently depends on the process's history
-    # (a resumed process gets different G gradients at the same step; the torch scan is bitwise exact).
-    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT), "SE_SCAN_BACKEND": "torch",
-            **extra}
+    # The default scan backend (the fused C kernels on CPU): resume must be bitwise exact with it.
+    env = {k: v for k, v in os.environ.items() if k != "SE_SCAN_BACKEND"}
+    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT), **extra}
 
 
 def start(cfg_path: Path, workdir: Path, **env) -> subprocess.Popen:
@@ -95,6 +94,20 @@ def metric_history(db: Path, workdir: Path) -> dict[str, list[tuple[int, float]]
     return out
 
 
+def assert_same_history(a: dict, b: dict) -> None:
+    """Same metrics at the same steps; values bitwise equal, except the validation scores of the
+    third-party float64 metric code (pystoi, pesq), which may differ in the last bits between two
+    processes given identical audio (numpy's SIMD sums depend on array alignment): 1e-12 relative."""
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert [s for s, _ in a[key]] == [s for s, _ in b[key]], key
+        for (_, x), (_, y) in zip(a[key], b[key]):
+            if key.startswith("val/"):
+                assert abs(x - y) <= 1e-12 * max(1.0, abs(y)), (key, x, y)
+            else:
+                assert x == y, (key, x, y)
+
+
 @pytest.fixture(scope="module")
 def setup(demo_corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("training")
@@ -117,10 +130,10 @@ def test_straight_run_writes_progress_checkpoints_and_mlflow(setup, straight):
     progress = json.loads((straight / "progress.json").read_text())
     assert progress["state"] == "done" and progress["step"] == MAX_STEPS and progress["best_pesq"] > 1.0
     ckpts = sorted(p.name for p in (straight / "checkpoints").iterdir())
-    assert ckpts == ["best", "step-000016", "step-000020"]  # keep_last 2 + best
+    assert ckpts == ["best", f"step-{MAX_STEPS - 4:06d}", f"step-{MAX_STEPS:06d}"]  # keep_last 2 + best
     hist = metric_history(db, straight)
     assert [s for s, _ in hist["train/loss_g"]] == list(range(4, MAX_STEPS + 1, 4))
-    assert [s for s, _ in hist["val/pesq"]] == [10, 20]
+    assert [s for s, _ in hist["val/pesq"]] == list(range(10, MAX_STEPS + 1, 10))
     assert "val/noisy_pesq" in hist and "data/skipped_corrupt" in hist and "train/pesq_failed" in hist
 
 
@@ -138,7 +151,7 @@ def test_sigterm_at_random_step_then_resume_is_bitwise_identical(setup, straight
     assert (wd / "checkpoints" / f"step-{stopped:06d}" / MARKER).exists()  # saved at the step it stopped
     assert finish(start(cfg, wd)) == 0
     assert_same_weights(final_state(straight), final_state(wd))
-    assert metric_history(db, wd) == metric_history(db, straight)
+    assert_same_history(metric_history(db, wd), metric_history(db, straight))
 
 
 def test_sigkill_inside_checkpoint_save_resumes_from_previous(setup, straight):
@@ -153,7 +166,7 @@ def test_sigkill_inside_checkpoint_save_resumes_from_previous(setup, straight):
     assert finish(start(cfg, wd)) == 0
     assert not (ck / ".tmp-step-000008").exists()
     assert_same_weights(final_state(straight), final_state(wd))
-    assert metric_history(db, wd) == metric_history(db, straight)
+    assert_same_history(metric_history(db, wd), metric_history(db, straight))
 
 
 def test_corrupt_shard_is_skipped_counted_and_training_continues(demo_corpus, tmp_path, monkeypatch):
