@@ -32,7 +32,7 @@ def _segment(model: str, seconds: float) -> int:
     return (frames - 1) * hop
 
 
-def child(model: str, batch: int, seconds: float, steps: int, threads: int) -> dict:
+def child(model: str, batch: int, seconds: float, steps: int, threads: int, checkpointing: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -40,10 +40,12 @@ def child(model: str, batch: int, seconds: float, steps: int, threads: int) -> d
     from training.losses import LossWeights
     from training.metrics import PesqPool
     from training.models import build_model
+    from training.models.tf_blocks import set_activation_checkpointing
 
     torch.set_num_threads(threads)
     seg = _segment(model, seconds)
     G, D = build_model(model, seed=0), build_model("metric-discriminator", seed=1)
+    set_activation_checkpointing(G, checkpointing)
     opt = lambda m: torch.optim.AdamW(m.parameters(), lr=5e-4, betas=(0.8, 0.99), weight_decay=0.01)  # noqa: E731
     pool = PesqPool(0)
     ctx = StepContext(G, D, opt(G), opt(D), G.stft, LossWeights(), torch.device("cpu"), 1, pool)
@@ -61,7 +63,7 @@ def child(model: str, batch: int, seconds: float, steps: int, threads: int) -> d
     pool.normalized_pesq(b["clean"].numpy(), b["noisy"].numpy())
     pesq_s = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"model": model, "batch": batch, "segment_samples": seg, "threads": threads,
+    return {"model": model, "batch": batch, "segment_samples": seg, "threads": threads, "checkpointing": checkpointing,
             "steps_per_s": 1 / step_s, "ms_per_step": 1000 * step_s, "peak_rss_mib": peak,
             "pesq_ms": 1000 * pesq_s, "pesq_over_step": pesq_s / step_s,
             "params_g": sum(p.numel() for p in G.parameters())}
@@ -74,16 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.0, help="crop length (the papers: 2 s / 1.91 s)")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the TF blocks")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        print(json.dumps(child(a.child, a.batch, a.seconds, a.steps, a.threads)))
+        print(json.dumps(child(a.child, a.batch, a.seconds, a.steps, a.threads, a.checkpointing)))
         return 0
     rows = []
     for model in a.models.split(","):
         cmd = [sys.executable, __file__, "--child", model, "--batch", str(a.batch), "--seconds", str(a.seconds),
-               "--steps", str(a.steps), "--threads", str(a.threads)]
+               "--steps", str(a.steps), "--threads", str(a.threads)] + (["--checkpointing"] if a.checkpointing else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{model}: failed\n{out.stderr[-2000:]}", file=sys.stderr)

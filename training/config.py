@@ -119,6 +119,8 @@ class TrainerConfig:
     device: str = option("auto", "auto | cpu | cuda")
     time_limit_margin_s: int = option(300, "under SLURM, checkpoint and requeue this long before the limit")
     deterministic: bool = option(True, "deterministic algorithms (bitwise resume on CPU)")
+    activation_checkpointing: bool = option(
+        False, "recompute each TF block's activations in backward: far less memory, ~1/3 more compute")
     num_threads: Optional[int] = option(None, "torch intra-op threads per rank; null = torch default")
 
     def __post_init__(self):

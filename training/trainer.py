@@ -61,6 +61,7 @@ class Trainer:
         from sharding.stream import TrainStream
         from training.metrics import PesqPool
         from training.models import build_model
+        from training.models.tf_blocks import set_activation_checkpointing
 
         self.cfg, self.workdir, self.env = cfg, Path(workdir), env
         t = cfg.trainer
@@ -75,6 +76,7 @@ class Trainer:
             log.warning("trainer.precision=bf16 has no effect on %s: training in fp32", self.device)
         seed_everything(t.seed, t.deterministic)
         self.G = build_model(cfg.model.name, seed=t.seed, **cfg.model.options).to(self.device)
+        set_activation_checkpointing(self.G, t.activation_checkpointing)
         self.D = build_model("metric-discriminator", seed=t.seed + 1).to(self.device) if cfg.loss.discriminator else None
         self.segment = resolve_segment(cfg, self.G)
         seed_everything(t.seed + 1_000_003 * env.rank, t.deterministic)  # per-rank dropout streams

@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from training.mamba.mixer import Mamba
 from training.models.deform_conv import DeformConv2d
+from training.models.tf_blocks import AttentionModule
 
 _CONV = (nn.Conv1d, nn.Conv2d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d)
@@ -100,7 +101,7 @@ def _full_hook(m, x, y) -> int | None:
         e = m.d_inner
         raw = b * length * (m.d_model * 2 * e + m.dt_rank * e)  # in_proj, dt_proj (raw matmuls)
         return raw + _mamba_conv_macs(m, x0) + _scan_macs(b, e, length, m.d_state)
-    if t is nn.MultiheadAttention:
+    if t is AttentionModule:  # its MHA: in/out projections + QK^T + AV
         n, length, c = x0.shape  # batch_first
         return 4 * n * length * c * c + 2 * n * length * length * c
     return None
