@@ -255,8 +255,10 @@ def refresh(sweep_dir: Path, data: dict) -> None:
             if rc is not None:
                 state = base.state_from_exit_code(rc)
                 reason = None
-                if state == "preempted" and base.was_terminated(cdir):  # TERM and not requeued: scancel
-                    state, reason = "cancelled", "terminated (scancel) after a checkpoint"
+                if state in ("preempted", "failed") and base.was_terminated(cdir):  # TERM, not requeued: scancel
+                    # killed after TERM (its checkpoint took longer than KillWait) is a cancellation too
+                    state, reason = "cancelled", ("terminated (scancel) after a checkpoint" if state == "preempted"
+                                                  else f"terminated (scancel), killed with exit {rc} before it exited")
                 set_state(rec, state, exit_code=rc, slurm_state=None, reason=reason)
             else:
                 state = _sacct_state(job) or "cancelled"
