@@ -136,6 +136,16 @@ def load() -> ctypes.CDLL:
     return lib
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The kernels' float type for ``x``: float64 stays float64, everything else is float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def as_array(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A C-contiguous numpy view of ``x`` in ``dtype`` (a copy only when layout or dtype differ)."""
+    return x.detach().to(dtype).contiguous().numpy()
+
+
 def ptr(a: np.ndarray | None) -> int | None:
     """The data address of a C-contiguous array (None stays None: a NULL pointer)."""
     return None if a is None else a.ctypes.data

@@ -17,14 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from training.mamba import _native
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _np(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    return t.detach().to(dtype).contiguous().numpy()
+from training.mamba._native import as_array as _np
+from training.mamba._native import compute_dtype as _compute_dtype
 
 
 def _kernel_args(x, weight, bias):

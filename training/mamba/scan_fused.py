@@ -13,10 +13,10 @@ forward. Memory is O(B·L·D + B·D·N·L/CHUNK) instead of the O(B·L·D·N) of
 autograd keeps only the inputs and the checkpoints. Everything (softplus of the step and its
 derivative, exp, D skip, silu gate, all gradients) is computed inside the kernels. Float64
 inputs are computed in float64 (libm); everything else in float32 with vectorised polynomial
-exp/log1p (relative error < 5e-7); gradients of A and D accumulate in float64. Results do not
+exp/log1p (relative error < 5e-7); gradients of A, D and delta_bias accumulate in float64. Results do not
 depend on the thread count.
 
-The kernels (``csrc/selective_scan.c``) are compiled for this CPU on first use and cached (see
+The kernels (``csrc/mamba_cpu.c``) are compiled for this CPU on first use and cached (see
 ``training.mamba._native``); work items run on ``torch.get_num_threads()`` threads. Importing
 this module fails with an ImportError when no C compiler can build them; ``training.mamba.scan``
 then falls back to the pure-PyTorch scan.
@@ -28,27 +28,20 @@ import numpy as np
 import torch
 
 from training.mamba import _native
+from training.mamba._native import as_array as _np
+from training.mamba._native import compute_dtype as _compute_dtype
 from training.mamba._native import ptr as _ptr
 from training.mamba._native import run_items as _run
 
 _LIB = _native.load()  # NativeBuildError (an ImportError) when no C compiler can build it
 BLOCK = 16
-"""Channels per vector block of the kernels (``BLOCK`` in csrc/selective_scan.c)."""
+"""Channels per vector block of the kernels (``BLOCK`` in csrc/mamba_cpu.c)."""
 _HAS_D, _HAS_BIAS, _HAS_Z, _SOFTPLUS = 1, 2, 4, 8
 
 __all__ = ["CHUNK", "selective_scan_fused"]
 
 CHUNK = 64
 """Time steps between two saved states; the backward recomputes states within a chunk."""
-
-
-def _compute_dtype(u: torch.Tensor) -> torch.dtype:
-    return torch.float64 if u.dtype == torch.float64 else torch.float32
-
-
-def _np(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """A C-contiguous numpy view of ``x`` in ``dtype`` (a copy only when layout or dtype differ)."""
-    return x.detach().to(dtype).contiguous().numpy()
 
 
 def _cl(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
