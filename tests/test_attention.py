@@ -3,6 +3,7 @@ checkpointing of the TF blocks leaves the gradients unchanged."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from training.models.tf_blocks import AttentionModule
@@ -35,18 +36,38 @@ def test_gradients_match():
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
-    """Recomputing the TF blocks in backward changes memory, not results (bitwise on CPU)."""
+def _with_saved_bytes(fn, *args):
+    """``fn(*args)`` and the bytes autograd saved for its backward."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, sum(sizes)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("rwsa-xs", {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}),  # MambAttention blocks
+    ("mpsenet", {"channels": 8, "num_blocks": 1, "n_head": 2}),  # TS-Conformer blocks
+])
+def test_activation_checkpointing_saves_memory_and_gives_the_same_gradients(name, options):
+    """Recomputing the TF blocks in backward keeps fewer tensors for autograd and changes no
+    gradient (bitwise on CPU)."""
     from training.models import build_model
     from training.models.tf_blocks import set_activation_checkpointing
 
-    grads = []
+    grads, saved = [], []
     for on in (False, True):
-        g = build_model("rwsa-xs", seed=0, hidden=4, num_blocks=1, level_heads=2, middle_heads=4)
+        g = build_model(name, seed=0, **options)
         assert set_activation_checkpointing(g, on) > 0
         torch.manual_seed(3)
         mag, pha = torch.rand(2, g.stft.n_freq, 16), torch.rand(2, g.stft.n_freq, 16)
-        out = g(mag, pha)
+        out, nbytes = _with_saved_bytes(g, mag, pha)
+        saved.append(nbytes)
         sum(o.square().mean() for o in out if torch.is_tensor(o)).backward()
         grads.append([p.grad for p in g.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert saved[1] < 0.7 * saved[0], saved

@@ -29,7 +29,7 @@ except Exception:  # ImportError, or mamba_ssm failing to load its CUDA extensio
 
 try:  # fused CPU scan, written separately
     from training.mamba.scan_fused import selective_scan_fused as _fused_scan
-except Exception:  # ImportError, or a broken numba/llvmlite install: fall back to the torch scan
+except Exception:  # no C compiler (NativeBuildError, an ImportError) or a library that will not load
     _fused_scan = None
 
 BACKENDS = ("auto", "mamba_ssm", "fused", "torch")

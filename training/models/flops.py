@@ -25,7 +25,8 @@ Two conventions:
   ``p`` parents (RWSA's shared attention LayerNorms, p = 3) counts ``p**2`` times per call.
   Mamba's conv1d runs in a fused kernel, not as a module call; the Mamba rule adds the MACs thop
   counts for that Conv1d call (output before the causal crop). With it, RWSA-MambaUNet XS/S/M
-  give 9.22 / 14.90 / 28.47 G on a (1, 256, 256) input and MambAttention 65.52 G on 2 s (T = 321), as published (SEMamba: 65.46 G; its paper table says 64.46).
+  give 9.22 / 14.90 / 28.47 G on a (1, 256, 256) input and MambAttention 65.52 G on 2 s
+  (T = 321), as published (SEMamba: 65.46 G; its paper table says 64.46).
 """
 
 from __future__ import annotations

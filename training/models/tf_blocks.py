@@ -40,6 +40,23 @@ class AttentionModule(nn.Module):
         return a.out_proj(o.transpose(1, 2).reshape(n, length, c))
 
 
+class CheckpointableBlock(nn.Module):
+    """A TF block whose activations can be recomputed in the backward pass: subclasses implement
+    ``_forward``. :func:`set_activation_checkpointing` sets ``checkpointed``; then, in training,
+    only the block's input is kept (peak memory ~ the block inputs; ~1/3 more compute;
+    deterministic, so the gradients are the same)."""
+
+    checkpointed: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointed and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
 def _to_time(x):  # [B, C, T, F] -> [B*F, T, C]
     b, c, t, f = x.shape
     return x.permute(0, 3, 2, 1).reshape(b * f, t, c)
@@ -63,7 +80,7 @@ def _from_freq(s, shape):
 _AXES = {"t": (_to_time, _from_time), "f": (_to_freq, _from_freq)}
 
 
-class MambAttentionBlock(nn.Module):
+class MambAttentionBlock(CheckpointableBlock):
     """One dual-path block; ``attention`` may be a module shared with other blocks.
 
     :param attention: MHA module for the time axis (and the frequency axis unless
@@ -102,16 +119,6 @@ class MambAttentionBlock(nn.Module):
         if attn is not None and self.attn_position == "after":
             s = s + attn(s)
         return s
-
-    checkpointed: bool = False
-    """Set by :func:`set_activation_checkpointing`: in training, keep only the block's input and
-    recompute its activations in the backward pass (peak memory ~ the block inputs; ~1/3 more
-    compute; deterministic, so the gradients are the same)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.checkpointed and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -182,7 +189,7 @@ class ConformerBlock(nn.Module):
         return self.post_norm(x)
 
 
-class TSConformerBlock(nn.Module):
+class TSConformerBlock(CheckpointableBlock):
     """``x = x + Conformer_T(x)`` along time, then ``x = x + Conformer_F(x)`` along frequency."""
 
     def __init__(self, channels: int, n_head: int = 4):
@@ -190,7 +197,7 @@ class TSConformerBlock(nn.Module):
         self.time_conformer = ConformerBlock(channels, n_head)
         self.freq_conformer = ConformerBlock(channels, n_head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         s = _to_time(x)
         x = _from_time(s + self.time_conformer(s), shape)
@@ -199,9 +206,9 @@ class TSConformerBlock(nn.Module):
 
 
 def set_activation_checkpointing(model: nn.Module, on: bool) -> int:
-    """Turn activation checkpointing of every MambAttentionBlock in ``model`` on or off; returns
-    how many blocks were set."""
-    blocks = [m for m in model.modules() if isinstance(m, MambAttentionBlock)]
+    """Turn activation checkpointing of every TF block (MambAttention, TS-Conformer) in ``model``
+    on or off; returns how many blocks were set."""
+    blocks = [m for m in model.modules() if isinstance(m, CheckpointableBlock)]
     for m in blocks:
         m.checkpointed = bool(on)
     return len(blocks)
