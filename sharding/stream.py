@@ -398,8 +398,15 @@ class _ThreadPrefetch:
             raise item
         return item
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop and join the thread. Joining matters at exit: a daemon thread still inside torch/C++
+        code when the interpreter finalises is killed by a forced unwind, which aborts the process
+        ("terminate called without an active exception", exit -6)."""
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("shard prefetch thread did not stop within %.0f s", timeout_s)
 
 
 class TrainStream:

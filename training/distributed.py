@@ -180,8 +180,11 @@ def init(env: DistEnv, device: torch.device, timeout_s: int = 600) -> None:
     )
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool = False) -> None:
+    """Leave the process group; with `barrier`, first wait until every rank got here."""
     if dist.is_initialized():
+        if barrier and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

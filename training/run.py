@@ -13,6 +13,7 @@ the same command.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -61,7 +62,13 @@ def train(cfg: RunConfig, workdir: Path) -> int:
         return code
     finally:
         trainer.close(status)
-        distributed.shutdown()
+        # Free the DDP model (it holds the process group and its buckets) while the interpreter
+        # is fully alive, then leave the group together (only after a clean fit: a failed rank's
+        # peers must not wait in a barrier). Gloo objects torn down during interpreter
+        # finalisation can abort the process after a successful run.
+        del trainer
+        gc.collect()
+        distributed.shutdown(barrier=status != "FAILED")
 
 
 def setup_logging(workdir: Path, rank: int) -> None:
