@@ -1,5 +1,7 @@
-"""AttentionModule (SDPA on nn.MultiheadAttention's parameters) equals nn.MultiheadAttention; activation
-checkpointing of the TF blocks leaves the gradients unchanged."""
+"""AttentionModule (SDPA or the C kernel on nn.MultiheadAttention's parameters) equals
+nn.MultiheadAttention; the C inference kernel equals float64 SDPA on odd shapes and large scores,
+independent of the thread count; activation checkpointing of the TF blocks leaves the gradients
+unchanged."""
 
 from __future__ import annotations
 
@@ -21,6 +23,49 @@ def test_matches_multihead_attention_in_train_and_eval_mode():
             out = m(x)
         assert out.shape == (3, 37, 16)
         assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), (train, (out - ref).abs().max())
+
+
+@pytest.mark.parametrize("dh", [4, 8, 16])
+@pytest.mark.parametrize("seqs,length,heads", [(1, 1, 1), (3, 17, 2), (2, 33, 3), (5, 130, 4)])
+def test_kernel_matches_float64_sdpa(dh, seqs, length, heads):
+    from training.attention_cpu import attention_from_qkv, kernel_applies, sdpa_from_qkv
+
+    torch.manual_seed(dh + length)
+    # x20: scores up to ~100 in magnitude, so the softmax must subtract the row maximum.
+    qkv = torch.randn(seqs, length, 3 * heads * dh) * torch.tensor([20.0, 20.0, 1.0]).repeat_interleave(heads * dh)
+    assert kernel_applies(qkv, heads)
+    out = attention_from_qkv(qkv, heads)
+    ref = sdpa_from_qkv(qkv.double(), heads)
+    assert out.dtype == torch.float32 and out.shape == (seqs, length, heads * dh)
+    # As accurate as PyTorch's own float32 path (scores of ~400 carry float32 rounding of ~1e-5).
+    ours = float((out.double() - ref).abs().max())
+    theirs = float((sdpa_from_qkv(qkv, heads).double() - ref).abs().max())
+    assert ours <= 4 * theirs + 1e-6 * float(ref.abs().max()), (ours, theirs)
+
+
+def test_kernel_does_not_depend_on_thread_count():
+    from training.attention_cpu import attention_from_qkv
+
+    qkv = torch.randn(7, 45, 3 * 32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = attention_from_qkv(qkv, 4)
+        torch.set_num_threads(2)
+        two = attention_from_qkv(qkv, 4)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+def test_inputs_the_kernel_does_not_take_go_to_sdpa():
+    from training.attention_cpu import attention_from_qkv, kernel_applies, sdpa_from_qkv
+
+    cases = {"head size 6": (torch.randn(2, 9, 3 * 12), 2), "float64": (torch.randn(2, 9, 3 * 16).double(), 4),
+             "needs grad": (torch.randn(2, 9, 3 * 16, requires_grad=True), 4)}
+    for why, (qkv, heads) in cases.items():
+        assert not kernel_applies(qkv, heads), why
+        assert torch.equal(attention_from_qkv(qkv, heads), sdpa_from_qkv(qkv, heads)), why
 
 
 def test_gradients_match():

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from training.attention_cpu import attention_from_qkv, sdpa_from_qkv
 from training.mamba import BiMamba
 
 
@@ -20,9 +21,10 @@ class AttentionModule(nn.Module):
     """``MHA(LN(x))`` on ``[N, L, C]`` (self-attention, batch first, no dropout by default).
 
     The parameters are an ``nn.MultiheadAttention``'s (``attn.in_proj_weight``, ...), but the
-    attention itself always runs through ``F.scaled_dot_product_attention``: in eval mode
-    ``nn.MultiheadAttention`` takes a "fast path" that, on CPU, materialises the L x L weights
-    (3x slower for 10 s of audio); the result is the same up to float rounding.
+    attention itself runs through ``training.attention_cpu``: the C kernel for small heads on CPU
+    at inference, else ``F.scaled_dot_product_attention`` (nn.MultiheadAttention's eval "fast
+    path" materialises the L x L weights on CPU: 3x slower for 10 s of audio). All agree up to
+    float rounding.
     """
 
     def __init__(self, dim: int, n_head: int = 8, dropout: float = 0.0):
@@ -33,11 +35,13 @@ class AttentionModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layernorm(x)
         a = self.attn
-        n, length, c = x.shape
-        qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias).view(n, length, 3, a.num_heads, c // a.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [N, heads, L, C / heads]
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=a.dropout if self.training else 0.0)
-        return a.out_proj(o.transpose(1, 2).reshape(n, length, c))
+        qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias)  # [N, L, 3C]
+        dropout = a.dropout if self.training else 0.0
+        if dropout == 0.0:  # the C kernel on CPU without autograd (inference), else SDPA
+            o = attention_from_qkv(qkv, a.num_heads)
+        else:
+            o = sdpa_from_qkv(qkv, a.num_heads, dropout)
+        return a.out_proj(o)
 
 
 class CheckpointableBlock(nn.Module):

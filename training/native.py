@@ -1,4 +1,5 @@
-"""Build, cache and load the C kernels of the CPU Mamba mixer (``csrc/mamba_cpu.c``).
+"""Build, cache and load this package's C kernels for CPU (``csrc/se_cpu.c``): the Mamba mixer's
+selective scan and causal conv, and the small-head attention used at inference.
 
 The library is compiled on first use with the system C compiler (``$CC``, else ``cc``) for the
 CPU it runs on (``-O3 -march=native``), then cached: the file name holds a hash of the sources,
@@ -9,7 +10,7 @@ are safe: each compiles to a temporary name and renames it into place atomically
 Cache folder: ``$SE_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/se-orchestrator``, else
 ``~/.cache/se-orchestrator``. :func:`load` raises :class:`NativeBuildError` (an ImportError) with
 the compiler's message when no library can be built; ``training.mamba.scan`` then falls back to
-the pure-PyTorch scan.
+the pure-PyTorch scan (and attention to PyTorch's SDPA).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 
 _CSRC = Path(__file__).with_name("csrc")
-SOURCES = (_CSRC / "mamba_cpu.c", _CSRC / "selective_scan_impl.h", _CSRC / "causal_conv_impl.h")
+SOURCES = (_CSRC / "se_cpu.c", _CSRC / "selective_scan_impl.h", _CSRC / "causal_conv_impl.h",
+           _CSRC / "attention_impl.h")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
 PORTABLE_FLAGS = tuple(f for f in FLAGS if f != "-march=native")  # compilers without -march=native
 
@@ -49,7 +51,7 @@ def cache_dir() -> Path:
 def _compiler() -> str:
     cc = os.environ.get("CC") or "cc"
     if shutil.which(cc.split()[0]) is None:
-        raise NativeBuildError(f"CPU Mamba kernels: no C compiler ({cc!r} not found; set $CC or install gcc)")
+        raise NativeBuildError(f"CPU kernels: no C compiler ({cc!r} not found; set $CC or install gcc)")
     return cc
 
 
@@ -67,7 +69,7 @@ def _compiler_version(cc: str) -> str:
     try:
         return subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise NativeBuildError(f"CPU Mamba kernels: cannot run the C compiler {cc!r}: {e}") from e
+        raise NativeBuildError(f"CPU kernels: cannot run the C compiler {cc!r}: {e}") from e
 
 
 def library_path(cc: str) -> Path:
@@ -76,7 +78,7 @@ def library_path(cc: str) -> Path:
         h.update(src.read_bytes())
     for part in (_compiler_version(cc), " ".join(FLAGS), _cpu_signature(), platform.machine()):
         h.update(part.encode())
-    return cache_dir() / f"mamba_cpu-{h.hexdigest()[:16]}.so"
+    return cache_dir() / f"se_cpu-{h.hexdigest()[:16]}.so"
 
 
 def _compile(cc: str, target: Path) -> None:
@@ -92,7 +94,7 @@ def _compile(cc: str, target: Path) -> None:
                 os.replace(tmp, target)  # atomic: a concurrent loader sees all or nothing
                 return
             errors.append(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
-        raise NativeBuildError(f"CPU Mamba kernels: compiling {SOURCES[0].name} with {cc!r} failed: {errors[-1]}")
+        raise NativeBuildError(f"CPU kernels: compiling {SOURCES[0].name} with {cc!r} failed: {errors[-1]}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -113,6 +115,8 @@ _SIGNATURES = {
     "scan_forward": _FORWARD_ARGS, "scan_backward": _BACKWARD_ARGS,
     "conv_forward": _CONV_FORWARD_ARGS, "conv_backward": _CONV_BACKWARD_ARGS,
 }
+# attn_forward_f32(qkv, S, L, H, dh, lo, hi, out)
+_SIGNATURES_F32 = {"attn_forward": [_P] + [_L] * 6 + [_P]}
 
 
 @functools.cache
@@ -124,13 +128,13 @@ def load() -> ctypes.CDLL:
         try:
             _compile(cc, path)
         except OSError as e:  # unwritable cache folder, compiler killed, ...
-            raise NativeBuildError(f"CPU Mamba kernels: cannot build into {path.parent}: {e}") from e
+            raise NativeBuildError(f"CPU kernels: cannot build into {path.parent}: {e}") from e
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
-        raise NativeBuildError(f"CPU Mamba kernels: cannot load {path}: {e}") from e
-    for suffix in ("f32", "f64"):
-        for name, args in _SIGNATURES.items():
+        raise NativeBuildError(f"CPU kernels: cannot load {path}: {e}") from e
+    for suffix, signatures in (("f32", _SIGNATURES | _SIGNATURES_F32), ("f64", _SIGNATURES)):
+        for name, args in signatures.items():
             fn = getattr(lib, f"{name}_{suffix}")
             fn.argtypes, fn.restype = args, ctypes.c_int
     return lib

@@ -1,8 +1,9 @@
-/* CPU kernels of the Mamba mixer: the fused selective scan (selective_scan_impl.h) and the
- * causal depthwise conv + SiLU (causal_conv_impl.h), forward and backward, for float and double,
- * each for one range of work items.
+/* CPU kernels: the Mamba mixer's fused selective scan (selective_scan_impl.h) and causal
+ * depthwise conv + SiLU (causal_conv_impl.h), forward and backward, for float and double; and
+ * small-head self-attention for inference (attention_impl.h, float). Each runs one range of work
+ * items.
  *
- * Built and loaded by training/mamba/_native.py (cc -O3 -march=native, no OpenMP runtime: the
+ * Built and loaded by training/native.py (cc -O3 -march=native, no OpenMP runtime: the
  * caller runs item ranges on its own threads). Semantics as mamba_ssm's selective_scan_fn:
  *     dt = softplus(delta + bias);  h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;  h_{-1} = 0
  *     y_t = <h_t, C_t> + D u_t;     out_t = y_t * silu(z_t)
@@ -71,3 +72,5 @@ static inline double log1p_unit_f64(double t) { return log1p(t); }
 #include "causal_conv_impl.h"
 #undef REAL
 #undef SUF
+
+#include "attention_impl.h"

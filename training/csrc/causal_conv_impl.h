@@ -1,4 +1,4 @@
-/* Causal depthwise conv + SiLU, channel-last; included by mamba_cpu.c with REAL and SUF defined.
+/* Causal depthwise conv + SiLU, channel-last; included by se_cpu.c with REAL and SUF defined.
  *     x, out, dout, dx: (nb, L, nd)    wT: (K, nd) (the conv weight (nd, 1, K) transposed)
  *     bias: (nd)    dw_part: (nb, K, nd) double    dbias_part: (nb, nd) double
  *     pre[t, d] = bias[d] + sum_k wT[k, d] x[t - K + 1 + k, d]  (x before the start is 0)

@@ -1,0 +1,51 @@
+"""Self-attention from a packed QKV projection on CPU, without autograd (inference).
+
+``attention_from_qkv(qkv, heads) -> Tensor[S, L, C]`` for ``qkv`` of shape ``[S, L, 3C]`` (the
+output of ``F.linear(x, in_proj_weight, in_proj_bias)``): softmax(q k^T / sqrt(C / heads)) v per
+head, no mask, heads concatenated in the order ``out_proj`` expects. It uses the C kernel
+(``csrc/attention_impl.h``) for float32 with head sizes 4, 8 or 16 when the kernels build here,
+else ``F.scaled_dot_product_attention``; both agree to float32 rounding (tests/test_attention.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from training import native
+
+KERNEL_HEAD_SIZES = (4, 8, 16)
+
+
+def _kernel():
+    try:
+        return native.load().attn_forward_f32
+    except native.NativeBuildError:
+        return None
+
+
+def kernel_applies(qkv: torch.Tensor, heads: int) -> bool:
+    """Whether the C kernel takes this input (else SDPA runs)."""
+    return (qkv.device.type == "cpu" and qkv.dtype == torch.float32 and not qkv.requires_grad
+            and qkv.shape[-1] // 3 // heads in KERNEL_HEAD_SIZES and _kernel() is not None)
+
+
+def sdpa_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """The same attention through PyTorch's SDPA (any device, dtype, autograd)."""
+    s, length, c3 = qkv.shape
+    c = c3 // 3
+    q, k, v = qkv.view(s, length, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # each [S, heads, L, dh]
+    o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return o.transpose(1, 2).reshape(s, length, c)
+
+
+def attention_from_qkv(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """[S, L, 3C] packed projections -> [S, L, C] attention output (C kernel when it applies)."""
+    if not kernel_applies(qkv, heads):
+        return sdpa_from_qkv(qkv, heads)
+    s, length, c3 = qkv.shape
+    c = c3 // 3
+    qkv = qkv.contiguous()
+    out = torch.empty(s, length, c, dtype=torch.float32)
+    native.run_items(_kernel(), s * heads, (qkv.data_ptr(), s, length, heads, c // heads), (out.data_ptr(),))
+    return out
