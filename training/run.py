@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from training import distributed
+from training import distributed, malloc_tuning
 from training.config import ConfigError, RunConfig, load_run_config, save_config
 from training.preempt import EXIT_PREEMPTED
 
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, mlflow_run_id)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
+    malloc_tuning.tune()
     workdir = Path(args.workdir)
     setup_logging(workdir, distributed.env_from().rank)
     config = args.config
