@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
-from slurm_cluster import SlurmCluster, slurm_available
+from slurm_cluster import slurm_available
 
 from sharding.writer import build
 
@@ -18,19 +17,6 @@ if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
 OPTS = dict(speech="procedural", train_clips=8, valid_clips=2, test_clips=2, min_seconds=0.5, max_seconds=1.0)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    old = os.environ.get("SLURM_CONF")
-    with c:
-        os.environ["SLURM_CONF"] = str(c.conf)
-        yield c
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
 
 
 def shas(out: Path) -> dict[str, str]:

@@ -26,19 +26,6 @@ if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    old = os.environ.get("SLURM_CONF")
-    with c:
-        os.environ["SLURM_CONF"] = str(c.conf)  # in-process status/refresh talk to this cluster
-        yield c
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
-
-
 @pytest.fixture(autouse=True)
 def stop_mlflow_servers(tmp_path):
     """Every slurm sweep starts its MLflow tracking server (SWEEP_DIR/mlflow-server): stop them."""
