@@ -9,7 +9,7 @@ Measured (enhance 10 s, model forward): mambattention 24.0 s -> 15.0 s, rwsa-xs 
 The cost: freed memory below the heap top is not returned to the OS, so RSS stays near the peak
 of the process (which is what a training or enhancement process needs again at the next step).
 
-:func:`tune` is called once at process start by the CLI and the training entry point; set
+:func:`tune` is called at the start of the CLI and of every training run (``training.run.train``); set
 ``SE_MALLOC_TUNING=0`` to leave malloc alone. Elsewhere than glibc/Linux it does nothing.
 """
 

@@ -43,6 +43,7 @@ def train(cfg: RunConfig, workdir: Path) -> int:
     """Train (or resume) the run in `workdir` on this process's rank; returns the exit code."""
     from training.trainer import Trainer
 
+    malloc_tuning.tune()  # also for callers other than main() (Ray Tune trials, in-process train)
     env = distributed.env_from()
     workdir = Path(workdir)
     try:
@@ -146,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, mlflow_run_id)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
-    malloc_tuning.tune()
     workdir = Path(args.workdir)
     setup_logging(workdir, distributed.env_from().rank)
     config = args.config
