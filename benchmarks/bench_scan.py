@@ -11,8 +11,9 @@ sequential loop of tests/scan_oracle.py). Backends whose memory grows with BÂ·LÂ
 fraction of the sequences; their time and their memory above the pre-call baseline are scaled
 linearly to the full batch and marked ``scaled xK`` in the output.
 
-Children apply the glibc malloc settings training processes use (``training.malloc_tuning``;
-``SE_MALLOC_TUNING=0`` compares without). Peak memory is the child's ``ru_maxrss``; ``peak above base`` subtracts the high-water mark the
+Children run with glibc's default malloc, as training processes do; ``BENCH_MALLOC_TUNING=1``
+applies ``training.malloc_tuning`` to every backend (it helps mambapy's huge temporaries most).
+Peak memory is the child's ``ru_maxrss``; ``peak above base`` subtracts the high-water mark the
 child had reached before the timed call (interpreter, torch, inputs). Ratios are other / fused.
 
     python benchmarks/bench_scan.py            # full shapes (minutes)
@@ -116,9 +117,11 @@ def child(case: str, backend: str, batch: int, length: int) -> dict:
     """Run one measurement in this (fresh) process; returns the numbers as a dict."""
     import torch
 
-    from training.malloc_tuning import tune
+    result = {"threads": torch.get_num_threads()}
+    if os.environ.get("BENCH_MALLOC_TUNING") == "1":  # compare under orchestrate enhance's malloc settings
+        from training.malloc_tuning import tune
 
-    result = {"threads": torch.get_num_threads(), "malloc_tuned": tune()}  # as in training processes
+        result["malloc_tuned"] = tune()
     if case == "block":
         model = _block(backend)
         x = torch.randn(batch, length, D_MODEL, requires_grad=True)

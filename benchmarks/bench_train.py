@@ -1,7 +1,6 @@
 """Training-step benchmark on CPU: steps/s, peak memory, and PESQ-target time relative to the step.
 
-Each model runs in its own child process (clean peak-RSS accounting), with the glibc malloc
-settings of `training.malloc_tuning` as in training (``SE_MALLOC_TUNING=0`` compares without). A step is the real
+Each model runs in its own child process (clean peak-RSS accounting). A step is the real
 `training.loop.train_step` (G + metric discriminator, PESQ targets in-process). Reported per model:
 steps/s, ms/step, peak RSS (MiB, child process), the time of the batch's PESQ targets alone and its
 ratio to the whole step (how much a PESQ pool of `pesq_workers` processes has to hide).
@@ -39,12 +38,10 @@ def child(model: str, batch: int, seconds: float, steps: int, threads: int, chec
 
     from training.loop import StepContext, train_step
     from training.losses import LossWeights
-    from training.malloc_tuning import tune
     from training.metrics import PesqPool
     from training.models import build_model
     from training.models.tf_blocks import set_activation_checkpointing
 
-    tuned = tune()  # as `orchestrate train` / `python -m training.run` do (SE_MALLOC_TUNING=0: off)
     torch.set_num_threads(threads)
     seg = _segment(model, seconds)
     G, D = build_model(model, seed=0), build_model("metric-discriminator", seed=1)
@@ -67,7 +64,7 @@ def child(model: str, batch: int, seconds: float, steps: int, threads: int, chec
     pesq_s = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"model": model, "batch": batch, "segment_samples": seg, "threads": threads, "checkpointing": checkpointing,
-            "malloc_tuned": tuned, "steps_per_s": 1 / step_s, "ms_per_step": 1000 * step_s, "peak_rss_mib": peak,
+            "steps_per_s": 1 / step_s, "ms_per_step": 1000 * step_s, "peak_rss_mib": peak,
             "pesq_ms": 1000 * pesq_s, "pesq_over_step": pesq_s / step_s,
             "params_g": sum(p.numel() for p in G.parameters())}
 

@@ -21,7 +21,6 @@ import sys
 
 from orchestrator import commands as _commands_pkg
 from orchestrator.errors import user_error_types
-from training import malloc_tuning
 
 EXIT_BAD_INPUT = 2
 
@@ -70,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    malloc_tuning.tune()  # before any large tensor is allocated
     try:
         return int(args._run(args) or 0)
     except user_error_types() as e:

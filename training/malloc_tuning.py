@@ -7,10 +7,13 @@ machine that was a third of the time of enhancing 10 s of audio. With these sett
 allocation comes from the heap (no mmap) and up to 1 GB of freed memory stays there for reuse.
 Measured (enhance 10 s, model forward): mambattention 24.0 s -> 15.0 s, rwsa-xs 10.0 s -> 7.4 s.
 The cost: freed memory below the heap top is not returned to the OS, so RSS stays near the peak
-of the process (which is what a training or enhancement process needs again at the next step).
+of the process (which an enhancement process needs again for the next file).
 
-:func:`tune` is called at the start of the CLI and of every training run (``training.run.train``); set
-``SE_MALLOC_TUNING=0`` to leave malloc alone. Elsewhere than glibc/Linux it does nothing.
+:func:`tune` is called by ``orchestrate enhance`` and ``orchestrate evaluate`` before the first
+forward pass; set ``SE_MALLOC_TUNING=0`` to leave malloc alone. Training processes keep glibc's
+defaults: there it measured no faster (bench_train: rwsa-xs and mambattention steps within 2%),
+and a long run whose validation utterances vary in length would fragment a heap that never
+returns memory. Elsewhere than glibc/Linux it does nothing.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from training import distributed, malloc_tuning
+from training import distributed
 from training.config import ConfigError, RunConfig, load_run_config, save_config
 from training.preempt import EXIT_PREEMPTED
 
@@ -43,7 +43,6 @@ def train(cfg: RunConfig, workdir: Path) -> int:
     """Train (or resume) the run in `workdir` on this process's rank; returns the exit code."""
     from training.trainer import Trainer
 
-    malloc_tuning.tune()  # also for callers other than main() (Ray Tune trials, in-process train)
     env = distributed.env_from()
     workdir = Path(workdir)
     try:

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator.evaluation import enhance_files
+    from training import malloc_tuning
+
+    malloc_tuning.tune()  # before the model's first forward pass
 
     result = enhance_files(args.checkpoint, args.inputs, args.out, chunk_seconds=args.chunk_seconds,
                            overlap_seconds=args.overlap_seconds, keep_rate=args.keep_rate)

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator.evaluation import evaluate
+    from training import malloc_tuning
+
+    malloc_tuning.tune()  # before the model's first forward pass
 
     summaries = evaluate(
         args.checkpoint,
