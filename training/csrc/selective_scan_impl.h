@@ -139,14 +139,17 @@ int FN(scan_forward)(const REAL *restrict u, const REAL *restrict delta, const R
                     memcpy(ckpt + ((b * nchunk + c) * N + n) * nd + dlo, s.state + n * Wp, W * sizeof(REAL));
             FN(load_chunk)(u, delta, bias, z, flags, L, nd, b, t0, m, dlo, W, Wp, &s);
             for (long o = 0; o < Wp; o += BLOCK) {
+                REAL dblk[BLOCK]; /* D of this block's channels, zero past W */
+                for (long j = 0; j < BLOCK; j++) dblk[j] = (flags & HAS_D) && o + j < W ? D[dlo + o + j] : (REAL)0;
                 FN(decays)(s.dt, s.a, m, N, Wp, o, s.eb);
                 for (long k = 0; k < m; k++) {
                     const REAL *bt = Bt + (b * L + t0 + k) * N, *ct = Ct + (b * L + t0 + k) * N;
                     const REAL *uk = s.u + k * Wp + o, *dk = s.dt + k * Wp + o;
                     REAL dtu[BLOCK], y[BLOCK];
+#pragma omp simd
                     for (long j = 0; j < BLOCK; j++) {
                         dtu[j] = dk[j] * uk[j];
-                        y[j] = (flags & HAS_D) && o + j < W ? D[dlo + o + j] * uk[j] : (REAL)0;
+                        y[j] = dblk[j] * uk[j];
                     }
                     for (long n = 0; n < N; n++) {
                         REAL bn = bt[n], cn = ct[n];
@@ -160,10 +163,13 @@ int FN(scan_forward)(const REAL *restrict u, const REAL *restrict delta, const R
                         }
                     }
                     REAL *yk = s.y + k * Wp + o;
-                    if (flags & HAS_Z)
-                        for (long j = 0; j < BLOCK; j++) yk[j] = y[j] * s.gate[k * Wp + o + j];
-                    else
-                        for (long j = 0; j < BLOCK; j++) yk[j] = y[j];
+                    const REAL *gk = s.gate + k * Wp + o;
+                    if (flags & HAS_Z) {
+#pragma omp simd
+                        for (long j = 0; j < BLOCK; j++) yk[j] = y[j] * gk[j];
+                    } else {
+                        memcpy(yk, y, sizeof y);
+                    }
                 }
             }
             FN(store_rows)(s.y, L, nd, b, t0, m, dlo, W, Wp, out);
@@ -208,6 +214,8 @@ int FN(scan_backward)(const REAL *restrict u, const REAL *restrict delta, const 
             memset(s.dBl, 0, 2 * chunk * N * BLOCK * sizeof(REAL)); /* dBl and dCl */
             for (long o = 0; o < Wp; o += BLOCK) {
                 long w = W - o < BLOCK ? W - o : BLOCK;
+                REAL dblk[BLOCK]; /* D of this block's channels, zero past w */
+                for (long j = 0; j < BLOCK; j++) dblk[j] = (flags & HAS_D) && j < w ? D[dlo + o + j] : (REAL)0;
                 /* (1) decays and states hb[k + 1] of this block (hb[0]: the checkpoint) */
                 FN(decays)(s.dt, s.a, m, N, Wp, o, s.eb);
                 for (long n = 0; n < N; n++)
@@ -253,16 +261,24 @@ int FN(scan_backward)(const REAL *restrict u, const REAL *restrict delta, const 
                             gn[j] = gg * e[j];
                         }
                     }
-                    for (long j = 0; j < w; j++) {
-                        REAL Dd = (flags & HAS_D) ? D[dlo + o + j] : (REAL)0;
-                        s.du[ko + j] = sdu[j] * dk[j] + dy[j] * Dd;
-                        s.ddelta[ko + j] = sdt[j] * s.sg[ko + j];
-                        s.dbias[o + j] += (double)s.ddelta[ko + j];
-                        s.dD[o + j] += (double)(dy[j] * uv[j]);
-                        if (flags & HAS_Z) { /* silu'(z) = s (1 + z (1 - s)), s = sigmoid(z) */
-                            REAL sg = s.sig[ko + j], zg = s.gate[ko + j]; /* gate = z s */
-                            s.dz[ko + j] = s.dout[ko + j] * (shc[j] + Dd * uv[j]) * (sg + zg * ((REAL)1 - sg));
-                        }
+                    /* whole BLOCKs (vectorised): padded lanes hold finite values, stored rows skip them */
+                    REAL *duk = s.du + ko, *ddk = s.ddelta + ko;
+                    const REAL *sgk = s.sg + ko;
+                    double *dbs = s.dbias + o, *dDs = s.dD + o;
+#pragma omp simd
+                    for (long j = 0; j < BLOCK; j++) {
+                        duk[j] = sdu[j] * dk[j] + dy[j] * dblk[j];
+                        REAL ddt = sdt[j] * sgk[j];
+                        ddk[j] = ddt;
+                        dbs[j] += (double)ddt;
+                        dDs[j] += (double)(dy[j] * uv[j]);
+                    }
+                    if (flags & HAS_Z) { /* silu'(z) = s (1 + z (1 - s)), s = sigmoid(z), gate = z s */
+                        const REAL *sig = s.sig + ko, *gate = s.gate + ko, *dok = s.dout + ko;
+                        REAL *dzk = s.dz + ko;
+#pragma omp simd
+                        for (long j = 0; j < BLOCK; j++)
+                            dzk[j] = dok[j] * (shc[j] + dblk[j] * uv[j]) * (sig[j] + gate[j] * ((REAL)1 - sig[j]));
                     }
                 }
                 for (long n = 0; n < N; n++)
@@ -270,6 +286,7 @@ int FN(scan_backward)(const REAL *restrict u, const REAL *restrict delta, const 
             }
             for (long q = 0; q < m * N; q++) { /* one horizontal sum per (t, n) and chunk */
                 REAL sb_ = 0, sc_ = 0;
+
                 for (long j = 0; j < BLOCK; j++) {
                     sb_ += s.dBl[q * BLOCK + j];
                     sc_ += s.dCl[q * BLOCK + j];
