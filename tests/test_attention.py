@@ -66,6 +66,7 @@ def test_inputs_the_kernel_does_not_take_go_to_sdpa():
     for why, (qkv, heads) in cases.items():
         assert not kernel_applies(qkv, heads), why
         assert torch.equal(attention_from_qkv(qkv, heads), sdpa_from_qkv(qkv, heads)), why
+    assert not kernel_applies(torch.randn(2, 9, 3 * 16), 4, dropout_p=0.1)  # dropout: SDPA's
 
 
 def test_gradients_match():

@@ -1,13 +1,16 @@
 """Self-attention from a packed QKV projection on CPU, without autograd (inference).
 
-``attention_from_qkv(qkv, heads) -> Tensor[S, L, C]`` for ``qkv`` of shape ``[S, L, 3C]`` (the
-output of ``F.linear(x, in_proj_weight, in_proj_bias)``): softmax(q k^T / sqrt(C / heads)) v per
-head, no mask, heads concatenated in the order ``out_proj`` expects. It uses the C kernel
-(``csrc/attention_impl.h``) for float32 with head sizes 4, 8 or 16 when the kernels build here,
-else ``F.scaled_dot_product_attention``; both agree to float32 rounding (tests/test_attention.py).
+``attention_from_qkv(qkv, heads, dropout_p=0) -> Tensor[S, L, C]`` for ``qkv`` of shape
+``[S, L, 3C]`` (the output of ``F.linear(x, in_proj_weight, in_proj_bias)``): softmax(q k^T /
+sqrt(C / heads)) v per head, no mask, heads concatenated in the order ``out_proj`` expects. It
+uses the C kernel (``csrc/attention_impl.h``) for float32 CPU input without autograd or dropout,
+head sizes 4, 8 or 16, when the kernels build here; else ``F.scaled_dot_product_attention``.
+Both agree to float32 rounding (tests/test_attention.py).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +20,7 @@ from training import native
 KERNEL_HEAD_SIZES = (4, 8, 16)
 
 
+@functools.cache  # a failed build is not retried on every call
 def _kernel():
     try:
         return native.load().attn_forward_f32
@@ -24,9 +28,9 @@ def _kernel():
         return None
 
 
-def kernel_applies(qkv: torch.Tensor, heads: int) -> bool:
+def kernel_applies(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> bool:
     """Whether the C kernel takes this input (else SDPA runs)."""
-    return (qkv.device.type == "cpu" and qkv.dtype == torch.float32 and not qkv.requires_grad
+    return (dropout_p == 0.0 and qkv.device.type == "cpu" and qkv.dtype == torch.float32 and not qkv.requires_grad
             and qkv.shape[-1] // 3 // heads in KERNEL_HEAD_SIZES and _kernel() is not None)
 
 
@@ -39,10 +43,10 @@ def sdpa_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> torc
     return o.transpose(1, 2).reshape(s, length, c)
 
 
-def attention_from_qkv(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+def attention_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> torch.Tensor:
     """[S, L, 3C] packed projections -> [S, L, C] attention output (C kernel when it applies)."""
-    if not kernel_applies(qkv, heads):
-        return sdpa_from_qkv(qkv, heads)
+    if not kernel_applies(qkv, heads, dropout_p):
+        return sdpa_from_qkv(qkv, heads, dropout_p)
     s, length, c3 = qkv.shape
     c = c3 // 3
     qkv = qkv.contiguous()

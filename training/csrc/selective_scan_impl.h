@@ -99,6 +99,11 @@ static void FN(load_chunk)(const REAL *restrict u, const REAL *restrict delta, c
     }
 }
 
+/* dblk[j] = D[dlo + o + j] for the block at channel offset o (zero past W or without D). */
+static void FN(load_dblk)(const REAL *restrict D, int flags, long dlo, long o, long W, REAL *restrict dblk) {
+    for (long j = 0; j < BLOCK; j++) dblk[j] = (flags & HAS_D) && o + j < W ? D[dlo + o + j] : (REAL)0;
+}
+
 /* a[n*Wp + j] = A[dlo + j, n] (zero past W: decay 1 on lanes that stay zero). */
 static void FN(load_a)(const REAL *restrict At, long nd, long N, long dlo, long W, long Wp, REAL *restrict a) {
     for (long n = 0; n < N; n++)
@@ -139,8 +144,8 @@ int FN(scan_forward)(const REAL *restrict u, const REAL *restrict delta, const R
                     memcpy(ckpt + ((b * nchunk + c) * N + n) * nd + dlo, s.state + n * Wp, W * sizeof(REAL));
             FN(load_chunk)(u, delta, bias, z, flags, L, nd, b, t0, m, dlo, W, Wp, &s);
             for (long o = 0; o < Wp; o += BLOCK) {
-                REAL dblk[BLOCK]; /* D of this block's channels, zero past W */
-                for (long j = 0; j < BLOCK; j++) dblk[j] = (flags & HAS_D) && o + j < W ? D[dlo + o + j] : (REAL)0;
+                REAL dblk[BLOCK];
+                FN(load_dblk)(D, flags, dlo, o, W, dblk);
                 FN(decays)(s.dt, s.a, m, N, Wp, o, s.eb);
                 for (long k = 0; k < m; k++) {
                     const REAL *bt = Bt + (b * L + t0 + k) * N, *ct = Ct + (b * L + t0 + k) * N;
@@ -214,8 +219,8 @@ int FN(scan_backward)(const REAL *restrict u, const REAL *restrict delta, const 
             memset(s.dBl, 0, 2 * chunk * N * BLOCK * sizeof(REAL)); /* dBl and dCl */
             for (long o = 0; o < Wp; o += BLOCK) {
                 long w = W - o < BLOCK ? W - o : BLOCK;
-                REAL dblk[BLOCK]; /* D of this block's channels, zero past w */
-                for (long j = 0; j < BLOCK; j++) dblk[j] = (flags & HAS_D) && j < w ? D[dlo + o + j] : (REAL)0;
+                REAL dblk[BLOCK];
+                FN(load_dblk)(D, flags, dlo, o, W, dblk);
                 /* (1) decays and states hb[k + 1] of this block (hb[0]: the checkpoint) */
                 FN(decays)(s.dt, s.a, m, N, Wp, o, s.eb);
                 for (long n = 0; n < N; n++)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from training.attention_cpu import attention_from_qkv, sdpa_from_qkv
+from training.attention_cpu import attention_from_qkv
 from training.mamba import BiMamba
 
 
@@ -36,11 +36,7 @@ class AttentionModule(nn.Module):
         x = self.layernorm(x)
         a = self.attn
         qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias)  # [N, L, 3C]
-        dropout = a.dropout if self.training else 0.0
-        if dropout == 0.0:  # the C kernel on CPU without autograd (inference), else SDPA
-            o = attention_from_qkv(qkv, a.num_heads)
-        else:
-            o = sdpa_from_qkv(qkv, a.num_heads, dropout)
+        o = attention_from_qkv(qkv, a.num_heads, a.dropout if self.training else 0.0)
         return a.out_proj(o)
 
 
