@@ -5,7 +5,8 @@ weights: speed does not depend on training) is written as a checkpoint in the tr
 format, a 10 s 16 kHz noisy file is written, and ``orchestrate enhance`` runs on it through the
 real CLI. Reported: the RTF the command prints (model time / audio time), the command's wall time
 (load + read + enhance + write) and peak RSS, against the issue's targets (rwsa-xs <= 0.2,
-mambattention <= 1.5) as ``target / measured`` (>= 1 meets the target).
+mambattention <= 1.5) as ``target / measured`` (>= 1 meets the target), and the RTF of the same
+command with glibc's default malloc (``SE_MALLOC_TUNING=0``) as a ratio to the default run.
 
     python benchmarks/bench_enhance.py                          # rwsa-xs, mambattention
     python benchmarks/bench_enhance.py --models rwsa-xs --seconds 30 --threads 2
@@ -68,15 +69,22 @@ def child(model_name: str, seconds: float, threads: int) -> dict:
         cmd = [sys.executable, "-c", "import sys; from orchestrator.cli import main; sys.exit(main())",
                "enhance", str(ckpt), str(noisy), "--out", str(tmp / "out")]
         subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)  # warm: kernel cache, page cache
-        t0 = time.perf_counter()
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        wall = time.perf_counter() - t0
+        rtf_default_malloc, _ = _timed_rtf(cmd, {**env, "SE_MALLOC_TUNING": "0"})  # reference: glibc defaults
+        rtf, wall = _timed_rtf(cmd, env)
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"model": model_name, "seconds": seconds, "threads": threads, "rtf": rtf, "wall_s": wall,
+            "peak_mb": peak_mb, "rtf_default_malloc": rtf_default_malloc}
+
+
+def _timed_rtf(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(RTF printed by orchestrate enhance, wall seconds of the command)."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
     m = re.search(r"real-time factor\s+([0-9.]+)", r.stdout + r.stderr)
     if not m:
         raise RuntimeError(f"no RTF in the output of orchestrate enhance:\n{r.stdout}\n{r.stderr}")
-    return {"model": model_name, "seconds": seconds, "threads": threads, "rtf": float(m.group(1)),
-            "wall_s": wall, "peak_mb": peak_mb}
+    return float(m.group(1)), wall
 
 
 def main() -> int:
@@ -102,7 +110,8 @@ def main() -> int:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         target = TARGET_RTF.get(name)
         ratio = f"target {target:g}  ratio {target / r['rtf']:.2f}" if target else "no target"
-        print(f"{name:14s} RTF {r['rtf']:.3f}  command wall {r['wall_s']:.1f} s  peak {r['peak_mb']:.0f} MB  |  {ratio}")
+        print(f"{name:14s} RTF {r['rtf']:.3f}  command wall {r['wall_s']:.1f} s  peak {r['peak_mb']:.0f} MB  |  {ratio}  |  "
+              f"glibc default malloc RTF {r['rtf_default_malloc']:.3f} ({r['rtf_default_malloc'] / r['rtf']:.2f}x slower)")
         results.append(r)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
