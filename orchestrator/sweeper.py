@@ -1,9 +1,12 @@
-"""Run a sweep: expand, write the sweep folder and ledger, submit what is not done, report.
+"""Run a sweep: plan (expand) → ledger (sweep folder) → launcher (submit what is not done) → report.
 
     SWEEP_DIR/ledger.json              cell → state, job ids, attempts, MLflow run (orchestrator.ledger)
     SWEEP_DIR/cells/<cell>/config.yaml the cell's fully resolved RunConfig (= its training workdir)
-    SWEEP_DIR/slurm/submit-<n>.sbatch  every job array submitted, as submitted
-    SWEEP_DIR/logs/<job>_<task>.out    SLURM output
+    SWEEP_DIR/slurm/submit-<n>.sbatch  every job array submitted, as submitted (orchestrator.launchers.slurm)
+    SWEEP_DIR/logs/                    submitit's folder: pickles, <job>_<array task>_<rank>_log.out
+
+The sweeper knows no executor: `orchestrator.launchers.get(executor)` does the submitting,
+refreshing and cancelling (`base.Launcher`).
 
 Running ``orchestrate sweep FILE`` again resumes: done cells are skipped, failed / cancelled /
 preempted (and never submitted) cells are (re)submitted, queued or running ones are left alone.
@@ -11,21 +14,16 @@ preempted (and never submitted) cells are (re)submitted, queued or running ones 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shlex
-import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from orchestrator import launchers
 from orchestrator.errors import UserError
 from orchestrator.launchers import base
-from orchestrator.launchers import slurm as slurm_launcher
 from orchestrator.ledger import ACTIVE, RESUBMIT, Ledger, new_cell_record, set_state
 from orchestrator.mlflow_sweep import (
     absolute_tracking_uri,
@@ -42,8 +40,6 @@ from training.configtools import atomic_write_text
 
 log = logging.getLogger(__name__)
 Printer = Callable[[str], None]
-# Launcher fields that shape a SLURM job; cells that differ in any of them go to separate arrays.
-JOB_SHAPE = ("nodes", "nproc", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min", "partition", "account", "qos")
 
 
 @dataclass
@@ -209,62 +205,24 @@ def _same_but_tracking_uri(old_text: str, config: dict) -> bool:
         **config, "mlflow": {**config["mlflow"], "tracking_uri": None}}
 
 
-# ------------------------------------------------------------------------------------ refresh
+# ------------------------------------------------------------------------------------ launchers
 
 
-def _sacct_state(task_id: str) -> str | None:
-    """Final state from sacct when accounting exists (None otherwise)."""
-    try:
-        r = slurm_launcher._run(["sacct", "-n", "-X", "-P", "-j", task_id, "-o", "State"], timeout=20)
-    except slurm_launcher.SlurmError:
-        return None
-    if r.returncode != 0 or not r.stdout.strip():
-        return None
-    state = r.stdout.split()[0].upper()
-    if state.startswith("CANCELLED"):
-        return "cancelled"
-    if state in ("PREEMPTED", "REQUEUED"):
-        return "preempted"
-    if state == "COMPLETED":
-        return "done"
-    if state in ("FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"):
-        return "failed"
-    return None
+def launcher_for(plan: SweepPlan) -> base.Launcher:
+    """The plan's launcher (its executor, profile and sweep folder)."""
+    return launchers.get(plan.executor, plan.sweep_dir, job_name=plan.spec.name, profile=plan.profile,
+                         source=str(plan.spec.source))
+
+
+def plan_cells(plan: SweepPlan, indices: list[int] | None = None) -> list[tuple[Cell, Path]]:
+    """``[(cell, cell_dir)]`` for ``indices`` (default: every cell), what launchers take."""
+    return [(c, _cell_dir(plan, c)) for c in plan.cells if indices is None or c.index in set(indices)]
 
 
 def refresh(sweep_dir: Path, data: dict) -> None:
-    """Update every cell record in ``data`` from squeue (SLURM cells) and the cell's own files."""
-    slurm_jobs = sorted({r["job_id"].split("_")[0] for r in data["cells"].values()
-                         if r.get("job_id") and r["state"] in ACTIVE and "_" in r["job_id"]})
-    queue = slurm_launcher.queue_states(slurm_jobs) if slurm_jobs else {}
-    for rec in data["cells"].values():
-        cdir = sweep_dir / rec["workdir"]
-        rec["attempts"] = max(rec.get("attempts", 0), base.count_attempts(cdir))
-        rec["mlflow_run_id"] = base.read_run_id(cdir) or rec.get("mlflow_run_id")
-        rc = base.read_exit_code(cdir)
-        if rec["state"] not in ACTIVE:
-            continue
-        job = rec.get("job_id") or ""
-        if "_" in job:  # a SLURM array task
-            if queue is None:
-                continue  # squeue failed: conclude nothing
-            if job in queue:
-                st, reason = queue[job]
-                set_state(rec, slurm_launcher.SQUEUE_ACTIVE.get(st, "running"), slurm_state=st, reason=reason)
-                continue
-            if rc is not None:
-                state = base.state_from_exit_code(rc)
-                reason = None
-                if state in ("preempted", "failed") and base.was_terminated(cdir):  # TERM, not requeued: scancel
-                    # killed after TERM (its checkpoint took longer than KillWait) is a cancellation too
-                    state, reason = "cancelled", ("terminated (scancel) after a checkpoint" if state == "preempted"
-                                                  else f"terminated (scancel), killed with exit {rc} before it exited")
-                set_state(rec, state, exit_code=rc, slurm_state=None, reason=reason)
-            else:
-                state = _sacct_state(job) or "cancelled"
-                set_state(rec, state, slurm_state=None, reason="left the queue without an exit code")
-        elif rc is not None:  # local / ray cells record their exit code when they end
-            set_state(rec, base.state_from_exit_code(rc), exit_code=rc)
+    """Update every cell record in ``data`` from its files and, for active cells, its launcher."""
+    base.refresh_files(sweep_dir, data)
+    launchers.get(launchers.executor_of(data), sweep_dir).refresh(data)
 
 
 def _maybe_finish_parent(data: dict) -> None:
@@ -276,69 +234,7 @@ def _maybe_finish_parent(data: dict) -> None:
             log.warning("could not mark MLflow parent run %s finished: %s", ml["parent_run_id"], e)
 
 
-# ------------------------------------------------------------------------------------ submit
-
-
-def _sbatch_kwargs(plan: SweepPlan, launcher: dict, cell_dirs: list[str], array: str, tag: str) -> dict:
-    prof = plan.profile or ClusterProfile()
-    c = prof.container
-    return dict(
-        job_name=plan.spec.name, cell_dirs=cell_dirs, array=array, chdir=os.getcwd(),
-        log_dir=str(plan.sweep_dir / "logs"),
-        nodes=launcher["nodes"], tasks_per_node=launcher["nproc"], gpus_per_node=launcher["gpus_per_node"],
-        cpus_per_task=launcher["cpus_per_task"], mem_gb=launcher["mem_gb"], time_min=launcher["time_min"],
-        partition=launcher["partition"], account=launcher["account"], qos=launcher["qos"],
-        array_parallel=prof.array_parallel, signal_before_end_s=prof.signal_before_end_s,
-        requeue=prof.requeue, sbatch_extra=list(prof.sbatch_extra), setup=list(prof.setup),
-        env=dict(prof.env), task_env=dict(prof.task_env), master_addr=prof.master_addr,
-        cpu_bind=prof.cpu_bind, srun_args=list(prof.srun_args), container_image=c.image,
-        container_exec=c.exec, container_binds=list(c.binds), container_args=list(c.args),
-        python=prof.python or sys.executable,
-    )
-
-
-def slurm_scripts(plan: SweepPlan, indices: list[int] | None = None) -> list[tuple[list[Cell], str]]:
-    """The sbatch scripts submitting ``indices`` (default: every cell), one per job shape."""
-    cell_dirs = [str(_cell_dir(plan, c)) for c in plan.cells]
-    chosen = [c for c in plan.cells if indices is None or c.index in set(indices)]
-    groups: dict[tuple, list[Cell]] = {}
-    for c in chosen:
-        groups.setdefault(tuple(c.config["launcher"][k] for k in JOB_SHAPE), []).append(c)
-    out = []
-    for n, cells in enumerate(groups.values()):
-        array = ",".join(str(c.index) for c in cells)
-        if [c.index for c in cells] == list(range(cells[0].index, cells[-1].index + 1)) and len(cells) > 1:
-            array = f"{cells[0].index}-{cells[-1].index}"
-        kwargs = _sbatch_kwargs(plan, cells[0].config["launcher"], cell_dirs, array, str(n))
-        if kwargs["signal_before_end_s"] * 2 > kwargs["time_min"] * 60:
-            raise UserError(
-                f"{plan.spec.source}: resources.time_min={kwargs['time_min']} leaves no time to train: the "
-                f"profile {plan.spec.profile!r} signals {kwargs['signal_before_end_s']} s before the limit "
-                "(signal_before_end_s must be at most half the time limit)"
-            )
-        out.append((cells, slurm_launcher.make_sbatch_script(**kwargs)))
-    return out
-
-
-def _submit_slurm(plan: SweepPlan, todo: list[Cell], out: Printer) -> None:
-    ledger = Ledger(plan.sweep_dir)
-    (plan.sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
-    script_dir = plan.sweep_dir / "slurm"
-    script_dir.mkdir(parents=True, exist_ok=True)
-    for cells, script in slurm_scripts(plan, [c.index for c in todo]):
-        n = len(list(script_dir.glob("submit-*.sbatch")))
-        path = script_dir / f"submit-{n:03d}.sbatch"
-        atomic_write_text(path, script)
-        for c in cells:
-            base.clear_exit_code(_cell_dir(plan, c))
-        job = slurm_launcher.submit(str(path))
-        with ledger.locked() as data:
-            for c in cells:
-                rec = data["cells"][c.id]
-                task = f"{job}_{c.index}"
-                set_state(rec, "submitted", job_id=task, job_ids=[*rec.get("job_ids", []), task],
-                          submissions=rec.get("submissions", 0) + 1, exit_code=None, reason=None)
-        out(f"submitted job array {job} ({len(cells)} cells: {', '.join(c.id for c in cells)}) from {path}")
+# ------------------------------------------------------------------------------------ run
 
 
 def prepare_data(spec, out: Printer = print) -> None:
@@ -382,46 +278,30 @@ def run_sweep(
         for c in plan.cells:
             vals = ", ".join(f"{k}={v}" for k, v in c.values.items())
             out(f"#   [{c.index}] {c.id}: {vals}")
-        if plan.executor == "slurm":
-            for _cells, script in slurm_scripts(plan):
-                out(script)
-        else:
-            for c in plan.cells:
-                out(shlex.join(base.cell_command(_cell_dir(plan, c), nproc=c.config["launcher"]["nproc"])))
+        for line in launcher_for(plan).describe(plan_cells(plan)):
+            out(line)
         return 0
     prepare_data(plan.spec, out)
     write_cells(plan, sweep_file, overrides)
     if plan.server_dir is not None:
         out(f"mlflow: tracking server {plan.tracking_uri} (folder {plan.server_dir}, store {plan.store})")
+    launcher = launcher_for(plan)
     ledger = Ledger(plan.sweep_dir)
     with ledger.locked() as data:
-        if plan.executor == "slurm":
-            refresh(plan.sweep_dir, data)
-        else:  # a local/ray sweep that was interrupted: its 'running' cells are not running now
-            for rec in data["cells"].values():
-                if rec["state"] in ACTIVE:
-                    set_state(rec, "preempted", reason="interrupted (no live process)")
-            refresh(plan.sweep_dir, data)
+        launcher.recover(data)
+        base.refresh_files(plan.sweep_dir, data)
+        launcher.refresh(data)
         states = {cid: rec["state"] for cid, rec in data["cells"].items()}
     wanted = {c.id for c in plan.cells}
-    todo = [c for c in plan.cells if states[c.id] in RESUBMIT]
+    todo = [c.index for c in plan.cells if states[c.id] in RESUBMIT]
     skipped = {s: sum(1 for cid in wanted if states[cid] == s) for s in ("done", "submitted", "running")}
     out(f"sweep {plan.spec.name}: {len(plan.cells)} cells; {skipped['done']} done, "
         f"{skipped['submitted'] + skipped['running']} queued/running, {len(todo)} to submit")
-    if plan.executor == "slurm":
-        if todo:
-            _submit_slurm(plan, todo, out)
+    rc = launcher.submit(plan_cells(plan, todo), out=out) if todo or launcher.blocking else 0
+    if not launcher.blocking:
         out(f"sweep id: {plan.spec.name} ({plan.sweep_dir})")
         out(f"follow it with: orchestrate status {plan.sweep_dir}    (cancel: orchestrate cancel {plan.sweep_dir})")
-        return 0
-    if plan.executor == "local":
-        from orchestrator.launchers.local import run_local
-
-        rc = run_local(plan.sweep_dir, [(c, _cell_dir(plan, c)) for c in todo], out=out)
-    else:
-        from orchestrator.launchers.ray import run_ray
-
-        rc = run_ray(plan.sweep_dir, [(c, _cell_dir(plan, c)) for c in todo], out=out)
+        return rc
     with ledger.locked() as data:
         _maybe_finish_parent(data)
     out(format_status(sweep_status(plan.sweep_dir)))
@@ -488,18 +368,10 @@ def cancel_sweep(sweep: str | Path, cells: list[str] | None = None, *, root: str
         if unknown:
             raise UserError(f"{sweep_dir}: no cell {unknown[0]!r} (cells: {', '.join(data['cells'])})")
         chosen = cells or list(data["cells"])
-        tasks = []
-        for cid in chosen:
-            rec = data["cells"][cid]
+        records = [data["cells"][cid] for cid in chosen]
+        tasks = launchers.get(launchers.executor_of(data), sweep_dir).cancel(records)
+        for rec in records:
             if rec["state"] in ACTIVE:
-                job = rec.get("job_id") or ""
-                if "_" in job:
-                    tasks.append(job)
-                elif job.startswith("local:"):  # a local executor's process group
-                    with contextlib.suppress(ProcessLookupError, ValueError):
-                        os.killpg(int(job.split(":")[1]), signal.SIGTERM)
-                        tasks.append(job)
                 set_state(rec, "cancelled", reason="orchestrate cancel")
-        slurm_launcher.cancel([t for t in tasks if "_" in t])
     out(f"cancelled {len(tasks)} job(s): {' '.join(tasks) or '-'}")
     return 0

@@ -1,4 +1,5 @@
-"""`orchestrate sweep` against a REAL SLURM (munged + slurmctld + two slurmd on this machine).
+"""`orchestrate sweep` against a REAL SLURM (munged + slurmctld + two slurmd on this machine),
+submitted through submitit (orchestrator.launchers.slurm).
 
 Real training (`python -m training.run`) of a tiny RWSA-MambaUNet XS on a tiny demo corpus:
 a 2-cell sweep to completion with MLflow child runs, a 2-node gloo DDP job, a real preemption
@@ -90,7 +91,7 @@ def wait_for(cluster, sweep_dir: Path, cond, timeout_s: float, what: str) -> dic
             problem = f"while waiting for {what}: {e}"
             break
         time.sleep(1.0)
-    logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((sweep_dir / "logs").glob("*")))
+    logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((sweep_dir / "logs").glob("*.out")))
     raise AssertionError(f"{problem}: {rows}\n{logs}\n{cluster.log_tail(15)}")
 
 
@@ -115,9 +116,14 @@ def ledger(sweep_dir: Path) -> dict:
 
 def test_two_cell_sweep_completes_with_mlflow_runs(cluster, demo_data, tmp_path):
     sweep = write_sweep(tmp_path, "two", tiny_base(demo_data, 2), {"trainer.seed": [0, 1]})
+    dry = orchestrate(cluster, "sweep", str(sweep), "--root", str(tmp_path / "runs"), "--dry-run")
     out = orchestrate(cluster, "sweep", str(sweep), "--root", str(tmp_path / "runs"))
     sweep_dir = tmp_path / "runs" / "two"
     assert "submitted job array" in out and "sweep id: two" in out and f"orchestrate status {sweep_dir}" in out
+    # --dry-run printed exactly what submitit submitted: one array, both cells, pickled tasks
+    submitted = (sweep_dir / "slurm" / "submit-000.sbatch").read_text()
+    assert dry[dry.index("#!/bin/bash"):] == submitted + "\n" and "#SBATCH --array=0-1%2" in submitted
+    assert "submitit.core._submit" in submitted and len(list((sweep_dir / "logs").glob("*_submitted.pkl"))) == 2
     rows = wait_for(cluster, sweep_dir, all_done, 240, "both cells done")
     assert [(r["step"], r["max_steps"]) for r in rows.values()] == [(2, 2), (2, 2)]
     assert all(r["attempts"] == 1 and r["job_id"] for r in rows.values())
@@ -216,6 +222,6 @@ def test_time_limit_signal_chains_through_a_requeue(cluster, demo_data, tmp_path
     cluster.run("scancel", "--signal=USR2", task)  # to the job steps, like --signal without B:
     rows = wait_for(cluster, sweep_dir, all_done, 300, "the requeued run to finish")
     assert rows["s0"]["step"] == 4 and rows["s0"]["attempts"] == 2
-    out = next((sweep_dir / "logs").glob("*_0.out")).read_text()
+    out = next((sweep_dir / "logs").glob("*_0_log.out")).read_text()
     assert f"requeueing {task}" in out
     assert ledger(sweep_dir)["cells"]["s0"]["job_ids"] == [task]  # requeued, not resubmitted

@@ -12,10 +12,9 @@ import yaml
 
 from orchestrator.cli import main as cli_main
 from orchestrator.errors import UserError
-from orchestrator.launchers.slurm import check_sbatch_parameters, make_sbatch_script, sbatch_parameters
-from orchestrator.profiles import load_profile
+from orchestrator.launchers.slurm import SlurmLauncher
 from orchestrator.sweep import expand, load_sweep
-from orchestrator.sweeper import plan_sweep, slurm_scripts
+from orchestrator.sweeper import launcher_for, plan_cells, plan_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_lumi.txt"
@@ -25,6 +24,11 @@ def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
     p = tmp_path / name
     p.write_text(text)
     return p
+
+
+def slurm_scripts(plan, indices=None):
+    """``[(cells, sbatch text)]`` that submitit will submit for the plan's cells."""
+    return [([c for c, _ in members], text) for members, text in launcher_for(plan).render(plan_cells(plan, indices))]
 
 
 def parse_sbatch(script: str) -> dict[str, str | None]:
@@ -126,23 +130,30 @@ def test_dry_run_rwsa_sizes_on_lumi_is_a_valid_sbatch_script(tmp_path, capsys):
     assert "#   [14] rwsa-m_s4: model.name=rwsa-m, trainer.seed=4" in text
     script = text[text.index("#!/bin/bash"):]
     d = parse_sbatch(script)
-    assert d["array"] == "0-14" and d["nodes"] == "1" and d["ntasks-per-node"] == "8"
-    assert d["gpus-per-node"] == "8" and d["cpus-per-task"] == "7" and d["mem"] == "480G"
-    assert d["time"] == "2-00:00:00" and d["partition"] == "standard-g" and d["account"] == "project_xxx"
+    assert d["array"] == "0-14%15" and d["nodes"] == "1" and d["ntasks-per-node"] == "8"
+    assert d["gpus-per-node"] == "8" and d["cpus-per-task"] == "7" and d["mem"] == "480GB"
+    assert d["time"] == "2880" and d["partition"] == "standard-g" and d["account"] == "project_xxx"
     assert d["signal"] == "USR2@600" and "requeue" in d and d["job-name"] == "rwsa_sizes"
-    assert d["output"] == f"{root.resolve()}/rwsa_sizes/logs/%A_%a.out"
+    folder = f"{root.resolve()}/rwsa_sizes/logs"
+    assert d["output"] == f"{folder}/%A_%a_0_log.out" and d["chdir"] == os.getcwd()
     assert "--cpu-bind=mask_cpu:fe000000000000,fe00000000000000,fe0000,fe000000,fe,fe00,fe00000000,fe0000000000" in script
     assert 'export NCCL_SOCKET_IFNAME="hsn0,hsn1,hsn2,hsn3"' in script and "singularity exec" in script
     assert not root.exists()  # a dry run writes nothing
-    # bash parses it, and every cell folder survives the quoting exactly (spaces, $, ', ;)
+    # bash parses it, and the srun line hands submitit its folder exactly (spaces, $, ', ;)
     f = tmp_path / "job.sbatch"
     f.write_text(script)
     assert subprocess.run(["bash", "-n", str(f)]).returncode == 0
-    head = script[: script.index("export CELL_DIR")] + 'printf "%s\\n" "$CELL_DIR"\n'
-    for task, cell in ((0, "rwsa-xs_s0"), (14, "rwsa-m_s4")):
-        r = subprocess.run(["bash", "-c", head], capture_output=True, text=True,
-                           env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_JOB_ID": "9"})
-        assert r.stdout == f"{root.resolve()}/rwsa_sizes/cells/{cell}\n", r.stderr
+    command = script[script.index("# command"):]
+    r = subprocess.run(["bash", "-c", "srun() { printf '%s\\n' \"$@\"; }\n" + command], capture_output=True, text=True)
+    argv = r.stdout.splitlines()
+    assert argv[:3] == ["--unbuffered", "--output", f"{folder}/%A_%a_%t_log.out"], r.stderr
+    assert argv[-6] == "/scratch/project_xxx/containers/se-orchestrator-rocm.sif" and argv[-5] == "python"
+    assert argv[-1] == folder and argv[-4:-1] == ["-u", "-m", "submitit.core._submit"]
+    # the cells travel to the job as pickled arguments of slurm_task.run_cell, not as shell words
+    plan = plan_sweep(REPO / "sweeps/rwsa_sizes.yaml", root=root, dry_run=True)
+    dirs, envs, requeue = launcher_for(plan).task_arguments(plan_cells(plan))
+    assert dirs[14] == f"{root.resolve()}/rwsa_sizes/cells/rwsa-m_s4" and requeue == [True] * 15
+    assert envs[0]["ROCR_VISIBLE_DEVICES"] == "$SLURM_LOCALID"
 
 
 def test_hostile_values_are_single_shell_words(tmp_path):
@@ -168,45 +179,47 @@ profile: local
     plan = plan_sweep(p, root=tmp_path / "r", dry_run=True)
     scripts = slurm_scripts(plan)
     assert [[c.id for c in cells] for cells, _ in scripts] == [["rwsa-xs_s0", "rwsa-xs_s1"], ["rwsa-m_s0", "rwsa-m_s1"]]
-    assert parse_sbatch(scripts[0][1])["array"] == "0-1" and parse_sbatch(scripts[1][1])["array"] == "2-3"
-    assert parse_sbatch(scripts[1][1])["time"] == "10:00:00"
-    # a resubmission of some cells keeps the full cell list (array index = cell index)
-    ((_, part),) = slurm_scripts(plan, [1])
-    assert parse_sbatch(part)["array"] == "1" and "[3]=" in part
+    assert parse_sbatch(scripts[0][1])["array"] == "0-1%2" and parse_sbatch(scripts[1][1])["array"] == "0-1%2"
+    assert parse_sbatch(scripts[1][1])["time"] == "600"
+    # a resubmission of one cell is a plain job (submitit submits a single submission that way)
+    ((cells, part),) = slurm_scripts(plan, [1])
+    assert [c.id for c in cells] == ["rwsa-xs_s1"] and "array" not in parse_sbatch(part)
 
 
-def _golden_script() -> str:
-    prof = load_profile("lumi")
-    c = prof.container
-    return make_sbatch_script(
-        job_name="rwsa_sizes", cell_dirs=["/scratch/p/runs/rwsa_sizes/cells/rwsa-xs_s0",
-                                          "/scratch/p/runs/rwsa_sizes/cells/rwsa-xs_s1"],
-        chdir="/scratch/p/se-orchestrator", log_dir="/scratch/p/runs/rwsa_sizes/logs",
-        nodes=2, tasks_per_node=8, gpus_per_node=8, cpus_per_task=7, mem_gb=480, time_min=2880,
-        partition="standard-g", account="project_xxx", qos=None, array_parallel=1,
-        signal_before_end_s=prof.signal_before_end_s, requeue=prof.requeue, sbatch_extra=prof.sbatch_extra,
-        setup=prof.setup, env=prof.env, task_env=prof.task_env, master_addr=prof.master_addr,
-        cpu_bind=prof.cpu_bind, srun_args=prof.srun_args, container_image=c.image, container_exec=c.exec,
-        container_binds=c.binds, container_args=c.args, python="python",
-    )
+def _golden_script(tmp_path) -> str:
+    p = write(tmp_path, """
+name: rwsa_sizes
+grid: {trainer.seed: [0, 1]}
+resources: {nodes: 2, qos: null}
+profile: lumi
+""")
+    plan = plan_sweep(p, root="/scratch/p/runs", dry_run=True)
+    launcher = SlurmLauncher(plan.sweep_dir, job_name="rwsa_sizes", profile=plan.profile)
+    launcher.folder = Path("/scratch/p/runs/rwsa_sizes/logs")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # --chdir is the submitter's folder; the golden file says /scratch/p/se-orchestrator
+    try:
+        ((_, script),) = launcher.render(plan_cells(plan))
+    finally:
+        os.chdir(cwd)
+    return script.replace(f"--chdir={tmp_path}", "--chdir=/scratch/p/se-orchestrator")
 
 
-def test_sbatch_script_golden_file():
-    script = _golden_script()
+def test_sbatch_script_golden_file(tmp_path):
+    script = _golden_script(tmp_path)
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(script)
     assert script == GOLDEN.read_text(), "sbatch script changed: rerun with UPDATE_GOLDEN=1 and review the diff"
 
 
-def test_sbatch_parameter_schema():
-    params = sbatch_parameters()
-    assert params["signal_before_end_s"] == 300 and params["requeue"] is True and params["nodes"] == 1
-    check_sbatch_parameters({"nodes": 2, "time_min": 5})
-    with pytest.raises(UserError, match="unknown sbatch parameter 'gpus'.*gpus_per_node=0"):
-        check_sbatch_parameters({"gpus": 2})
-    no_requeue = make_sbatch_script(cell_dirs=["/x"], requeue=False, signal_before_end_s=0)
-    assert "no-requeue" in parse_sbatch(no_requeue) and "signal" not in parse_sbatch(no_requeue)
-    assert "scontrol requeue" not in no_requeue and "`" not in no_requeue and "`" not in _golden_script()
+def test_profile_without_requeue_or_signal(tmp_path):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: p\nrequeue: false\nsbatch_extra: ['--exclusive', '--constraint=mi250']\n")
+    p = write(tmp_path, f"name: x\ngrid: {{trainer.seed: [0]}}\nprofile: {prof}\n")
+    ((_, script),) = slurm_scripts(plan_sweep(p, root=tmp_path / "r", dry_run=True))
+    d = parse_sbatch(script)
+    assert "no-requeue" in d and "requeue" not in d and "exclusive" in d and d["constraint"] == "mi250"
+    assert "`" not in script
 
 
 def test_shipped_sweeps_expand(tmp_path):

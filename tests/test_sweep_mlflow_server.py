@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shlex
 import signal
 import socket
 import time
@@ -38,16 +36,17 @@ def write_sweep(tmp_path: Path, name: str, executor: str = "slurm", **extra) -> 
 
 @pytest.fixture
 def sbatch(monkeypatch):
-    """Record submitted scripts instead of calling sbatch; every task stays PENDING in 'squeue'."""
-    submitted: list[Path] = []
+    """Record submitted arrays (their cell folders) instead of calling sbatch; every task stays
+    PENDING for the scheduler."""
+    submitted: list[list[Path]] = []
 
-    def submit(script_path: str, array: str | None = None) -> str:
-        submitted.append(Path(script_path))
-        return str(1000 + len(submitted))
+    def map_array(ex, fn, cell_dirs, *rest):
+        submitted.append([Path(d) for d in cell_dirs])
+        job = 1000 + len(submitted)
+        return [f"{job}_{i}" for i in range(len(cell_dirs))], "#!/bin/bash\n"
 
-    monkeypatch.setattr(slurm_launcher, "submit", submit)
-    monkeypatch.setattr(slurm_launcher, "queue_states",
-                        lambda jobs: {f"{j}_{i}": ("PENDING", "Priority") for j in jobs for i in range(2)})
+    monkeypatch.setattr(slurm_launcher, "map_array", map_array)
+    monkeypatch.setattr(slurm_launcher, "job_states", lambda jobs: {j: {"State": "PENDING"} for j in jobs})
     return submitted
 
 
@@ -62,9 +61,9 @@ def servers(tmp_path):
             os.killpg(info.pid, signal.SIGKILL)
 
 
-def script_cells(script: Path) -> list[Path]:
-    """The cell folders a submitted job array runs (its CELLS=( [i]=DIR ... ) table)."""
-    return [Path(shlex.split(m)[0]) for m in re.findall(r"^  \[\d+\]=(.+)$", script.read_text(), re.M)]
+def script_cells(cells: list[Path]) -> list[Path]:
+    """The cell folders a submitted job array runs."""
+    return cells
 
 
 def ledger(sweep_dir: Path) -> dict:

@@ -21,10 +21,10 @@ from orchestrator.launchers import slurm as slurm_launcher
     ],
 )
 def test_exit_code_file_gives_the_cell_state(tmp_path, monkeypatch, exit_file, state):
-    monkeypatch.setattr(slurm_launcher, "queue_states", lambda jobs: {})
+    monkeypatch.setattr(slurm_launcher, "job_states", lambda jobs: {j: {} for j in jobs})  # left the queue
     cell = tmp_path / "cells" / "s1"
     cell.mkdir(parents=True)
     (cell / "exit_code").write_text(exit_file)
-    data = {"cells": {"s1": {"state": "running", "job_id": "12_1", "workdir": "cells/s1"}}}
+    data = {"executor": "slurm", "cells": {"s1": {"state": "running", "job_id": "12_1", "workdir": "cells/s1"}}}
     sweeper.refresh(tmp_path, data)
     assert data["cells"]["s1"]["state"] == state

@@ -1,12 +1,18 @@
-"""What every launcher shares: the cell command, the exit-code contract, the cell's own files."""
+"""What every launcher shares: the ``Launcher`` interface, the cell command, the exit-code contract,
+the cell's own files."""
 
 from __future__ import annotations
 
+import abc
 import json
 import os
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
+from orchestrator.ledger import ACTIVE, set_state
 from training.configtools import atomic_write_text
 
 EXIT_DONE = 0
@@ -89,3 +95,65 @@ def read_run_id(cell_dir: str | Path) -> str | None:
     except OSError:
         return None
     return text or None
+
+
+# ------------------------------------------------------------------------------ the interface
+
+
+class Launcher(abc.ABC):
+    """Where a sweep's cells run. The sweeper hands it ``[(Cell, cell_dir), ...]`` and ledger data;
+    it knows nothing else about executors.
+
+    ``submit`` starts the cells (SLURM: queues them and returns; local/Ray: runs them to the end,
+    ``blocking``), recording job ids and states in the ledger; ``refresh`` updates the ledger
+    records of active cells from the scheduler and the cells' files; ``cancel`` stops the active
+    cells of the given records; ``describe`` is what ``--dry-run`` prints for them.
+    """
+
+    name: ClassVar[str] = "?"
+    blocking: ClassVar[bool] = True  # submit returns when every cell has ended
+
+    def __init__(self, sweep_dir: str | Path, *, job_name: str = "sweep", profile: Any = None, source: str = ""):
+        self.sweep_dir = Path(sweep_dir)
+        self.job_name = job_name
+        self.profile = profile
+        self.source = source  # the sweep file, for error messages
+
+    def describe(self, cells: list) -> list[str]:
+        """The commands that would run (dry run); one line per cell by default."""
+        return [shlex.join(cell_command(cdir, nproc=cell.config["launcher"]["nproc"])) for cell, cdir in cells]
+
+    def recover(self, data: dict) -> None:  # noqa: B027 (optional hook)
+        """Before a (re)run: mark cells the ledger calls active that cannot be running any more."""
+
+    @abc.abstractmethod
+    def submit(self, cells: list, out: Callable[[str], None] = print) -> int:
+        """Start ``[(Cell, cell_dir), ...]``; 0 when submitted (or, blocking, every cell done)."""
+
+    @abc.abstractmethod
+    def refresh(self, data: dict) -> None:
+        """Update the states of ``data["cells"]`` records that are active (submitted/running)."""
+
+    @abc.abstractmethod
+    def cancel(self, records: list[dict]) -> list[str]:
+        """Stop the active cells of ``records``; returns the job ids signalled."""
+
+    # shared by the implementations
+    def cell_dir(self, rec: dict) -> Path:
+        return self.sweep_dir / rec["workdir"]
+
+    def refresh_from_exit_codes(self, data: dict) -> None:
+        """Active cells whose exit-code file exists take the state it says."""
+        for rec in data["cells"].values():
+            if rec["state"] in ACTIVE:
+                rc = read_exit_code(self.cell_dir(rec))
+                if rc is not None:
+                    set_state(rec, state_from_exit_code(rc), exit_code=rc)
+
+
+def refresh_files(sweep_dir: str | Path, data: dict) -> None:
+    """What every cell's own files say whatever launched it: attempts and MLflow run id."""
+    for rec in data["cells"].values():
+        cdir = Path(sweep_dir) / rec["workdir"]
+        rec["attempts"] = max(rec.get("attempts", 0), count_attempts(cdir))
+        rec["mlflow_run_id"] = read_run_id(cdir) or rec.get("mlflow_run_id")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.launchers import base
-from orchestrator.ledger import Ledger, set_state
+from orchestrator.ledger import ACTIVE, Ledger, set_state
 
 
 def _attempt_line(cell_dir: Path, text: str) -> None:
@@ -107,3 +107,32 @@ def run_local(
             states[cid] = record_end(sweep_dir, cid, cdir, rc)
         raise
     return 0 if all(s == "done" for s in states.values()) else 1
+
+
+class LocalLauncher(base.Launcher):
+    """Cells as child processes of this command (blocking); ``job_id`` is ``local:<pid>``."""
+
+    name = "local"
+
+    def recover(self, data: dict) -> None:
+        for rec in data["cells"].values():  # an interrupted local sweep: its 'running' cells are not
+            if rec["state"] in ACTIVE:
+                set_state(rec, "preempted", reason="interrupted (no live process)")
+
+    def submit(self, cells: list, out: Callable[[str], None] = print) -> int:
+        return run_local(self.sweep_dir, cells, out=out)
+
+    def refresh(self, data: dict) -> None:
+        self.refresh_from_exit_codes(data)
+
+    def cancel(self, records: list[dict]) -> list[str]:
+        done = []
+        for rec in records:
+            job = rec.get("job_id") or ""
+            if rec["state"] in ACTIVE and job.startswith("local:"):  # the run's process group
+                try:
+                    os.killpg(int(job.split(":")[1]), signal.SIGTERM)
+                    done.append(job)
+                except (ProcessLookupError, ValueError):
+                    pass
+        return done

@@ -1,8 +1,9 @@
-"""Ray executor: each cell is one Ray task that runs the cell's module command as a child
-process (torchrun with ``launcher.nproc`` processes when > 1), so the run is byte-for-byte the same
-as under SLURM or locally (same checkpoints, exit codes, MLflow). Ray only places and schedules it:
-the task asks for ``nproc × cpus_per_task`` CPUs and ``gpus_per_node`` GPUs; cells spanning several
-nodes are refused (use SLURM for those).
+"""Ray executor: a one-process cell is one Ray task that runs the cell's module command as a child
+process, so the run is byte-for-byte the same as under SLURM or locally (same checkpoints, exit
+codes, MLflow); the task asks for ``cpus_per_task`` CPUs and ``gpus_per_node`` GPUs. A cell with
+``launcher.nodes × launcher.nproc`` > 1 is a Ray Train DDP group (`ray_train`: one worker per
+rank, on as many nodes as Ray places them, restarted from the newest checkpoint when a worker
+fails); DDP cells run one after another, after the one-process cells were started.
 
 ``RAY_ADDRESS`` (or ``ray start --head`` beforehand) selects a cluster; otherwise a local Ray is
 started. Inside a SLURM allocation, see ``sweeps/README.md`` ("Ray inside SLURM").
@@ -15,9 +16,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import UserError
 from orchestrator.launchers import base
-from orchestrator.launchers.local import record_end, record_start
+from orchestrator.launchers.local import LocalLauncher, record_end, record_start
 
 
 def _run_cell_process(cmd: list[str], cell_dir: str, env: dict, cwd: str) -> int:
@@ -29,9 +29,6 @@ def _run_cell_process(cmd: list[str], cell_dir: str, env: dict, cwd: str) -> int
 
 def run_ray(sweep_dir: Path, cells: list, *, out: Callable[[str], None] = print, address: str | None = None) -> int:
     """Run ``[(Cell, cell_dir), ...]`` as Ray tasks; returns 0 when every cell ended done."""
-    for cell, _ in cells:
-        if cell.config["launcher"]["nodes"] > 1:
-            raise UserError(f"cell {cell.id}: launcher.nodes > 1 is not supported by the Ray executor")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -44,12 +41,14 @@ def run_ray(sweep_dir: Path, cells: list, *, out: Callable[[str], None] = print,
     max_parallel = max(1, min(c.config["launcher"]["max_parallel"] for c, _ in cells)) if cells else 1
     inflight: dict = {}
     states: dict[str, str] = {}
+    ddp = [(c, d) for c, d in pending if c.config["launcher"]["nodes"] * c.config["launcher"]["nproc"] > 1]
+    pending = [x for x in pending if x not in ddp]
     while pending or inflight:
         while pending and len(inflight) < max_parallel:
             cell, cdir = pending.pop(0)
             lc = cell.config["launcher"]
-            cmd = base.cell_command(cdir, nproc=lc["nproc"])
-            ref = remote.options(num_cpus=lc["nproc"] * lc["cpus_per_task"], num_gpus=lc["gpus_per_node"]).remote(
+            cmd = base.cell_command(cdir)
+            ref = remote.options(num_cpus=lc["cpus_per_task"], num_gpus=lc["gpus_per_node"]).remote(
                 cmd, str(cdir), env, os.getcwd())
             record_start(sweep_dir, cell.id, cdir, f"ray:{ref.task_id().hex()[:12]}")
             inflight[ref] = (cell, cdir)
@@ -64,4 +63,24 @@ def run_ray(sweep_dir: Path, cells: list, *, out: Callable[[str], None] = print,
                 rc = 1
             states[cell.id] = record_end(sweep_dir, cell.id, cdir, rc)
             out(f"{cell.id}: {states[cell.id]} (exit {rc})")
+    if ddp:
+        from orchestrator.launchers.ray_train import fit_cell
+
+        for cell, cdir in ddp:
+            lc = cell.config["launcher"]
+            record_start(sweep_dir, cell.id, cdir, f"ray:train-{cell.id}")
+            out(f"started {cell.id} on Ray Train ({lc['nodes']} x {lc['nproc']} workers)")
+            rc = fit_cell(cdir, lc, cwd=os.getcwd(), env=env)
+            states[cell.id] = record_end(sweep_dir, cell.id, cdir, rc)
+            out(f"{cell.id}: {states[cell.id]} (exit {rc})")
     return 0 if all(s == "done" for s in states.values()) else 1
+
+
+class RayLauncher(LocalLauncher):
+    """Cells as Ray tasks driven by this command (blocking); ``job_id`` is ``ray:<task id>``.
+    Interrupted and cancelled cells behave as local ones (the driver owns the tasks)."""
+
+    name = "ray"
+
+    def submit(self, cells: list, out: Callable[[str], None] = print) -> int:
+        return run_ray(self.sweep_dir, cells, out=out)

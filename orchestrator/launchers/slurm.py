@@ -1,31 +1,46 @@
-"""SLURM: a job array per sweep (one task per cell), written as a plain sbatch script.
+"""SLURM through submitit: the cells of a sweep as one submitit job array per job shape.
 
-The script is self-contained: it lists every cell folder, so ``sbatch --array=3 SCRIPT`` reruns
-cell 3 without the orchestrator. Each array task runs ``nodes × tasks_per_node`` DDP processes with
-``srun``; the wrapper records the exit code in the cell folder and turns exit 75 (preempted / out
-of time, after a checkpoint) into ``scontrol requeue``. The job imports nothing from orchestrator.
+Submission (``SlurmLauncher.submit``): cells that share their resources (``JOB_SHAPE``) become one
+``SlurmExecutor.map_array`` of `slurm_task.run_cell` over their cell folders, so one sbatch script
+and one array (a single cell is a plain job: submitit submits one submission that way). The
+cluster profile maps onto submitit's parameters (``executor_parameters``): partition / account /
+qos / time / memory, ``nodes × tasks_per_node`` tasks per cell, GPUs, ``--cpu-bind`` (srun),
+``--signal=USR2@signal_before_end_s``, ``--requeue``, the profile's setup lines and exports before
+srun, and the container as submitit's python command (``python_command``). Everything submitit
+writes (the sbatch script, pickles, one log per task ``%A_%a_%t_log.out``) lives in
+``SWEEP_DIR/logs``; a copy of each script as submitted in ``SWEEP_DIR/slurm/submit-NNN.sbatch``.
+``render`` gives the exact text submitit will submit (``--dry-run``, golden-tested).
+
+Preemption / time limit / scancel: see `slurm_task` -- the project's handlers replace submitit's,
+every rank checkpoints at the same step, rank 0 requeues the same array task after every rank has
+exited 75.
+
+State (``refresh``): submitit's job watcher (sacct) -- or squeue where the cluster keeps no
+accounting (``sacct`` disabled; see ``QueueWatcher``) -- plus the exit-code file the job left.
 """
 
 from __future__ import annotations
 
 import getpass
-import inspect
+import os
 import shlex
 import subprocess
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from orchestrator.errors import UserError
-from orchestrator.launchers.base import ATTEMPTS_FILE, EXIT_CODE_FILE, EXIT_PREEMPTED
+from orchestrator.launchers import base
+from orchestrator.ledger import ACTIVE, Ledger, set_state
+from training.configtools import atomic_write_text
+
+# Launcher fields that shape a SLURM job; cells that differ in any of them go to separate arrays.
+JOB_SHAPE = ("nodes", "nproc", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min", "partition", "account", "qos")
+LOG_DIR, SCRIPT_DIR = "logs", "slurm"
 
 
 class SlurmError(RuntimeError):
     """sbatch/squeue/scancel failed (the scheduler, not the user's input)."""
-
-
-def _time(minutes: int) -> str:
-    d, rem = divmod(int(minutes), 24 * 60)
-    h, m = divmod(rem, 60)
-    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
 
 
 def _dq(value: str) -> str:
@@ -33,167 +48,216 @@ def _dq(value: str) -> str:
     return f'"{value}"'
 
 
-def make_sbatch_script(
-    *,
-    job_name: str = "sweep",
-    cell_dirs: Sequence[str] = (),
-    array: str | None = None,
-    chdir: str | None = None,
-    log_dir: str = "logs",
-    nodes: int = 1,
-    tasks_per_node: int = 1,
-    gpus_per_node: int = 0,
-    cpus_per_task: int = 2,
-    mem_gb: int | None = 8,
-    time_min: int = 60,
-    partition: str | None = None,
-    account: str | None = None,
-    qos: str | None = None,
-    array_parallel: int | None = None,
-    signal_before_end_s: int = 300,
-    requeue: bool = True,
-    sbatch_extra: Sequence[str] = (),
-    setup: Sequence[str] = (),
-    env: dict[str, str] | None = None,
-    task_env: dict[str, str] | None = None,
-    master_addr: str | None = None,
-    cpu_bind: str | None = None,
-    srun_args: Sequence[str] = (),
-    container_image: str | None = None,
-    container_exec: str = "singularity exec",
-    container_binds: Sequence[str] = (),
-    container_args: Sequence[str] = (),
-    python: str = "python",
-    module: str = "training.run",
-) -> str:
-    """The sbatch script of one job array. Pure: same arguments, same text (golden-tested).
+def _flag(text: str) -> tuple[str, object]:
+    """``--exclusive`` → (exclusive, True); ``--constraint=x`` → (constraint, x) (sbatch_extra)."""
+    key, eq, value = str(text).lstrip("-").partition("=")
+    return key, (value if eq else True)
 
-    ``cell_dirs[i]`` is array task ``i``; ``array`` selects tasks (default all, e.g. ``"1,4"`` to
-    resubmit two). Every sweep-derived value is ``shlex.quote``d; profile ``env``/``setup`` values
-    are shell text by design (``$VAR`` expands).
-    """
-    if not cell_dirs:
-        raise ValueError("make_sbatch_script: no cells")
-    if nodes < 1 or tasks_per_node < 1 or cpus_per_task < 1 or time_min < 1:
-        raise ValueError("make_sbatch_script: nodes, tasks_per_node, cpus_per_task and time_min must be >= 1")
-    q = shlex.quote
-    array = array or f"0-{len(cell_dirs) - 1}"
-    if array_parallel:
-        array = f"{array}%{int(array_parallel)}"
-    directives = [
-        f"--job-name={q(job_name)}",
-        f"--array={q(array)}",
-        f"--nodes={int(nodes)}",
-        f"--ntasks-per-node={int(tasks_per_node)}",
-        f"--cpus-per-task={int(cpus_per_task)}",
-    ]
-    if gpus_per_node:
-        directives.append(f"--gpus-per-node={int(gpus_per_node)}")
-    if mem_gb:
-        directives.append(f"--mem={int(mem_gb)}G")
-    directives.append(f"--time={_time(time_min)}")
-    for flag, value in (("partition", partition), ("account", account), ("qos", qos)):
-        if value:
-            directives.append(f"--{flag}={q(value)}")
-    directives.append(f"--output={q(log_dir.rstrip('/') + '/%A_%a.out')}")
-    directives.append("--open-mode=append")
-    if signal_before_end_s:
-        directives.append(f"--signal=USR2@{int(signal_before_end_s)}")
-    directives.append("--requeue" if requeue else "--no-requeue")
-    if chdir:
-        directives.append(f"--chdir={q(chdir)}")
-    directives.extend(str(x) for x in sbatch_extra)
 
-    # No --kill-on-bad-exit: ranks exit 75 one after another once each has saved its own state.
-    srun = ["srun", f"--ntasks-per-node={int(tasks_per_node)}"]
-    if cpu_bind:
-        srun.append(f"--cpu-bind={q(cpu_bind)}")
-    srun.extend(q(str(a)) for a in srun_args)
-    inner = [f"export {k}={_dq(v)};" for k, v in (task_env or {}).items()]
-    runner: list[str] = []
-    if container_image:
-        runner = shlex.split(container_exec) + list(container_args)
-        for b in container_binds:
-            runner += ["-B", b]
-        runner.append(container_image)
-    inner.append(
-        "exec " + shlex.join([*runner, python, "-m", module])
-        + ' --config "$CELL_DIR/config.yaml" --workdir "$CELL_DIR"'
+def python_command(profile) -> str:
+    """The shell command that runs Python in a task: the profile's python (default: this one),
+    inside the profile's container when it has one (submitit's ``python=``)."""
+    py = profile.python or sys.executable
+    c = profile.container
+    if not c.image:
+        return shlex.quote(py)
+    runner = [*shlex.split(c.exec), *c.args]
+    for b in c.binds:
+        runner += ["-B", b]
+    return shlex.join([*runner, c.image, py])
+
+
+def executor_parameters(launcher: dict, profile, job_name: str, *, chdir: str | None = None) -> dict:
+    """submitit ``SlurmExecutor.update_parameters`` keywords for one job shape (pure)."""
+    lc, prof = launcher, profile
+    if prof.signal_before_end_s * 2 > lc["time_min"] * 60:
+        raise UserError(
+            f"resources.time_min={lc['time_min']} leaves no time to train: the profile {prof.name!r} signals "
+            f"{prof.signal_before_end_s} s before the limit (signal_before_end_s must be at most half the time limit)"
+        )
+    setup = [str(s) for s in prof.setup]
+    setup += [f"export {k}={_dq(v)}" for k, v in prof.env.items()]
+    if prof.master_addr:
+        setup.append(f"export MASTER_ADDR={shlex.quote(prof.master_addr)}")
+    extra: dict = {"chdir": chdir or os.getcwd(), ("requeue" if prof.requeue else "no-requeue"): True}
+    extra.update(_flag(x) for x in prof.sbatch_extra)
+    params = dict(
+        job_name=job_name, nodes=int(lc["nodes"]), ntasks_per_node=int(lc["nproc"]),
+        cpus_per_task=int(lc["cpus_per_task"]), time=int(lc["time_min"]),
+        signal_delay_s=int(prof.signal_before_end_s), stderr_to_stdout=True, setup=setup,
+        srun_args=([f"--cpu-bind={prof.cpu_bind}"] if prof.cpu_bind else []) + [str(a) for a in prof.srun_args],
+        additional_parameters=extra,
     )
-    task_cmd = " ".join(inner)
-
-    lines = [
-        "#!/bin/bash",
-        f"# Sweep job array {job_name}: one array task per cell (index = cell). Generated by",
-        "# orchestrate sweep; rerun cell N by hand with: sbatch --array=N THIS_FILE",
-        *(f"#SBATCH {d}" for d in directives),
-        "",
-        "set -uo pipefail",
-        "CELLS=(",
-        *(f"  [{i}]={q(str(d))}" for i, d in enumerate(cell_dirs)),
-        ")",
-        'CELL_DIR="${CELLS[$SLURM_ARRAY_TASK_ID]:?no cell for array task $SLURM_ARRAY_TASK_ID}"',
-        'TASK_ID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
-        "export CELL_DIR",
-    ]
-    if setup or env or master_addr:
-        lines += ["", "# cluster profile"]
-        lines += [str(s) for s in setup]
-        lines += [f"export {k}={_dq(v)}" for k, v in (env or {}).items()]
-        if master_addr:
-            lines.append(f"export MASTER_ADDR={q(master_addr)}")
-    lines += [
-        "",
-        f'rm -f "$CELL_DIR/{EXIT_CODE_FILE}"',
-        f"printf '%s start %s restart=%s nodes=%s\\n' \"$(date -u +%FT%TZ)\" \"$TASK_ID\" "
-        f'"${{SLURM_RESTART_COUNT:-0}}" "$SLURM_JOB_NODELIST" >> "$CELL_DIR/{ATTEMPTS_FILE}"',
-        "",
-        "# scancel/preemption send TERM to this shell: remember it, let srun's tasks checkpoint.",
-        "terminated=0",
-        "trap 'terminated=1' TERM",
-        " ".join(srun) + " bash -c " + q(task_cmd) + " &",
-        "srun_pid=$!",
-        'while true; do wait "$srun_pid"; rc=$?; kill -0 "$srun_pid" 2>/dev/null || break; done',
-        "# the exit code, then 'terminated' when the job was told to stop (scancel / preemption)",
-        f'{{ printf \'%s\\n\' "$rc"; [ "$terminated" -eq 0 ] || echo terminated; }} > "$CELL_DIR/.{EXIT_CODE_FILE}.tmp" && '
-        f'mv -f "$CELL_DIR/.{EXIT_CODE_FILE}.tmp" "$CELL_DIR/{EXIT_CODE_FILE}"',
-        f"printf '%s end %s rc=%s\\n' \"$(date -u +%FT%TZ)\" \"$TASK_ID\" \"$rc\" >> \"$CELL_DIR/{ATTEMPTS_FILE}\"",
-        f'if [ "$rc" -eq {EXIT_PREEMPTED} ]; then',
-    ]
-    if requeue:
-        lines += [
-            '  if [ "$terminated" -eq 0 ]; then',
-            '    echo "run checkpointed (preempted or out of time): requeueing $TASK_ID"',
-            '    scontrol requeue "$TASK_ID" || echo "requeue of $TASK_ID failed: '
-            'orchestrate sweep/resume resubmits it" >&2',
-            "  else",
-            '    echo "run checkpointed after TERM (scancel or preemption): not requeueing $TASK_ID myself"',
-            "  fi",
-        ]
-    else:
-        lines.append('  echo "run checkpointed; requeue disabled: orchestrate resume resubmits it"')
-    lines += ["fi", 'exit "$rc"', ""]
-    return "\n".join(lines)
+    if lc["gpus_per_node"]:
+        params["gpus_per_node"] = int(lc["gpus_per_node"])
+    if lc["mem_gb"]:
+        params["mem"] = f"{int(lc['mem_gb'])}GB"
+    for key in ("partition", "account", "qos"):
+        if lc.get(key):
+            params[key] = str(lc[key])
+    if prof.array_parallel:
+        params["array_parallelism"] = int(prof.array_parallel)
+    return params
 
 
-def sbatch_parameters() -> dict:
-    """Every parameter of :func:`make_sbatch_script` with its default (the schema)."""
-    return {
-        name: p.default
-        for name, p in inspect.signature(make_sbatch_script).parameters.items()
-    }
+def _executor(folder: Path, profile, params: dict, *, render_only: bool = False):
+    import submitit
+
+    cls = submitit.SlurmExecutor
+    if render_only:  # submitit refuses to build an executor where srun is missing (a laptop)
+        class _Render(submitit.SlurmExecutor):
+            @classmethod
+            def affinity(cls) -> int:
+                return 1
+        cls = _Render
+    ex = cls(folder=folder, python=python_command(profile), max_num_timeout=0)
+    ex.update_parameters(**params)
+    return ex
 
 
-def check_sbatch_parameters(params: dict) -> None:
-    """Raise UserError naming an unknown key and listing the valid ones with their defaults."""
-    valid = sbatch_parameters()
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        listing = ", ".join(f"{k}={v!r}" for k, v in valid.items())
-        raise UserError(f"unknown sbatch parameter {unknown[0]!r}; valid: {listing}")
+def render_script(ex, n_tasks: int) -> str:
+    """The sbatch text ``ex`` submits for ``n_tasks`` submissions (an array when > 1), exactly as
+    submitit writes it (its own ``_make_submission_file_text``)."""
+    saved = dict(ex.parameters)
+    if n_tasks > 1:
+        ex.parameters["map_count"] = n_tasks
+    try:
+        return ex._make_submission_file_text(ex._submitit_command_str, uid="")
+    finally:
+        ex.parameters.clear()
+        ex.parameters.update(saved)
+
+
+def map_array(ex, fn, *args) -> tuple[list[str], str]:
+    """``ex.map_array(fn, *args)``: one job array (sbatch); returns the job ids (``ARRAY_TASK``,
+    or the job id of a single submission) and the script as submitted."""
+    try:
+        jobs = ex.map_array(fn, *args)
+    except Exception as e:  # submitit's FailedJobError / FailedSubmissionError: sbatch said no
+        raise SlurmError(f"sbatch failed: {e}") from e
+    return [j.job_id for j in jobs], jobs[0].paths.submission_file.read_text()
+
+
+class SlurmLauncher(base.Launcher):
+    name = "slurm"
+    blocking = False
+
+    def __init__(self, sweep_dir, *, job_name: str = "sweep", profile=None, source: str = ""):
+        if profile is None:
+            from orchestrator.profiles import ClusterProfile
+
+            profile = ClusterProfile()
+        super().__init__(sweep_dir, job_name=job_name, profile=profile, source=source)
+        self.folder = self.sweep_dir / LOG_DIR
+
+    # -- what is submitted -----------------------------------------------------------------------
+    def groups(self, cells: list) -> list[tuple[list, dict]]:
+        """``[(cells, submitit parameters)]``, one per job shape, in cell order."""
+        groups: dict[tuple, list] = {}
+        for cell, cdir in cells:
+            groups.setdefault(tuple(cell.config["launcher"][k] for k in JOB_SHAPE), []).append((cell, cdir))
+        out = []
+        for members in groups.values():
+            try:
+                params = executor_parameters(members[0][0].config["launcher"], self.profile, self.job_name)
+            except UserError as e:
+                raise UserError(f"{self.source}: {e}") from None
+            out.append((members, params))
+        return out
+
+    def task_arguments(self, cells: list) -> tuple[list[str], list[dict], list[bool]]:
+        """``map_array`` arguments of `slurm_task.run_cell`: cell folders, task env, requeue."""
+        n = len(cells)
+        return [str(cdir) for _, cdir in cells], [dict(self.profile.task_env)] * n, [bool(self.profile.requeue)] * n
+
+    def render(self, cells: list) -> list[tuple[list, str]]:
+        """The sbatch scripts submitit will submit for ``cells``: ``[(cells, text)]``."""
+        return [(members, render_script(_executor(self.folder, self.profile, params, render_only=True), len(members)))
+                for members, params in self.groups(cells)]
+
+    def describe(self, cells: list) -> list[str]:
+        lines = []
+        for members, script in self.render(cells):
+            lines.append(f"# job array of {len(members)} cells: " + ", ".join(f"[{i}] {c.id}" for i, (c, _) in
+                                                                         enumerate(members)))
+            lines.append(script)
+        return lines
+
+    # -- the interface ---------------------------------------------------------------------------
+    def submit(self, cells: list, out: Callable[[str], None] = print) -> int:
+        from orchestrator.launchers.slurm_task import run_cell
+
+        ledger = Ledger(self.sweep_dir)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        script_dir = self.sweep_dir / SCRIPT_DIR
+        script_dir.mkdir(parents=True, exist_ok=True)
+        for members, params in self.groups(cells):
+            ex = _executor(self.folder, self.profile, params)
+            for _, cdir in members:
+                base.clear_exit_code(cdir)
+            job_ids, script = map_array(ex, run_cell, *self.task_arguments(members))
+            n = len(list(script_dir.glob("submit-*.sbatch")))
+            path = script_dir / f"submit-{n:03d}.sbatch"
+            atomic_write_text(path, script)
+            with ledger.locked() as data:
+                for (c, _), job in zip(members, job_ids):
+                    rec = data["cells"][c.id]
+                    set_state(rec, "submitted", job_id=job, job_ids=[*rec.get("job_ids", []), job],
+                              submissions=rec.get("submissions", 0) + 1, exit_code=None, reason=None)
+            array = job_ids[0].split("_")[0]
+            out(f"submitted job array {array} ({len(members)} cells: {', '.join(c.id for c, _ in members)}) "
+                f"from {path}")
+        return 0
+
+    def refresh(self, data: dict) -> None:
+        active = {cid: rec for cid, rec in data["cells"].items() if rec["state"] in ACTIVE and rec.get("job_id")}
+        if not active:
+            return
+        states = job_states([rec["job_id"] for rec in active.values()])
+        for rec in active.values():
+            cdir = self.cell_dir(rec)
+            info = states.get(rec["job_id"]) if states is not None else None
+            if states is None:
+                continue  # the scheduler did not answer: conclude nothing
+            st = (info or {}).get("State", "").split(" ")[0].upper()
+            if st in SQUEUE_ACTIVE:
+                set_state(rec, SQUEUE_ACTIVE[st], slurm_state=st, reason=(info or {}).get("Reason"))
+                continue
+            rc = base.read_exit_code(cdir)
+            if rc is not None:
+                state = base.state_from_exit_code(rc)
+                reason = None
+                if state in ("preempted", "failed") and base.was_terminated(cdir):  # TERM, not requeued: scancel
+                    # killed after TERM (its checkpoint took longer than KillWait) is a cancellation too
+                    state, reason = "cancelled", ("terminated (scancel) after a checkpoint" if state == "preempted"
+                                                  else f"terminated (scancel), killed with exit {rc} before it exited")
+                set_state(rec, state, exit_code=rc, slurm_state=None, reason=reason)
+            else:
+                set_state(rec, FINAL_STATES.get(st, "cancelled"), slurm_state=st or None,
+                          reason="left the queue without an exit code")
+
+    def cancel(self, records: list[dict]) -> list[str]:
+        tasks = [r["job_id"] for r in records if r["state"] in ACTIVE and r.get("job_id")]
+        if tasks:
+            r = _run(["scancel", *tasks])
+            if r.returncode != 0 and "Invalid job id" not in r.stderr:
+                raise SlurmError(f"scancel failed ({r.returncode}): {r.stderr.strip()}")
+        return tasks
 
 
 # ------------------------------------------------------------------------------ the scheduler
+
+SQUEUE_ACTIVE = {
+    "PENDING": "submitted", "CONFIGURING": "submitted", "REQUEUED": "submitted",
+    "REQUEUE_HOLD": "submitted", "REQUEUE_FED": "submitted", "RESV_DEL_HOLD": "submitted",
+    "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running", "STAGE_OUT": "running",
+    "RESIZING": "running", "SIGNALING": "running",
+}
+FINAL_STATES = {  # sacct's word for a job that left without an exit-code file
+    "COMPLETED": "done", "CANCELLED": "cancelled", "PREEMPTED": "preempted", "FAILED": "failed",
+    "TIMEOUT": "failed", "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+}
 
 
 def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -205,50 +269,100 @@ def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
         raise SlurmError(f"{' '.join(argv[:2])} timed out after {timeout:.0f}s") from e
 
 
-def submit(script_path: str, array: str | None = None) -> str:
-    """``sbatch --parsable`` the script (optionally for some array tasks); returns the job id."""
-    argv = ["sbatch", "--parsable"]
-    if array:
-        argv.append(f"--array={array}")
-    r = _run([*argv, script_path])
-    if r.returncode != 0:
-        raise SlurmError(f"sbatch failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
-    return r.stdout.strip().split(";")[0]
+_SACCT_OK: bool | None = None
 
 
-SQUEUE_ACTIVE = {
-    "PENDING": "submitted", "CONFIGURING": "submitted", "REQUEUED": "submitted",
-    "REQUEUE_HOLD": "submitted", "REQUEUE_FED": "submitted", "RESV_DEL_HOLD": "submitted",
-    "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running", "STAGE_OUT": "running",
-    "RESIZING": "running", "SIGNALING": "running",
-}
+def sacct_available() -> bool:
+    """True when ``sacct`` answers (the cluster keeps accounting); asked once per process."""
+    global _SACCT_OK
+    if _SACCT_OK is None:
+        try:
+            _SACCT_OK = _run(["sacct", "-n", "-X", "-j", "1", "-o", "JobID"], timeout=20).returncode == 0
+        except SlurmError:
+            _SACCT_OK = False
+    return _SACCT_OK
 
 
-def queue_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
-    """``{"<array job>_<task>": (STATE, reason)}`` for the given array jobs still in squeue.
+def _watcher():
+    """submitit's SLURM watcher; on a cluster without accounting it asks squeue instead."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
 
-    None when squeue itself fails (the caller must then not conclude anything).
-    """
-    if not job_ids:
+    class QueueWatcher(SlurmInfoWatcher):
+        """``sacct -o JobID,State,NodeList`` as submitit does, or ``squeue`` in the same format
+        (JobID|State|Reason) when sacct is disabled: a job that left the queue then has no state,
+        and the cell's exit-code file decides."""
+
+        def _make_command(self):
+            cmd = super()._make_command()
+            if cmd is None or sacct_available():
+                return cmd
+            return ["squeue", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"]
+
+        def read_info(self, string):
+            text = string.decode() if isinstance(string, bytes) else string
+            if text.startswith("JOBID|"):
+                text = "JobID|State|Reason\n" + text.split("\n", 1)[1]
+            return super().read_info(text)
+
+    return QueueWatcher(delay_s=0)
+
+
+def job_states(job_ids: Sequence[str]) -> dict[str, dict] | None:
+    """``{job_id: {"State": ..., ...}}`` from submitit's watcher (one scheduler call for all);
+    None when the call itself failed (conclude nothing)."""
+    import subprocess as sp
+
+    w = _watcher()
+    for j in job_ids:
+        w.register_job(str(j))
+    cmd = w._make_command()
+    if cmd is None:
         return {}
-    r = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"])
-    if r.returncode != 0:
+    try:
+        output = sp.check_output(cmd, stderr=sp.PIPE, timeout=60)
+    except (OSError, sp.SubprocessError):
         return None
-    wanted = {str(j) for j in job_ids}
-    out: dict[str, tuple[str, str]] = {}
-    for line in r.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) != 3:
-            continue
-        jid, state, reason = parts
-        if jid.split("_")[0] in wanted:
-            out[jid] = (state, reason)
-    return out
+    info = w.read_info(output)
+    return {str(j): info.get(str(j), {}) for j in job_ids}
 
 
-def cancel(task_ids: Sequence[str]) -> None:
-    """``scancel`` array tasks (``JOB_TASK``); ignores ones already gone."""
-    if task_ids:
-        r = _run(["scancel", *task_ids])
-        if r.returncode != 0 and "Invalid job id" not in r.stderr:
-            raise SlurmError(f"scancel failed ({r.returncode}): {r.stderr.strip()}")
+# ------------------------------------------------------------------------------ shard builds
+
+SHARD_RESOURCES = {"array_tasks": 0, "max_parallel": 64, "partition": None, "account": None, "qos": None,
+                   "time_min": 60, "cpus_per_task": 1, "mem_gb": 4}
+
+
+def shard_build_resources(profile, given: dict) -> dict:
+    """One-task jobs (no GPU) with the profile's partition/account/qos unless ``given`` says otherwise."""
+    unknown = sorted(set(given) - set(SHARD_RESOURCES))
+    if unknown:
+        valid = ", ".join(f"{k}={v!r}" for k, v in SHARD_RESOURCES.items())
+        raise UserError(f"--slurm {unknown[0]}: unknown setting; valid: {valid}")
+    fromprof = {k: profile.defaults[k] for k in ("partition", "account", "qos") if profile.defaults.get(k)}
+    return {**SHARD_RESOURCES, **fromprof, **given, "nodes": 1, "nproc": 1, "gpus_per_node": 0}
+
+
+def submit_shard_build(plan_path: Path, num_array: int, profile, resources: dict, *,
+                       dry_run: bool = False) -> dict:
+    """A shard build as submitit jobs with the cluster profile (container, setup, partition,
+    account): an array of ``build_job.run_task(plan, i)`` and a ``build_job.run_finalize(plan)``
+    job that runs after every task succeeded (``--dependency=afterok``). Logs and submitit's files
+    in ``<out>/.build/logs``. ``dry_run``: the two scripts, nothing submitted."""
+    from sharding.build_job import run_finalize, run_task
+
+    folder = Path(plan_path).parent / "logs"
+    params = executor_parameters(resources, profile, "shard-build")
+    params["array_parallelism"] = int(resources["max_parallel"])
+    fparams = {**params, "job_name": "shard-finalize"}
+    args = ([str(plan_path)] * num_array, list(range(num_array)))
+    if dry_run:
+        scripts = {"array": render_script(_executor(folder, profile, params, render_only=True), num_array),
+                   "finalize": render_script(_executor(folder, profile, {**fparams, "dependency": "afterok:<array>"},
+                                                       render_only=True), 1)}
+        return {"plan": str(plan_path), "array_tasks": num_array, "scripts": scripts}
+    job_ids, array_script = map_array(_executor(folder, profile, params), run_task, *args)
+    array = job_ids[0].split("_")[0]
+    (final_id,), final_script = map_array(_executor(folder, profile, {**fparams, "dependency": f"afterok:{array}"}),
+                                          run_finalize, [str(plan_path)])
+    return {"plan": str(plan_path), "array_tasks": num_array, "array_job_id": array, "finalize_job_id": final_id,
+            "scripts": {"array": array_script, "finalize": final_script}}

@@ -1,0 +1,116 @@
+"""A DDP cell on Ray: a Ray Train ``TorchTrainer`` group of ``launcher.nodes × launcher.nproc`` workers.
+
+Each worker runs the cell's module command (``python -m training.run``, `base.cell_command`) as
+a child process with a torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), so the run is the same code as under SLURM or locally: the same checkpoints in the
+cell folder, the same MLflow run (re-opened by id), the same preemption protocol (the child's
+signal handlers, all ranks agree at a step boundary, exit 75). Ray Train's own process group
+(gloo) is used once, to agree on the training's rendezvous (rank 0's node address and a free
+port); the training's group is gloo on CPU and NCCL/RCCL on GPU (`training.distributed`).
+
+Failures: a worker whose training process dies raises, Ray Train tears the group down
+(the children die with their workers: ``PR_SET_PDEATHSIG``) and restarts it up to
+``MAX_FAILURES`` times (``FailureConfig``); the new group's training resumes from the newest
+complete checkpoint in the cell folder. Exit 75 (preempted) and 2 (bad config) are not retried:
+the exit code reaches the ledger as with the other launchers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from orchestrator.launchers.base import EXIT_BAD_CONFIG, EXIT_DONE, EXIT_PREEMPTED, cell_command
+
+MAX_FAILURES = 3
+PID_DIR = ".ray-ranks"  # CELL/.ray-ranks/<rank>.pid: the training process of each worker
+
+
+class WorkerFailed(RuntimeError):
+    """A rank's training process died: Ray Train restarts the group (FailureConfig)."""
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the Ray worker that started it dies (Linux prctl)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _rendezvous() -> tuple[str, int]:
+    """Rank 0's node address and a free port there, agreed through Ray Train's gloo group."""
+    import ray
+    import torch.distributed as dist
+
+    obj: list = [None]
+    if dist.get_rank() == 0:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            obj = [(ray.util.get_node_ip_address(), s.getsockname()[1])]
+    dist.broadcast_object_list(obj, src=0)
+    return obj[0]
+
+
+def ddp_worker(config: dict) -> None:
+    """One Ray Train worker (``train_loop_per_worker``): rank ``world_rank`` of the cell's run."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world, local = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+    addr, port = _rendezvous()
+    cell_dir = Path(config["cell_dir"])
+    env = {**os.environ, **config.get("env", {}), "RANK": str(rank), "WORLD_SIZE": str(world),
+           "LOCAL_RANK": str(local), "MASTER_ADDR": addr, "MASTER_PORT": str(port)}
+    with open(cell_dir / "launcher.log", "ab") as logf:
+        proc = subprocess.Popen(cell_command(cell_dir), stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                cwd=config["cwd"], preexec_fn=_die_with_parent)
+    pids = cell_dir / PID_DIR
+    pids.mkdir(exist_ok=True)
+    (pids / f"{rank}.pid").write_text(f"{proc.pid}\n")
+    rc = proc.wait()
+    if rc not in (EXIT_DONE, EXIT_PREEMPTED, EXIT_BAD_CONFIG):
+        raise WorkerFailed(f"rank {rank}: training process exited {rc}")
+    ray.train.report({"exit_code": rc, "rank": rank})
+
+
+def fit_cell(cell_dir: Path, launcher: dict, *, cwd: str, env: dict[str, str] | None = None) -> int:
+    """Run one DDP cell as a TorchTrainer group; returns its exit code (0, 75, 2 or 1 = failed)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    workers = launcher["nodes"] * launcher["nproc"]
+    gpus = launcher["gpus_per_node"] > 0
+    resources = {"CPU": launcher["cpus_per_task"], **({"GPU": 1} if gpus else {})}
+    trainer = TorchTrainer(
+        ddp_worker,
+        train_loop_config={"cell_dir": str(cell_dir), "cwd": cwd, "env": dict(env or {})},
+        torch_config=TorchConfig(backend="gloo"),  # only the rendezvous; training picks its own backend
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker=resources,
+                                     placement_strategy="SPREAD" if launcher["nodes"] > 1 else "PACK"),
+        run_config=RunConfig(name="ray-train", storage_path=str(Path(cell_dir).resolve() / "ray"),
+                             failure_config=FailureConfig(max_failures=MAX_FAILURES)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:  # the group failed more than MAX_FAILURES times
+        (Path(cell_dir) / "launcher.log").open("a").write(f"ray train: {e}\n")
+        return 1
+    metrics = result.metrics or {}
+    return int(metrics.get("exit_code", 1))
+
+
+def read_pids(cell_dir: Path) -> dict[int, int]:
+    """``{rank: pid}`` of the training processes the workers started (for tests and cancel)."""
+    out = {}
+    for f in (Path(cell_dir) / PID_DIR).glob("*.pid"):
+        try:
+            out[int(f.stem)] = int(f.read_text())
+        except ValueError:
+            continue
+    return out
+
