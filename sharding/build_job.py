@@ -1,7 +1,11 @@
-"""Entry point of one SLURM array task: ``python -m sharding.build_job --plan PLAN [--task I] [--finalize]``.
+"""One task of a shard build planned by ``executors.write_plan``, wherever it runs.
 
-The task id defaults to ``$SLURM_ARRAY_TASK_ID``; task ``I`` builds the shard range ``plan["ranges"][I]``.
-This is the only module of ``sharding`` that reads SLURM variables.
+``run_task(plan, i)`` builds the shard range ``plan["ranges"][i]``; ``run_finalize(plan)`` writes
+the manifests once every shard exists. The orchestrator's SLURM launcher submits these functions
+(submitit) as an array and a dependent job; by hand::
+
+    python -m sharding.build_job --plan PLAN --task I     # I defaults to $SLURM_ARRAY_TASK_ID
+    python -m sharding.build_job --plan PLAN --finalize
 """
 
 from __future__ import annotations

@@ -1,20 +1,22 @@
-"""Generic deterministic tar I/O for WebDataset shards.
+"""Tar I/O for WebDataset shards, through the ``webdataset`` library where it does the job.
 
-Writing: ``write_tar(path, samples)`` writes ``{"__key__": str, ext: bytes, ...}`` dicts as members
-``<key>.<ext>`` (extensions sorted) with fixed headers (mtime 0, uid/gid 0, no user names, mode 0644),
-to a temporary name, fsync, rename -- so a rebuilt shard has the same bytes and a killed job never
-leaves a cut-off shard under the final name.
+Writing: ``write_tar(path, samples)`` writes ``{"__key__": str, ext: bytes, ...}`` dicts with
+``webdataset.TarWriter`` (members ``<key>.<ext>``, extensions sorted) with fixed headers (mtime 0,
+uid/gid 0, no user names, mode 0644), to a temporary name, fsync, rename -- so a rebuilt shard
+has the same bytes and a killed job never leaves a cut-off shard under the final name.
 
-Reading: ``index_tar(path)`` walks the 512-byte headers itself (no data read), tolerates truncation
-and returns the samples it could fully locate; ``read_members`` fetches one sample's bytes by seeking.
+Reading in order: ``iter_samples(path)`` is webdataset's tar expansion and key grouping
+(``tariterators.tarfile_samples``). Random access, which the exact-resume sampler needs (a sample
+by index, after a restart, without reading what precedes it) and webdataset does not offer:
+``index_tar(path)`` walks the 512-byte headers itself (no data read), tolerates truncation and
+returns the samples it could fully locate; ``read_members`` fetches one sample's bytes by seeking.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,16 +36,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
 def check_sample(sample: dict) -> str:
     """Validate a sample dict for writing; returns its key."""
     key = sample.get("__key__")
@@ -59,19 +51,27 @@ def write_tar(path: str | Path, samples: Iterable[dict]) -> int:
     """Write samples to ``path`` atomically; returns the number of samples."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    import webdataset as wds
+
     n = 0
     with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with wds.TarWriter(f, user="", group="", mode=0o644, mtime=0, encoder=False) as tar:
             for sample in samples:
-                key = check_sample(sample)
-                for ext in sorted(k for k in sample if k != "__key__"):
-                    data = bytes(sample[ext])
-                    tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
+                check_sample(sample)
+                tar.write({k: bytes(v) if k != "__key__" else v for k, v in sample.items()})
                 n += 1
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return n
+
+
+def iter_samples(path: str | Path) -> Iterator[dict]:
+    """The samples of one shard in file order, ``{"__key__": key, ext: bytes, ...}`` (webdataset)."""
+    from webdataset import tariterators
+
+    for sample in tariterators.tarfile_samples([{"url": str(path)}]):
+        yield {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}
 
 
 @dataclass

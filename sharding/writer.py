@@ -169,15 +169,61 @@ def finalize(out_dir: str | Path, recipe_name: str, options: dict[str, Any], tas
             shards.append(json.loads(part.read_text()))
         for stale in (out_dir / split).glob(".shard-*.tar.tmp*"):  # left by killed writers
             stale.unlink(missing_ok=True)
-        manifest = {
-            "format": "se-shards/1", "split": split, "recipe": recipe_name, "options": options,
-            "sample_rate": SAMPLE_RATE, "fields": ["noisy.flac", "clean.flac", "json"],
-            "shards": shards, "num_samples": sum(s["samples"] for s in shards),
-            "seconds": round(sum(s["seconds"] for s in shards), 6),
-        }
-        atomic_write_bytes(out_dir / split / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        manifests[split] = manifest
+        manifests[split] = _write_manifest(out_dir / split, recipe_name, options, shards)
     return manifests
+
+
+def _write_manifest(split_dir: Path, recipe_name: str, options: dict[str, Any], shards: list[dict],
+                    sample_rate: int = SAMPLE_RATE, fields: tuple[str, ...] = ("noisy.flac", "clean.flac", "json")) -> dict:
+    manifest = {
+        "format": "se-shards/1", "split": split_dir.name, "recipe": recipe_name, "options": options,
+        "sample_rate": sample_rate, "fields": list(fields),
+        "shards": shards, "num_samples": sum(s["samples"] for s in shards),
+        "seconds": round(sum(s["seconds"] for s in shards), 6),
+    }
+    atomic_write_bytes(split_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return manifest
+
+
+def index_shards(root: str | Path) -> dict[str, dict]:
+    """Write ``manifest.json`` for shards another pipeline wrote (e.g. ``webdataset.ShardWriter``):
+    ``root/<split>/*.tar`` (or ``root/*.tar``, one split named after the folder). Every sample is
+    read through webdataset (`tario.iter_samples`) and must hold ``noisy`` and ``clean`` audio
+    (``.flac`` or ``.wav``); durations come from its ``json`` ``seconds`` or the audio header.
+    Returns {split: manifest}; SourceError (file, key, what was expected) before anything is written."""
+    import io
+
+    import soundfile as sf
+
+    from sharding.tario import iter_samples
+
+    root = Path(root)
+    split_dirs = [root] if any(root.glob("*.tar")) else sorted(d for d in root.iterdir() if any(d.glob("*.tar")))
+    if not split_dirs:
+        raise SourceError(f"{root}: no *.tar here or in a split folder below it")
+    plans: dict[Path, tuple[list[dict], int, list[str]]] = {}
+    for split_dir in split_dirs:
+        shards, start, rate, exts = [], 0, None, {}
+        for i, path in enumerate(sorted(split_dir.glob("*.tar"))):
+            n, seconds = 0, 0.0
+            for sample in iter_samples(path):
+                for name in ("noisy", "clean"):
+                    ext = next((e for e in ("flac", "wav") if f"{name}.{e}" in sample), None)
+                    if ext is None:
+                        raise SourceError(f"{path}: sample {sample['__key__']!r} has no {name}.flac or {name}.wav "
+                                          f"(members: {', '.join(k for k in sample if k != '__key__')})")
+                    exts[name] = f"{name}.{ext}"
+                info = sf.info(io.BytesIO(sample[exts["noisy"]]))
+                rate = rate or int(info.samplerate)
+                meta = json.loads(sample["json"]) if "json" in sample else {}
+                seconds += float(meta.get("seconds", info.duration))
+                n += 1
+            shards.append({"name": path.name, "index": i, "start": start, "stop": start + n, "samples": n,
+                           "seconds": round(seconds, 6), "bytes": path.stat().st_size, "sha256": _sha256(path)})
+            start += n
+        plans[split_dir] = (shards, rate or SAMPLE_RATE, [exts.get("noisy", "noisy.flac"), exts.get("clean", "clean.flac")])
+    return {d.name: _write_manifest(d, "external", {}, shards, rate, tuple(fields))
+            for d, (shards, rate, fields) in plans.items()}
 
 
 def resolve_plan(recipe_name: str, options: dict[str, Any] | None, shard_samples: int | None = None,
@@ -201,28 +247,25 @@ def resolve_plan(recipe_name: str, options: dict[str, Any] | None, shard_samples
 
 def build(recipe_name: str, out_dir: str | Path, options: dict[str, Any] | None = None, *,
           executor: str = "local", num_workers: int = 1, shard_samples: int | None = None,
-          shard_bytes: int | None = None, slurm: dict[str, Any] | None = None,
-          dry_run: bool = False) -> dict[str, Any]:
-    """Build (or resume building) a corpus. Returns {"manifests": {split: manifest}, "tasks": n, ...}.
+          shard_bytes: int | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Build (or resume building) a corpus here. Returns {"manifests": {split: manifest}, "tasks": n, ...}.
 
-    ``executor``: ``local`` (``num_workers`` processes), ``ray`` (local ``ray.init`` unless connected)
-    or ``slurm`` (array job + dependent finalize job; ``dry_run`` returns the plan and script only).
+    ``executor``: ``local`` (``num_workers`` processes) or ``ray`` (local ``ray.init`` unless
+    connected); ``dry_run`` returns the plan only. SLURM builds are submitted by the orchestrator
+    (``orchestrate shard build --executor slurm``, `executors.write_plan` + `build_job`).
     """
     from sharding import executors
 
     norm, tasks = resolve_plan(recipe_name, options, shard_samples, shard_bytes)
     out_dir = Path(out_dir)
-    if executor == "slurm":
-        return executors.run_slurm(recipe_name, norm, out_dir, tasks, slurm or {}, dry_run=dry_run)
     if dry_run:
         return {"recipe": recipe_name, "options": norm, "tasks": [t.__dict__ for t in tasks]}
+    runners = {"local": executors.run_local, "ray": executors.run_ray}
+    if executor not in runners:
+        raise SourceError(f"executor: expected local or ray here (slurm: orchestrate shard build --executor slurm), "
+                          f"got {executor!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    if executor == "local":
-        executors.run_local(recipe_name, norm, out_dir, tasks, num_workers)
-    elif executor == "ray":
-        executors.run_ray(recipe_name, norm, out_dir, tasks, num_workers)
-    else:
-        raise SourceError(f"executor: expected local|ray|slurm, got {executor!r}")
+    runners[executor](build_shard, [(recipe_name, norm, str(out_dir), t) for t in tasks], num_workers)
     manifests = finalize(out_dir, recipe_name, norm, tasks)
     log.info("built %s: %s", out_dir, {s: m["num_samples"] for s, m in manifests.items()})
     return {"manifests": manifests, "tasks": len(tasks), "out_dir": str(out_dir)}

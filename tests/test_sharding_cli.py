@@ -79,4 +79,9 @@ def test_cli_build_verify_stats_and_errors(tmp_path, capsys):
     assert exc.value.code == 2
     assert main(["shard", "build", "demo", "--out", str(tmp_path / "s"), "--executor", "slurm", "--dry-run",
                  "--slurm", "array_tasks=3", "train_clips=4", "speech=procedural", "--shard-samples", "1"]) == 0
-    assert (tmp_path / "s" / ".build" / "array.sbatch").read_text().count("--array=0-2%64") == 1
+    printed = capsys.readouterr().out  # the scripts submitit would submit (orchestrator's SLURM launcher)
+    assert printed.count("#SBATCH --array=0-2%3") == 1 and "#SBATCH --dependency='afterok:<array>'" in printed
+    assert (tmp_path / "s" / ".build" / "plan.json").is_file() and not (tmp_path / "s" / "train").exists()
+    assert main(["shard", "build", "demo", "--out", str(tmp_path / "s"), "--executor", "slurm", "--dry-run",
+                 "--slurm", "partiton=x"]) == 2
+    assert "--slurm partiton: unknown setting; valid: array_tasks=0" in capsys.readouterr().err

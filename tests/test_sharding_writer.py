@@ -71,17 +71,19 @@ def test_same_bytes_with_two_processes_and_slurm_tasks(built, tmp_path):
     two = tmp_path / "two"
     prepare_demo(two, shard_samples=5, num_workers=2, **OPTS)
     assert shas(two) == shas(built)
-    # The SLURM path: plan + scripts (dry run), then each array task run here as the job would.
+    # The SLURM path: the plan, then each array task run here as the job would (the orchestrator's
+    # SLURM launcher submits exactly these functions: tests/test_sharding_slurm.py)
+    from sharding.executors import task_ranges, write_plan
+    from sharding.writer import resolve_plan
+
     sl = tmp_path / "slurm"
-    plan = build("demo", sl, OPTS, shard_samples=5, executor="slurm", dry_run=True,
-                 slurm={"array_tasks": 2, "partition": "debug"})
-    assert plan["array_tasks"] == 2 and "#SBATCH --array=0-1%64" in plan["scripts"]["array"]
-    assert "sharding.build_job --plan" in plan["scripts"]["array"] and "--partition=debug" in plan["scripts"]["array"]
-    assert "--finalize" in plan["scripts"]["finalize"]
-    assert not (sl / "train").exists()  # dry run built nothing
-    for task in range(plan["array_tasks"]):
-        run_task(plan["plan"], task)
-    run_finalize(plan["plan"])
+    norm, tasks = resolve_plan("demo", OPTS, shard_samples=5)
+    plan = write_plan("demo", norm, sl, tasks, 2)
+    assert json.loads(plan.read_text())["ranges"] == [list(r) for r in task_ranges(len(tasks), 2)] and len(task_ranges(len(tasks), 2)) == 2
+    assert not (sl / "train").exists()  # planning built nothing
+    for task in range(2):
+        run_task(plan, task)
+    run_finalize(plan)
     assert shas(sl) == shas(built)
 
 
@@ -192,25 +194,8 @@ def test_killed_build_resumes_to_identical_bytes(tmp_path):
     assert shas(out) == shas(ref)
 
 
-def test_sbatch_script_golden_and_unknown_keys():
-    from sharding.executors import make_sbatch, slurm_params, task_ranges
+def test_task_ranges():
+    from sharding.executors import task_ranges
 
-    code = str(Path(__file__).resolve().parent.parent)
-    text = make_sbatch(Path("/data/out/.build/plan.json"), 4,
-                       slurm_params({"partition": "cpu", "python": "/venv/bin/python", "mem_gb": 2}))
-    assert text == f"""#!/bin/bash
-#SBATCH --job-name=shard-build
-#SBATCH --array=0-3%64
-#SBATCH --time=60
-#SBATCH --cpus-per-task=1
-#SBATCH --mem=2G
-#SBATCH --output=/data/out/.build/logs/build-%A_%a.log
-#SBATCH --partition=cpu
-set -euo pipefail
-export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}
-exec /venv/bin/python -m sharding.build_job --plan /data/out/.build/plan.json
-"""
-    with pytest.raises(SourceError, match="slurm option.*partiton.*valid: array_tasks=0"):
-        slurm_params({"partiton": "cpu"})
     assert task_ranges(10, 3) == [(0, 3), (3, 6), (6, 10)] and task_ranges(3, 0) == [(0, 1), (1, 2), (2, 3)]
     assert task_ranges(2, 5) == [(0, 1), (1, 2)]

@@ -6,8 +6,6 @@ import argparse
 import json
 
 from orchestrator.errors import UserError
-from training.models import list_models
-from training.models.summary import describe_models, format_table
 
 NAME = "models"
 HELP = "list the models: parameters, GFLOPs per 2 s (full and the papers' thop convention), CPU time"
@@ -26,13 +24,16 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--names", help=f"comma-separated model names (default: all of {', '.join(list_models())})"
+        "--names", help="comma-separated model names (default: every registered model)"
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
     p.add_argument("--no-time", action="store_true", help="skip the CPU forward timing")
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.models import list_models  # torch: only when the command runs
+    from training.models.summary import describe_models, format_table
+
     names = None
     if args.names:
         names = [n.strip() for n in args.names.split(",") if n.strip()]

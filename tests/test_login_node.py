@@ -1,0 +1,48 @@
+"""A light login node: the sweep-management commands run in a venv without torch.
+
+Each command runs in a fresh interpreter where importing torch (or ray) fails, as in a small
+login-node venv; afterwards neither is in sys.modules.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+PROBE = r"""
+import json, sys
+class NoHeavy:  # a login-node venv: these are not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "ray"):
+            raise ImportError(f"{name} is not installed on this login node")
+        return None
+sys.meta_path.insert(0, NoHeavy())
+from orchestrator.cli import main
+argv = json.loads(sys.argv[1])
+try:
+    rc = main(argv)
+except SystemExit as e:  # --help
+    rc = e.code
+print(json.dumps({"rc": rc, "heavy": sorted(m for m in ("torch", "ray") if m in sys.modules)}))
+"""
+
+
+def run_probe(argv: list[str], cwd: Path) -> dict:
+    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], cwd=cwd, capture_output=True, text=True,
+                       timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_sweep_management_commands_do_not_import_torch(tmp_path):
+    for cmd in ("sweep", "status", "cancel", "resume", "compare"):
+        res = run_probe([cmd, "--help"], tmp_path)
+        assert res == {"rc": 0, "heavy": []}, (cmd, res)
+    # a dry run of the paper's SLURM sweep on LUMI: planning, validation, the sbatch text
+    res = run_probe(["sweep", str(REPO / "sweeps/rwsa_sizes.yaml"), "--dry-run", "--root", str(tmp_path / "r")],
+                    tmp_path)
+    assert res == {"rc": 0, "heavy": []}, res
