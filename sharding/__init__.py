@@ -3,8 +3,9 @@
 Modules::
 
     recipes/        demo, pairs, dns2020, vb-demandex, ears-wham (+ registry: get_recipe, list_recipes)
-    writer.py       build(recipe, out_dir, options, executor=local|ray|slurm, num_workers=...) -> manifests
-    executors.py    local processes, Ray, SLURM array (plan + sbatch); build_job.py runs one array task
+    writer.py       build(recipe, out_dir, options, executor=local|ray, num_workers=...) -> manifests;
+                    index_shards(dir): manifests for webdataset.ShardWriter output
+    executors.py    process pool, Ray tasks, the plan a SLURM array reads; build_job.py: one array task
     stream.py       TrainStream (training batches), iter_utterances (validation/eval), list_shards
     verify.py       verify(dir) -> VerifyReport, stats(dir) -> dict
     audio.py, mixing.py, loudness.py, tario.py, testing.py   audio I/O, mixers, BS.1770, tar I/O, fakes
