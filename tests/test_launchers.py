@@ -1,0 +1,62 @@
+"""The launch layer without a cluster: the registry, and what one SLURM task does
+(`slurm_task.run_cell`: the real `python -m training.run` as a child, exit code of every rank
+gathered by rank 0, attempts log, SIGTERM recorded). The real-cluster behaviour (requeue,
+preemption, scancel, DDP) is in tests/test_slurm_sweep.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import launchers
+from orchestrator.launchers import base
+from orchestrator.launchers.local import LocalLauncher
+from orchestrator.launchers.ray import RayLauncher
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_registry_and_ledger_executor(tmp_path):
+    assert isinstance(launchers.get("local", tmp_path), LocalLauncher)
+    assert isinstance(launchers.get("ray", tmp_path), RayLauncher)
+    slurm = launchers.get("slurm", tmp_path, job_name="j")
+    assert slurm.name == "slurm" and not slurm.blocking and slurm.folder == tmp_path / "logs"
+    with pytest.raises(ValueError, match="unknown executor 'pbs'"):
+        launchers.get("pbs", tmp_path)
+    assert launchers.executor_of({"executor": "ray", "cells": {}}) == "ray"
+    assert launchers.executor_of({"cells": {"a": {"job_id": "local:12"}}}) == "local"
+    assert launchers.executor_of({"cells": {"a": {"job_id": "12_3"}}}) == "slurm"
+
+
+def _task(cell: Path, rank: int, ntasks: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SLURM_JOB_ID": "41", "SLURM_ARRAY_JOB_ID": "40",
+           "SLURM_ARRAY_TASK_ID": "1", "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(ntasks),
+           "SLURM_RESTART_COUNT": "0", "SLURM_JOB_NODELIST": "node1"}
+    code = f"from orchestrator.launchers.slurm_task import run_cell; run_cell({str(cell)!r}, {{'X_RANK': '$SLURM_PROCID'}})"
+    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO)
+
+
+def test_run_cell_gathers_every_rank_and_records_sigterm(tmp_path):
+    cell = tmp_path / "cells" / "c"
+    cell.mkdir(parents=True)
+    (cell / "config.yaml").write_text("trainer:\n  max_steps: ten\n")  # training.run: exit 2 (bad config)
+    procs = [_task(cell, r, 2) for r in (0, 1)]
+    assert [p.wait(timeout=120) for p in procs] == [2, 2]
+    assert (cell / base.EXIT_CODE_FILE).read_text() == "2\n" and not base.was_terminated(cell)
+    lines = (cell / base.ATTEMPTS_FILE).read_text().splitlines()
+    assert len(lines) == 2 and " start 40_1 restart=0 nodes=node1" in lines[0] and lines[1].endswith("end 40_1 rc=2")
+    assert not (cell / ".ranks").joinpath("40_1.0").exists()  # rank files cleaned up
+    # scancel: SIGTERM reaches the task (and, relayed, its training process): recorded for refresh
+    p = _task(cell, 0, 1)
+    deadline = time.monotonic() + 60
+    while (cell / base.ATTEMPTS_FILE).read_text().count(" start ") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=120)
+    assert rc != 0 and base.was_terminated(cell) and base.read_exit_code(cell) == rc
