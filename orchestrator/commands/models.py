@@ -8,7 +8,8 @@ import json
 from orchestrator.errors import UserError
 
 NAME = "models"
-HELP = "list the models: parameters, GFLOPs per 2 s (full and the papers' thop convention), CPU time"
+HELP = ("the model catalogue: every registered model with parameters, GFLOPs per 2 s and one CPU forward "
+        "(measured inference on a test set or a checkpoint: `report efficiency`)")
 EPILOG = """columns:
   params         trainable parameters (shared modules once)
   GFLOPs/2s      full count, G multiply-accumulates for 2 s of 16 kHz audio, batch 1
@@ -19,6 +20,7 @@ examples:
   orchestrate models                              # every model (slow on CPU: one or two forwards each)
   orchestrate models --names rwsa-xs,mambattention
   orchestrate models --json --no-time             # machine-readable, without the timing forward
+For timed inference (RTF) on a test set, or of a trained checkpoint: `orchestrate report efficiency`.
 """
 
 

@@ -6,12 +6,14 @@ import argparse
 import json
 
 NAME = "report"
-HELP = "reports: `efficiency` (params, GFLOPs per 2 s, inference time on a test set, per model)"
+HELP = ("reports: `efficiency` = paper Table VI, measured: inference time and RTF on a test set, of models or "
+        "trained checkpoints (the catalogue of registered models: `models`)")
 EPILOG = """examples:
   orchestrate report efficiency                                   # every registered generator, synthetic 2 s clips
   orchestrate report efficiency --models rwsa-xs,mambattention --testset data/demo/test --limit 20
   orchestrate report efficiency --models runs/demo/rwsa-xs_s0 --json   # a trained checkpoint
-For the papers' accuracy tables over seeds use `orchestrate compare SWEEP`.
+For the papers' accuracy tables over seeds use `orchestrate compare SWEEP`; for the list of registered
+models with their sizes (no test set, no checkpoint) `orchestrate models`.
 """
 
 

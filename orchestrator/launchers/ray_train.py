@@ -75,7 +75,8 @@ def ddp_worker(config: dict) -> None:
     rc = proc.wait()
     if rc not in (EXIT_DONE, EXIT_PREEMPTED, EXIT_BAD_CONFIG):
         raise WorkerFailed(f"rank {rank}: training process exited {rc}")
-    ray.train.report({"exit_code": rc, "rank": rank})
+    if rank == 0:  # the group's outcome, for fit_cell (the training's own ranks agreed on it)
+        (pids / "exit_code").write_text(f"{rc}\n")
 
 
 def fit_cell(cell_dir: Path, launcher: dict, *, cwd: str, env: dict[str, str] | None = None) -> int:
@@ -95,19 +96,24 @@ def fit_cell(cell_dir: Path, launcher: dict, *, cwd: str, env: dict[str, str] | 
         run_config=RunConfig(name="ray-train", storage_path=str(Path(cell_dir).resolve() / "ray"),
                              failure_config=FailureConfig(max_failures=MAX_FAILURES)),
     )
+    outcome = Path(cell_dir) / PID_DIR / "exit_code"
+    outcome.unlink(missing_ok=True)
     try:
-        result = trainer.fit()
+        trainer.fit()
     except Exception as e:  # the group failed more than MAX_FAILURES times
-        (Path(cell_dir) / "launcher.log").open("a").write(f"ray train: {e}\n")
+        with open(Path(cell_dir) / "launcher.log", "a") as f:
+            f.write(f"ray train: {e}\n")
         return 1
-    metrics = result.metrics or {}
-    return int(metrics.get("exit_code", 1))
+    try:
+        return int(outcome.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 1
 
 
 def read_pids(cell_dir: Path) -> dict[int, int]:
     """``{rank: pid}`` of the training processes the workers started (for tests and cancel)."""
     out = {}
-    for f in (Path(cell_dir) / PID_DIR).glob("*.pid"):
+    for f in (Path(cell_dir) / PID_DIR).glob("*.pid"):  # (exit_code is rank 0's outcome)
         try:
             out[int(f.stem)] = int(f.read_text())
         except ValueError:
