@@ -2,19 +2,10 @@
 
 Each trial is one ordinary training run (``training.run.train(cfg, workdir)``), logged as an MLflow
 child run of the search's parent run (tags ``se.kind=sweep``/``se.sweep=<name>`` on the parent,
-``se.sweep``, ``se.cell``, ``se.trial`` on the children). ASHA needs a score after every validation;
-the trial gets it in one of two ways (``trial_mode``):
-
-- ``chunks`` (default, works with any engine that checkpoints and validates at the end of a run):
-  call ``train`` with ``trainer.max_steps`` raised by ``trainer.val_every`` at a time; the engine
-  resumes from the workdir's newest checkpoint, so the trajectory is that of one long run (the LR
-  schedule counts ``optim.epoch_steps``, not ``max_steps``). After each chunk the trial reads the
-  run's newest ``val/*`` metrics from MLflow (run id in ``WORKDIR/mlflow_run_id``) and reports them.
-  The trial creates the MLflow run itself first (:func:`create_trial_run`) so that its params are
-  the whole trial's config: the engine re-opens a run named in the workdir and logs no params then.
-- ``callback``: ``train(cfg, workdir, on_validation=fn)`` with ``fn(step, metrics)`` called by the
-  engine after each validation (one process, no restarts); ``auto`` picks it when ``train`` accepts
-  an ``on_validation`` argument.
+``se.sweep``, ``se.cell``, ``se.trial`` on the children). ASHA needs a score after every validation:
+the trial passes ``on_validation=fn`` to the engine, which calls ``fn(step, {"val/<metric>": ...})``
+on rank 0 after each validation; ``fn`` reports it to Tune (one process, no restarts; a trial
+ASHA stops ends there).
 
 Tune file (``sweeps/tune_demo.yaml``)::
 
@@ -35,7 +26,6 @@ Folders: ``ROOT/NAME/trials/<trial_id>/`` (run directories), ``ROOT/NAME/ray/`` 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -51,14 +41,12 @@ from orchestrator.sweep import key_error, nest_dotted
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 75  # training.preempt.EXIT_PREEMPTED (kept literal: importing training here is lazy)
 TOP_KEYS = ("name", "base", "overrides", "space", "scheduler", "num_samples", "max_concurrent", "resources",
-            "mlflow", "root", "seed", "trial_mode")  # fmt: skip
+            "mlflow", "root", "seed")  # fmt: skip
 SPACE_KINDS = {  # kind -> number of arguments (None: a non-empty list of values)
     "loguniform": 2, "uniform": 2, "randint": 2, "lograndint": 2, "quniform": 3, "qloguniform": 3,
     "choice": None, "grid_search": None,
 }  # fmt: skip
-TRIAL_MODES = ("auto", "chunks", "callback")
 
 TrainFn = Callable[..., int]
 
@@ -81,7 +69,6 @@ class TuneSpec:
     mlflow: dict = field(default_factory=dict)
     root: str = "runs"
     seed: int | None = 0
-    trial_mode: str = "auto"
 
     @property
     def search_dir(self) -> Path:
@@ -109,7 +96,6 @@ class TuneOutcome:
     max_iterations: int
     trials: list[TrialSummary]
     best: TrialSummary | None
-    trial_mode: str
 
 
 # ---------------------------------------------------------------- the tune file
@@ -196,7 +182,6 @@ def load_tune_spec(path: str | os.PathLike, overrides: list[str] | None = None) 
         num_samples=data.get("num_samples", 4), max_concurrent=data.get("max_concurrent"),
         resources={"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))},
         mlflow=dict(ml), root=str(data.get("root", "runs")), seed=data.get("seed", 0),
-        trial_mode=str(data.get("trial_mode", "auto")),
     )  # fmt: skip
     if spec.mode not in ("max", "min"):
         raise _err(source, "scheduler.mode", f"expected max or min, got {spec.mode!r}")
@@ -207,7 +192,6 @@ def load_tune_spec(path: str | os.PathLike, overrides: list[str] | None = None) 
         ("num_samples", spec.num_samples, isinstance(spec.num_samples, int) and spec.num_samples >= 1),
         ("max_concurrent", spec.max_concurrent, spec.max_concurrent is None
          or (isinstance(spec.max_concurrent, int) and spec.max_concurrent >= 1)),
-        ("trial_mode", spec.trial_mode, spec.trial_mode in TRIAL_MODES),
     ):  # fmt: skip
         if not ok:
             raise _err(source, key, f"invalid value {value!r}")
@@ -262,110 +246,6 @@ def max_iterations(spec: TuneSpec) -> int:
 # ---------------------------------------------------------------- one trial
 
 
-def _progress_step(workdir: Path) -> int:
-    try:
-        return int(json.loads((workdir / "progress.json").read_text()).get("step", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 0
-
-
-def latest_val_metrics(cfg, workdir: Path) -> dict[str, float]:
-    """The newest ``val/*`` metrics of the run logged from ``workdir`` (MLflow, run id from
-    ``WORKDIR/mlflow_run_id``), with ``step`` = the step of the newest validation."""
-    from mlflow.tracking import MlflowClient
-
-    run_id = (workdir / "mlflow_run_id").read_text().strip()
-    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
-    metrics = {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("val/")}
-    if "val/pesq" in metrics:
-        hist = client.get_metric_history(run_id, "val/pesq")
-        metrics["step"] = max(m.step for m in hist)
-    return metrics
-
-
-def train_in_chunks(cfg, workdir: Path, train_fn: TrainFn, report: Callable[[int, dict], None],
-                    *, max_retries: int = 3) -> int:  # fmt: skip
-    """Run ``train_fn`` up to the next validation step, report, repeat until ``max_steps``.
-
-    Returns the number of reports. Exit code 75 (preempted) re-runs the chunk (it resumes);
-    any other non-zero exit code raises ``RuntimeError``."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    total, every = cfg.trainer.max_steps, cfg.trainer.val_every or cfg.trainer.max_steps
-    step, retries, reports = _progress_step(workdir), 0, 0
-    while step < total:
-        target = min(total, (step // every + 1) * every)
-        chunk = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, max_steps=target))
-        rc = train_fn(chunk, workdir)
-        if rc == EXIT_PREEMPTED and retries < max_retries:
-            retries += 1
-            log.warning("trial %s: preempted at step %d, resuming", workdir.name, _progress_step(workdir))
-            continue
-        if rc != 0:
-            raise RuntimeError(f"training exited with code {rc} (workdir {workdir})")
-        done = _progress_step(workdir) or target
-        if done <= step:
-            raise RuntimeError(f"training made no progress past step {step} (workdir {workdir})")
-        step = done
-        report(step, latest_val_metrics(cfg, workdir))
-        reports += 1
-    return reports
-
-
-def create_trial_run(cfg, workdir: Path) -> str:
-    """Create the trial's MLflow child run with the FULL run config as params (``trainer.max_steps``
-    of the whole trial, not of the first chunk: a re-opened run logs no params) and the engine's
-    tags, plus ``model.params``; write ``WORKDIR/mlflow_run_id`` so the engine re-opens it."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    from training.config import flatten
-
-    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
-    exp_id = client.get_run(cfg.mlflow.parent_run_id).info.experiment_id
-    tags = {"se.kind": "train", "se.model": cfg.model.name, "se.seed": str(cfg.trainer.seed),
-            "se.world_size": "1", "run_name": cfg.name, **cfg.mlflow.tags,
-            "mlflow.parentRunId": cfg.mlflow.parent_run_id}  # fmt: skip
-    try:
-        from training.distributed import hostname
-        from training.trainer import git_commit
-
-        tags |= {"se.git_commit": git_commit(), "se.hostname": hostname()}
-    except ImportError:
-        pass
-    params = dict(flatten(cfg))
-    try:
-        from training.models import build_model
-
-        model = build_model(cfg.model.name, **cfg.model.options)
-        params["model.params"] = str(sum(p.numel() for p in model.parameters()))
-    except Exception as e:  # the engine reports a bad model itself; the count is a nicety here
-        log.warning("model.params not logged: %s", e)
-    run_id = client.create_run(exp_id, run_name=cfg.mlflow.run_name or cfg.name, tags=tags).info.run_id
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i : i + 100])
-    tmp = workdir / "mlflow_run_id.tmp"
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, workdir / "mlflow_run_id")
-    return run_id
-
-
-def _accepts_callback(train_fn: TrainFn) -> bool:
-    try:
-        return "on_validation" in inspect.signature(train_fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def resolve_trial_mode(mode: str, train_fn: TrainFn) -> str:
-    if mode == "auto":
-        return "callback" if _accepts_callback(train_fn) else "chunks"
-    if mode == "callback" and not _accepts_callback(train_fn):
-        raise UserError("trial_mode: callback needs a train(cfg, workdir, on_validation=...) engine")
-    return mode
-
-
 def _default_train_fn() -> TrainFn:
     from training.run import train
 
@@ -397,14 +277,9 @@ def run_trial(config: dict, *, spec: TuneSpec, parent_run_id: str, tracking_uri:
             raise RuntimeError(f"trial {trial_id}: no {spec.metric} after step {step} (is data.valid set?)")
         tune.report({**{k: float(v) for k, v in metrics.items()}, "step": int(step)})
 
-    if resolve_trial_mode(spec.trial_mode, train_fn) == "callback":
-        rc = train_fn(cfg, workdir, on_validation=report)
-        if rc != 0:
-            raise RuntimeError(f"training exited with code {rc} (workdir {workdir})")
-    else:
-        if not (workdir / "mlflow_run_id").is_file():
-            create_trial_run(cfg, workdir)
-        train_in_chunks(cfg, workdir, train_fn, report)
+    rc = train_fn(cfg, workdir, on_validation=report)
+    if rc != 0:
+        raise RuntimeError(f"training exited with code {rc} (workdir {workdir})")
 
 
 # ---------------------------------------------------------------- the search
@@ -468,10 +343,9 @@ def run_tune(
     tracking_uri = _tracking(spec)
     experiment = spec.mlflow.get("experiment") or spec.name
     parent = ensure_parent_run(tracking_uri, experiment, spec.name)
-    mode = resolve_trial_mode(spec.trial_mode, train_fn or _default_train_fn())
     max_iter = max_iterations(spec)
-    log.info("tune %s: %d samples, ASHA on %s (%s), %d validations per full trial, trial mode %s, "
-             "MLflow parent run %s at %s", spec.name, spec.num_samples, spec.metric, spec.mode, max_iter, mode,
+    log.info("tune %s: %d samples, ASHA on %s (%s), %d validations per full trial, "
+             "MLflow parent run %s at %s", spec.name, spec.num_samples, spec.metric, spec.mode, max_iter,
              parent, tracking_uri)  # fmt: skip
     started_ray = False
     if not ray.is_initialized():
@@ -503,7 +377,7 @@ def run_tune(
     trials = _summaries(results, spec, max_iter)
     done = [t for t in trials if t.best is not None]
     best = (max if spec.mode == "max" else min)(done, key=lambda t: t.best) if done else None
-    outcome = TuneOutcome(spec.name, tracking_uri, parent, max_iter, trials, best, mode)
+    outcome = TuneOutcome(spec.name, tracking_uri, parent, max_iter, trials, best)
     _record(outcome, spec, time.monotonic() - t0)
     finish_parent_run(tracking_uri, parent, "FINISHED" if best is not None else "FAILED")
     return outcome
@@ -537,7 +411,8 @@ def _record(outcome: TuneOutcome, spec: TuneSpec, seconds: float) -> None:
 def format_outcome(outcome: TuneOutcome, metric: str = "val/pesq") -> str:
     """A one-screen summary: one line per trial, best marked."""
     lines = [f"# tune {outcome.name}: {len(outcome.trials)} trials, up to {outcome.max_iterations} validations each "
-             f"(trial mode {outcome.trial_mode}); MLflow parent run {outcome.parent_run_id} at {outcome.tracking_uri}",
+             f"(reported by the trainer's validation callback); MLflow parent run {outcome.parent_run_id} at "
+             f"{outcome.tracking_uri}",
              f"{'trial':14s} {'iters':>5s} {'last ' + metric:>16s} {'best':>8s}  status    values"]  # fmt: skip
     for t in outcome.trials:
         status = "error" if t.error else ("stopped" if t.stopped_early else "complete")

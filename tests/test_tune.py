@@ -3,9 +3,9 @@
 The fast test replaces the model training (``training.run.train``) by ``standin_train`` below:
 real training of even the smallest model for several validations x 4 trials takes minutes on
 2 CPU cores, and ASHA's decisions need scores that are known in advance. Everything else is the
-real code path: the tune file, Ray Tune with ASHA, the chunked trial loop that re-runs ``train``
-with a larger ``trainer.max_steps`` and resumes from the workdir, reading ``val/pesq`` back from
-MLflow, and the MLflow parent/child runs (created by the trial with the full config's params). ``test_real_engine_tune`` (slow) runs the real engine.
+real code path: the tune file, Ray Tune with ASHA, the trial that calls ``train(cfg, workdir,
+on_validation=report)`` once and reports each validation's metrics, and the MLflow parent/child
+runs. ``test_real_engine_tune`` (slow) runs the real engine (its trainer calls the callback).
 """
 
 from __future__ import annotations
@@ -36,35 +36,31 @@ def standin_pesq(lr: float, step: int) -> float:
     return 1.0 + 2.0 * (lr / 1.0e-3) * (1.0 - math.exp(-step / 20.0))
 
 
-def standin_train(cfg, workdir) -> int:
-    """Stands in for ``training.run.train(cfg, workdir)`` (no model is trained, see module doc).
-
-    Behaves as the engine does at its seams: resumes from ``WORKDIR/progress.json``, re-opens the
-    MLflow run named in ``WORKDIR/mlflow_run_id`` (else creates it as a child of
-    ``cfg.mlflow.parent_run_id`` with ``cfg.mlflow.tags``), logs ``val/pesq`` every
-    ``trainer.val_every`` steps up to ``trainer.max_steps``, writes progress, ends the run, exits 0."""
+def standin_train(cfg, workdir, on_validation=None) -> int:
+    """Stands in for ``training.run.train(cfg, workdir, on_validation=fn)`` (no model is trained, see
+    module doc). Behaves as the engine does at its seams: creates the MLflow run as a child of
+    ``cfg.mlflow.parent_run_id`` with ``cfg.mlflow.tags`` and the config's params, logs ``val/pesq``
+    every ``trainer.val_every`` steps up to ``trainer.max_steps`` and calls ``on_validation(step,
+    {"val/pesq": ...})`` then, writes progress, ends the run, exits 0."""
     from mlflow.tracking import MlflowClient
 
     workdir = Path(workdir)
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
-    progress = workdir / "progress.json"
-    start = json.loads(progress.read_text())["step"] if progress.exists() else 0
-    id_file = workdir / "mlflow_run_id"
-    if id_file.exists():
-        run_id = id_file.read_text().strip()
-        client.update_run(run_id, status="RUNNING")
-    else:
-        exp = client.get_run(cfg.mlflow.parent_run_id).info.experiment_id
-        tags = {**cfg.mlflow.tags, "mlflow.parentRunId": cfg.mlflow.parent_run_id, "se.kind": "train"}
-        run_id = client.create_run(exp, run_name=cfg.mlflow.run_name, tags=tags).info.run_id
-        client.log_param(run_id, "optim.lr", str(cfg.optim.lr))
-        id_file.write_text(run_id + "\n")
-    for step in range(start + 1, cfg.trainer.max_steps + 1):
+    exp = client.get_run(cfg.mlflow.parent_run_id).info.experiment_id
+    tags = {**cfg.mlflow.tags, "mlflow.parentRunId": cfg.mlflow.parent_run_id, "se.kind": "train"}
+    run_id = client.create_run(exp, run_name=cfg.mlflow.run_name, tags=tags).info.run_id
+    client.log_param(run_id, "optim.lr", str(cfg.optim.lr))
+    client.log_param(run_id, "trainer.max_steps", str(cfg.trainer.max_steps))
+    (workdir / "mlflow_run_id").write_text(run_id + "\n")
+    for step in range(1, cfg.trainer.max_steps + 1):
         if step % cfg.trainer.val_every == 0 or step == cfg.trainer.max_steps:
             time.sleep(0.3)  # a validation takes time: keeps the trials' reports interleaved
-            client.log_metric(run_id, "val/pesq", standin_pesq(cfg.optim.lr, step), step=step)
-    progress.write_text(json.dumps({"step": cfg.trainer.max_steps, "max_steps": cfg.trainer.max_steps,
-                                    "cwd": os.getcwd()}))  # fmt: skip
+            pesq = standin_pesq(cfg.optim.lr, step)
+            client.log_metric(run_id, "val/pesq", pesq, step=step)
+            progress = {"step": step, "max_steps": cfg.trainer.max_steps, "cwd": os.getcwd()}
+            (workdir / "progress.json").write_text(json.dumps(progress))
+            if on_validation is not None:
+                on_validation(step, {"val/pesq": pesq})
     client.set_terminated(run_id)
     return 0
 
@@ -96,7 +92,6 @@ def test_asha_stops_bad_trials_and_trials_are_child_runs(tmp_path):
     t0 = time.monotonic()
     out = tn.run_tune(spec, num_cpus=2, train_fn=standin_train, verbose=0)
     print(f"4-trial tune: {time.monotonic() - t0:.1f} s\n" + tn.format_outcome(out))
-    assert out.trial_mode == "chunks"  # standin_train has no on_validation argument
     assert out.max_iterations == 4
     assert len(out.trials) == 4 and all(t.error is None for t in out.trials)
     by_lr = {t.values["optim.lr"]: t for t in out.trials}
@@ -106,7 +101,7 @@ def test_asha_stops_bad_trials_and_trials_are_child_runs(tmp_path):
     stopped = [t for t in out.trials if t.stopped_early]
     assert stopped and all(t.iterations < 4 for t in stopped)
     assert by_lr[LRS[3]].stopped_early  # the worst never survives the first rung
-    for t in out.trials:  # each report is the score at its step: the chunks resumed, not restarted
+    for t in out.trials:  # each report is the score at its validation step
         assert t.last == pytest.approx(standin_pesq(t.values["optim.lr"], 10 * t.iterations))
 
     client = MlflowClient(tracking_uri=out.tracking_uri)
@@ -121,41 +116,14 @@ def test_asha_stops_bad_trials_and_trials_are_child_runs(tmp_path):
         hist = client.get_metric_history(r.info.run_id, "val/pesq")
         assert sorted(m.step for m in hist) == [10 * (i + 1) for i in range(t.iterations)]
         assert r.data.tags["se.tune_status"] == ("stopped" if t.stopped_early else "complete")
-        # params are the trial's full config (not the first chunk's), logged once before training
+        # the trial's config reached the engine (its run's params)
         assert r.data.params["trainer.max_steps"] == "40"
         assert float(r.data.params["optim.lr"]) == t.values["optim.lr"]
-        assert int(r.data.params["model.params"]) > 0
     assert {a.path for a in client.list_artifacts(out.parent_run_id)} >= {"tune_results.json"}
     for t in out.trials:  # trials run where `orchestrate tune` was started: relative data paths work
         assert json.loads((Path(t.workdir) / "progress.json").read_text())["cwd"] == os.getcwd()
     saved = json.loads((spec.search_dir / "tune_results.json").read_text())
     assert saved["best"]["trial_id"] == best.trial_id
-
-
-def test_train_in_chunks_reports_after_each_validation(tmp_path):
-    """The chunk loop alone: 4 chunks of 10 steps, resumed, and a preempted chunk is re-run."""
-    from orchestrator.mlflow_sweep import ensure_parent_run
-
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    parent = ensure_parent_run(uri, "chunks", "chunks")
-    spec = tn.load_tune_spec(_write_spec(tmp_path))
-    cfg = tn.trial_config(spec, {"optim.lr": 5e-4}, trial_id="t0", parent_run_id=parent, tracking_uri=uri)
-    calls, reports = [], []
-    preempt_once = [True]
-
-    def train(c, w):
-        calls.append(c.trainer.max_steps)
-        if c.trainer.max_steps == 30 and preempt_once[0]:
-            preempt_once[0] = False
-            return tn.EXIT_PREEMPTED
-        return standin_train(c, w)
-
-    n = tn.train_in_chunks(cfg, tmp_path / "w", train, lambda s, m: reports.append((s, m["val/pesq"], m["step"])))
-    assert n == 4
-    assert calls == [10, 20, 30, 30, 40]
-    assert reports == [(s, pytest.approx(standin_pesq(5e-4, s)), s) for s in (10, 20, 30, 40)]
-    with pytest.raises(RuntimeError, match="exited with code 1"):
-        tn.train_in_chunks(cfg, tmp_path / "w2", lambda c, w: 1, lambda s, m: None)
 
 
 def test_tune_file_errors_name_the_key(tmp_path):
@@ -185,8 +153,8 @@ def test_demo_tune_file_loads():
 
 @pytest.mark.slow
 def test_real_engine_tune(tmp_path):
-    """2 trials of the real training engine (rwsa-xs) on a tiny demo corpus: 2 chunks of 2 steps
-    each, validation after each, ASHA, MLflow children with the engine's metrics (~10 min here:
+    """2 trials of the real training engine (rwsa-xs) on a tiny demo corpus: 4 steps, validation
+    every 2 (reported through the trainer's on_validation callback), ASHA, MLflow children with the engine's metrics (~10 min here:
     581 s on 2 loaded cores, most of it model JIT/warm-up and validation)."""
     from mlflow.tracking import MlflowClient
 
@@ -205,7 +173,6 @@ def test_real_engine_tune(tmp_path):
     t0 = time.monotonic()
     out = tn.run_tune(tn.load_tune_spec(spec_path), num_cpus=2, verbose=0)
     print(f"real 2-trial tune: {time.monotonic() - t0:.0f} s\n" + tn.format_outcome(out))
-    assert out.trial_mode == "chunks"  # training.run.train has no on_validation (yet)
     assert len(out.trials) == 2 and all(t.error is None for t in out.trials)
     assert any(t.iterations == 2 and not t.stopped_early for t in out.trials)  # the first to report goes on
     assert out.best is not None and out.best.best == max(t.best for t in out.trials)
@@ -217,3 +184,26 @@ def test_real_engine_tune(tmp_path):
         steps = sorted(m.step for m in client.get_metric_history(t.mlflow_run_id, "val/pesq"))
         assert steps == [2 * (i + 1) for i in range(t.iterations)]
         assert json.loads((Path(t.workdir) / "progress.json").read_text())["step"] == 2 * t.iterations
+
+
+def test_engine_calls_on_validation_after_each_validation(demo_data, tmp_path, monkeypatch):
+    """The seam tune relies on: the real trainer calls on_validation(step, val metrics) on rank 0
+    after each validation, once that step's checkpoint (if any) is written."""
+    from training.config import load_run_config
+    from training.run import train
+
+    monkeypatch.setenv("SE_SCAN_BACKEND", "torch")
+    cfg = load_run_config(None, [
+        "model.name=rwsa-xs", "model.options={hidden: 8, num_blocks: 1}", f"data.train={demo_data / 'train'}",
+        f"data.valid={demo_data / 'valid'}", "data.segment_samples=1800", "data.batch_size=2", "data.valid_limit=1",
+        "trainer.max_steps=4", "trainer.val_every=2", "trainer.ckpt_every=2", "trainer.pesq_workers=0",
+        "trainer.num_threads=1", "loss.discriminator=false", "mlflow.enabled=false"])
+    seen = []
+
+    def on_validation(step, metrics):
+        progress = json.loads((tmp_path / "w" / "progress.json").read_text())
+        seen.append((step, progress["step"], sorted(k for k in metrics if k in ("val/pesq", "val/best_pesq"))))
+        assert 1.0 <= metrics["val/pesq"] <= 4.7
+
+    assert train(cfg, tmp_path / "w", on_validation=on_validation) == 0
+    assert seen == [(2, 2, ["val/best_pesq", "val/pesq"]), (4, 4, ["val/best_pesq", "val/pesq"])]

@@ -39,8 +39,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, SourceError, UnknownModelError
 
 
-def train(cfg: RunConfig, workdir: Path) -> int:
-    """Train (or resume) the run in `workdir` on this process's rank; returns the exit code."""
+def train(cfg: RunConfig, workdir: Path, on_validation=None) -> int:
+    """Train (or resume) the run in `workdir` on this process's rank; returns the exit code.
+    ``on_validation(step, metrics)``: called on rank 0 after each validation (``orchestrate tune``)."""
     from training.trainer import Trainer
 
     env = distributed.env_from()
@@ -49,6 +50,7 @@ def train(cfg: RunConfig, workdir: Path) -> int:
         device = distributed.pick_device(cfg.trainer.device, env)
         distributed.init(env, device)
         trainer = Trainer(cfg, workdir, env)
+        trainer.on_validation = on_validation
     except _user_errors() as e:
         log.error("error: %s", e)
         distributed.shutdown()

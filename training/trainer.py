@@ -64,6 +64,7 @@ class Trainer:
         from training.models.tf_blocks import set_activation_checkpointing
 
         self.cfg, self.workdir, self.env = cfg, Path(workdir), env
+        self.on_validation = None  # fn(step, {"val/<metric>": value, ...}) after each validation, rank 0
         t = cfg.trainer
         if cfg.data.batch_size % env.world_size:
             raise ConfigError(f"data.batch_size: global batch {cfg.data.batch_size} is not divisible by "
@@ -240,13 +241,17 @@ class Trainer:
                 if self.sched_d is not None:
                     self.sched_d.step()
             meter.update(metrics)
+            val = None
             if self.step % t.log_every == 0 or self.step == t.max_steps:
                 meter.log()
             if self.cfg.data.valid and ((t.val_every and self.step % t.val_every == 0) or self.step == t.max_steps):
-                self.run_validation()
+                val = self.run_validation()
             if self.step % t.ckpt_every == 0 or self.step == t.max_steps:
                 self.save()
                 self.write_progress("running")
+            if val is not None and self.on_validation is not None and self.env.is_main:  # after the save:
+                self.on_validation(self.step, {f"val/{k}": v for k, v in val.items() if k != "n"}  # a caller may
+                                   | {"val/best_pesq": self.best_pesq})  # stop the run here (Tune's ASHA)
         meter.close()
         self.finish(start_step)
         distributed.barrier()  # no rank tears down its process group while rank 0 still writes artifacts
