@@ -46,3 +46,16 @@ def test_sweep_management_commands_do_not_import_torch(tmp_path):
     res = run_probe(["sweep", str(REPO / "sweeps/rwsa_sizes.yaml"), "--dry-run", "--root", str(tmp_path / "r")],
                     tmp_path)
     assert res == {"rc": 0, "heavy": []}, res
+
+
+def test_status_and_cancel_of_a_sweep_do_not_import_torch(tmp_path):
+    from orchestrator.sweeper import plan_sweep, write_cells
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: login\ngrid: {trainer.seed: [0, 1]}\nexecutor: slurm\nprofile: local\n")
+    overrides = ["mlflow.enabled=false"]
+    plan = plan_sweep(sweep, root=tmp_path / "runs", overrides=overrides)
+    write_cells(plan, sweep, overrides)
+    sweep_dir = str(tmp_path / "runs" / "login")
+    assert run_probe(["status", sweep_dir], tmp_path) == {"rc": 0, "heavy": []}
+    assert run_probe(["cancel", sweep_dir, "s1"], tmp_path) == {"rc": 0, "heavy": []}
