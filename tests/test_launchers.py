@@ -60,3 +60,41 @@ def test_run_cell_gathers_every_rank_and_records_sigterm(tmp_path):
     p.send_signal(signal.SIGTERM)
     rc = p.wait(timeout=120)
     assert rc != 0 and base.was_terminated(cell) and base.read_exit_code(cell) == rc
+
+
+def test_state_watcher_reads_sacct_and_squeue_formats(tmp_path):
+    """submitit's parser over both answers: sacct (clusters with accounting) and the squeue fallback."""
+    from orchestrator.launchers.slurm import _watcher
+
+    w = _watcher()
+    sacct = "JobID|State|NodeList\n12_[2-3%4]|PENDING|None\n12_0|COMPLETED|node1\n12_0.batch|COMPLETED|node1\n" \
+            "12_1|CANCELLED by 0|node2\n"
+    info = w.read_info(sacct)
+    assert {k: v["State"] for k, v in info.items()} == {"12_2": "PENDING", "12_3": "PENDING", "12_0": "COMPLETED",
+                                                        "12_1": "CANCELLED by 0"}
+    squeue = "JOBID|STATE|REASON\n12_0|RUNNING|None\n12_1|PENDING|Priority\n"
+    info = w.read_info(squeue.encode())
+    assert info["12_1"] == {"JobID": "12_1", "State": "PENDING", "Reason": "Priority"}
+    assert info["12_0"]["State"] == "RUNNING"
+
+
+def test_slurm_refresh_maps_scheduler_states(tmp_path, monkeypatch):
+    from orchestrator.launchers import slurm
+
+    answers = {"1_0": {"State": "RUNNING"}, "1_1": {"State": "PENDING", "Reason": "Priority"},
+               "1_2": {"State": "CANCELLED by 0"}, "1_3": {"State": "TIMEOUT"}, "1_4": {}}
+    monkeypatch.setattr(slurm, "job_states", lambda jobs: {j: answers[j] for j in jobs})
+    cells = {}
+    for i in range(5):
+        (tmp_path / f"c{i}").mkdir()
+        cells[f"c{i}"] = {"state": "submitted", "job_id": f"1_{i}", "workdir": f"c{i}"}
+    base.write_exit_code(tmp_path / "c4", 0)  # left the queue (no accounting) with its exit code
+    data = {"executor": "slurm", "cells": cells}
+    slurm.SlurmLauncher(tmp_path).refresh(data)
+    assert {k: v["state"] for k, v in cells.items()} == {"c0": "running", "c1": "submitted", "c2": "cancelled",
+                                                         "c3": "failed", "c4": "done"}
+    assert cells["c1"]["reason"] == "Priority"
+    monkeypatch.setattr(slurm, "job_states", lambda jobs: None)  # the scheduler did not answer
+    cells["c0"]["state"] = "running"
+    slurm.SlurmLauncher(tmp_path).refresh(data)
+    assert cells["c0"]["state"] == "running"
