@@ -87,6 +87,7 @@ def executor_parameters(launcher: dict, profile, job_name: str, *, chdir: str | 
         signal_delay_s=int(prof.signal_before_end_s), stderr_to_stdout=True, setup=setup,
         srun_args=([f"--cpu-bind={prof.cpu_bind}"] if prof.cpu_bind else []) + [str(a) for a in prof.srun_args],
         additional_parameters=extra,
+        wckey=None,  # submitit's default "submitit" is refused where wckeys are enforced
     )
     if lc["gpus_per_node"]:
         params["gpus_per_node"] = int(lc["gpus_per_node"])
