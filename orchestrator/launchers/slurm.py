@@ -311,8 +311,6 @@ def _watcher():
 def job_states(job_ids: Sequence[str]) -> dict[str, dict] | None:
     """``{job_id: {"State": ..., ...}}`` from submitit's watcher (one scheduler call for all);
     None when the call itself failed (conclude nothing)."""
-    import subprocess as sp
-
     w = _watcher()
     for j in job_ids:
         w.register_job(str(j))
@@ -320,8 +318,8 @@ def job_states(job_ids: Sequence[str]) -> dict[str, dict] | None:
     if cmd is None:
         return {}
     try:
-        output = sp.check_output(cmd, stderr=sp.PIPE, timeout=60)
-    except (OSError, sp.SubprocessError):
+        output = subprocess.check_output(cmd, stderr=subprocess.PIPE, timeout=60)
+    except (OSError, subprocess.SubprocessError):
         return None
     info = w.read_info(output)
     return {str(j): info.get(str(j), {}) for j in job_ids}
