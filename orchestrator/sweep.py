@@ -252,12 +252,15 @@ def _matches(match: dict, values: dict) -> bool:
     return all(values.get(axis) == v for axis, v in match.items())
 
 
-def expand(spec: SweepSpec, overrides: list[str] | None = None, *, extra: dict | None = None) -> list[Cell]:
+def expand(spec: SweepSpec, overrides: list[str] | None = None, *, extra: dict | None = None,
+           errors: list[tuple[str, str]] | None = None) -> list[Cell]:
     """The grid's cells in order (last axis fastest), exclusions dropped, each config resolved.
 
     ``overrides`` (``key=value``, from the command line) apply to every cell after the sweep's own
     settings; ``extra`` (nested dict: sweep-level values the orchestrator adds, e.g. the MLflow
-    parent run id) applies before them. Raises UserError/ConfigError naming file and key.
+    parent run id) applies before them. Raises UserError/ConfigError naming file and key; with an
+    ``errors`` list, a cell whose config is invalid is left out and (cell id, error) appended instead
+    (so every cell's problem is reported at once).
     """
     axes = list(spec.grid)
     combos = itertools.product(*(spec.grid[a] for a in axes)) if axes else [()]
@@ -295,8 +298,14 @@ def expand(spec: SweepSpec, overrides: list[str] | None = None, *, extra: dict |
         ]
         if extra:
             sources.append(("orchestrator", extra))
-        cfg = build_config(RunConfig, sources, overrides)
+        try:
+            cfg = build_config(RunConfig, sources, overrides)
+        except (ConfigError, UserError) as e:
+            if errors is None:
+                raise
+            errors.append((cid, str(e)))
+            continue
         cells.append(Cell(id=cid, index=len(cells), values=values, config=to_container(cfg)))
-    if not cells:
+    if not cells and not errors:
         raise key_error(spec.source, "exclude", "every cell of the grid is excluded")
     return cells

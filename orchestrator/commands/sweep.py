@@ -37,5 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_sweep(args.file, executor=args.executor, dry_run=args.dry_run, root=args.root,
-                     overrides=args.overrides)
+    from orchestrator.preflight import preflight_sweep, raise_if
+
+    # every check before any side effect; a dry run shows its plan, then the problems (exit 2 too)
+    problems = preflight_sweep(args.file, executor=args.executor, root=args.root, overrides=args.overrides)
+    if args.dry_run:
+        rc = run_sweep(args.file, executor=args.executor, dry_run=True, root=args.root, overrides=args.overrides)
+        raise_if(problems)
+        return rc
+    raise_if(problems)
+    return run_sweep(args.file, executor=args.executor, root=args.root, overrides=args.overrides)
