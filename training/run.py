@@ -64,10 +64,30 @@ def train(cfg: RunConfig, workdir: Path) -> int:
     return _train(cfg, workdir, env)
 
 
+def start_mp_helpers() -> None:
+    """Start multiprocessing's resource tracker and forkserver now, with the stop signals ignored: they
+    inherit SIG_IGN (as do the DataLoader and PESQ workers forked from the forkserver), so USR1/USR2/TERM
+    sent to every process of a SLURM step (or a process group) leaves them alive. Main thread only."""
+    import multiprocessing as mp
+    from multiprocessing import forkserver, resource_tracker
+
+    from training.preempt import SIGNALS
+
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
+    try:
+        resource_tracker.ensure_running()
+        if "forkserver" in mp.get_all_start_methods():
+            forkserver.ensure_running()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _train(cfg: RunConfig, workdir: Path, env: distributed.DistEnv) -> int:
     from training.trainer import Trainer
 
     try:
+        start_mp_helpers()
         check_resume_config(cfg, workdir)
         device = distributed.pick_device(cfg.trainer.device, env)
         distributed.init(env, device)
