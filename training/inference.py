@@ -9,7 +9,7 @@ loaded with ``strict=True`` from ``weights_only`` content.
 needs a trained run's config uses it): the trainer stores it as YAML text (``training.config.to_yaml``);
 a mapping (older checkpoints, hand-written ones) is accepted too.
 
-    loaded = load_generator("runs/demo/rwsa-xs_s0")
+    loaded = load_generator("runs/demo/cells/rwsa-xs_s0")
     enhanced = Enhancer(loaded.model, chunk_seconds=10, overlap_seconds=0.5).enhance(noisy)  # float32 [N], 16 kHz
 """
 

@@ -10,7 +10,7 @@ HELP = "reports: `efficiency` (params, GFLOPs per 2 s, inference time on a test 
 EPILOG = """examples:
   orchestrate report efficiency                                   # every registered generator, synthetic 2 s clips
   orchestrate report efficiency --models rwsa-xs,mambattention --testset data/demo/test --limit 20
-  orchestrate report efficiency --models runs/demo/rwsa-xs_s0 --json   # a trained checkpoint
+  orchestrate report efficiency --models runs/demo/cells/rwsa-xs_s0 --json   # a trained checkpoint
 For the papers' accuracy tables over seeds use `orchestrate compare SWEEP`.
 """
 
