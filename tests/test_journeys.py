@@ -20,6 +20,7 @@ from orchestrator.cli import main
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}
 METRICS = ["pesq", "estoi", "si_sdr", "ssnr"]
 
@@ -99,3 +100,71 @@ def test_evaluate_enhance_and_report_on_a_cell(local_sweep, tmp_path, capsys):
     assert main(["report", "efficiency", "--models", str(cell), "--clips", "1", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["model"].startswith("rwsa-xs") and row["files"] == 1 and row["params"] > 0
+
+
+# ---------------------------------------------------------------- the same journey on the real test SLURM
+
+
+def _orchestrate(env: dict, *args: str) -> str:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, f"orchestrate {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def _rows(sweep_dir: Path) -> dict:
+    from orchestrator.sweeper import sweep_status
+
+    return {r["cell"]: r for r in sweep_status(sweep_dir)}
+
+
+def _wait(sweep_dir: Path, cond, timeout_s: float, what: str) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout_s * float(os.environ.get("SE_TEST_WAIT_SCALE", "2.5"))
+    while time.monotonic() < deadline:
+        rows = _rows(sweep_dir)
+        bad = [(c, r["state"]) for c, r in rows.items() if r["state"] in ("failed", "cancelled")]
+        assert not bad, f"cells ended {bad}: " + "\n".join(
+            p.read_text()[-3000:] for p in sorted((sweep_dir / "logs").glob("*")))
+        if cond(rows):
+            return rows
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}: {_rows(sweep_dir)}")
+
+
+@pytest.mark.slurm
+def test_slurm_sweep_preempted_with_workers_gives_the_same_compare_table(cluster, journey_corpus, tmp_path):
+    """The journey's sweep with DataLoader workers and the discriminator on, on the real test SLURM:
+    cell s0 gets the preemption signal mid-run (USR2 to every process of its steps), exits 75, is
+    requeued and resumes; each job evaluates inside itself; `compare` then prints the same table as
+    the same sweep run uninterrupted (local executor)."""
+    max_steps = 6
+    base = {"trainer.max_steps": max_steps, "trainer.val_every": 3, "trainer.ckpt_every": 1,
+            "data.num_workers": 2, "loss.discriminator": True}
+    env = dict(cluster.env, MLFLOW_DISABLE_TELEMETRY="true", SE_SCAN_BACKEND="torch", PYTHONPATH=str(REPO))
+    path = journey_sweep(tmp_path, journey_corpus, "jslurm", **base)
+    spec = json.loads(path.read_text())
+    spec.update(profile="local", executor="slurm")
+    path.write_text(json.dumps(spec))
+    _orchestrate(env, "sweep", str(path), "--root", str(tmp_path / "slurm"))
+    sweep_dir = tmp_path / "slurm" / "jslurm"
+    _wait(sweep_dir, lambda r: (r["s0"]["step"] or 0) >= 2, 240, "s0 training")
+    task = json.loads((sweep_dir / "ledger.json").read_text())["cells"]["s0"]["job_id"]
+    cluster.run("scancel", "--signal=USR2", task)  # to every process of the job's steps (workers too)
+    rows = _wait(sweep_dir, lambda r: all(x["state"] == "done" for x in r.values()), 600, "both cells done")
+    assert rows["s0"]["attempts"] == 2 and rows["s1"]["attempts"] == 1
+    attempts = (sweep_dir / "cells" / "s0" / "attempts.log").read_text()
+    assert "rc=75" in attempts and attempts.strip().endswith("rc=0")
+    # the reference: the same sweep, uninterrupted, local processes
+    _orchestrate(env, "sweep", str(path), "--executor", "local", "--root", str(tmp_path / "local"))
+    tables = [json.loads(_orchestrate(env, "compare", str(d), "--format", "json", "--no-log"))
+              for d in (sweep_dir, tmp_path / "local" / "jslurm")]
+    assert tables[0] and len(tables[0]) == len(tables[1])
+    for a, b in zip(tables[0], tables[1], strict=True):
+        assert (a["model"], a["testset"], a["metric"], a["n"]) == (b["model"], b["testset"], b["metric"], b["n"])
+        assert a["mean"] == pytest.approx(b["mean"], abs=1e-9) and a["std"] == pytest.approx(b["std"], abs=1e-9)
+    assert {r["n"] for r in tables[0] if r["model"] != "noisy"} == {2}
