@@ -136,8 +136,19 @@ def _wait(sweep_dir: Path, cond, timeout_s: float, what: str) -> dict:
     raise AssertionError(f"timed out waiting for {what}: {_rows(sweep_dir)}")
 
 
+@pytest.fixture()
+def stop_mlflow_servers(tmp_path):
+    """A SLURM sweep starts its own MLflow tracking server (SWEEP_DIR/mlflow-server): stop it."""
+    yield
+    from orchestrator import mlflow_server as ms
+
+    for f in tmp_path.rglob(ms.SERVER_JSON):
+        ms.stop_server(f.parent, timeout_s=10)
+
+
 @pytest.mark.slurm
-def test_slurm_sweep_preempted_with_workers_gives_the_same_compare_table(cluster, journey_corpus, tmp_path):
+def test_slurm_sweep_preempted_with_workers_gives_the_same_compare_table(cluster, journey_corpus, tmp_path,
+                                                                        stop_mlflow_servers):
     """The journey's sweep with DataLoader workers and the discriminator on, on the real test SLURM:
     cell s0 gets the preemption signal mid-run (USR2 to every process of its steps), exits 75, is
     requeued and resumes; each job evaluates inside itself; `compare` then prints the same table as
