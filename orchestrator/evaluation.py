@@ -12,7 +12,7 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 from training.audio_io import AUDIO_EXTENSIONS, audio_info, read_audio, to_mono_16k, write_wav
-from training.evaluate import evaluate_testset, mlflow_metrics
+from training.evaluate import evaluate_testset
 from training.inference import Enhancer, LoadedModel, load_generator
 from training.testsets import open_testset
 
@@ -69,29 +69,13 @@ def _default_eval_dir(loaded: LoadedModel) -> Path:
 
 
 def _log_to_mlflow(loaded: LoadedModel, summary: dict, out_dir: Path, tracking_uri: str | None) -> None:
+    from training.final_eval import log_summary
+
     cfg = loaded.config
-    run_id = loaded.mlflow_run_id
-    run_dir = loaded.checkpoint.parent.parent
-    if run_id is None and (run_dir / "mlflow_run_id").is_file():
-        run_id = (run_dir / "mlflow_run_id").read_text().strip()
-    if not cfg.mlflow.enabled or not run_id:
+    if not cfg.mlflow.enabled or not loaded.mlflow_run_id:
         log.warning("no MLflow run recorded for %s: evaluation not logged to MLflow", loaded.checkpoint)
         return
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri or cfg.mlflow.tracking_uri)
-    client.log_batch(run_id, metrics=[
-        mlflow.entities.Metric(k, v, _now_ms(), loaded.step) for k, v in mlflow_metrics(summary).items()
-    ])
-    stem = summary["testset"].replace("/", "_")
-    for suffix in ("csv", "json"):
-        client.log_artifact(run_id, str(out_dir / f"{stem}.{suffix}"), artifact_path="eval")
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
+    log_summary(tracking_uri or cfg.mlflow.tracking_uri, loaded.mlflow_run_id, summary, out_dir, loaded.step)
 
 
 def _collect_inputs(inputs: list[str]) -> list[Path]:

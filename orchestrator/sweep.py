@@ -248,25 +248,61 @@ def _parse_data(data: Any, source: str) -> dict | None:
             "workers": workers}
 
 
+def grid_overrides(spec: SweepSpec, overrides: list[str]) -> tuple[dict, list[str]]:
+    """Split command-line overrides into (the grid they give, the plain run-config overrides).
+
+    An axis of the sweep never collapses silently: ``trainer.seed=7`` (a scalar for a grid axis) is
+    refused, naming the axis and its values; ``trainer.seed=[7,8]`` replaces the axis' values, and
+    ``grid.KEY=[a,b]`` (what ``orchestrate sweep --grid KEY=a,b`` passes) replaces or adds an axis.
+    Cell ids follow the new values (``s7``, ``s8``)."""
+    grid = dict(spec.grid)
+    plain = []
+    for key, value, text in parse_overrides(overrides):
+        explicit = key.startswith("grid.")
+        axis = key[len("grid."):] if explicit else key
+        if not explicit and axis not in grid:
+            plain.append(text)
+            continue
+        if axis in spec.grid and axis not in _value_axes(spec):
+            raise UserError(f"override '{text}': {axis} is an axis of named variants in {spec.source}; "
+                            "edit the sweep file to change it")
+        if not isinstance(value, list):
+            current = [v for _t, v, _s in grid[axis]] if axis in grid else []
+            raise UserError(
+                f"override '{text}': {axis} is a grid axis of {spec.source} (values {current}); a single value "
+                f"would give every cell the same {axis}. Replace the axis explicitly: {axis}=[{value}] "
+                f"(or --grid {axis}={value},...), or edit the sweep file")
+        grid[axis] = _parse_grid({axis: value}, f"override '{text}'")[axis]
+    return grid, plain
+
+
+def _value_axes(spec: SweepSpec) -> set[str]:
+    """Axes of plain values (a list in the sweep file), as opposed to named variants (a mapping)."""
+    return {a for a, points in spec.grid.items() if all(sets == nest_dotted({a: v}, "", a) for _t, v, sets in points)}
+
+
 def _matches(match: dict, values: dict) -> bool:
     return all(values.get(axis) == v for axis, v in match.items())
 
 
-def expand(spec: SweepSpec, overrides: list[str] | None = None, *, extra: dict | None = None) -> list[Cell]:
+def expand(spec: SweepSpec, overrides: list[str] | None = None, *, extra: dict | None = None,
+           errors: list[tuple[str, str]] | None = None) -> list[Cell]:
     """The grid's cells in order (last axis fastest), exclusions dropped, each config resolved.
 
     ``overrides`` (``key=value``, from the command line) apply to every cell after the sweep's own
     settings; ``extra`` (nested dict: sweep-level values the orchestrator adds, e.g. the MLflow
-    parent run id) applies before them. Raises UserError/ConfigError naming file and key.
+    parent run id) applies before them. Raises UserError/ConfigError naming file and key; with an
+    ``errors`` list, a cell whose config is invalid is left out and (cell id, error) appended instead
+    (so every cell's problem is reported at once).
     """
-    axes = list(spec.grid)
-    combos = itertools.product(*(spec.grid[a] for a in axes)) if axes else [()]
+    grid, overrides = grid_overrides(spec, list(overrides or []))
+    axes = list(grid)
+    combos = itertools.product(*(grid[a] for a in axes)) if axes else [()]
     shared = {"launcher": {**spec.resources, "profile": spec.profile, "executor": spec.executor}}
     if spec.mlflow:
         shared["mlflow"] = spec.mlflow
     cells: list[Cell] = []
     seen: dict[str, int] = {}
-    parse_overrides(list(overrides or []))  # fail early on a malformed override
     for combo in combos:
         values = {a: value for a, (_tok, value, _s) in zip(axes, combo)}
         if any(_matches(m, values) for m in spec.exclude):
@@ -295,8 +331,14 @@ def expand(spec: SweepSpec, overrides: list[str] | None = None, *, extra: dict |
         ]
         if extra:
             sources.append(("orchestrator", extra))
-        cfg = build_config(RunConfig, sources, overrides)
+        try:
+            cfg = build_config(RunConfig, sources, overrides)
+        except (ConfigError, UserError) as e:
+            if errors is None:
+                raise
+            errors.append((cid, str(e)))
+            continue
         cells.append(Cell(id=cid, index=len(cells), values=values, config=to_container(cfg)))
-    if not cells:
+    if not cells and not errors:
         raise key_error(spec.source, "exclude", "every cell of the grid is excluded")
     return cells

@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import queue
+import signal
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -352,6 +353,17 @@ def _remix_config(remix: dict[str, Any], shards: tuple[ShardRef, ...], split: st
     return r
 
 
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+
+def ignore_stop_signals(_worker_id: int | None = None) -> None:
+    """Worker init: the main process owns the stop signals (preemption: checkpoint, exit 75). SLURM
+    signals every process of a step, and a killed worker would crash the main process instead; a
+    worker ends when the main process closes the loader or dies."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 class _WorkerDataset(torch.utils.data.IterableDataset):
     """DataLoader worker ``i`` streams slot ``base + (i + shift) % W`` from its saved position."""
 
@@ -468,7 +480,8 @@ class TrainStream:
         ctx = "forkserver" if "forkserver" in torch.multiprocessing.get_all_start_methods() else "spawn"
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                              prefetch_factor=self.prefetch_factor,
-                                             multiprocessing_context=ctx, persistent_workers=False)
+                                             multiprocessing_context=ctx, persistent_workers=False,
+                                             worker_init_fn=ignore_stop_signals)
         return iter(loader)
 
     def __next__(self) -> dict[str, torch.Tensor]:

@@ -51,3 +51,41 @@ def cluster(tmp_path_factory):
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+
+
+# ----- a run written by the real trainer (tests of every checkpoint reader) -------------------------------
+TINY_RWSA = ["model.name=rwsa-xs", "model.options={hidden: 4, num_blocks: 1, level_heads: 2, middle_heads: 4}"]
+
+
+@pytest.fixture(scope="session")
+def journey_corpus(tmp_path_factory):
+    """A tiny procedural demo corpus WITH a test split (train 8, valid 2, test 3 clips of 1-1.5 s)."""
+    from sharding.recipes.demo import prepare_demo
+
+    out = tmp_path_factory.mktemp("journey_corpus")
+    prepare_demo(out, train_clips=8, valid_clips=2, test_clips=3, min_seconds=1.0, max_seconds=1.5,
+                 speech="procedural", shard_samples=4)
+    return out
+
+
+def train_overrides(corpus, db, *extra: str) -> list[str]:
+    """`orchestrate train` overrides for a 2-step tiny run on `corpus` logging to SQLite `db`."""
+    return [*TINY_RWSA, f"data.train={corpus / 'train'}", f"data.valid={corpus / 'valid'}",
+            "data.segment_samples=1800", "data.batch_size=2", "data.valid_limit=1", "trainer.max_steps=2",
+            "trainer.val_every=1", "trainer.ckpt_every=1", "trainer.log_every=1", "trainer.pesq_workers=0",
+            "trainer.num_threads=1", f"mlflow.tracking_uri=sqlite:///{db}", "mlflow.experiment=trained-run",
+            *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_run(journey_corpus, tmp_path_factory):
+    """A run directory written by a real 2-step `orchestrate train` (checkpoints/step-1, step-2, best/,
+    config.yaml, mlflow_run_id) with its SQLite MLflow store. Returns (run_dir, tracking_uri, corpus).
+    Read-only for the tests: copy it (shutil.copytree) before changing anything."""
+    from orchestrator.cli import main
+
+    root = tmp_path_factory.mktemp("trained_run")
+    db = root / "mlflow.db"
+    rc = main(["train", "rwsa-xs", *train_overrides(journey_corpus, db), "--workdir", str(root / "run")])
+    assert rc == 0, f"2-step training failed with exit code {rc}"
+    return root / "run", f"sqlite:///{db}", journey_corpus

@@ -1,8 +1,5 @@
-"""`orchestrate evaluate` / `enhance` end to end on a small real checkpoint (a tiny RWSA model).
-
-The checkpoint is written in the training engine's format (state.pt + COMPLETE marker) from a
-freshly built model: evaluation and enhancement only need a loadable generator, not a trained one.
-"""
+"""`orchestrate evaluate` / `enhance` / `analyze` end to end on the checkpoints a real 2-step
+`orchestrate train` of a tiny RWSA model wrote (the session fixture `trained_run`)."""
 
 from __future__ import annotations
 
@@ -18,8 +15,8 @@ import torch
 
 from orchestrator.cli import main
 from training.checkpoint import MARKER, STATE
-from training.config import load_run_config, to_container
-from training.inference import Enhancer, load_generator, resolve_checkpoint
+from training.config import load_run_config
+from training.inference import Enhancer, checkpoint_config, load_generator, resolve_checkpoint
 from training.metrics import compute_metrics
 from training.models import build_model
 
@@ -37,22 +34,11 @@ def _speechlike(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A run directory holding one complete checkpoint of a tiny model, and an MLflow run."""
-    root = tmp_path_factory.mktemp("run")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    cfg = load_run_config(None, [*TINY, f"mlflow.tracking_uri={uri}", "mlflow.experiment=eval-test"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model.name, **cfg.model.options)
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.set_experiment("eval-test")
-    run = mlflow.MlflowClient(uri).create_run(exp.experiment_id)
-    ckpt = root / "checkpoints" / "step-000007"
-    ckpt.mkdir(parents=True)
-    torch.save({"generator": model.state_dict(), "config": to_container(cfg), "step": 7,
-                "mlflow_run_id": run.info.run_id}, ckpt / STATE)
-    (ckpt / MARKER).write_text("7\n")
-    return root, run.info.run_id, uri
+def run_dir(trained_run):
+    """The run directory a real 2-step `orchestrate train` wrote (tests/conftest.py), its MLflow run id
+    and tracking URI."""
+    root, uri, _corpus = trained_run
+    return root, (root / "mlflow_run_id").read_text().strip(), uri
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +60,33 @@ def testset(tmp_path_factory):
     return root
 
 
-def test_resolve_and_load_strict(run_dir):
+def test_resolve_and_load_strict(run_dir, tmp_path):
     root, run_id, _ = run_dir
-    assert resolve_checkpoint(root).name == "step-000007"
+    ckpts = root / "checkpoints"
+    assert resolve_checkpoint(root) == ckpts / "best"
     loaded = load_generator(root)
-    assert loaded.step == 7 and loaded.mlflow_run_id == run_id
-    assert loaded.config.model.options == {"hidden": 8, "num_blocks": 1}
+    assert loaded.step == 2 and loaded.mlflow_run_id == run_id  # best/ has no run id: read from the run dir
+    assert loaded.config.model.options == {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}
+    # every path a user may give loads the trainer's checkpoint: best/, step-N/, state.pt
+    for path, step in ((ckpts / "best", 2), (ckpts / "step-000001", 1), (ckpts / "step-000002" / STATE, 2)):
+        got = load_generator(path)
+        assert got.step == step and got.mlflow_run_id == run_id and got.config.model.name == "rwsa-xs"
+        cfg, folder = checkpoint_config(path)
+        assert cfg == got.config and folder == got.checkpoint
+    # the stored config is the trainer's resolved config (YAML text), equal to the run's config.yaml
+    assert isinstance(torch.load(ckpts / "best" / STATE, weights_only=True)["config"], str)
+    assert checkpoint_config(root)[0] == load_run_config(root / "config.yaml")
     # an incomplete checkpoint (no marker) is refused
-    bad = root / "partial"
+    bad = tmp_path / "partial"
     bad.mkdir()
-    (bad / STATE).write_bytes((root / "checkpoints" / "step-000007" / STATE).read_bytes())
+    (bad / STATE).write_bytes((ckpts / "step-000001" / STATE).read_bytes())
     with pytest.raises(ValueError, match="incomplete"):
         resolve_checkpoint(bad)
+    # a state.pt without a config names the file and what was expected
+    (bad / MARKER).write_text("1\n")
+    torch.save({"generator": {}, "step": 1}, bad / STATE)
+    with pytest.raises(ValueError, match="holds no resolved config"):
+        checkpoint_config(bad)
 
 
 def test_evaluate_json_csv_and_mlflow(run_dir, testset, tmp_path, capsys):
@@ -110,7 +111,7 @@ def test_evaluate_json_csv_and_mlflow(run_dir, testset, tmp_path, capsys):
     # logged to the run's MLflow run under the contract's names, at the checkpoint's step
     client = mlflow.MlflowClient(uri)
     hist = client.get_metric_history(run_id, "eval/toy/noisy/pesq")
-    assert len(hist) == 1 and hist[0].step == 7 and hist[0].value == pytest.approx(summary["noisy"]["pesq"])
+    assert len(hist) == 1 and hist[0].step == 2 and hist[0].value == pytest.approx(summary["noisy"]["pesq"])
     assert client.get_metric_history(run_id, "eval/toy/n")[0].value == 3
     arts = {a.path for a in client.list_artifacts(run_id, "eval")}
     assert {"eval/toy.csv", "eval/toy.json"} <= arts
@@ -142,10 +143,12 @@ def test_enhance_files_rate_channels_and_keep_rate(run_dir, tmp_path, capsys):
     assert main(["enhance", str(root), str(tmp_path / "missing.wav"), "--out", str(out)]) == 2
 
 
-def test_chunked_enhancement_matches_whole_file_away_from_edges(run_dir):
-    """Overlap-add chunks of a real model agree with one pass over the file, away from chunk seams."""
-    root, _, _ = run_dir
-    model = load_generator(root).model
+def test_chunked_enhancement_matches_whole_file_away_from_edges():
+    """Overlap-add chunks of a real model agree with one pass over the file, away from chunk seams
+    (a freshly initialised hidden-8 model: the chunking property, not the checkpoint, is tested)."""
+    cfg = load_run_config(None, TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, **cfg.model.options).eval()
     wav = _speechlike(6.0, 5)
     whole = Enhancer(model, chunk_seconds=100.0, overlap_seconds=0.0).enhance(wav)
     chunked = Enhancer(model, chunk_seconds=2.0, overlap_seconds=0.5).enhance(wav)

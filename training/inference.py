@@ -5,7 +5,11 @@ Accepted paths: a run directory (uses ``checkpoints/best`` when complete, else t
 a ``state.pt`` file. The model is rebuilt from the resolved config stored in the checkpoint and
 loaded with ``strict=True`` from ``weights_only`` content.
 
-    loaded = load_generator("runs/demo/rwsa-xs_s0")
+``checkpoint_config(path)`` is THE reader of a checkpoint's resolved config (every command that
+needs a trained run's config uses it): the trainer stores it as YAML text (``training.config.to_yaml``);
+a mapping (older checkpoints, hand-written ones) is accepted too.
+
+    loaded = load_generator("runs/demo/cells/rwsa-xs_s0")
     enhanced = Enhancer(loaded.model, chunk_seconds=10, overlap_seconds=0.5).enhance(noisy)  # float32 [N], 16 kHz
 """
 
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from training.checkpoint import MARKER, STATE, CheckpointManager, load_file
 from training.chunking import enhance_long
@@ -63,21 +68,52 @@ def _generator_state(state: dict, where: Path) -> dict:
     raise ConfigError(f"{where / STATE}: holds no generator weights (keys: {', '.join(map(str, state))})")
 
 
+def config_from_state(state: dict, where: Path) -> RunConfig:
+    """The validated RunConfig stored in a loaded ``state.pt`` (YAML text or a mapping)."""
+    raw = state.get("config")
+    if isinstance(raw, str):
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where / STATE}: stored config is not valid YAML ({e})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where / STATE}: holds no resolved config (expected YAML text or a mapping under 'config')")
+    try:
+        return load_run_config(None, None, base=raw)
+    except ConfigError as e:
+        raise ConfigError(f"{where / STATE}: stored config: {e}") from None
+
+
+def checkpoint_config(path: str | Path) -> tuple[RunConfig, Path]:
+    """(resolved config, checkpoint folder) of a run directory, ``best/``, ``step-N/`` or ``state.pt``."""
+    folder = resolve_checkpoint(path)
+    state = load_file(folder / STATE, map_location="cpu")
+    return config_from_state(state, folder), folder
+
+
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the generator named in the checkpoint's config and load its weights (strict)."""
     from training.models import build_model
 
     folder = resolve_checkpoint(path)
     state = load_file(folder / STATE, map_location="cpu")
-    raw_cfg = state.get("config")
-    if not isinstance(raw_cfg, dict):
-        raise ConfigError(f"{folder / STATE}: holds no resolved config")
-    cfg = load_run_config(None, None, base=raw_cfg)
+    cfg = config_from_state(state, folder)
     model = build_model(cfg.model.name, **cfg.model.options)
     model.load_state_dict(_generator_state(state, folder), strict=True)
     model.to(device).eval()
+    return LoadedModel(model, cfg, int(state.get("step", 0)), folder, _mlflow_run_id(state, folder))
+
+
+def _mlflow_run_id(state: dict, folder: Path) -> str | None:
+    """The run's MLflow run id: stored in step-N checkpoints; for ``best/`` (which does not store
+    it) read from the run directory's ``mlflow_run_id`` file."""
     run_id = state.get("mlflow_run_id")
-    return LoadedModel(model, cfg, int(state.get("step", 0)), folder, run_id if isinstance(run_id, str) else None)
+    if isinstance(run_id, str) and run_id:
+        return run_id
+    marker = folder.parent.parent / "mlflow_run_id"
+    if folder.parent.name == "checkpoints" and marker.is_file():
+        return marker.read_text().strip() or None
+    return None
 
 
 class Enhancer:

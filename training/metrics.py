@@ -314,10 +314,11 @@ def _watch_parent(parent_pid: int) -> None:
 def _worker_init(parent_pid: int) -> None:
     import signal
 
-    # The parent owns SIGINT/SIGTERM (preemption, Ctrl-C); a worker killed by them would break the pool
-    # in the middle of a step. Workers exit when the parent closes the pool or dies.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The parent owns SIGINT and the preemption signals USR1/USR2/TERM (SLURM signals every process of
+    # a step); a worker killed by them would break the pool in the middle of a step or an evaluation.
+    # Workers exit when the parent closes the pool or dies.
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(s, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
 

@@ -40,13 +40,56 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def train(cfg: RunConfig, workdir: Path, on_validation=None) -> int:
-    """Train (or resume) the run in `workdir` on this process's rank; returns the exit code.
-    ``on_validation(step, metrics)``: called on rank 0 after each validation (``orchestrate tune``)."""
-    from training.trainer import Trainer
-
+    """Train (or resume) the run in `workdir` on this process's rank, then (rank 0, when
+    `eval.testsets` is set) evaluate its best checkpoint on them (`training.final_eval`); returns
+    the exit code. ``on_validation(step, metrics)``: called on rank 0 after each validation
+    (``orchestrate tune``)."""
     env = distributed.env_from()
     workdir = Path(workdir)
+    if env.is_main and cfg.eval.testsets:  # installed first: the trainer's handler restores it, no gap
+        from training.preempt import from_environment
+
+        stop = from_environment(cfg.trainer.time_limit_margin_s).install()
+        try:
+            code = _train(cfg, workdir, env, on_validation)
+            if code != EXIT_OK:
+                return code
+            from training.final_eval import evaluate_after_training
+
+            return evaluate_after_training(cfg, workdir, distributed.pick_device(cfg.trainer.device, env), stop)
+        except _user_errors() as e:
+            log.error("error: evaluation after training: %s", e)
+            return EXIT_BAD_CONFIG
+        finally:
+            stop.uninstall()
+    return _train(cfg, workdir, env, on_validation)
+
+
+def start_mp_helpers() -> None:
+    """Start multiprocessing's resource tracker and forkserver now, with the stop signals ignored: they
+    inherit SIG_IGN (as do the DataLoader and PESQ workers forked from the forkserver), so USR1/USR2/TERM
+    sent to every process of a SLURM step (or a process group) leaves them alive. Main thread only."""
+    import multiprocessing as mp
+    from multiprocessing import forkserver, resource_tracker
+
+    from training.preempt import SIGNALS
+
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
     try:
+        resource_tracker.ensure_running()
+        if "forkserver" in mp.get_all_start_methods():
+            forkserver.ensure_running()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _train(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, on_validation=None) -> int:
+    from training.trainer import Trainer
+
+    try:
+        start_mp_helpers()
+        check_resume_config(cfg, workdir)
         device = distributed.pick_device(cfg.trainer.device, env)
         distributed.init(env, device)
         trainer = Trainer(cfg, workdir, env)
@@ -55,13 +98,12 @@ def train(cfg: RunConfig, workdir: Path, on_validation=None) -> int:
         log.error("error: %s", e)
         distributed.shutdown()
         return EXIT_BAD_CONFIG
-    status = "FAILED"
+    status, code = "FAILED", 1
     try:
         trainer.resume()
         trainer.open_tracker()
         code = trainer.fit()
         status = "FINISHED" if code == EXIT_OK else "KILLED"
-        return code
     finally:
         trainer.close(status)
         # Free the DDP model (it holds the process group and its buckets) while the interpreter
@@ -71,6 +113,25 @@ def train(cfg: RunConfig, workdir: Path, on_validation=None) -> int:
         del trainer
         gc.collect()
         distributed.shutdown(barrier=status != "FAILED")
+    return code
+
+
+def check_resume_config(cfg: RunConfig, workdir: Path) -> None:
+    """A workdir holding a complete checkpoint resumes only with the same model: its stored config
+    (`training.inference.checkpoint_config`) must name the same model and options (ConfigError)."""
+    from training.checkpoint import CheckpointManager
+
+    latest = CheckpointManager(Path(workdir) / "checkpoints").latest()
+    if latest is None:
+        return
+    from training.inference import checkpoint_config
+
+    stored, _ = checkpoint_config(latest)
+    if (stored.model.name, stored.model.options) != (cfg.model.name, cfg.model.options):
+        raise ConfigError(
+            f"{workdir}: holds a checkpoint of model {stored.model.name} {stored.model.options or ''} "
+            f"({latest.name}); this config trains {cfg.model.name} {cfg.model.options or ''}: use another "
+            f"--workdir or the run's own config ({Path(workdir) / 'config.yaml'})", "model.name")
 
 
 def setup_logging(workdir: Path, rank: int) -> None:

@@ -7,7 +7,7 @@ import argparse
 NAME = "analyze"
 HELP = "figures: noisy/clean/enhanced spectrograms, t-SNE of the last block's features"
 EPILOG = """examples:
-  orchestrate analyze spectrogram runs/demo/rwsa-xs_s0 --testset data/demo/test --files 3 --out figs/
+  orchestrate analyze spectrogram runs/demo/cells/rwsa-xs_s0 --testset data/demo/test --files 3 --out figs/
   orchestrate analyze spectrogram CKPT --testset ~/vbdx_test --keys p232_001,p257_010 --out figs/
   orchestrate analyze tsne CKPT --testset ~/vbdx_test --testset ~/dns_noreverb --testset ~/ears_wham --out figs/
   orchestrate analyze tsne CKPT --testset A --testset B --with-clean --limit 100 --out figs/   # Figure 4

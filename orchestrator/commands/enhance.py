@@ -7,7 +7,7 @@ import argparse
 NAME = "enhance"
 HELP = "enhance audio files or folders with a checkpoint"
 EPILOG = """examples:
-  orchestrate enhance runs/demo/rwsa-xs_s0 noisy.wav --out enhanced/
+  orchestrate enhance runs/demo/cells/rwsa-xs_s0 noisy.wav --out enhanced/
   orchestrate enhance runs/x/checkpoints/best ~/recordings/ --out enhanced/ --keep-rate
   orchestrate enhance CKPT long_meeting.flac --out out/ --chunk-seconds 10 --overlap-seconds 0   # the papers' cuts
 Any sample rate or channel count is read (mixed to mono, resampled to 16 kHz); output is 16-bit WAV at

@@ -8,7 +8,7 @@ import json
 NAME = "evaluate"
 HELP = "score a checkpoint on test sets (per-file CSV, summary, MLflow)"
 EPILOG = """examples:
-  orchestrate evaluate runs/demo/rwsa-xs_s0 --testset data/demo/test
+  orchestrate evaluate runs/demo/cells/rwsa-xs_s0 --testset data/demo/test
   orchestrate evaluate runs/x/checkpoints/best --testset ~/data/vb_demandex_test --name vbdx --json
   orchestrate evaluate CKPT --testset DIR --metrics pesq,si_sdr --chunk-seconds 10 --overlap-seconds 0
 A test set is a folder with clean/ and noisy/ (files matched by name; any rate/channels), a noisy/-only

@@ -11,7 +11,7 @@ HELP = ("reports: `efficiency` = paper Table VI, measured: inference time and RT
 EPILOG = """examples:
   orchestrate report efficiency                                   # every registered generator, synthetic 2 s clips
   orchestrate report efficiency --models rwsa-xs,mambattention --testset data/demo/test --limit 20
-  orchestrate report efficiency --models runs/demo/rwsa-xs_s0 --json   # a trained checkpoint
+  orchestrate report efficiency --models runs/demo/cells/rwsa-xs_s0 --json   # a trained checkpoint
 For the papers' accuracy tables over seeds use `orchestrate compare SWEEP`; for the list of registered
 models with their sizes (no test set, no checkpoint) `orchestrate models`.
 """

@@ -21,6 +21,9 @@ EPILOG = """examples:
   orchestrate sweep sweeps/rwsa_sizes.yaml                    # submit 15 cells as one job array
   orchestrate sweep sweeps/baselines.yaml trainer.max_steps=1000 --root /scratch/me/runs
   orchestrate sweep sweeps/demo.yaml --executor ray           # the same cells on Ray
+  orchestrate sweep sweeps/demo.yaml --grid trainer.seed=0,1,2 --dry-run   # replace an axis: cells s0 s1 s2
+  orchestrate sweep sweeps/demo.yaml trainer.seed=[7,8] --dry-run         # the same, as an override
+A grid axis given a single value (trainer.seed=7) is refused: it would collapse the axis.
 exit codes: 0 submitted (slurm) or every cell done (local/ray), 1 some cell failed,
             2 bad sweep file or override (the message names the file and key)
 """
@@ -34,8 +37,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to run (default: the sweep file's `executor`)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and the sbatch script, submit nothing")
     p.add_argument("--root", default="runs", help="parent folder of the sweep folder (default: runs)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="replace (or add) a grid axis, e.g. --grid trainer.seed=0,1,2 (repeatable)")
+
+
+def grid_args(items: list[str]) -> list[str]:
+    """``--grid KEY=a,b`` -> the override ``grid.KEY=[a,b]`` (orchestrator.sweep.grid_overrides)."""
+    from orchestrator.errors import UserError
+
+    out = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise UserError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. trainer.seed=0,1,2)")
+        out.append(f"grid.{key.strip()}=[{values}]")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_sweep(args.file, executor=args.executor, dry_run=args.dry_run, root=args.root,
-                     overrides=args.overrides)
+    args.overrides = [*args.overrides, *grid_args(args.grid)]
+    from orchestrator.preflight import preflight_sweep, raise_if
+
+    # every check before any side effect; a dry run shows its plan, then the problems (exit 2 too)
+    problems = preflight_sweep(args.file, executor=args.executor, root=args.root, overrides=args.overrides)
+    if args.dry_run:
+        rc = run_sweep(args.file, executor=args.executor, dry_run=True, root=args.root, overrides=args.overrides)
+        raise_if(problems)
+        return rc
+    raise_if(problems)
+    return run_sweep(args.file, executor=args.executor, root=args.root, overrides=args.overrides)

@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--workdir: required to train (the run directory)")
     if args.nproc < 1:
         raise UserError(f"--nproc: expected >= 1, got {args.nproc}")
+    from orchestrator.preflight import preflight_run
+
+    preflight_run(cfg, args.config or "run config")
     if args.nproc == 1:
         return train(cfg, args.workdir)
     return spawn(cfg, args.workdir, args.nproc)

@@ -33,7 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from orchestrator.preflight import preflight_tune
+
     spec = tn.load_tune_spec(args.file, args.overrides)
+    preflight_tune(spec)
     outcome = tn.run_tune(spec, address=args.address, num_cpus=args.num_cpus, verbose=0 if args.quiet else 1)
     print(tn.format_outcome(outcome, spec.metric))
     return 0 if outcome.best is not None else 1
