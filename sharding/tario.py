@@ -12,26 +12,15 @@ and returns the samples it could fully locate; ``read_members`` fetches one samp
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.atomic import atomic_write, atomic_write_bytes  # noqa: F401  (re-exported)
 from sharding.errors import SourceError
 
 BLOCK = 512
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -57,10 +46,10 @@ def check_sample(sample: dict) -> str:
 
 def write_tar(path: str | Path, samples: Iterable[dict]) -> int:
     """Write samples to ``path`` atomically; returns the number of samples."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     n = 0
-    with open(tmp, "wb") as f:
+
+    def write(f) -> None:
+        nonlocal n
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in samples:
                 key = check_sample(sample)
@@ -68,9 +57,8 @@ def write_tar(path: str | Path, samples: Iterable[dict]) -> int:
                     data = bytes(sample[ext])
                     tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
                 n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
     return n
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.checkpoint import MARKER, STATE, CheckpointManager, load_file
+from training.checkpoint import MARKER, STATE, CheckpointManager, best_dir, load_file, stored_config
 from training.chunking import enhance_long
 from training.config import ConfigError, RunConfig, load_run_config
 
@@ -45,8 +45,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise ConfigError(f"{path}: checkpoint is incomplete (no {MARKER} marker)")
         return path
     ckpt_root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    best = ckpt_root / "best"
-    if (best / STATE).is_file() and (best / MARKER).is_file():
+    best = best_dir(ckpt_root)
+    if best is not None:
         return best
     latest = CheckpointManager(ckpt_root).latest()
     if latest is not None:
@@ -69,8 +69,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
 
     folder = resolve_checkpoint(path)
     state = load_file(folder / STATE, map_location="cpu")
-    raw_cfg = state.get("config")
-    if not isinstance(raw_cfg, dict):
+    raw_cfg = stored_config(state)  # the trainer stores YAML text; older checkpoints a mapping
+    if raw_cfg is None:
         raise ConfigError(f"{folder / STATE}: holds no resolved config")
     cfg = load_run_config(None, None, base=raw_cfg)
     model = build_model(cfg.model.name, **cfg.model.options)

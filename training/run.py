@@ -40,11 +40,48 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def train(cfg: RunConfig, workdir: Path) -> int:
-    """Train (or resume) the run in `workdir` on this process's rank; returns the exit code."""
-    from training.trainer import Trainer
+    """Train (or resume) the run in `workdir` on this process's rank; returns the exit code.
 
+    Rank 0 holds `WORKDIR/run.lock` for the whole run: a second trainer on the same folder exits 2
+    naming the holder (host, pid); a lock left by a dead process is taken over."""
     env = distributed.env_from()
     workdir = Path(workdir)
+    lock = _lock_run_folder(cfg, workdir, env.rank)
+    if lock is None:
+        return EXIT_BAD_CONFIG
+    try:
+        return _train_locked(cfg, workdir, env)
+    finally:
+        lock.release()
+
+
+def _lock_run_folder(cfg: RunConfig, workdir: Path, rank: int):
+    """Rank 0: the run folder's lock (one trainer per folder) and a resumable newest checkpoint
+    (readable, same model); None after logging a one-line error. Other ranks: a no-op lock."""
+    from common.runlock import RunLock, RunLockError
+    from training.checkpoint import CheckpointError, check_resume
+    from training.configtools import to_container
+
+    lock = RunLock(workdir)
+    if rank != 0:
+        return lock
+    try:
+        lock.acquire()
+    except RunLockError as e:
+        log.error("error: %s", e)
+        return None
+    try:
+        check_resume(workdir / "checkpoints", to_container(cfg)["model"])
+    except CheckpointError as e:
+        log.error("error: %s", e)
+        lock.release()
+        return None
+    return lock
+
+
+def _train_locked(cfg: RunConfig, workdir: Path, env) -> int:
+    from training.trainer import Trainer
+
     try:
         device = distributed.pick_device(cfg.trainer.device, env)
         distributed.init(env, device)
@@ -55,7 +92,11 @@ def train(cfg: RunConfig, workdir: Path) -> int:
         return EXIT_BAD_CONFIG
     status = "FAILED"
     try:
-        trainer.resume()
+        try:
+            trainer.resume()
+        except _user_errors() as e:
+            log.error("error: %s", e)
+            return EXIT_BAD_CONFIG
         trainer.open_tracker()
         code = trainer.fit()
         status = "FINISHED" if code == EXIT_OK else "KILLED"
