@@ -26,6 +26,7 @@ from training.audio_io import (
 )
 from training.evaluate import evaluate_testset, mlflow_metrics
 from training.inference import Enhancer, LoadedModel, load_generator
+from training.metrics import REFERENCE_METRICS, check_metric_names
 from training.testsets import open_testset
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,18 @@ def evaluate(
     limit: int | None = None,
     save_audio: bool = False,
 ) -> list[dict]:
-    """Evaluate one checkpoint on each test set; returns the summaries (training.evaluate format)."""
+    """Evaluate one checkpoint on each test set; returns the summaries (training.evaluate format).
+
+    UserError before any work for ``limit`` < 1, for a test set without clean references when every
+    requested metric needs one, and for an ``out_dir`` that is a file.
+    """
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit: expected >= 1 files, got {limit}")
+    if out_dir is not None:
+        check_out_dir(Path(out_dir))
     loaded = load_generator(checkpoint)
     cfg = loaded.config
-    metrics = metrics or list(cfg.eval.metrics)
+    metrics = check_metric_names(metrics or list(cfg.eval.metrics))
     enhancer = Enhancer(
         loaded.model,
         chunk_seconds=chunk_seconds if chunk_seconds is not None else cfg.eval.chunk_seconds,
@@ -61,7 +70,12 @@ def evaluate(
     if name is not None and len(testsets) > 1:
         raise UserError("--name: give one test set when naming it")
     opened = [open_testset(p, name=name) for p in testsets]  # fail on a bad folder before any work
+    for ts in opened:
+        if not ts.has_reference and all(m in REFERENCE_METRICS for m in metrics):
+            raise UserError(f"{ts.path}: no clean/ references, and every metric asked for ({', '.join(metrics)}) "
+                            f"needs one; add clean/ or ask for reference-free metrics (--metrics dnsmos)")
     out_dir = Path(out_dir) if out_dir else _default_eval_dir(loaded)
+    check_out_dir(out_dir)
     summaries = []
     for ts in opened:
         log.info("evaluating %s on %s (%d files)", loaded.checkpoint, ts.name, len(ts))

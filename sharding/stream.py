@@ -554,17 +554,20 @@ class TrainStream:
 
 # ----------------------------------------------------------------- utterances
 def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | None = None,
-                    on_mismatch: str = "convert", stats: Counter | None = None
+                    on_mismatch: str = "convert", stats: Counter | None = None,
+                    failures: list[tuple[str, str]] | None = None
                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield (key, noisy [N], clean [N]) full-length float32 16 kHz, in shard then file order.
 
     ``path``: a split folder, a single ``.tar`` shard, or a corpus folder together with ``split``.
-    Bad samples are skipped with a warning and counted in ``stats`` (if given).
+    Bad samples are skipped with a warning and counted in ``stats`` (if given); ``failures`` (if given)
+    receives ``("<shard>:<key>", reason)`` for each, and ``("<shard>", reason)`` for the samples a shard
+    holds fewer than its manifest lists (truncated or corrupt tar).
     """
     path = Path(path)
     stats = stats if stats is not None else Counter()
     if path.is_file():
-        shards = [str(path)]
+        refs = [ShardRef(str(path), -1)]
     else:
         is_split = (path / "manifest.json").exists() or any(path.glob("*.tar"))
         if split is None and not is_split and path.is_dir():
@@ -572,10 +575,14 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
             if len(present) != 1:
                 raise SourceError(f"{path}: a corpus folder with splits {present}; pass a split folder or split=")
             split = present[0]
-        shards = [r.path for r in list_shards(resolve_split_dir(path, split or "test"))]
+        refs = list_shards(resolve_split_dir(path, split or "test"))
     n = 0
-    for shard in shards:
+    for ref in refs:
+        shard = ref.path
         idx = _index(shard)
+        if failures is not None and ref.samples > len(idx.samples) and (limit is None or n < limit):
+            failures.append((Path(shard).name, f"{ref.samples - len(idx.samples)} of {ref.samples} samples "
+                             f"listed in the manifest are unreadable ({idx.error or 'truncated/corrupt shard'})"))
         for key, members in idx.samples.items():
             if limit is not None and n >= limit:
                 return
@@ -589,6 +596,8 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
             except (BadSample, SourceError, OSError) as e:
                 stats[e.kind if isinstance(e, BadSample) else "skipped_corrupt"] += 1
                 log.warning("skipping sample %s of shard %s: %s", key, shard, e)
+                if failures is not None:
+                    failures.append((f"{Path(shard).name}:{key}", " ".join(str(e).split())))
                 continue
             stats["samples"] += 1
             n += 1

@@ -78,6 +78,38 @@ class TestSet:
             yield key, noisy[:n], clean[:n]
 
 
+    def entries(self) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | None, str | None]]:
+        """Like iteration, but a bad utterance does not stop it: ``(key, noisy, clean, None)`` for a good
+        one, ``(key, None, None, reason)`` for one that cannot be read or paired (for shards: a bad
+        sample, or ``(shard name, reason)`` for the samples a truncated shard lost)."""
+        if self.kind == "shards":
+            from sharding.stream import iter_utterances
+
+            failures: list[tuple[str, str]] = []
+            for key, noisy, clean in iter_utterances(self.path, stats=self.stats, failures=failures):
+                while failures:
+                    fkey, reason = failures.pop(0)
+                    yield fkey, None, None, reason
+                yield key, noisy, clean, None
+            for fkey, reason in failures:
+                yield fkey, None, None, reason
+            return
+        for key, noisy_path, clean_path in self._pairs:
+            try:
+                noisy = _read(noisy_path)
+                clean = None if clean_path is None else _read(clean_path)
+                if clean is not None:
+                    if abs(len(noisy) - len(clean)) > MAX_PAIR_MISMATCH:
+                        raise TestSetError(f"{noisy_path}: {len(noisy)} samples at 16 kHz but {clean_path} has "
+                                           f"{len(clean)}; a pair must have the same duration")
+                    n = min(len(noisy), len(clean))
+                    noisy, clean = noisy[:n], clean[:n]
+            except TestSetError as e:
+                yield key, None, None, str(e)
+                continue
+            yield key, noisy, clean, None
+
+
 def _read(path: Path) -> np.ndarray:
     try:
         return read_audio(path)
