@@ -25,7 +25,7 @@ from orchestrator.errors import user_error_types
 
 EXIT_BAD_INPUT = 2
 # OSErrors that describe the machine or the user's paths, printed as one line (exit 2), not a traceback.
-ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                       errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)
 
 

@@ -32,7 +32,7 @@ from training.testsets import open_testset
 log = logging.getLogger(__name__)
 
 EXIT_SOME_FAILED = 3  # enhance/evaluate: every good file done, some files failed (listed at the end)
-FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def evaluate(

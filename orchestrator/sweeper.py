@@ -110,7 +110,7 @@ def plan_sweep(
         ledger = Ledger(sweep_dir)
         previous = ledger.read().get("mlflow", {}).get("parent_run_id") if ledger.exists() else None
         if not dry_run:
-            parent = ensure_parent_run(tracking_uri, experiment, spec.name, previous)
+            parent = ensure_parent_run(tracking_uri, experiment, spec.name, previous, sweep_dir=sweep_dir)
         else:
             parent = previous
         extra = {"mlflow": {"tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent}}
@@ -397,9 +397,11 @@ def run_sweep(
     with ledger.locked() as data:
         if plan.executor == "slurm":
             refresh(plan.sweep_dir, data)
-        else:  # a local/ray sweep that was interrupted: its 'running' cells are not running now
+        else:  # a local/ray sweep that was interrupted: its 'running' cells without a live process
+            from orchestrator.launchers.local import cell_alive
+
             for rec in data["cells"].values():
-                if rec["state"] in ACTIVE:
+                if rec["state"] in ACTIVE and not cell_alive(rec, plan.sweep_dir / rec["workdir"]):
                     set_state(rec, "preempted", reason="interrupted (no live process)")
             refresh(plan.sweep_dir, data)
         states = {cid: rec["state"] for cid, rec in data["cells"].items()}

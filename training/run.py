@@ -13,6 +13,7 @@ the same command.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import logging
 import os
@@ -46,6 +47,9 @@ def train(cfg: RunConfig, workdir: Path) -> int:
     naming the holder (host, pid); a lock left by a dead process is taken over."""
     env = distributed.env_from()
     workdir = Path(workdir)
+    if _workdir_problem(workdir):
+        log.error("error: %s", _workdir_problem(workdir))
+        return EXIT_BAD_CONFIG
     lock = _lock_run_folder(cfg, workdir, env.rank)
     if lock is None:
         return EXIT_BAD_CONFIG
@@ -53,6 +57,14 @@ def train(cfg: RunConfig, workdir: Path) -> int:
         return _train_locked(cfg, workdir, env)
     finally:
         lock.release()
+
+
+def _workdir_problem(workdir: Path) -> str | None:
+    """One line when ``workdir`` (or a parent) exists but is not a folder, else None."""
+    for p in (workdir, *workdir.parents):
+        if p.exists():
+            return None if p.is_dir() else f"--workdir {workdir}: {p} is a file, expected a folder"
+    return None
 
 
 def _lock_run_folder(cfg: RunConfig, workdir: Path, rank: int):
@@ -98,7 +110,17 @@ def _train_locked(cfg: RunConfig, workdir: Path, env) -> int:
             log.error("error: %s", e)
             return EXIT_BAD_CONFIG
         trainer.open_tracker()
-        code = trainer.fit()
+        try:
+            code = trainer.fit()
+        except _user_errors() as e:  # e.g. a bad sample with data.skip_bad=false
+            log.error("error: %s", e)
+            return EXIT_BAD_CONFIG
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+                raise
+            log.error("error: %s: %s (the newest complete checkpoint is intact; free space and rerun to resume)",
+                      e.filename or workdir, e.strerror)
+            return EXIT_BAD_CONFIG
         status = "FINISHED" if code == EXIT_OK else "KILLED"
         return code
     finally:
@@ -188,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
+    if _workdir_problem(workdir):
+        print(f"error: {_workdir_problem(workdir)}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     setup_logging(workdir, distributed.env_from().rank)
     config = args.config
     if config is None and (workdir / "config.yaml").is_file():
