@@ -44,6 +44,34 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+class _WriteErrors:
+    """A binary file proxy that remembers the first OSError of ``write`` (and re-raises it)."""
+
+    def __init__(self, f: BinaryIO, path: Path):
+        self._f = f
+        self._path = str(path)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            if self.error is None:
+                self.error = OSError(e.errno, e.strerror, self._path)
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as e:
+            if self.error is None:
+                self.error = OSError(e.errno, e.strerror, self._path)
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a binary temp file beside ``path``, then fsync, chmod to the umask, rename."""
     path = Path(path)
@@ -51,11 +79,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recorder = _WriteErrors(f, path)
+            try:
+                write(recorder)
+            except Exception as e:
+                # a writer that turns the file's OSError into its own error (torch.save reports a full
+                # disk as "RuntimeError: ... unexpected pos"): raise the OSError, which says what happened
+                if recorder.error is not None and not isinstance(e, OSError):
+                    raise recorder.error from None
+                raise
             f.flush()
             os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None and e.errno is not None:  # name the file: "No space left on device" alone is not enough
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

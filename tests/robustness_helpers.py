@@ -4,6 +4,7 @@ training run (`python -m training.run`), plus helpers to run the real CLIs as pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -78,3 +79,31 @@ def trained_run(corpus, tmp_path_factory) -> Path:
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp / "run" / "checkpoints" / "best" / "COMPLETE").is_file()
     return tmp / "run"
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path, size_kb: int):
+    """``folder`` on a tmpfs of ``size_kb`` KiB (root only: ENOSPC when full, the honest full disk);
+    yields ``(preexec_fn, errno name)``. Elsewhere no mount: the child runs under RLIMIT_FSIZE =
+    size_kb (SIGXFSZ ignored, so a write past it fails with EFBIG), which the code treats alike."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = False
+    if os.geteuid() == 0:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)],
+                           capture_output=True)
+        mounted = r.returncode == 0
+    if mounted:
+        try:
+            yield None, "ENOSPC"
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+        return
+
+    def limit():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size_kb * 1024, size_kb * 1024))
+
+    yield limit, "EFBIG"

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from common.atomic import atomic_write
+from common.atomic import atomic_write_bytes
 
 SAMPLE_RATE = 16000
+FULL_SCALE = 32767 / 32768  # the largest 16-bit PCM sample as float
 # The extensions of the containers libsndfile decodes by header (wav, flac, ogg/opus, mp3, aiff, ...):
 # a folder is searched for these, the same files a named input may be.
 AUDIO_EXTENSIONS = (".aif", ".aifc", ".aiff", ".au", ".caf", ".flac", ".mp3", ".oga", ".ogg", ".opus", ".rf64",
@@ -74,11 +76,11 @@ def write_wav(path: str | Path, wav: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     if not np.all(np.isfinite(x)):
         raise AudioFileError(f"{path}: not written: the audio holds {int((~np.isfinite(x)).sum())} "
                              f"non-finite sample(s) (NaN/Inf)")
-    atomic_write(path, lambda f: sf.write(f, np.clip(x, -1.0, 32767 / 32768), sr, format="WAV", subtype="PCM_16"))
+    buf = io.BytesIO()  # encoded in memory: soundfile's write callback would print a full disk's traceback
+    sf.write(buf, np.clip(x, -1.0, FULL_SCALE), sr, format="WAV", subtype="PCM_16")
+    atomic_write_bytes(path, buf.getbuffer())
     return path
 
-
-FULL_SCALE = 32767 / 32768
 
 
 def fit_full_scale(x: np.ndarray) -> tuple[np.ndarray, float]:
