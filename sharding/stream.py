@@ -229,7 +229,7 @@ class StreamConfig:
     num_slots: int
     on_mismatch: str
     remix: Remix | None = None
-    skip_bad: bool = True  # False: a bad sample raises SourceError instead of being skipped and counted
+    skip_bad: bool = True  # False: a broken sample raises SourceError instead of being skipped and counted
 
 
 def epoch_assignment(cfg: StreamConfig, epoch: int, slot: int) -> list[int]:
@@ -327,7 +327,7 @@ def slot_samples(cfg: StreamConfig, slot: int, pos: int, stats: Counter) -> Iter
                         if cfg.remix is not None:
                             item = _remix(cfg, item, np.random.default_rng([cfg.seed, slot, pos, 0x3E]), stats)
                     except (BadSample, SourceError, OSError) as e:
-                        if not cfg.skip_bad:
+                        if not cfg.skip_bad and getattr(e, "kind", "") != "rejected_silent":  # a silent crop: not broken
                             raise SourceError(f"{ref.path}: sample {key}: {e} (data.skip_bad=false: "
                                               f"a bad sample stops the run)") from None
                         kind = e.kind if isinstance(e, BadSample) else "skipped_corrupt"
@@ -441,8 +441,9 @@ class TrainStream:
     :param prefetch_factor: batches decoded ahead per worker (0 with num_workers=0: no thread).
     :param epoch_batches: nominal batches per epoch (``len``); default train samples // (world*batch).
     :param on_mismatch: ``convert`` (resample/mono-mix) or ``reject`` audio not mono 16 kHz.
-    :param skip_bad: False: an undecodable, missing, silent or non-finite sample raises SourceError
-        (stops the run) instead of being skipped and counted.
+    :param skip_bad: False: an undecodable, incomplete (missing member), wrong-format or non-finite sample
+        raises SourceError (stops the run) instead of being skipped and counted. A crop that happens to be
+        silent is skipped and counted either way (the sample is not broken, the crop is just unusable).
     :param remix: on-the-fly mixing, e.g. ``{"snr_db_min": -5, "snr_db_max": 15, "noise_dir": DIR,
         "probability": 1.0}`` (noise = noisy - clean of random samples of ``noise_dir``, default this corpus).
     """
