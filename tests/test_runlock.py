@@ -81,3 +81,15 @@ def test_sweep_rerun_leaves_a_live_local_cell_alone(corpus, tmp_path):  # noqa: 
     r = run([sys.executable, "-m", "orchestrator.cli", "sweep", str(sweep), "--root", str(root)])
     assert "1 to submit" in r.stdout and r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert json.loads((sweep_dir / "ledger.json").read_text())["cells"][cid]["state"] == "done"
+
+
+def test_a_ledger_of_the_wrong_shape_is_one_line(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    for cells, expected in (('{"s0": "x"}', "cell 's0': expected a record (mapping), got str"),
+                            ('{"s0": {"state": "weird", "workdir": "c"}}', "cell 's0': state 'weird' is not one of"),
+                            ('{"s0": {"state": "done"}}', "cell 's0': 'workdir' must be a folder path string")):
+        (tmp_path / "ledger.json").write_text('{"cells": ' + cells + '}')
+        assert main(["status", str(tmp_path)]) == 2  # before: AttributeError traceback
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {tmp_path / 'ledger.json'}: ") and expected in err and "\n" not in err
