@@ -69,12 +69,20 @@ class CheckpointError(ConfigError):
     """A checkpoint that cannot be used: unreadable, or from another model (one line naming the file)."""
 
 
-def load_file(path: Path, map_location="cpu"):
-    """``torch.load(weights_only=True)``; CheckpointError (one line) for a missing or unreadable file."""
+def load_file(path: Path, map_location="cpu", mmap: bool = False):
+    """``torch.load(weights_only=True)``; CheckpointError (one line) for a missing or unreadable file.
+    ``mmap``: map the tensors instead of reading them (a cheap look at the metadata of a big file)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(path, map_location=map_location, weights_only=True)  # not a zip file: read it
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
         reason = " ".join(str(e).split())[:200] or type(e).__name__
+        if "Weights only load failed" in reason:  # torch's long advice to drop weights_only: not for us
+            reason = "not a torch checkpoint, or one holding more than tensors and plain containers"
         raise CheckpointError(f"{path}: not a readable checkpoint file ({reason}); "
                               f"delete its folder to fall back to an older checkpoint") from None
 
@@ -96,7 +104,7 @@ def check_resume(root: Path, model: dict) -> None:
     latest = CheckpointManager(root).latest()
     if latest is None:
         return
-    state = load_file(latest / STATE)
+    state = load_file(latest / STATE, mmap=True)
     stored = (stored_config(state) or {}).get("model")
     if stored is not None and _plain(stored) != _plain(model):
         raise CheckpointError(
