@@ -14,6 +14,7 @@ Logging is configured here and nowhere on import.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import pkgutil
@@ -23,6 +24,9 @@ from orchestrator import commands as _commands_pkg
 from orchestrator.errors import user_error_types
 
 EXIT_BAD_INPUT = 2
+# OSErrors that describe the machine or the user's paths, printed as one line (exit 2), not a traceback.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                      errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)
 
 
 def _command_modules():
@@ -73,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except user_error_types() as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # the machine, not the code: full/read-only disk, a path that is a file, ...
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = e.filename if e.filename is not None else ""
+        print(f"error: {where}{': ' if where else ''}{e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

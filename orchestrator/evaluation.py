@@ -7,16 +7,32 @@ enhance: checkpoint + audio files/folders → 16 kHz (or input-rate) WAV files, 
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 from pathlib import Path
 
+import numpy as np
+
 from orchestrator.errors import UserError
-from training.audio_io import AUDIO_EXTENSIONS, audio_info, read_audio, to_mono_16k, write_wav
+from training.audio_io import (
+    AUDIO_EXTENSIONS,
+    AudioFileError,
+    audio_info,
+    fit_full_scale,
+    read_audio,
+    to_mono_16k,
+    write_wav,
+)
 from training.evaluate import evaluate_testset
 from training.inference import Enhancer, LoadedModel, load_generator
+from training.metrics import REFERENCE_METRICS, check_metric_names
 from training.testsets import open_testset
 
 log = logging.getLogger(__name__)
+
+EXIT_SOME_FAILED = 3  # enhance/evaluate: every good file done, some files failed (listed at the end)
+FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def evaluate(
@@ -34,10 +50,18 @@ def evaluate(
     limit: int | None = None,
     save_audio: bool = False,
 ) -> list[dict]:
-    """Evaluate one checkpoint on each test set; returns the summaries (training.evaluate format)."""
+    """Evaluate one checkpoint on each test set; returns the summaries (training.evaluate format).
+
+    UserError before any work for ``limit`` < 1, for a test set without clean references when every
+    requested metric needs one, and for an ``out_dir`` that is a file.
+    """
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit: expected >= 1 files, got {limit}")
+    if out_dir is not None:
+        check_out_dir(Path(out_dir))
     loaded = load_generator(checkpoint)
     cfg = loaded.config
-    metrics = metrics or list(cfg.eval.metrics)
+    metrics = check_metric_names(metrics or list(cfg.eval.metrics))
     enhancer = Enhancer(
         loaded.model,
         chunk_seconds=chunk_seconds if chunk_seconds is not None else cfg.eval.chunk_seconds,
@@ -46,7 +70,12 @@ def evaluate(
     if name is not None and len(testsets) > 1:
         raise UserError("--name: give one test set when naming it")
     opened = [open_testset(p, name=name) for p in testsets]  # fail on a bad folder before any work
+    for ts in opened:
+        if not ts.has_reference and all(m in REFERENCE_METRICS for m in metrics):
+            raise UserError(f"{ts.path}: no clean/ references, and every metric asked for ({', '.join(metrics)}) "
+                            f"needs one; add clean/ or ask for reference-free metrics (--metrics dnsmos)")
     out_dir = Path(out_dir) if out_dir else _default_eval_dir(loaded)
+    check_out_dir(out_dir)
     summaries = []
     for ts in opened:
         log.info("evaluating %s on %s (%d files)", loaded.checkpoint, ts.name, len(ts))
@@ -78,20 +107,58 @@ def _log_to_mlflow(loaded: LoadedModel, summary: dict, out_dir: Path, tracking_u
     log_summary(tracking_uri or cfg.mlflow.tracking_uri, loaded.mlflow_run_id, summary, out_dir, loaded.step)
 
 
-def _collect_inputs(inputs: list[str]) -> list[Path]:
-    files: list[Path] = []
+def _collect_inputs(inputs: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(input file, output path relative to ``out_dir``) for every input; UserError before any work.
+
+    A folder is walked for ``AUDIO_EXTENSIONS`` (skipping ``out_dir`` when it lies inside) and keeps its
+    subfolders (``DIR/sub/a.wav`` -> ``OUT/sub/a.wav``); a named file goes to ``OUT/<stem>.wav``. Inputs
+    that would share an output (``a.wav`` and ``a.flac``) are written as ``<name>.wav`` (``a.wav.wav``,
+    ``a.flac.wav``); an output that would replace an input is refused.
+    """
+    out_resolved = out_dir.resolve()
+    found: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
-            if not found:
-                raise UserError(f"{p}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
-            files.extend(found)
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
+                           and out_resolved not in f.resolve().parents)
+            if not files:
+                raise UserError(f"{p}: folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+            found.extend((f, f.relative_to(p)) for f in files)
         elif p.is_file():
-            files.append(p)
+            found.append((p, Path(p.name)))
         else:
             raise UserError(f"{p}: no such file or folder")
-    return files
+    by_target: dict[Path, list[int]] = {}
+    for i, (_, rel) in enumerate(found):
+        by_target.setdefault(rel.with_suffix(".wav"), []).append(i)
+    pairs = []
+    for f, rel in found:
+        shared = len(by_target[rel.with_suffix(".wav")]) > 1
+        pairs.append((f, rel.with_name(rel.name + ".wav") if shared else rel.with_suffix(".wav")))
+    seen: dict[Path, Path] = {}
+    inputs_resolved = {f.resolve(): f for f, _ in pairs}
+    for f, rel in pairs:
+        target = (out_dir / rel).resolve()
+        if target in seen:
+            raise UserError(f"{f} and {seen[target]} would both be written to {out_dir / rel}; "
+                            f"enhance them into different --out folders")
+        seen[target] = f
+        if target in inputs_resolved:
+            raise UserError(f"--out {out_dir}: would overwrite the input {inputs_resolved[target]}; "
+                            f"choose an output folder that is not the input's")
+    return pairs
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """``--out`` must be a folder (or not exist yet); UserError otherwise."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: is a file, expected a folder")
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out_dir}: {parent} is a file, expected a folder")
+            break
 
 
 def enhance_files(
@@ -103,22 +170,48 @@ def enhance_files(
     overlap_seconds: float = 0.5,
     keep_rate: bool = False,
 ) -> dict:
-    """Enhance every audio file of ``inputs`` into ``out_dir``; returns {"files", "seconds", "rtf"}."""
-    files = _collect_inputs(inputs)
+    """Enhance every audio file of ``inputs`` into ``out_dir`` (see ``_collect_inputs`` for the names).
+
+    A file that cannot be read or enhanced (undecodable, NaN/Inf samples, ...) is reported and skipped;
+    the others go on. Output louder than 16-bit full scale (a float input above 1.0) is scaled down to
+    fit, with a warning, instead of being clipped. Returns ``{"files": [written], "failed": [(input,
+    reason)], "scaled": [(input, gain_db)], "seconds", "rtf"}``.
+    """
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    files = _collect_inputs(inputs, out_dir)
     loaded = load_generator(checkpoint)
     enhancer = Enhancer(loaded.model, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
-    out_dir = Path(out_dir)
-    written = []
-    for f in files:
-        wav = read_audio(f)  # float32 mono 16 kHz
-        enhanced = enhancer.enhance(wav)
-        rate = 16000
-        if keep_rate:
-            rate = audio_info(f).samplerate
-            enhanced = to_mono_16k(enhanced, 16000, target_sr=rate)
-        target = out_dir / (f.stem + ".wav")
-        write_wav(target, enhanced, sr=rate)
+    written, failed, scaled = [], [], []
+    for f, rel in files:
+        target = out_dir / rel
+        try:
+            wav = read_audio(f)  # float32 mono 16 kHz; AudioFileError for NaN/Inf or undecodable audio
+            enhanced = enhancer.enhance(wav)
+            rate = 16000
+            if keep_rate:
+                rate = audio_info(f).samplerate
+                enhanced = to_mono_16k(enhanced, 16000, target_sr=rate)
+            if not np.all(np.isfinite(enhanced)):
+                raise AudioFileError(f"{f}: the model produced non-finite output; nothing written")
+            enhanced, gain = fit_full_scale(enhanced)
+            if gain != 1.0:
+                db = 20 * math.log10(gain)
+                log.warning("%s: output above full scale (the input peaks above 1.0): scaled by %.1f dB "
+                            "instead of clipping", f, db)
+                scaled.append((str(f), db))
+            write_wav(target, enhanced, sr=rate)
+        except OSError as e:
+            if e.errno in FATAL_ERRNOS:
+                raise  # a full or read-only disk fails every later file too: stop (one-line error)
+            failed.append((str(f), f"{f}: {e.strerror or e}"))
+            continue
+        except Exception as e:  # one bad file must not stop the batch: reported at the end
+            reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            log.debug("enhancing %s failed", f, exc_info=True)
+            failed.append((str(f), " ".join(reason.split())))
+            continue
         written.append(target)
         log.info("%s -> %s (%.1f s)", f, target, wav.shape[0] / 16000)
-    return {"files": [str(p) for p in written], "seconds": enhancer.seconds_audio, "rtf": enhancer.rtf}
-
+    return {"files": [str(p) for p in written], "failed": failed, "scaled": scaled,
+            "seconds": enhancer.seconds_audio, "rtf": enhancer.rtf}

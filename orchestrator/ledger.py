@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from common.atomic import atomic_write_text
 from orchestrator.errors import UserError
-from training.configtools import atomic_write_text
 
 STATES = ("pending", "submitted", "running", "done", "failed", "cancelled", "preempted")
 FINAL_OK = "done"
@@ -64,6 +64,15 @@ class Ledger:
             raise UserError(f"{self.path}: ledger is not valid JSON ({e})") from None
         if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
             raise UserError(f"{self.path}: ledger has no 'cells' mapping")
+        for cid, rec in data["cells"].items():
+            if not isinstance(rec, dict):
+                raise UserError(f"{self.path}: cell {cid!r}: expected a record (mapping), got {type(rec).__name__}")
+            if rec.get("state") not in STATES:
+                raise UserError(f"{self.path}: cell {cid!r}: state {rec.get('state')!r} is not one of {', '.join(STATES)}")
+            if not isinstance(rec.get("workdir"), str):
+                raise UserError(f"{self.path}: cell {cid!r}: 'workdir' must be a folder path string")
+        if "mlflow" in data and not isinstance(data["mlflow"], dict):
+            raise UserError(f"{self.path}: 'mlflow' must be a mapping")
         return data
 
     def write(self, data: dict) -> None:

@@ -230,13 +230,9 @@ def running_server(dir: str | os.PathLike) -> ServerInfo | None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from common.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def wait_healthy(uri: str, *, timeout_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:

@@ -9,7 +9,10 @@ over ``SWEEP_DIR/mlflow.db``. A store shared by several sweeps thus gets one ser
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.errors import UserError
@@ -29,36 +32,66 @@ def absolute_tracking_uri(uri: str | None, default_dir: Path) -> str:
     return uri
 
 
-def ensure_parent_run(tracking_uri: str, experiment: str, sweep_name: str, run_id: str | None = None) -> str:
-    """The parent run's id: ``run_id`` when it still exists, else a new run in ``experiment``
-    (created if needed) tagged ``se.kind=sweep``, ``se.sweep=<name>``."""
+@contextlib.contextmanager
+def store_lock(tracking_uri: str, sweep_dir: Path | None) -> Iterator[None]:
+    """Exclusive lock around a store's first use and a parent run's creation: beside a SQLite file
+    (``<db>.lock``, shared by every sweep writing that store), else in ``sweep_dir``. Two sweep commands
+    started at once thus never create the SQLite schema concurrently, nor two parent runs."""
+    if tracking_uri.startswith(SQLITE):
+        lock_path = Path(tracking_uri[len(SQLITE):] + ".lock")
+    elif sweep_dir is not None:
+        lock_path = Path(sweep_dir) / "mlflow-parent.lock"
+    else:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_parent_run(tracking_uri: str, experiment: str, sweep_name: str, run_id: str | None = None,
+                      *, sweep_dir: Path | None = None) -> str:
+    """The parent run's id: ``run_id`` when it still exists, else the unfinished parent run another
+    command created for the same sweep folder (tag ``se.sweep_dir``), else a new run in ``experiment``
+    (created if needed) tagged ``se.kind=sweep``, ``se.sweep=<name>``, ``se.sweep_dir``. All of it under
+    :func:`store_lock`, so concurrent first-time sweeps share one store schema and one parent run."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith(SQLITE):
         Path(tracking_uri[len(SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if run_id:
-        try:
-            client.get_run(run_id)
-            return run_id
-        except MlflowException:
-            pass
-    exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        exp_id = exp.experiment_id
-    else:  # a local SQLite store keeps its artifacts beside the database, not in the current folder
-        location = None
-        if tracking_uri.startswith(SQLITE):
-            location = (Path(tracking_uri[len(SQLITE):]).parent / "mlartifacts").resolve().as_uri()
-        exp_id = client.create_experiment(experiment, artifact_location=location)
-    run = client.create_run(
-        exp_id,
-        run_name=sweep_name,
-        tags={"se.kind": "sweep", "se.sweep": sweep_name},
-    )
-    return run.info.run_id
+    with store_lock(tracking_uri, sweep_dir):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if run_id:
+            try:
+                client.get_run(run_id)
+                return run_id
+            except MlflowException:
+                pass
+        exp = client.get_experiment_by_name(experiment)
+        if exp is not None:
+            exp_id = exp.experiment_id
+        else:  # a local SQLite store keeps its artifacts beside the database, not in the current folder
+            location = None
+            if tracking_uri.startswith(SQLITE):
+                location = (Path(tracking_uri[len(SQLITE):]).parent / "mlartifacts").resolve().as_uri()
+            exp_id = client.create_experiment(experiment, artifact_location=location)
+        tags = {"se.kind": "sweep", "se.sweep": sweep_name}
+        if sweep_dir is not None:
+            tags["se.sweep_dir"] = str(Path(sweep_dir).resolve())
+            found = client.search_runs(
+                [exp_id], filter_string=f"tags.`se.kind` = 'sweep' and tags.`se.sweep_dir` = '{tags['se.sweep_dir']}' "
+                                        f"and attributes.status = 'RUNNING'",
+                max_results=1, order_by=["attributes.start_time DESC"])
+            if found:
+                return found[0].info.run_id
+        run = client.create_run(exp_id, run_name=sweep_name, tags=tags)
+        return run.info.run_id
 
 
 def finish_parent_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:

@@ -106,7 +106,7 @@ def plan_sweep(
         ledger = Ledger(sweep_dir)
         previous = ledger.read().get("mlflow", {}).get("parent_run_id") if ledger.exists() else None
         if not dry_run:
-            parent = ensure_parent_run(tracking_uri, experiment, spec.name, previous)
+            parent = ensure_parent_run(tracking_uri, experiment, spec.name, previous, sweep_dir=sweep_dir)
         else:
             parent = previous
         extra = {"mlflow": {"tracking_uri": tracking_uri, "experiment": experiment, "parent_run_id": parent}}

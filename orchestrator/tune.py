@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write_text
 from orchestrator.errors import UserError
 from orchestrator.sweep import key_error, nest_dotted
 
@@ -389,9 +390,7 @@ def _record(outcome: TuneOutcome, spec: TuneSpec, seconds: float) -> None:
 
     path = spec.search_dir / "tune_results.json"
     data = dataclasses.asdict(outcome) | {"metric": spec.metric, "mode": spec.mode, "seconds": round(seconds, 1)}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
     client = MlflowClient(tracking_uri=outcome.tracking_uri)
     client.log_artifact(outcome.parent_run_id, str(path))
     for t in outcome.trials:  # mark how each trial ended; a run left RUNNING by a killed trial is KILLED

@@ -80,17 +80,37 @@ def resolve_split_dir(path: str | Path, split: str = "train") -> Path:
     raise SourceError(f"{path}: no manifest.json, no *.tar and no {split}/ folder")
 
 
-def list_shards(split_dir: str | Path) -> list[ShardRef]:
-    """Shards of a split with their sample counts (from manifest.json, else by indexing the tars)."""
+def list_shards(split_dir: str | Path, *, check_sizes: bool = False) -> list[ShardRef]:
+    """Shards of a split with their sample counts (from manifest.json, else by indexing the tars).
+
+    SourceError (one line) before any reading when: the folder is a build that has not finished (shard
+    sidecars in ``.parts/`` or temp files, but no manifest.json yet), the manifest is not valid, a shard
+    it lists is missing, or (``check_sizes``) a shard's size differs from the manifest's ``bytes``
+    (truncated or replaced). A folder of tars with neither manifest nor build leftovers (written by
+    another tool) is indexed.
+    """
     split_dir = Path(split_dir)
     manifest = split_dir / "manifest.json"
     if manifest.exists():
         try:
             m = json.loads(manifest.read_text())
-            refs = [ShardRef(str(split_dir / s["name"]), int(s["samples"])) for s in m["shards"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise SourceError(f"{manifest}: not a shard manifest ({e})") from None
+            entries = [(str(split_dir / s["name"]), int(s["samples"]), s.get("bytes")) for s in m["shards"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SourceError(f"{manifest}: not a shard manifest ({type(e).__name__}: {e})") from None
+        for path, _, size in entries:
+            if not Path(path).is_file():
+                raise SourceError(f"{manifest}: lists {Path(path).name}, which is missing; rebuild the corpus "
+                                  f"(orchestrate shard build) or restore the shard")
+            actual = Path(path).stat().st_size
+            if check_sizes and isinstance(size, int) and actual != size:
+                raise SourceError(f"{path}: {actual} bytes but {manifest.name} says {size} (truncated or "
+                                  f"replaced); rebuild it or run `orchestrate shard verify {split_dir}`")
+        refs = [ShardRef(path, samples) for path, samples, _ in entries]
     else:
+        leftovers = (split_dir / ".parts").is_dir() or any(split_dir.glob(".*.tmp*"))
+        if leftovers:
+            raise SourceError(f"{split_dir}: no manifest.json but build leftovers (.parts/ or temp files): "
+                              f"the shard build did not finish; rerun `orchestrate shard build` to complete it")
         refs = [ShardRef(str(p), len(index_tar(p).samples)) for p in sorted(split_dir.glob("*.tar"))]
     refs = [r for r in refs if r.samples > 0]
     if not refs:
@@ -210,6 +230,7 @@ class StreamConfig:
     num_slots: int
     on_mismatch: str
     remix: Remix | None = None
+    skip_bad: bool = True  # False: a broken sample raises SourceError instead of being skipped and counted
 
 
 def epoch_assignment(cfg: StreamConfig, epoch: int, slot: int) -> list[int]:
@@ -307,6 +328,9 @@ def slot_samples(cfg: StreamConfig, slot: int, pos: int, stats: Counter) -> Iter
                         if cfg.remix is not None:
                             item = _remix(cfg, item, np.random.default_rng([cfg.seed, slot, pos, 0x3E]), stats)
                     except (BadSample, SourceError, OSError) as e:
+                        if not cfg.skip_bad and getattr(e, "kind", "") != "rejected_silent":  # a silent crop: not broken
+                            raise SourceError(f"{ref.path}: sample {key}: {e} (data.skip_bad=false: "
+                                              f"a bad sample stops the run)") from None
                         kind = e.kind if isinstance(e, BadSample) else "skipped_corrupt"
                         stats[kind] += 1
                         log.warning("skipping sample %s of shard %s: %s", key, ref.path, e)
@@ -429,6 +453,9 @@ class TrainStream:
     :param prefetch_factor: batches decoded ahead per worker (0 with num_workers=0: no thread).
     :param epoch_batches: nominal batches per epoch (``len``); default train samples // (world*batch).
     :param on_mismatch: ``convert`` (resample/mono-mix) or ``reject`` audio not mono 16 kHz.
+    :param skip_bad: False: an undecodable, incomplete (missing member), wrong-format or non-finite sample
+        raises SourceError (stops the run) instead of being skipped and counted. A crop that happens to be
+        silent is skipped and counted either way (the sample is not broken, the crop is just unusable).
     :param remix: on-the-fly mixing, e.g. ``{"snr_db_min": -5, "snr_db_max": 15, "noise_dir": DIR,
         "probability": 1.0}`` (noise = noisy - clean of random samples of ``noise_dir``, default this corpus).
     """
@@ -436,20 +463,20 @@ class TrainStream:
     def __init__(self, shard_dir: str | Path, *, segment_samples: int, batch_size: int, seed: int,
                  rank: int, world_size: int, num_workers: int = 0, epoch_batches: int | None = None,
                  on_mismatch: str = "convert", split: str = "train", prefetch_factor: int = 2,
-                 remix: dict[str, Any] | None = None):
+                 remix: dict[str, Any] | None = None, skip_bad: bool = True):
         if not 0 <= rank < world_size:
             raise SourceError(f"rank {rank} not in [0, world_size={world_size})")
         if segment_samples < 1 or batch_size < 1 or num_workers < 0:
             raise SourceError("segment_samples and batch_size must be >= 1, num_workers >= 0")
         if on_mismatch not in ("convert", "reject"):
             raise SourceError(f"on_mismatch: expected convert|reject, got {on_mismatch!r}")
-        shards = tuple(list_shards(resolve_split_dir(shard_dir, split)))
+        shards = tuple(list_shards(resolve_split_dir(shard_dir, split), check_sizes=not skip_bad))
         remix_cfg = _remix_config(remix, shards, split) if remix else None
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.prefetch_factor = prefetch_factor
         self._w = max(1, num_workers)
         self.cfg = StreamConfig(shards, segment_samples, batch_size, seed, world_size * self._w, on_mismatch,
-                                remix_cfg)
+                                remix_cfg, skip_bad)
         total = sum(s.samples for s in shards)
         self.epoch_batches = epoch_batches or max(1, total // (world_size * batch_size))
         self._positions = [0] * self._w
@@ -541,17 +568,20 @@ class TrainStream:
 
 # ----------------------------------------------------------------- utterances
 def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | None = None,
-                    on_mismatch: str = "convert", stats: Counter | None = None
+                    on_mismatch: str = "convert", stats: Counter | None = None,
+                    failures: list[tuple[str, str]] | None = None
                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield (key, noisy [N], clean [N]) full-length float32 16 kHz, in shard then file order.
 
     ``path``: a split folder, a single ``.tar`` shard, or a corpus folder together with ``split``.
-    Bad samples are skipped with a warning and counted in ``stats`` (if given).
+    Bad samples are skipped with a warning and counted in ``stats`` (if given); ``failures`` (if given)
+    receives ``("<shard>:<key>", reason)`` for each, and ``("<shard>", reason)`` for the samples a shard
+    holds fewer than its manifest lists (truncated or corrupt tar).
     """
     path = Path(path)
     stats = stats if stats is not None else Counter()
     if path.is_file():
-        shards = [str(path)]
+        refs = [ShardRef(str(path), -1)]
     else:
         is_split = (path / "manifest.json").exists() or any(path.glob("*.tar"))
         if split is None and not is_split and path.is_dir():
@@ -559,10 +589,14 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
             if len(present) != 1:
                 raise SourceError(f"{path}: a corpus folder with splits {present}; pass a split folder or split=")
             split = present[0]
-        shards = [r.path for r in list_shards(resolve_split_dir(path, split or "test"))]
+        refs = list_shards(resolve_split_dir(path, split or "test"))
     n = 0
-    for shard in shards:
+    for ref in refs:
+        shard = ref.path
         idx = _index(shard)
+        if failures is not None and ref.samples > len(idx.samples) and (limit is None or n < limit):
+            failures.append((Path(shard).name, f"{ref.samples - len(idx.samples)} of {ref.samples} samples "
+                             f"listed in the manifest are unreadable ({idx.error or 'truncated/corrupt shard'})"))
         for key, members in idx.samples.items():
             if limit is not None and n >= limit:
                 return
@@ -576,6 +610,8 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
             except (BadSample, SourceError, OSError) as e:
                 stats[e.kind if isinstance(e, BadSample) else "skipped_corrupt"] += 1
                 log.warning("skipping sample %s of shard %s: %s", key, shard, e)
+                if failures is not None:
+                    failures.append((f"{Path(shard).name}:{key}", " ".join(str(e).split())))
                 continue
             stats["samples"] += 1
             n += 1

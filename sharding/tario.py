@@ -14,26 +14,15 @@ returns the samples it could fully locate; ``read_members`` fetches one sample's
 
 from __future__ import annotations
 
-import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.atomic import atomic_write, atomic_write_bytes  # noqa: F401  (re-exported)
 from sharding.errors import SourceError
 
 BLOCK = 512
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def check_sample(sample: dict) -> str:
@@ -49,20 +38,19 @@ def check_sample(sample: dict) -> str:
 
 def write_tar(path: str | Path, samples: Iterable[dict]) -> int:
     """Write samples to ``path`` atomically; returns the number of samples."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    import webdataset as wds
-
     n = 0
-    with open(tmp, "wb") as f:
+
+    def write(f) -> None:
+        nonlocal n
+        import webdataset as wds
+
         with wds.TarWriter(f, user="", group="", mode=0o644, mtime=0, encoder=False) as tar:
             for sample in samples:
                 check_sample(sample)
                 tar.write({k: bytes(v) if k != "__key__" else v for k, v in sample.items()})
                 n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
     return n
 
 

@@ -71,6 +71,18 @@ def _check_sample(blobs: dict[str, bytes]) -> str | None:
     return None
 
 
+def _read_manifest(path: Path) -> tuple[list[dict], str | None]:
+    """(shard entries, None), or ([], one-line problem) for a manifest that is not valid JSON of shards."""
+    try:
+        shards = json.loads(path.read_text())["shards"]
+        if not (isinstance(shards, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                                 for s in shards)):
+            raise TypeError("'shards' is not a list of {name, ...}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [], f"{path}: not a valid manifest ({type(e).__name__}: {' '.join(str(e).split())})"
+    return shards, None
+
+
 def verify(root: str | Path, *, decode: bool = True) -> VerifyReport:
     """Check manifests, sizes, sha256 and sample counts; decode every sample unless ``decode=False``."""
     report = VerifyReport(str(root))
@@ -82,7 +94,10 @@ def verify(root: str | Path, *, decode: bool = True) -> VerifyReport:
             report.problems.append(f"{manifest_path}: missing")
             shards = [{"name": p.name} for p in sorted(d.glob("*.tar"))]
         else:
-            shards = json.loads(manifest_path.read_text())["shards"]
+            shards, problem = _read_manifest(manifest_path)
+            if problem:
+                report.problems.append(problem)
+                shards = [{"name": p.name} for p in sorted(d.glob("*.tar"))]
             listed = {s["name"] for s in shards}
             for extra in sorted(p.name for p in d.glob("*.tar") if p.name not in listed):
                 report.problems.append(f"{d / extra}: not listed in {MANIFEST}")
@@ -133,7 +148,11 @@ def stats(root: str | Path, *, snr_bin_db: float = 5.0) -> dict[str, Any]:
                 speakers[str(meta["speaker"])] += 1
             if meta.get("noise_type"):
                 noise_types[str(meta["noise_type"])] += 1
-        manifest = json.loads((d / MANIFEST).read_text()) if (d / MANIFEST).exists() else {}
+        try:
+            manifest = json.loads((d / MANIFEST).read_text()) if (d / MANIFEST).exists() else {}
+        except ValueError:
+            manifest = {}
+        manifest = manifest if isinstance(manifest, dict) else {}
         out[split] = {
             "clips": clips, "hours": round(seconds / 3600, 4), "shards": len(list(d.glob("*.tar"))),
             "recipe": manifest.get("recipe"),

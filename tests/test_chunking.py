@@ -93,7 +93,8 @@ def test_fir_matches_whole_file_away_from_chunk_starts():
 
 def test_output_length_mismatch_is_refused():
     with pytest.raises(ValueError, match="returned 99 samples for a 100-sample chunk"):
-        enhance_long(lambda t: t[:-1], np.zeros(300, np.float32), chunk_samples=100, overlap_samples=10)
+        enhance_long(lambda t: t[:-1], np.zeros(300, np.float32), chunk_samples=100, overlap_samples=10,
+                     min_samples=0)
     with pytest.raises(ValueError, match=r"mono audio \[N\]"):
         enhance_long(lambda t: t, np.zeros((2, 300), np.float32), chunk_samples=100)
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from common.atomic import atomic_write_bytes
+
 SAMPLE_RATE = 16000
-AUDIO_EXTENSIONS = (".wav", ".flac")
+FULL_SCALE = 32767 / 32768  # the largest 16-bit PCM sample as float
+# The extensions of the containers libsndfile decodes by header (wav, flac, ogg/opus, mp3, aiff, ...):
+# a folder is searched for these, the same files a named input may be.
+AUDIO_EXTENSIONS = (".aif", ".aifc", ".aiff", ".au", ".caf", ".flac", ".mp3", ".oga", ".ogg", ".opus", ".rf64",
+                    ".sd2", ".snd", ".voc", ".w64", ".wav", ".wave")
 
 
 class AudioFileError(ValueError):
@@ -49,32 +54,39 @@ def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
         raise AudioFileError(f"{path}: cannot decode audio ({' '.join(str(e).split())})") from None
     if x.shape[0] == 0:
         raise AudioFileError(f"{path}: no samples")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = int(np.argmax(bad.any(axis=1)))
+        raise AudioFileError(f"{path}: {int(bad.sum())} non-finite sample(s) (NaN/Inf), the first at "
+                             f"{first / file_sr:.3f} s; repair or drop the file")
     return to_mono_16k(x, file_sr, sr)
 
 
 def write_wav(path: str | Path, wav: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     """Write float [N] (any array-like, e.g. a CPU tensor) as 16-bit PCM WAV: temp file, fsync, rename.
 
-    Samples are clipped to [-1, 32767/32768]; a crash never leaves a truncated file under ``path``.
+    Samples are clipped to [-1, 32767/32768] (callers scale louder audio first, see ``fit_full_scale``);
+    non-finite audio is refused (AudioFileError), never written; a crash never leaves a truncated file
+    under ``path``; the file mode follows the umask (``common.atomic``).
     """
     path = Path(path)
     x = np.asarray(wav, dtype=np.float32)
     if x.ndim != 1:
         raise AudioFileError(f"{path}: expected mono audio [N], got shape {x.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, np.clip(x, -1.0, 32767 / 32768), sr, format="WAV", subtype="PCM_16")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if not np.all(np.isfinite(x)):
+        raise AudioFileError(f"{path}: not written: the audio holds {int((~np.isfinite(x)).sum())} "
+                             f"non-finite sample(s) (NaN/Inf)")
+    buf = io.BytesIO()  # encoded in memory: soundfile's write callback would print a full disk's traceback
+    sf.write(buf, np.clip(x, -1.0, FULL_SCALE), sr, format="WAV", subtype="PCM_16")
+    atomic_write_bytes(path, buf.getbuffer())
     return path
+
+
+
+def fit_full_scale(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """``x`` scaled down so its peak fits 16-bit PCM (gain 1 when it already fits); returns (audio, gain)."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak <= FULL_SCALE:
+        return x, 1.0
+    gain = FULL_SCALE / peak
+    return (x * gain).astype(np.float32), gain

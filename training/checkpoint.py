@@ -14,6 +14,8 @@ fsyncs and renames the folder to `step-N` and fsyncs `root`. Folders without the
 `.tmp-*` leftovers are ignored and removed by `clean_incomplete()`. Everything stored loads with
 `torch.load(weights_only=True)`.
 
+`best/` is swapped in atomically (see `save_best`); a kill inside it never loses the previous best.
+
 `SE_CKPT_TEST_PAUSE=STEP:SECONDS` (tests only): in the save of step STEP, sleep SECONDS after the
 files are written and before the marker/rename, so a test can SIGKILL a run in the middle of a save.
 """
@@ -22,15 +24,19 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import shutil
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
+from common.atomic import atomic_torch_save, atomic_write_text, exchange_paths
+from common.atomic import fsync_dir as _fsync_dir
 from training import distributed
-from training.configtools import atomic_write_text
+from training.configtools import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +45,76 @@ STATE = "state.pt"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _test_exit(point: str) -> None:
+    """`SE_BEST_TEST_EXIT=POINT` (tests only): die like SIGKILL at that point of `save_best`."""
+    if os.environ.get("SE_BEST_TEST_EXIT") == point:
+        os._exit(137)
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to `path` via a temp file in the same folder, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def best_dir(root: Path) -> Path | None:
+    """The complete best checkpoint under `root` for a reader: `best/`, else a complete `.old-best/` or
+    `.tmp-best/` left by a kill inside `save_best` (read-only: `recover_best` repairs on the next start)."""
+    for name in ("best", ".tmp-best", ".old-best"):
+        folder = Path(root) / name
+        if (folder / STATE).is_file() and (folder / MARKER).is_file():
+            return folder
+    return None
 
 
 def _write_marker(folder: Path, step: int) -> None:
     atomic_write_text(folder / MARKER, f"{step}\n")
 
 
-def load_file(path: Path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=True)
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: unreadable, or from another model (one line naming the file)."""
+
+
+def load_file(path: Path, map_location="cpu", mmap: bool = False):
+    """``torch.load(weights_only=True)``; CheckpointError (one line) for a missing or unreadable file.
+    ``mmap``: map the tensors instead of reading them (a cheap look at the metadata of a big file)."""
+    try:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(path, map_location=map_location, weights_only=True)  # not a zip file: read it
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        if "Weights only load failed" in reason:  # torch's long advice to drop weights_only: not for us
+            reason = "not a torch checkpoint, or one holding more than tensors and plain containers"
+        raise CheckpointError(f"{path}: not a readable checkpoint file ({reason}); "
+                              f"delete its folder to fall back to an older checkpoint") from None
+
+
+def stored_config(state: dict) -> dict | None:
+    """The resolved run config stored in a checkpoint (YAML text or a mapping) as a dict, else None."""
+    raw = state.get("config") if isinstance(state, dict) else None
+    if isinstance(raw, str):
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return None
+    return raw if isinstance(raw, dict) else None
+
+
+def check_resume(root: Path, model: dict) -> None:
+    """Before a resume: the newest complete checkpoint under ``root`` must be readable and hold the
+    same ``model`` section (name + options) as this run's config; CheckpointError otherwise."""
+    latest = CheckpointManager(root).latest()
+    if latest is None:
+        return
+    state = load_file(latest / STATE, mmap=True)
+    stored = (stored_config(state) or {}).get("model")
+    if stored is not None and _plain(stored) != _plain(model):
+        raise CheckpointError(
+            f"{latest / STATE}: the run folder holds a checkpoint of model {stored.get('name')!r} "
+            f"(options {stored.get('options')}), this config asks for {model.get('name')!r} "
+            f"(options {model.get('options')}); use another --workdir or the same model")
+
+
+def _plain(d: dict) -> str:
+    return yaml.safe_dump(d, sort_keys=True)
 
 
 class CheckpointManager:
@@ -100,6 +152,7 @@ class CheckpointManager:
         removed: list[Path] = []
         if self.rank != 0 or not self.root.is_dir():
             return removed
+        self.recover_best()  # before `.tmp-*` folders go: `.tmp-best` may be the only complete best
         for p in self.root.iterdir():
             if p.is_dir() and (p.name.startswith(".tmp-") or (_STEP_RE.match(p.name) and not (p / MARKER).exists())):
                 shutil.rmtree(p, ignore_errors=True)
@@ -146,23 +199,66 @@ class CheckpointManager:
                 log.warning("could not delete old checkpoint %s: %s", self.path(s), e)
 
     def save_best(self, shared: dict) -> Path:
-        """Rank 0 only: replace `best/` atomically with `shared` (models + metadata)."""
+        """Rank 0 only: replace `best/` with `shared` (models + metadata); a complete `best/` survives any kill.
+
+        The new copy is written complete into `.tmp-best/`, then swapped with `best/` in one atomic
+        step (`renameat2(RENAME_EXCHANGE)`), so `best/` is always a complete checkpoint. Where the file
+        system cannot swap, `best/` is renamed to `.old-best/` and `.tmp-best/` to `best/`; a kill
+        between the two renames is repaired by `recover_best()` on the next start (and readers fall
+        back to `.old-best/`, see `best_dir()`).
+        """
         best = self.root / "best"
         tmp = self.root / ".tmp-best"
+        old = self.root / ".old-best"
+        self.recover_best()
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         atomic_torch_save(shared, tmp / STATE)
+        _fsync_dir(tmp)
         _write_marker(tmp, int(shared.get("step", 0)))
-        old = self.root / ".old-best"
-        if old.exists():
-            shutil.rmtree(old)
+        _test_exit("written")
+        if best.exists() and exchange_paths(tmp, best):
+            _test_exit("swapped")
+            _fsync_dir(self.root)
+            shutil.rmtree(tmp, ignore_errors=True)  # now the previous best
+            return best
         if best.exists():
+            if old.exists():
+                shutil.rmtree(old)
             os.replace(best, old)
+            _test_exit("moved-old")
         os.replace(tmp, best)
+        _test_exit("moved-new")
         _fsync_dir(self.root)
         shutil.rmtree(old, ignore_errors=True)
         return best
+
+    def recover_best(self) -> Path | None:
+        """Rank 0: after a kill inside `save_best`, make `best/` complete again. Returns `best/` or None.
+
+        `best/` missing: a complete `.tmp-best/` (the newer copy) or else a complete `.old-best/` is
+        renamed to `best/`. Leftovers beside a complete `best/` are removed.
+        """
+        if self.rank != 0 or not self.root.is_dir():
+            return None
+        best, tmp, old = self.root / "best", self.root / ".tmp-best", self.root / ".old-best"
+        if not (best / MARKER).is_file():
+            for candidate in (tmp, old):
+                if (candidate / MARKER).is_file() and (candidate / STATE).is_file():
+                    if best.exists():
+                        shutil.rmtree(best)
+                    os.replace(candidate, best)
+                    _fsync_dir(self.root)
+                    log.warning("restored best/ from %s (a save of the best checkpoint was interrupted)",
+                                candidate.name)
+                    break
+        if (best / MARKER).is_file():
+            for leftover in (tmp, old):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
+            return best
+        return None
 
     # ----- load ------------------------------------------------------------------------------
     def load(self, folder: Path, map_location="cpu") -> tuple[dict, dict | None]:

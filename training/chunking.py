@@ -9,6 +9,11 @@ Two modes:
 - ``"paper"``: the papers' inference on long clips (EARS-WHAM_v2): non-overlapping chunks of
   ``chunk_samples`` (10 s = 160000 samples there), the last one being the remainder.
 
+Short audio: the models need at least ``MIN_SAMPLES`` (400 = one STFT window, 25 ms at 16 kHz). A last
+``"paper"`` chunk shorter than that is extended backwards into the previous chunk's samples (for context;
+only its own samples are kept), and a whole input shorter than that is zero-padded to ``MIN_SAMPLES``
+and the output cropped back, so every length >= 1 gets an output of the same length.
+
 Example::
 
     out = enhance_long(model.enhance, wav, chunk_samples=4 * 16000, overlap_samples=8000)
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 
 MODES = ("ola", "paper")
+MIN_SAMPLES = 400  # one 400-point STFT window: the shortest input every registered model accepts
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,13 @@ class Chunk:
     fade_out: int
 
 
-def plan_chunks(num_samples: int, chunk_samples: int, overlap_samples: int = 0, mode: str = "ola") -> list[Chunk]:
-    """The chunks covering ``num_samples`` samples (see the module docstring for the two modes)."""
+def plan_chunks(num_samples: int, chunk_samples: int, overlap_samples: int = 0, mode: str = "ola",
+                min_samples: int = 0) -> list[Chunk]:
+    """The chunks covering ``num_samples`` samples (see the module docstring for the two modes).
+
+    ``min_samples``: a last ``"paper"`` chunk shorter than this starts earlier (its extra lead samples
+    get weight 0), so no chunk but a whole input shorter than ``min_samples`` is that short.
+    """
     if mode not in MODES:
         raise ValueError(f"chunking mode must be one of {MODES}, got {mode!r}")
     if chunk_samples <= 0:
@@ -52,7 +63,11 @@ def plan_chunks(num_samples: int, chunk_samples: int, overlap_samples: int = 0, 
     if n <= c:
         return [Chunk(0, n, 0, 0, 0)]
     if mode == "paper":
-        return [Chunk(s, min(s + c, n), s, 0, 0) for s in range(0, n, c)]
+        chunks = [Chunk(s, min(s + c, n), s, 0, 0) for s in range(0, n, c)]
+        last = chunks[-1]
+        if last.end - last.start < min_samples:
+            chunks[-1] = Chunk(max(0, n - min_samples), n, last.start, 0, 0)
+        return chunks
     stride = c - ov
     starts = list(range(0, n - c, stride))  # every regular chunk that ends before the audio does
     starts.append(n - c)  # the last chunk ends exactly at the end
@@ -87,8 +102,12 @@ def enhance_long(
     chunk_samples: int,
     overlap_samples: int = 0,
     mode: str = "ola",
+    min_samples: int = MIN_SAMPLES,
 ) -> np.ndarray | torch.Tensor:
     """Apply ``enhance_fn`` (float32 Tensor [L] -> Tensor [L]) to ``wav`` [N] chunk by chunk.
+
+    No chunk given to ``enhance_fn`` is shorter than ``min_samples`` (module docstring: a short last
+    chunk borrows earlier samples, a short input is zero-padded and its output cropped); N = 0 gives [0].
 
     Chunks are slices of ``wav`` (a tensor keeps its device); outputs are accumulated on the CPU in one
     float32 [N] buffer, so memory is the output plus one chunk. Returns a numpy array for numpy input,
@@ -102,13 +121,19 @@ def enhance_long(
         x = x.float()
     out = np.zeros(x.shape[0], dtype=np.float32)
     with torch.no_grad():
-        for chunk in plan_chunks(x.shape[0], chunk_samples, overlap_samples, mode):
+        for chunk in plan_chunks(x.shape[0], chunk_samples, overlap_samples, mode, min_samples):
             length = chunk.end - chunk.start
-            y = enhance_fn(x[chunk.start : chunk.end])
+            if length == 0:
+                continue
+            piece = x[chunk.start : chunk.end]
+            if length < min_samples:
+                piece = torch.nn.functional.pad(piece, (0, min_samples - length))
+            y = enhance_fn(piece)
             y = y.detach().to("cpu", torch.float32).reshape(-1).numpy() if isinstance(y, torch.Tensor) \
                 else np.asarray(y, dtype=np.float32).reshape(-1)
-            if y.shape[0] != length:
-                raise ValueError(f"enhance_fn returned {y.shape[0]} samples for a {length}-sample chunk")
+            if y.shape[0] != piece.shape[0]:
+                raise ValueError(f"enhance_fn returned {y.shape[0]} samples for a {piece.shape[0]}-sample chunk")
+            y = y[:length]
             if chunk.fade_in or chunk.fade_out or chunk.keep_from != chunk.start:
                 out[chunk.start : chunk.end] += y * chunk_weights(chunk)
             else:

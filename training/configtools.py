@@ -19,7 +19,6 @@ import dataclasses
 import difflib
 import os
 import re
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from common.atomic import atomic_write_text  # noqa: F401  (re-exported: callers import it from here)
 
 T = TypeVar("T")
 
@@ -336,25 +337,3 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)
     return out
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

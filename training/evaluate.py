@@ -1,15 +1,21 @@
 """Evaluate an enhancer on a test set: enhance every file, score enhanced and noisy input, write reports.
 
-Outputs in ``out_dir``: ``<name>.csv`` (one row per file: ``key``, ``noisy_<metric>``,
+Outputs in ``out_dir``: ``<name>.csv`` (one row per file: ``key``, ``status``, ``noisy_<metric>``,
 ``enhanced_<metric>``, ``errors``) and ``<name>.json`` (the summary below), both written atomically.
+
+``status`` is ``ok`` (every metric defined on both sides: counted in every mean), ``excluded`` (scored,
+but some metric is undefined for it, e.g. a silent clean reference: left out of *every* mean, so all
+means are over the same files) or ``failed`` (could not be read, paired or enhanced; no scores).
 
 Summary (also the return value)::
 
-    {"testset": name, "n": files, "noisy": {metric: mean}, "enhanced": {metric: mean},
-     "failed": {"noisy": {metric: count}, "enhanced": {metric: count}}, "rtf": processing s / audio s}
+    {"testset": name, "n": files, "scored": ok files (the means' files), "excluded": count,
+     "failed_files": count, "noisy": {metric: mean}, "enhanced": {metric: mean},
+     "failed": {"noisy": {metric: count}, "enhanced": {metric: count}},   # undefined values per metric
+     "problems": [{"key", "status", "reason"}, ...]}                      # every excluded/failed file
 
-A metric that cannot be computed for a file is NaN in the CSV with its reason, is counted in
-``failed`` and left out of the mean; the other files and metrics go on.
+One bad file never stops the others; the caller reports ``failed_files`` (``orchestrate evaluate``
+exits 3 then, see docs/contracts.md).
 """
 
 from __future__ import annotations
@@ -17,17 +23,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from training.configtools import atomic_write_text
-from training.metrics import DEFAULT_METRICS, check_metric_names, evaluate_pairs, summarize
+from common.atomic import atomic_write_text
+from training.metrics import DEFAULT_METRICS, check_metric_names, evaluate_pairs
 from training.testsets import TestSet
 
 EnhanceFn = Callable[[np.ndarray], np.ndarray]
+log = logging.getLogger(__name__)
 
 
 def _file_name(testset_name: str) -> str:
@@ -46,57 +54,87 @@ def evaluate_testset(
     limit: int | None = None,
 ) -> dict:
     """Enhance and score every utterance of ``testset``; returns the summary (module docstring)."""
-    from training.audio_io import write_wav
+    from training.audio_io import AudioFileError, write_wav
 
     out_dir = Path(out_dir)
     name = testset.name
     metrics = check_metric_names(metrics)
-    keys: list[str] = []
+    order: list[tuple[str, str | None]] = []  # (key, failure reason or None), in test-set order
 
     def both_pairs() -> Iterator[tuple[str, np.ndarray | None, np.ndarray]]:
         """(noisy, enhanced) per utterance, interleaved: one pass, nothing kept for later."""
-        for i, (key, noisy, clean) in enumerate(testset):
-            if limit is not None and i >= limit:
+        for key, noisy, clean, error in testset.entries():
+            if limit is not None and len(order) >= limit:
                 break
-            enhanced = enhance(noisy)
-            if save_audio_dir is not None:
-                write_wav(Path(save_audio_dir) / f"{key}.wav", enhanced)
-            keys.append(key)
+            if error is None:
+                try:
+                    enhanced = enhance(noisy)
+                    if not np.all(np.isfinite(enhanced)):
+                        raise AudioFileError(f"{key}: the model produced non-finite output")
+                    if save_audio_dir is not None:
+                        write_wav(Path(save_audio_dir) / f"{key}.wav", enhanced)
+                except (ValueError, RuntimeError) as e:  # this file only; OSError (disk) stops the run
+                    error = " ".join(str(e).split()) or type(e).__name__
+            if error is not None:
+                log.warning("%s: %s", key, error)
+                order.append((key, error))
+                continue
+            order.append((key, None))
             yield key, clean, noisy
             yield key, clean, enhanced
 
     total = len(testset) if limit is None else min(limit, len(testset))
     rows = evaluate_pairs(both_pairs(), num_workers=num_workers, metrics=metrics, progress=progress,
                           total=2 * total)
-    noisy_rows, enhanced_rows = rows[0::2], rows[1::2]
-    noisy_sum, enh_sum = summarize(noisy_rows), summarize(enhanced_rows)
+    scored = iter(zip(rows[0::2], rows[1::2], strict=True))
+    records = []  # (key, status, noisy row, enhanced row, reason)
+    for key, error in order:
+        if error is not None:
+            records.append((key, "failed", {}, {}, error))
+            continue
+        noisy, enh = next(scored)
+        undefined = {f"{side}_{m}": side_row.get("errors", {}).get(m, "non-finite value")
+                     for side, side_row in (("noisy", noisy), ("enhanced", enh))
+                     for m in metrics if m in side_row and not _finite(side_row[m])}
+        status = "excluded" if undefined else "ok"
+        reason = "; ".join(f"{k}: {v}" for k, v in undefined.items())
+        records.append((key, status, noisy, enh, reason))
+    ok = [(n, e) for _, status, n, e, _ in records if status == "ok"]
+    names = [m for m in metrics if any(m in r for _, _, n, e, _ in records for r in (n, e))]
     summary = {
         "testset": name,
-        "n": len(keys),
-        "noisy": noisy_sum.means,
-        "enhanced": enh_sum.means,
-        "failed": {"noisy": noisy_sum.failed, "enhanced": enh_sum.failed},
+        "n": len(records),
+        "scored": len(ok),
+        "excluded": sum(1 for r in records if r[1] == "excluded"),
+        "failed_files": sum(1 for r in records if r[1] == "failed"),
+        "noisy": {m: _mean([n[m] for n, _ in ok if m in n]) for m in names},
+        "enhanced": {m: _mean([e[m] for _, e in ok if m in e]) for m in names},
+        "failed": {side: {m: sum(1 for r in records if r[1] != "failed" and m in r[i] and not _finite(r[i][m]))
+                          for m in names} for side, i in (("noisy", 2), ("enhanced", 3))},
+        "problems": [{"key": k, "status": st, "reason": why} for k, st, _, _, why in records if st != "ok"],
     }
     stem = _file_name(name)
-    atomic_write_text(out_dir / f"{stem}.csv", _rows_csv(noisy_rows, enhanced_rows, metrics))
+    atomic_write_text(out_dir / f"{stem}.csv", _rows_csv(records, names))
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(_json_safe(summary), indent=2) + "\n")
     return summary
 
 
-def _rows_csv(noisy_rows: list[dict], enhanced_rows: list[dict], metrics: Sequence[str]) -> str:
+def _finite(value) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def _rows_csv(records: list[tuple], names: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    names = [m for m in metrics if any(m in r for r in enhanced_rows + noisy_rows)]
-    writer.writerow(["key"] + [f"noisy_{m}" for m in names] + [f"enhanced_{m}" for m in names] + ["errors"])
-    for noisy, enh in zip(noisy_rows, enhanced_rows, strict=True):
-        errors = {f"noisy_{k}": v for k, v in noisy.get("errors", {}).items()}
-        errors.update({f"enhanced_{k}": v for k, v in enh.get("errors", {}).items()})
-        writer.writerow(
-            [enh["key"]]
-            + [_fmt(noisy.get(m)) for m in names]
-            + [_fmt(enh.get(m)) for m in names]
-            + ["; ".join(f"{k}: {v}" for k, v in errors.items())]
-        )
+    writer.writerow(["key", "status"] + [f"noisy_{m}" for m in names] + [f"enhanced_{m}" for m in names]
+                    + ["errors"])
+    for key, status, noisy, enh, reason in records:
+        writer.writerow([key, status] + [_fmt(noisy.get(m)) for m in names] + [_fmt(enh.get(m)) for m in names]
+                        + [reason or ""])
     return buf.getvalue()
 
 
@@ -117,7 +155,8 @@ def _json_safe(obj):
 def mlflow_metrics(summary: dict) -> dict[str, float]:
     """The summary under the MLflow naming contract: ``eval/NAME/{noisy,enhanced}/<metric>``."""
     name = summary["testset"]
-    out: dict[str, float] = {f"eval/{name}/n": float(summary["n"])}
+    out: dict[str, float] = {f"eval/{name}/n": float(summary["n"]), f"eval/{name}/scored": float(summary["scored"]),
+                             f"eval/{name}/failed_files": float(summary["failed_files"])}
     for side in ("noisy", "enhanced"):
         for metric, value in summary[side].items():
             if value is not None and math.isfinite(value):

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from training.checkpoint import MARKER, STATE, CheckpointManager, load_file
+from training.checkpoint import MARKER, STATE, CheckpointManager, best_dir, load_file, stored_config
 from training.chunking import enhance_long
 from training.config import ConfigError, RunConfig, load_run_config
 
@@ -50,8 +49,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise ConfigError(f"{path}: checkpoint is incomplete (no {MARKER} marker)")
         return path
     ckpt_root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    best = ckpt_root / "best"
-    if (best / STATE).is_file() and (best / MARKER).is_file():
+    best = best_dir(ckpt_root)
+    if best is not None:
         return best
     latest = CheckpointManager(ckpt_root).latest()
     if latest is not None:
@@ -70,13 +69,8 @@ def _generator_state(state: dict, where: Path) -> dict:
 
 def config_from_state(state: dict, where: Path) -> RunConfig:
     """The validated RunConfig stored in a loaded ``state.pt`` (YAML text or a mapping)."""
-    raw = state.get("config")
-    if isinstance(raw, str):
-        try:
-            raw = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{where / STATE}: stored config is not valid YAML ({e})") from None
-    if not isinstance(raw, dict) or not raw:
+    raw = stored_config(state)
+    if not raw:
         raise ConfigError(f"{where / STATE}: holds no resolved config (expected YAML text or a mapping under 'config')")
     try:
         return load_run_config(None, None, base=raw)

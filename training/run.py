@@ -13,6 +13,7 @@ the same command.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import logging
 import os
@@ -43,9 +44,58 @@ def train(cfg: RunConfig, workdir: Path, on_validation=None) -> int:
     """Train (or resume) the run in `workdir` on this process's rank, then (rank 0, when
     `eval.testsets` is set) evaluate its best checkpoint on them (`training.final_eval`); returns
     the exit code. ``on_validation(step, metrics)``: called on rank 0 after each validation
-    (``orchestrate tune``)."""
+    (``orchestrate tune``).
+
+    Rank 0 holds `WORKDIR/run.lock` for the whole run: a second trainer on the same folder exits 2
+    naming the holder (host, pid); a lock left by a dead process is taken over."""
     env = distributed.env_from()
     workdir = Path(workdir)
+    problem = _workdir_problem(workdir)
+    if problem:
+        log.error("error: %s", problem)
+        return EXIT_BAD_CONFIG
+    lock = _lock_run_folder(cfg, workdir, env.rank)
+    if lock is None:
+        return EXIT_BAD_CONFIG
+    try:
+        return _train_and_evaluate(cfg, workdir, env, on_validation)
+    finally:
+        lock.release()
+
+
+def _workdir_problem(workdir: Path) -> str | None:
+    """One line when ``workdir`` (or a parent) exists but is not a folder, else None."""
+    for p in (workdir, *workdir.parents):
+        if p.exists():
+            return None if p.is_dir() else f"--workdir {workdir}: {p} is a file, expected a folder"
+    return None
+
+
+def _lock_run_folder(cfg: RunConfig, workdir: Path, rank: int):
+    """Rank 0: the run folder's lock (one trainer per folder) and a resumable newest checkpoint
+    (readable, same model); None after logging a one-line error. Other ranks: a no-op lock."""
+    from common.runlock import RunLock, RunLockError
+    from training.checkpoint import CheckpointError, check_resume
+    from training.configtools import to_container
+
+    lock = RunLock(workdir)
+    if rank != 0:
+        return lock
+    try:
+        lock.acquire()
+    except RunLockError as e:
+        log.error("error: %s", e)
+        return None
+    try:
+        check_resume(workdir / "checkpoints", to_container(cfg)["model"])
+    except CheckpointError as e:
+        log.error("error: %s", e)
+        lock.release()
+        return None
+    return lock
+
+
+def _train_and_evaluate(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, on_validation=None) -> int:
     if env.is_main and cfg.eval.testsets:  # installed first: the trainer's handler restores it, no gap
         from training.preempt import from_environment
 
@@ -89,7 +139,6 @@ def _train(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, on_validatio
 
     try:
         start_mp_helpers()
-        check_resume_config(cfg, workdir)
         device = distributed.pick_device(cfg.trainer.device, env)
         distributed.init(env, device)
         trainer = Trainer(cfg, workdir, env)
@@ -100,9 +149,23 @@ def _train(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, on_validatio
         return EXIT_BAD_CONFIG
     status, code = "FAILED", 1
     try:
-        trainer.resume()
+        try:
+            trainer.resume()
+        except _user_errors() as e:
+            log.error("error: %s", e)
+            return EXIT_BAD_CONFIG
         trainer.open_tracker()
-        code = trainer.fit()
+        try:
+            code = trainer.fit()
+        except _user_errors() as e:  # e.g. a bad sample with data.skip_bad=false
+            log.error("error: %s", e)
+            return EXIT_BAD_CONFIG
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+                raise
+            log.error("error: %s: %s (the newest complete checkpoint is intact; free space and rerun to resume)",
+                      e.filename or workdir, e.strerror)
+            return EXIT_BAD_CONFIG
         status = "FINISHED" if code == EXIT_OK else "KILLED"
     finally:
         trainer.close(status)
@@ -114,24 +177,6 @@ def _train(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, on_validatio
         gc.collect()
         distributed.shutdown(barrier=status != "FAILED")
     return code
-
-
-def check_resume_config(cfg: RunConfig, workdir: Path) -> None:
-    """A workdir holding a complete checkpoint resumes only with the same model: its stored config
-    (`training.inference.checkpoint_config`) must name the same model and options (ConfigError)."""
-    from training.checkpoint import CheckpointManager
-
-    latest = CheckpointManager(Path(workdir) / "checkpoints").latest()
-    if latest is None:
-        return
-    from training.inference import checkpoint_config
-
-    stored, _ = checkpoint_config(latest)
-    if (stored.model.name, stored.model.options) != (cfg.model.name, cfg.model.options):
-        raise ConfigError(
-            f"{workdir}: holds a checkpoint of model {stored.model.name} {stored.model.options or ''} "
-            f"({latest.name}); this config trains {cfg.model.name} {cfg.model.options or ''}: use another "
-            f"--workdir or the run's own config ({Path(workdir) / 'config.yaml'})", "model.name")
 
 
 def setup_logging(workdir: Path, rank: int) -> None:
@@ -210,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
+    if _workdir_problem(workdir):
+        print(f"error: {_workdir_problem(workdir)}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     setup_logging(workdir, distributed.env_from().rank)
     config = args.config
     if config is None and (workdir / "config.yaml").is_file():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.audio_io import AUDIO_EXTENSIONS, AudioFileError, audio_info, read_audio
+from training.audio_io import AUDIO_EXTENSIONS, AudioFileError, read_audio
 
 # Paired files converted to 16 kHz may differ by resampling rounding; more than this is a data error.
 MAX_PAIR_MISMATCH = 160
@@ -78,6 +78,38 @@ class TestSet:
             yield key, noisy[:n], clean[:n]
 
 
+    def entries(self) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | None, str | None]]:
+        """Like iteration, but a bad utterance does not stop it: ``(key, noisy, clean, None)`` for a good
+        one, ``(key, None, None, reason)`` for one that cannot be read or paired (for shards: a bad
+        sample, or ``(shard name, reason)`` for the samples a truncated shard lost)."""
+        if self.kind == "shards":
+            from sharding.stream import iter_utterances
+
+            failures: list[tuple[str, str]] = []
+            for key, noisy, clean in iter_utterances(self.path, stats=self.stats, failures=failures):
+                while failures:
+                    fkey, reason = failures.pop(0)
+                    yield fkey, None, None, reason
+                yield key, noisy, clean, None
+            for fkey, reason in failures:
+                yield fkey, None, None, reason
+            return
+        for key, noisy_path, clean_path in self._pairs:
+            try:
+                noisy = _read(noisy_path)
+                clean = None if clean_path is None else _read(clean_path)
+                if clean is not None:
+                    if abs(len(noisy) - len(clean)) > MAX_PAIR_MISMATCH:
+                        raise TestSetError(f"{noisy_path}: {len(noisy)} samples at 16 kHz but {clean_path} has "
+                                           f"{len(clean)}; a pair must have the same duration")
+                    n = min(len(noisy), len(clean))
+                    noisy, clean = noisy[:n], clean[:n]
+            except TestSetError as e:
+                yield key, None, None, str(e)
+                continue
+            yield key, noisy, clean, None
+
+
 def _read(path: Path) -> np.ndarray:
     try:
         return read_audio(path)
@@ -104,23 +136,12 @@ def _few(names: list[str], n: int = 5) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
-def _check_headers(paths: list[Path]) -> None:
-    for p in paths:
-        try:
-            info = audio_info(p)
-        except AudioFileError as e:
-            raise TestSetError(str(e)) from None
-        if info.frames == 0:
-            raise TestSetError(f"{p}: no samples")
-
-
 def _open_folder(path: Path, name: str) -> TestSet:
     noisy_dir, clean_dir = path / "noisy", path / "clean"
     if not noisy_dir.is_dir():
         raise TestSetError(f"{path}: has clean/ but no noisy/ folder")
     noisy = _audio_files(noisy_dir)
     if not clean_dir.is_dir():
-        _check_headers(list(noisy.values()))
         pairs = [(k, noisy[k], None) for k in sorted(noisy)]
         return TestSet(name, path, "noisy-only", False, pairs)
     clean = _audio_files(clean_dir)
@@ -137,7 +158,6 @@ def _open_folder(path: Path, name: str) -> TestSet:
         if no_noisy:
             parts.append(f"no noisy file for clean {_few(no_noisy)}")
         raise TestSetError(f"{path}: clean/ and noisy/ names do not match: {'; '.join(parts)}")
-    _check_headers(list(noisy.values()) + list(clean.values()))
     pairs = [(k, noisy[k], clean[k]) for k in sorted(noisy)]
     return TestSet(name, path, "paired", True, pairs)
 
@@ -179,7 +199,8 @@ def _open_shards(split_dir: Path, name: str | None) -> TestSet:
 def open_testset(path: str | Path, split: str = "test", name: str | None = None) -> TestSet:
     """Open a test set folder (see the module docstring); ``split`` picks the split of a shard corpus.
 
-    Names are matched and file headers checked here, so a bad folder fails before any enhancement.
+    The layout and the names are checked here, so a bad folder fails before any enhancement; a file
+    that cannot be decoded (or holds no samples, or NaN/Inf) fails alone when read (``entries``).
     """
     path = Path(path)
     if not path.is_dir():

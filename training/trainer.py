@@ -93,7 +93,8 @@ class Trainer:
         self.stream = TrainStream(cfg.data.train, segment_samples=self.segment,
                                   batch_size=cfg.data.batch_size // env.world_size, seed=t.seed, rank=env.rank,
                                   world_size=env.world_size, num_workers=cfg.data.num_workers,
-                                  on_mismatch="convert" if cfg.data.skip_bad else "reject")
+                                  on_mismatch="convert" if cfg.data.skip_bad else "reject",
+                                  skip_bad=cfg.data.skip_bad)
         self.pesq_pool = PesqPool(t.pesq_workers) if self.D is not None else None
         self.ctx = StepContext(self.G, self.D, self.opt_g, self.opt_d, self.G.stft, LossWeights.from_config(cfg.loss),
                                self.device, env.world_size, self.pesq_pool, o.grad_clip, self.bf16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 NAME = "enhance"
 HELP = "enhance audio files or folders with a checkpoint"
@@ -13,6 +14,13 @@ EPILOG = """examples:
 Any sample rate or channel count is read (mixed to mono, resampled to 16 kHz); output is 16-bit WAV at
 16 kHz (or at the input rate with --keep-rate). Long audio is enhanced in overlapping chunks with a
 cross-fade, so memory stays flat; the real-time factor is printed at the end.
+Folders are walked for every audio extension soundfile reads (wav, flac, ogg/opus, mp3, aiff, ...) and
+keep their subfolders under --out; inputs that would share an output name (a.wav and a.flac) are written
+as a.wav.wav and a.flac.wav; an output that would replace an input is refused (exit 2). Audio shorter
+than 25 ms is zero-padded for the model and cropped back. Output louder than full scale (a float input
+above 1.0) is scaled down to fit, with a warning, never clipped.
+Exit codes: 0 every file enhanced; 2 bad input (nothing done); 3 some files failed (NaN/Inf samples,
+undecodable): every other file is written and the failed ones are listed at the end.
 """
 
 
@@ -26,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.evaluation import enhance_files
+    from orchestrator.evaluation import EXIT_SOME_FAILED, enhance_files
     from training import malloc_tuning
 
     malloc_tuning.tune()  # before the model's first forward pass
@@ -35,4 +43,11 @@ def run(args: argparse.Namespace) -> int:
                            overlap_seconds=args.overlap_seconds, keep_rate=args.keep_rate)
     print(f"enhanced {len(result['files'])} file(s), {result['seconds']:.1f} s of audio into {args.out}; "
           f"real-time factor {result['rtf']:.3f}")
+    for name, db in result["scaled"]:
+        print(f"scaled {db:+.1f} dB to fit full scale: {name}")
+    if result["failed"]:
+        print(f"FAILED {len(result['failed'])} file(s) (nothing written for them):", file=sys.stderr)
+        for _name, reason in result["failed"]:
+            print(f"  {reason}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 NAME = "evaluate"
 HELP = "score a checkpoint on test sets (per-file CSV, summary, MLflow)"
@@ -13,6 +14,11 @@ EPILOG = """examples:
   orchestrate evaluate CKPT --testset DIR --metrics pesq,si_sdr --chunk-seconds 10 --overlap-seconds 0
 A test set is a folder with clean/ and noisy/ (files matched by name; any rate/channels), a noisy/-only
 folder (reference-free metrics only), or a shard set (manifest.json + shard-*.tar).
+Every metric's mean is over the same files: a file for which some metric is undefined (e.g. a silent
+clean reference) is "excluded" from all means and counted; a file that cannot be read or enhanced is
+"failed". The per-file CSV has a status column (ok / excluded / failed) with the reason.
+Exit codes: 0 all files scored; 2 bad input (nothing done); 3 some files failed (the others are scored
+and reported, the failed ones listed at the end).
 """
 
 
@@ -33,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.evaluation import evaluate
+    from orchestrator.evaluation import EXIT_SOME_FAILED, evaluate
     from training import malloc_tuning
 
     malloc_tuning.tune()  # before the model's first forward pass
@@ -52,22 +58,39 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         save_audio=args.save_audio,
     )
+    code = EXIT_SOME_FAILED if any(s["failed_files"] for s in summaries) else 0
     if args.json:
-        keys = ("testset", "n", "noisy", "enhanced", "failed")
+        keys = ("testset", "n", "scored", "excluded", "failed_files", "noisy", "enhanced", "failed", "problems")
         out = [{k: s[k] for k in keys} for s in summaries]
-        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
-        return 0
+        print(json.dumps(_json_safe(out[0] if len(out) == 1 else out), indent=2))
+        return code
     for s in summaries:
         metrics = list(s["enhanced"]) or list(s["noisy"])
         print(f"\n{s['testset']}: {s['n']} files, checkpoint step {s['step']}, RTF {s['rtf']:.3f}")
+        print(f"  means over the same {s['scored']} file(s); excluded {s['excluded']} (a metric undefined), "
+              f"failed {s['failed_files']}")
         print(f"  {'':10s}" + "".join(f"{m:>10s}" for m in metrics))
         for side in ("noisy", "enhanced"):
             vals = "".join(f"{_f(s[side].get(m)):>10s}" for m in metrics)
             print(f"  {side:10s}{vals}")
-        failed = {m: c for m, c in s["failed"]["enhanced"].items() if c}
-        if failed:
-            print(f"  failed (NaN, left out of the means): {failed}")
-    return 0
+        undefined = {m: c for m, c in s["failed"]["enhanced"].items() if c}
+        if undefined:
+            print(f"  undefined values per metric (enhanced): {undefined}")
+    for s in summaries:
+        for prob in s["problems"]:
+            stream = sys.stderr if prob["status"] == "failed" else sys.stdout
+            print(f"{prob['status'].upper()} {s['testset']} {prob['key']}: {prob['reason']}", file=stream)
+    return code
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
 
 
 def _f(v) -> str:

@@ -21,6 +21,59 @@ def _attempt_line(cell_dir: Path, text: str) -> None:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {text}\n")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def cell_alive(rec: dict, cell_dir: Path) -> bool:
+    """Whether a local cell recorded as active still has a live process on this machine.
+
+    True when the run folder's lock is held (a trainer works in it, whoever started it), or when the
+    recorded ``local:PID`` is alive and still runs this cell (its command line names the cell folder,
+    so a reused pid does not count), or when ``local-claim:PID`` (a sweep process about to start the
+    cell) is alive.
+    """
+    from common.runlock import is_locked
+
+    if is_locked(cell_dir):
+        return True
+    job = str(rec.get("job_id") or "")
+    kind, _, pid_text = job.partition(":")
+    if kind not in ("local", "local-claim") or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if not _pid_alive(pid):
+        return False
+    if kind == "local-claim":
+        return True
+    cmd = _cmdline(pid)
+    return not cmd or str(cell_dir) in cmd or Path(cell_dir).name in cmd
+
+
+def claim(sweep_dir: Path, cell_id: str, cell_dir: Path) -> bool:
+    """Under the ledger lock: mark the cell as being started by this process, unless a live process
+    (another sweep command, or a trainer left running by a killed one) already has it. False then."""
+    with Ledger(sweep_dir).locked() as data:
+        rec = data["cells"][cell_id]
+        if rec["state"] in ACTIVE and cell_alive(rec, cell_dir):
+            return False
+        set_state(rec, "running", job_id=f"local-claim:{os.getpid()}")
+    return True
+
+
 def record_start(sweep_dir: Path, cell_id: str, cell_dir: Path, job_id: str) -> None:
     base.clear_exit_code(cell_dir)
     _attempt_line(cell_dir, f"start {job_id}")
@@ -72,6 +125,10 @@ def run_local(
             while queue and len(running) < max_parallel:
                 cell, cdir = queue.pop(0)
                 cdir.mkdir(parents=True, exist_ok=True)
+                if not claim(sweep_dir, cell.id, cdir):
+                    out(f"{cell.id}: already running in another process (left alone)")
+                    total -= 1
+                    continue
                 cmd = base.cell_command(cdir, nproc=cell.config["launcher"]["nproc"])
                 logf = open(cdir / "launcher.log", "ab")  # noqa: SIM115 (closed with the process)
                 proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,

@@ -1,0 +1,1 @@
+"""Base helpers shared by ``training``, ``sharding`` and ``orchestrator`` (imports none of them)."""
