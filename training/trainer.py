@@ -144,7 +144,9 @@ class Trainer:
         folder = self.ckpt.latest()
         if folder is None:
             return 0
-        shared, mine = self.ckpt.load(folder, map_location=self.device)
+        # Always to CPU: the RNG states must arrive as CPU ByteTensors, and load_state_dict moves the
+        # weights and optimizer moments onto this run's device (whatever device wrote the files).
+        shared, mine = self.ckpt.load(folder, map_location="cpu")
         self.G.load_state_dict(shared["generator"], strict=True)
         self.opt_g.load_state_dict(shared["opt_g"])
         self.sched_g.load_state_dict(shared["sched_g"])
