@@ -16,7 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from training.configtools import (
     ConfigError,
@@ -118,7 +118,9 @@ class TrainerConfig:
     precision: Literal["fp32", "bf16"] = option("fp32", "bf16 autocast (GPU only) or fp32")
     device: str = option("auto", "auto | cpu | cuda")
     time_limit_margin_s: int = option(300, "under SLURM, checkpoint and requeue this long before the limit")
-    deterministic: bool = option(True, "deterministic algorithms (bitwise resume on CPU)")
+    deterministic: Union[bool, Literal["auto"]] = option(
+        "auto", "deterministic kernels: auto = on for CPU (bitwise resume), off on GPU (speed)")
+    tf32: bool = option(False, "TF32 for fp32 matmuls/convolutions on NVIDIA GPUs (faster, ~1e-3 rel.)")
     activation_checkpointing: bool = option(
         False, "recompute each TF block's activations in backward: far less memory, ~1/3 more compute")
     num_threads: Optional[int] = option(None, "torch intra-op threads per rank; null = torch default")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from training import device as device_policy
 from training import distributed
 from training.checkpoint import CheckpointManager, atomic_write_text
 from training.config import ConfigError, RunConfig, flatten, save_config, to_yaml
@@ -70,16 +71,19 @@ class Trainer:
                               f"{env.world_size} ranks", "data.batch_size")
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        self.device = distributed.pick_device(t.device, env)
+        self.device = distributed.pick_device(t.device, env, cfg.launcher.gpus_per_node)
         self.bf16 = t.precision == "bf16" and self.device.type == "cuda"
         if t.precision == "bf16" and not self.bf16:
             log.warning("trainer.precision=bf16 has no effect on %s: training in fp32", self.device)
-        seed_everything(t.seed, t.deterministic)
+        self.deterministic = device_policy.deterministic_for(self.device, t.deterministic)
+        device_policy.numerics(self.device, self.deterministic, t.tf32)
+        seed_everything(t.seed, self.deterministic)
         self.G = build_model(cfg.model.name, seed=t.seed, **cfg.model.options).to(self.device)
+        self.facts = self._check_runtime()
         set_activation_checkpointing(self.G, t.activation_checkpointing)
         self.D = build_model("metric-discriminator", seed=t.seed + 1).to(self.device) if cfg.loss.discriminator else None
         self.segment = resolve_segment(cfg, self.G)
-        seed_everything(t.seed + 1_000_003 * env.rank, t.deterministic)  # per-rank dropout streams
+        seed_everything(t.seed + 1_000_003 * env.rank, self.deterministic)  # per-rank dropout streams
         o = cfg.optim
 
         def adamw(m):
@@ -108,6 +112,22 @@ class Trainer:
         self.meter = None
         self._meter_state: dict = {}
         self._pending: list = []
+
+    def _check_runtime(self) -> dict[str, str]:
+        """Refuse a GPU run whose Mamba layers would fall back to the torch scan unasked (the import
+        error is the message); log and return the run's runtime facts (MLflow tags)."""
+        from training.mamba import Mamba, scan
+
+        if self.device.type != "cpu" and any(isinstance(m, Mamba) for m in self.G.modules()):
+            try:
+                scan.choose_backend(self.device.type)
+            except scan.ScanBackendError as e:
+                raise ConfigError(str(e), "SE_SCAN_BACKEND") from None
+        t = self.cfg.trainer
+        facts = device_policy.runtime_facts(self.device, self.env.world_size, deterministic=self.deterministic,
+                                            tf32=t.tf32, precision="bf16" if self.bf16 else "fp32")
+        log.info("runtime: %s", device_policy.describe(facts))
+        return facts
 
     # ----- state ---------------------------------------------------------------------------------
     def shared_state(self) -> dict:
@@ -172,7 +192,7 @@ class Trainer:
         cfg = self.cfg
         tags = {"se.kind": "train", "se.model": cfg.model.name, "se.seed": str(cfg.trainer.seed),
                 "se.world_size": str(self.env.world_size), "se.git_commit": git_commit(),
-                "se.hostname": distributed.hostname(), "run_name": cfg.name, **cfg.mlflow.tags}
+                "se.hostname": distributed.hostname(), "run_name": cfg.name, **self.facts, **cfg.mlflow.tags}
         params = flatten(cfg) | {"model.params": str(sum(p.numel() for p in self.G.parameters()))}
         self.tracker = build_tracker(cfg.mlflow, self.workdir, rank=self.env.rank, run_id=self.mlflow_run_id,
                                      params=params, tags=tags)
