@@ -115,6 +115,9 @@ class TrainerConfig:
     keep_last: int = option(2, "number of recent step checkpoints kept (>= 2), besides `best`")
     log_every: int = option(10, "log training metrics every N steps")
     pesq_workers: int = option(2, "processes computing the discriminator's PESQ targets")
+    pesq_overlap: bool = option(
+        True, "update G before D so that PESQ targets are computed during G's backward (G's metric term "
+              "sees D before this step's update); false = the authors' order, PESQ on the critical path")
     precision: Literal["fp32", "bf16"] = option("fp32", "bf16 autocast (GPU only) or fp32")
     device: str = option("auto", "auto | cpu | cuda")
     time_limit_margin_s: int = option(300, "under SLURM, checkpoint and requeue this long before the limit")

@@ -253,6 +253,26 @@ def average_gradients(params, world_size: int) -> None:
             offset += n
 
 
+def average_batchnorm_stats(module: torch.nn.Module) -> None:
+    """Average the BatchNorm running mean/var of `module` across ranks (one all-reduce; no-op for one
+    process or a module without BatchNorm). Gradients are averaged explicitly (no DDP wrapper, see
+    above), so without this each rank's running statistics would drift apart with its own data
+    (MP-SENet's Conformer), and validation and checkpoints would depend on the rank."""
+    if not _active():
+        return
+    stats = [b for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             for b in (m.running_mean, m.running_var) if b is not None]
+    if not stats:
+        return
+    flat = torch.cat([b.reshape(-1) for b in stats])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(dist.get_world_size())
+    offset = 0
+    for b in stats:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
 def broadcast_object(obj, src: int = 0):
     """Send a picklable object from `src` to every rank (identity for one process)."""
     if not _active():

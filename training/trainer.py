@@ -99,7 +99,8 @@ class Trainer:
                                   on_mismatch="convert" if cfg.data.skip_bad else "reject")
         self.pesq_pool = PesqPool(t.pesq_workers) if self.D is not None else None
         self.ctx = StepContext(self.G, self.D, self.opt_g, self.opt_d, self.G.stft, LossWeights.from_config(cfg.loss),
-                               self.device, env.world_size, self.pesq_pool, o.grad_clip, self.bf16)
+                               self.device, env.world_size, self.pesq_pool, o.grad_clip, self.bf16,
+                               pesq_overlap=t.pesq_overlap)
         self.ckpt = CheckpointManager(self.workdir / "checkpoints", keep_last=t.keep_last, rank=env.rank,
                                       world_size=env.world_size)
         self.preempt = preemption_from_environment(t.time_limit_margin_s).install()
