@@ -291,7 +291,7 @@ def _sbatch_kwargs(plan: SweepPlan, launcher: dict, cell_dirs: list[str], array:
         array_parallel=prof.array_parallel, signal_before_end_s=prof.signal_before_end_s,
         requeue=prof.requeue, sbatch_extra=list(prof.sbatch_extra), setup=list(prof.setup),
         env=dict(prof.env), task_env=dict(prof.task_env), master_addr=prof.master_addr,
-        cpu_bind=prof.cpu_bind, srun_args=list(prof.srun_args), container_image=c.image,
+        cpu_bind=prof.cpu_bind_for(launcher["gpus_per_node"]), srun_args=list(prof.srun_args), container_image=c.image,
         container_exec=c.exec, container_binds=list(c.binds), container_args=list(c.args),
         python=prof.python or sys.executable,
     )

@@ -134,6 +134,11 @@ def test_dry_run_rwsa_sizes_on_lumi_is_a_valid_sbatch_script(tmp_path, capsys):
     assert "--cpu-bind=mask_cpu:fe000000000000,fe00000000000000,fe0000,fe000000,fe,fe00,fe00000000,fe0000000000" in script
     assert 'export NCCL_SOCKET_IFNAME="hsn0,hsn1,hsn2,hsn3"' in script and "singularity exec" in script
     assert not root.exists()  # a dry run writes nothing
+    # small-g (4 of 8 GCDs): LUMI's per-GCD CPU masks hold for whole nodes only, so none
+    rc = cli_main(["sweep", str(REPO / "sweeps/baselines.yaml"), "--dry-run", "--root", str(root)])
+    assert rc == 0
+    partial = capsys.readouterr().out
+    assert "partition=small-g" in partial and "--cpu-bind" not in partial
     # bash parses it, and every cell folder survives the quoting exactly (spaces, $, ', ;)
     f = tmp_path / "job.sbatch"
     f.write_text(script)
