@@ -54,7 +54,7 @@ def runtime_facts(device: torch.device, world_size: int, *, deterministic: bool 
     try:
         scan_backend = scan.choose_backend(device.type)
     except scan.ScanBackendError as e:
-        scan_backend = f"unavailable ({e})"
+        scan_backend = f"unavailable ({e})"[:500]
     facts = {
         "se.device": _device_name(device),
         "se.backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else "none",
@@ -67,7 +67,7 @@ def runtime_facts(device: torch.device, world_size: int, *, deterministic: bool 
         "se.causal_conv1d": kernels.versions()["causal_conv1d"],
     }
     if device.type != "cpu" and scan_backend != "mamba_ssm":
-        facts["se.mamba_kernels_error"] = str(kernels.load().error)
+        facts["se.mamba_kernels_error"] = str(kernels.load().error)[:500]
     for key, value in (("se.deterministic", deterministic), ("se.tf32", tf32), ("se.precision", precision)):
         if value is not None:
             facts[key] = str(value).lower() if isinstance(value, bool) else str(value)
