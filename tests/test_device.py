@@ -111,7 +111,7 @@ def test_deterministic_auto_and_tf32_switch():
         # the flags are process-wide and settable without a GPU
         device_policy.numerics(torch.device("cuda", 0), False, tf32=True)
         nvidia = torch.version.hip is None
-        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark is nvidia
         assert torch.backends.cuda.matmul.allow_tf32 is nvidia and torch.backends.cudnn.allow_tf32 is nvidia
         device_policy.numerics(torch.device("cpu"), True, tf32=True)
         assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark

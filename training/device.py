@@ -2,7 +2,8 @@
 
 - `numerics(device, deterministic, tf32)`: deterministic kernels ("auto": on for CPU, where they
   give bitwise resume; off on GPU, where they cost speed, NaN-fill every `torch.empty` and warn on
-  cuBLAS calls); TF32 for fp32 matmuls/convolutions on NVIDIA (a switch; ignored on CPU and ROCm).
+  cuBLAS calls; cuDNN autotuning then on for NVIDIA, MIOpen's left off); TF32 for fp32
+  matmuls/convolutions on NVIDIA (a switch; ignored on CPU and ROCm).
 - `runtime_facts(device, world_size)`: device, collective backend, world size, torch / CUDA / ROCm
   versions, the scan backend and the mamba-ssm / causal-conv1d versions, as `se.*` string tags for
   MLflow and one log line.
@@ -31,9 +32,11 @@ def numerics(device: torch.device, deterministic: bool, tf32: bool) -> None:
     """Apply the process-wide kernel settings for `device` (call once, before building models)."""
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
-    # autotuning (cuDNN/MIOpen benchmark) only where results need not be reproducible
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     nvidia = device.type == "cuda" and torch.version.hip is None
+    # cuDNN autotuning only where results need not be reproducible, and not on ROCm: MIOpen's
+    # benchmark mode searches exhaustively for every new shape (validation has many lengths) and
+    # its results land in the job-local MIOPEN_USER_DB_PATH, i.e. are searched again every requeue
+    torch.backends.cudnn.benchmark = nvidia and not deterministic
     torch.backends.cuda.matmul.allow_tf32 = bool(tf32 and nvidia)
     torch.backends.cudnn.allow_tf32 = bool(tf32 and nvidia)
     if tf32 and not nvidia:
