@@ -132,7 +132,8 @@ def part_resume(device: torch.device, quick: bool, tmp: Path) -> tuple[list[tupl
            "mlflow": {"enabled": False}}
     cfg = tmp / "resume.yaml"
     cfg.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # deterministic cuBLAS needs a fixed workspace (the runs use trainer.deterministic=true)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     straight, resumed = tmp / "straight", tmp / "resumed"
     _finish(_run(cfg, straight, env), "uninterrupted run", 0)
     p = _run(cfg, resumed, env)
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     from training import distributed
 
     device = distributed.pick_device(args.device, distributed.DistEnv())
+    device_policy.numerics(device, deterministic=False, tf32=False)  # fp32 means fp32 (cuDNN's TF32 off)
     torch.set_num_threads(1 if args.quick else torch.get_num_threads())
     facts = device_policy.runtime_facts(device, 1)
     print("# gpu_check: " + device_policy.describe(facts), flush=True)
