@@ -135,7 +135,7 @@ def part_resume(device: torch.device, quick: bool, tmp: Path) -> tuple[list[tupl
     # deterministic cuBLAS needs a fixed workspace (the runs use trainer.deterministic=true)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     straight, resumed = tmp / "straight", tmp / "resumed"
-    _finish(_run(cfg, straight, env), "uninterrupted run", 0)
+    reference = _run(cfg, straight, env)  # both at once (each is one thread on CPU; one GPU holds both)
     p = _run(cfg, resumed, env)
     t0 = time.time()
     while not (resumed / "checkpoints" / "step-000002" / MARKER).exists():
@@ -144,6 +144,7 @@ def part_resume(device: torch.device, quick: bool, tmp: Path) -> tuple[list[tupl
         time.sleep(0.05)
     p.send_signal(signal.SIGUSR1)
     _finish(p, "preempted run", EXIT_PREEMPTED)
+    _finish(reference, "uninterrupted run", 0)
     stopped = json.loads((resumed / "progress.json").read_text())["step"]
     _finish(_run(cfg, resumed, env), "resumed run", 0)
     a, b = _losses(straight), _losses(resumed)
