@@ -8,8 +8,10 @@ the CPU stays free for the PESQ workers as on a GPU node.
 
 Per T it prints (the variants' steps interleaved, so host-load drift hits all alike) the mean step time without PESQ targets (the pool replaced by one that returns
 constant scores instantly: the reference), with targets in the overlapped order (default, PESQ
-during G's backward) and in the authors' order (PESQ awaited before G's update), and their ratios
-to the reference. Acceptance: overlapped <= 1.10 x reference at 60 ms.
+during G's backward) and in the authors' order (PESQ awaited before G's update), their ratios to
+the reference, and the time each step spent blocked waiting for the targets ("wait": what is left
+on the critical path; the rest of the difference is CPU contention between PESQ workers and the
+step's own CPU work). Acceptance: overlapped <= 1.10 x reference at 60 ms.
 
     python benchmarks/bench_pesq_overlap.py [--steps 20] [--batch 2] [--seconds 2] [--workers 2]
 """
@@ -95,6 +97,26 @@ def speech_like(batch: int, n: int, seed: int) -> dict[str, torch.Tensor]:
     return {"clean": clean, "noisy": clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))}
 
 
+class WaitTimer:
+    """Wraps a pool: seconds the training step spent blocked in `job.result()` (the critical path)."""
+
+    def __init__(self, pool):
+        self.pool, self.waited = pool, 0.0
+
+    def submit(self, clean, est):
+        job, timer = self.pool.submit(clean, est), self
+
+        class Job:
+            def result(self):
+                t0 = time.perf_counter()
+                try:
+                    return job.result()
+                finally:
+                    timer.waited += time.perf_counter() - t0
+
+        return Job()
+
+
 def _context(step_s: float, pool, overlap: bool) -> StepContext:
     torch.manual_seed(0)
     G, D = TimedGenerator(step_s), TimedDiscriminator(step_s)
@@ -105,8 +127,9 @@ def _context(step_s: float, pool, overlap: bool) -> StepContext:
 
 def time_variants(step_s: float, pool, batch: dict, steps: int) -> dict[str, float]:
     """Mean step seconds of the three variants, their steps interleaved (host load drifts alike)."""
-    ctxs = {"ref": _context(step_s, InstantPool(), True), "overlap": _context(step_s, pool, True),
-            "authors": _context(step_s, pool, False)}
+    timers = {"overlap": WaitTimer(pool), "authors": WaitTimer(pool)}
+    ctxs = {"ref": _context(step_s, InstantPool(), True), "overlap": _context(step_s, timers["overlap"], True),
+            "authors": _context(step_s, timers["authors"], False)}
     total = dict.fromkeys(ctxs, 0.0)
     for i in range(steps + 1):
         for name, ctx in ctxs.items():
@@ -114,7 +137,9 @@ def time_variants(step_s: float, pool, batch: dict, steps: int) -> dict[str, flo
             train_step(ctx, batch)
             if i:  # step 0 warms up
                 total[name] += time.perf_counter() - t0
-    return {k: v / steps for k, v in total.items()}
+            elif name in timers:
+                timers[name].waited = 0.0
+    return {k: v / steps for k, v in total.items()} | {f"{k}_wait": t.waited / steps for k, t in timers.items()}
 
 
 def pesq_alone(pool: PesqPool, batch: dict, repeats: int = 5) -> float:
@@ -137,7 +162,8 @@ def run(step_ms: list[float], steps: int, batch_size: int, seconds: float, worke
             t = time_variants(ms / 1000, pool, batch, steps)
             rows.append({"model_ms": ms, "ref_ms": 1e3 * t["ref"], "overlap_ms": 1e3 * t["overlap"],
                          "authors_ms": 1e3 * t["authors"], "overlap_ratio": t["overlap"] / t["ref"],
-                         "authors_ratio": t["authors"] / t["ref"]})
+                         "authors_ratio": t["authors"] / t["ref"], "overlap_wait_ms": 1e3 * t["overlap_wait"],
+                         "authors_wait_ms": 1e3 * t["authors_wait"]})
     return alone, rows
 
 
@@ -153,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"PESQ targets vs step time: batch {args.batch} x {args.seconds:g} s, {args.workers} PESQ workers, "
           f"{args.steps} steps; PESQ alone {1e3 * alone:.1f} ms per batch; host load {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
-    print(f"{'model ms':>9} {'no PESQ ms':>11} {'overlap ms':>11} {'ratio':>6} {'authors ms':>11} {'ratio':>6}")
+    print(f"{'model ms':>9} {'no PESQ ms':>11} {'overlap ms':>11} {'ratio':>6} {'wait ms':>8} "
+          f"{'authors ms':>11} {'ratio':>6} {'wait ms':>8}")
     for r in rows:
         print(f"{r['model_ms']:9.0f} {r['ref_ms']:11.1f} {r['overlap_ms']:11.1f} {r['overlap_ratio']:6.3f} "
-              f"{r['authors_ms']:11.1f} {r['authors_ratio']:6.3f}")
+              f"{r['overlap_wait_ms']:8.1f} {r['authors_ms']:11.1f} {r['authors_ratio']:6.3f} {r['authors_wait_ms']:8.1f}")
     return 0
 
 
