@@ -33,4 +33,10 @@ fi
 # torch first, from the pinned CPU build; then the project with the same pins.
 .venv/bin/pip install -q -c constraints.txt torch==2.13.0
 .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+# mamba-ssm + causal-conv1d (the cuda extra's pinned pair) as Python files only, no kernels:
+# tests/test_gpu_path.py runs the Mamba mixer's GPU branch on CPU with their reference functions.
+# (--no-build-isolation: their setup.py imports torch, packaging and wheel from this venv.)
+.venv/bin/pip install -q -c constraints.txt 'setuptools>=68' wheel packaging
+MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
+  .venv/bin/pip install -q --no-build-isolation --no-deps mamba-ssm==2.2.6.post3 causal-conv1d==1.5.2
 echo "[setup] ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

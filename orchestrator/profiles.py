@@ -36,6 +36,8 @@ class ClusterProfile:
     description: str = option("", "one line about the cluster")
     defaults: dict[str, Any] = option(help="default launcher.* resources; a sweep's `resources` wins", factory=dict)
     cpu_bind: Optional[str] = option(None, "srun --cpu-bind value (e.g. LUMI's mask_cpu:...)")
+    cpu_bind_full_node_gpus: Optional[int] = option(
+        None, "apply cpu_bind only to jobs holding this many GPUs per node (a whole node); null = always")
     srun_args: list[str] = option(help="extra srun arguments", factory=list)
     sbatch_extra: list[str] = option(help="extra #SBATCH options, e.g. --exclusive", factory=list)
     setup: list[str] = option(help="shell lines run before srun (module load, source ...)", factory=list)
@@ -66,6 +68,16 @@ class ClusterProfile:
                     raise ConfigError(f"{section}.{k}: value may not contain '\"', '`', '\\' or newlines", f"{section}.{k}")
         if self.signal_before_end_s < 0:
             raise ConfigError("signal_before_end_s must be >= 0", "signal_before_end_s")
+        if self.cpu_bind_full_node_gpus is not None and self.cpu_bind_full_node_gpus <= 0:
+            raise ConfigError("cpu_bind_full_node_gpus must be > 0 or null", "cpu_bind_full_node_gpus")
+
+    def cpu_bind_for(self, gpus_per_node: int) -> Optional[str]:
+        """The srun --cpu-bind of a job with `gpus_per_node` GPUs per node: per-GPU CPU masks are
+        written for a whole node (LUMI-G: 8 GCDs); on part of a node the cores SLURM hands out are
+        others, so no mask (SLURM's default binding) instead of a wrong one."""
+        if self.cpu_bind_full_node_gpus is not None and gpus_per_node != self.cpu_bind_full_node_gpus:
+            return None
+        return self.cpu_bind
 
 
 def profile_path(name_or_path: str) -> Path:

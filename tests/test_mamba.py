@@ -69,7 +69,7 @@ def test_dispatcher_backend_selection(monkeypatch):
     monkeypatch.delenv("SE_SCAN_BACKEND")
     expected = "fused" if scan_mod._fused_scan is not None else "torch"
     assert scan_mod.resolve_backend(u) == expected
-    if scan_mod._mamba_ssm_scan is None:
+    if not scan_mod.kernels.load().available:
         monkeypatch.setenv("SE_SCAN_BACKEND", "mamba_ssm")
         with pytest.raises(scan_mod.ScanBackendError, match="mamba_ssm"):
             scan_mod.resolve_backend(u)

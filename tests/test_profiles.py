@@ -26,7 +26,15 @@ def test_shipped_profiles_load():
     assert lumi.env["NCCL_SOCKET_IFNAME"] == "hsn0,hsn1,hsn2,hsn3" and lumi.env["NCCL_NET_GDR_LEVEL"] == "3"
     assert lumi.env["MIOPEN_USER_DB_PATH"].startswith("/tmp/")
     assert lumi.container.exec == "singularity exec" and lumi.container.image.endswith(".sif")
-    assert lumi.task_env["ROCR_VISIBLE_DEVICES"] == "$SLURM_LOCALID"
+    # each task sees the job's GCDs and picks its own (training.distributed.pick_device)
+    assert "ROCR_VISIBLE_DEVICES" not in lumi.task_env
+    # CPU masks only for whole nodes; aws-ofi-rccl required (no TCP fallback); non-deprecated NCCL names
+    assert lumi.cpu_bind_for(8) == lumi.cpu_bind and lumi.cpu_bind_for(4) is None
+    assert lumi.env["NCCL_NET"] == "AWS Libfabric" and "module load singularity-AI-bindings" in lumi.setup
+    cuda = load_profile("cuda")
+    assert "CUDA_VISIBLE_DEVICES" not in cuda.task_env and cuda.cpu_bind_for(2) == cuda.cpu_bind == "cores"
+    for prof in (lumi, cuda):
+        assert "NCCL_ASYNC_ERROR_HANDLING" not in prof.env and prof.env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
     local = load_profile("local")
     assert local.master_addr == "127.0.0.1" and local.python is None and local.requeue
 

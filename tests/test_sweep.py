@@ -141,6 +141,11 @@ def test_dry_run_rwsa_sizes_on_lumi_is_a_valid_sbatch_script(tmp_path, capsys):
     assert "--cpu-bind=mask_cpu:fe000000000000,fe00000000000000,fe0000,fe000000,fe,fe00,fe00000000,fe0000000000" in script
     assert 'export NCCL_SOCKET_IFNAME="hsn0,hsn1,hsn2,hsn3"' in script and "singularity exec" in script
     assert not root.exists()  # a dry run writes nothing
+    # small-g (4 of 8 GCDs): LUMI's per-GCD CPU masks hold for whole nodes only, so none
+    rc = cli_main(["sweep", str(REPO / "sweeps/baselines.yaml"), "--dry-run", "--root", str(root)])
+    assert rc == 2  # placeholders and unbuilt data, as above; the script is still shown
+    partial = capsys.readouterr().out
+    assert "partition=small-g" in partial and "--cpu-bind" not in partial
     # bash parses it, and the srun line hands submitit its folder exactly (spaces, $, ', ;)
     f = tmp_path / "job.sbatch"
     f.write_text(script)
@@ -155,7 +160,8 @@ def test_dry_run_rwsa_sizes_on_lumi_is_a_valid_sbatch_script(tmp_path, capsys):
     plan = plan_sweep(REPO / "sweeps/rwsa_sizes.yaml", root=root, dry_run=True)
     dirs, envs, requeue = launcher_for(plan).task_arguments(plan_cells(plan))
     assert dirs[14] == f"{root.resolve()}/rwsa_sizes/cells/rwsa-m_s4" and requeue == [True] * 15
-    assert envs[0]["ROCR_VISIBLE_DEVICES"] == "$SLURM_LOCALID"
+    # every task sees the job's GCDs and picks local rank mod count (no per-task ROCR_VISIBLE_DEVICES)
+    assert "ROCR_VISIBLE_DEVICES" not in envs[0] and envs[0]["MIOPEN_USER_DB_PATH"].endswith("-$SLURM_LOCALID")
 
 
 def test_hostile_values_are_single_shell_words(tmp_path):

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from training.configtools import (
     ConfigError,
@@ -115,10 +115,15 @@ class TrainerConfig:
     keep_last: int = option(2, "number of recent step checkpoints kept (>= 2), besides `best`")
     log_every: int = option(10, "log training metrics every N steps")
     pesq_workers: int = option(2, "processes computing the discriminator's PESQ targets")
+    pesq_overlap: bool = option(
+        True, "update G before D so that PESQ targets are computed during G's backward (G's metric term "
+              "sees D before this step's update); false = the authors' order, PESQ on the critical path")
     precision: Literal["fp32", "bf16"] = option("fp32", "bf16 autocast (GPU only) or fp32")
     device: str = option("auto", "auto | cpu | cuda")
     time_limit_margin_s: int = option(300, "under SLURM, checkpoint and requeue this long before the limit")
-    deterministic: bool = option(True, "deterministic algorithms (bitwise resume on CPU)")
+    deterministic: Union[bool, Literal["auto"]] = option(
+        "auto", "deterministic kernels: auto = on for CPU (bitwise resume), off on GPU (speed)")
+    tf32: bool = option(False, "TF32 for fp32 matmuls/convolutions on NVIDIA GPUs (faster, ~1e-3 rel.)")
     activation_checkpointing: bool = option(
         False, "recompute each TF block's activations in backward: far less memory, ~1/3 more compute")
     num_threads: Optional[int] = option(None, "torch intra-op threads per rank; null = torch default")

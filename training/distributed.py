@@ -153,8 +153,31 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def pick_device(requested: str, env: DistEnv) -> torch.device:
-    """"auto" -> this rank's GPU when one is visible, else CPU; otherwise torch.device(requested)."""
+def gpu_visibility() -> str:
+    """Why torch sees the GPUs it sees: its build and the visibility variables (for error messages)."""
+    build = (f"ROCm {torch.version.hip}" if torch.version.hip else
+             f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build")
+    names = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "SLURM_JOB_GPUS",
+             "SLURM_STEP_GPUS")
+    env = ", ".join(f"{n}={os.environ[n]!r}" for n in names if n in os.environ) or "no *_VISIBLE_DEVICES set"
+    count = torch.cuda.device_count() if torch.version.cuda or torch.version.hip else 0
+    return f"torch {torch.__version__} ({build}) sees {count} GPU(s); {env}"
+
+
+def pick_device(requested: str, env: DistEnv, gpus_per_node: int = 0) -> torch.device:
+    """The device of this rank. "auto" -> its GPU (local_rank modulo the visible count) when one is
+    visible, else CPU; otherwise torch.device(requested) ("cuda" gets this rank's index).
+
+    A GPU request without a visible GPU is a ConfigError naming the reason, never a silent CPU run:
+    `requested` "cuda[:N]", or "auto" with `gpus_per_node` > 0 (the launcher asked for GPUs)."""
+    from training.configtools import ConfigError
+
+    wants_gpu = requested.startswith("cuda") or (requested == "auto" and gpus_per_node > 0)
+    if wants_gpu and not torch.cuda.is_available():
+        key = "trainer.device" if requested != "auto" else "launcher.gpus_per_node"
+        what = f"trainer.device={requested}" if requested != "auto" else f"launcher.gpus_per_node={gpus_per_node}"
+        raise ConfigError(f"{what} but no GPU is visible to this process: {gpu_visibility()}; a broken "
+                          "container or GPU binding? (trainer.device=cpu trains on CPU on purpose)", key)
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", env.local_rank % torch.cuda.device_count())
@@ -228,6 +251,26 @@ def average_gradients(params, world_size: int) -> None:
             n = g.numel()
             g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
+
+
+def average_batchnorm_stats(module: torch.nn.Module) -> None:
+    """Average the BatchNorm running mean/var of `module` across ranks (one all-reduce; no-op for one
+    process or a module without BatchNorm). Gradients are averaged explicitly (no DDP wrapper, see
+    above), so without this each rank's running statistics would drift apart with its own data
+    (MP-SENet's Conformer), and validation and checkpoints would depend on the rank."""
+    if not _active():
+        return
+    stats = [b for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             for b in (m.running_mean, m.running_var) if b is not None]
+    if not stats:
+        return
+    flat = torch.cat([b.reshape(-1) for b in stats])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(dist.get_world_size())
+    offset = 0
+    for b in stats:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
 
 
 def broadcast_object(obj, src: int = 0):

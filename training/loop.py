@@ -1,10 +1,19 @@
 """One optimisation step (`train_step`) and one validation pass (`validate`).
 
-Step order as the papers' code (MP-SENet lineage): normalise noisy/clean so that the noisy RMS is 1;
-STFT; G forward; iSTFT; PESQ targets of every segment (process pool, overlapped with the D forward);
-D update on (clean, clean) -> 1 and (clean, est) -> PESQ_norm; G update with the six weighted
-terms, the metric term using the freshly updated D. Gradients are averaged across ranks by an
-explicit all-reduce; a non-finite loss or gradient skips that optimizer step on every rank.
+Step: normalise noisy/clean so that the noisy RMS is 1; STFT; G forward; iSTFT; the PESQ targets
+of every segment are submitted to a process pool right away; then two updates in one of two orders:
+
+- ``pesq_overlap=True`` (default): G update first (six weighted terms, the metric term from D as
+  it is before this step's update), then the D update on (clean, clean) -> 1 and (clean, est) ->
+  PESQ_norm, est being the same pre-update estimate as in the authors' code. The PESQ targets are
+  computed while G's loss, backward, all-reduce and optimizer step run: off the critical path.
+- ``pesq_overlap=False``: the papers' code order (MP-SENet lineage): D update first, G's metric term
+  from the freshly updated D; the step waits for PESQ after the D forward.
+
+The only difference is which D the generator's metric term sees (one D update older with
+overlap); both are exact per-step schemes (no state carried across steps, so resume stays bitwise).
+Gradients are averaged across ranks by an explicit all-reduce; a non-finite loss or gradient skips
+that optimizer step on every rank.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ class StepContext:
     pesq_pool: object | None = None  # training.metrics.PesqPool
     grad_clip: float | None = None
     bf16: bool = False
+    pesq_overlap: bool = True
     counters: dict = field(default_factory=lambda: {"nonfinite_skipped": 0, "pesq_failed": 0})
 
     def autocast(self):
@@ -93,27 +103,49 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, fl
     est = mag_pha_istft(mag, pha, spec, length=n)
     est_mag, _, rec_com = mag_pha_stft(est, spec)
     out: dict[str, float] = {}
+    job = ctx.pesq_pool.submit(clean.detach().cpu().numpy(), est.detach().cpu().numpy()) if D is not None else None
+    g_terms = dict(clean_wav=clean, clean_mag=clean_mag, clean_pha=clean_pha, clean_com=clean_com,
+                   est_wav=est, est_mag=mag, est_pha=pha, est_com=com, rec_com=rec_com)
+    stepped_d = True
+    if D is not None and not ctx.pesq_overlap:
+        stepped_d = _discriminator_update(ctx, job, clean_mag, est_mag, out)
+    stepped_g = _generator_update(ctx, g_terms, clean_mag, est_mag, out)
+    if D is not None and ctx.pesq_overlap:
+        stepped_d = _discriminator_update(ctx, job, clean_mag, est_mag, out)
+    distributed.average_batchnorm_stats(G)  # same running statistics on every rank (MP-SENet's BatchNorm)
+    if not stepped_g or not stepped_d:
+        ctx.counters["nonfinite_skipped"] += 1
+        log.warning("non-finite loss or gradient: optimizer step skipped (%d so far)",
+                    ctx.counters["nonfinite_skipped"])
+    return out
 
-    if D is not None:
-        job = ctx.pesq_pool.submit(clean.detach().cpu().numpy(), est.detach().cpu().numpy())
-        ctx.opt_d.zero_grad(set_to_none=True)
-        with ctx.autocast():
-            real = D(clean_mag, clean_mag).flatten()
-            fake = D(clean_mag, est_mag.detach()).flatten()
-        scores, ok = job.result()
-        n_ok = torch.tensor([float(ok.sum())], device=ctx.device)
-        num_ok_global = int(distributed.all_reduce(n_ok).item())
-        failed = ctx.world_size * len(ok) - num_ok_global
-        ctx.counters["pesq_failed"] += failed
-        loss_d, parts = discriminator_loss(
-            real, fake, torch.from_numpy(np.nan_to_num(scores)), torch.from_numpy(ok),
-            num_ok_global=num_ok_global, world_size=ctx.world_size,
-        )
-        gn_d, stepped_d = _apply(ctx, loss_d, D, ctx.opt_d, None)
-        out.update(loss_d=float(loss_d.detach()), grad_norm_d=gn_d, pesq_failed=float(failed),
-                   pesq_target=float(np.mean(scores[ok])) if ok.any() else float("nan"),
-                   **{k: float(v) for k, v in parts.items()})
 
+def _discriminator_update(ctx: StepContext, job, clean_mag, est_mag, out: dict) -> bool:
+    """D forward on (clean, clean) and (clean, est), then wait for the PESQ targets, D step."""
+    D = ctx.discriminator
+    ctx.opt_d.zero_grad(set_to_none=True)
+    with ctx.autocast():
+        real = D(clean_mag, clean_mag).flatten()
+        fake = D(clean_mag, est_mag.detach()).flatten()
+    scores, ok = job.result()
+    n_ok = torch.tensor([float(ok.sum())], device=ctx.device)
+    num_ok_global = int(distributed.all_reduce(n_ok).item())
+    failed = ctx.world_size * len(ok) - num_ok_global
+    ctx.counters["pesq_failed"] += failed
+    loss_d, parts = discriminator_loss(
+        real, fake, torch.from_numpy(np.nan_to_num(scores)), torch.from_numpy(ok),
+        num_ok_global=num_ok_global, world_size=ctx.world_size,
+    )
+    gn_d, stepped_d = _apply(ctx, loss_d, D, ctx.opt_d, None)
+    out.update(loss_d=float(loss_d.detach()), grad_norm_d=gn_d, pesq_failed=float(failed),
+               pesq_target=float(np.mean(scores[ok])) if ok.any() else float("nan"),
+               **{k: float(v) for k, v in parts.items()})
+    return stepped_d
+
+
+def _generator_update(ctx: StepContext, terms: dict, clean_mag, est_mag, out: dict) -> bool:
+    """G step on the six weighted terms; the metric term through D with D's weights frozen."""
+    D = ctx.discriminator
     ctx.opt_g.zero_grad(set_to_none=True)
     metric_fake = None
     if D is not None:
@@ -121,21 +153,13 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, fl
         with ctx.autocast():
             metric_fake = D(clean_mag, est_mag).flatten()
     try:
-        loss_g, terms = generator_loss(
-            clean_wav=clean, clean_mag=clean_mag, clean_pha=clean_pha, clean_com=clean_com,
-            est_wav=est, est_mag=mag, est_pha=pha, est_com=com, rec_com=rec_com,
-            metric_fake=metric_fake, weights=ctx.weights,
-        )
-        gn_g, stepped_g = _apply(ctx, loss_g, G, ctx.opt_g, ctx.grad_clip)
+        loss_g, parts = generator_loss(**terms, metric_fake=metric_fake, weights=ctx.weights)
+        gn_g, stepped_g = _apply(ctx, loss_g, ctx.generator, ctx.opt_g, ctx.grad_clip)
     finally:
         if D is not None:
             D.requires_grad_(True)
-    if not stepped_g or (D is not None and not stepped_d):
-        ctx.counters["nonfinite_skipped"] += 1
-        log.warning("non-finite loss or gradient: optimizer step skipped (%d so far)",
-                    ctx.counters["nonfinite_skipped"])
-    out.update(loss_g=float(loss_g.detach()), grad_norm=gn_g, **{k: float(v) for k, v in terms.items()})
-    return out
+    out.update(loss_g=float(loss_g.detach()), grad_norm=gn_g, **{k: float(v) for k, v in parts.items()})
+    return stepped_g
 
 
 # ----- validation ---------------------------------------------------------------------------------

@@ -1,15 +1,20 @@
 """Seeding and RNG state capture/restore (python, numpy, torch, CUDA) in `weights_only`-safe form.
 
 `rng_state()` returns only tensors, lists, tuples, ints, floats and strings, so a checkpoint holding
-it loads with `torch.load(weights_only=True)`.
+it loads with `torch.load(weights_only=True)`. Every tensor in it is a CPU tensor (the generators'
+states are CPU ByteTensors even for CUDA devices); `set_rng_state` accepts them from any device
+(a rank file loaded with a GPU `map_location`) and restores each onto its own generator.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -43,13 +48,31 @@ def rng_state() -> dict:
     return state
 
 
+def _cpu_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A generator state as the CPU ByteTensor `set_rng_state` wants (whatever device it was loaded to)."""
+    return t.detach().to("cpu", torch.uint8).contiguous()
+
+
 def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state()` captured."""
+    """Restore what `rng_state()` captured, onto the CPU generator and the CUDA generators present.
+
+    A checkpoint from a run with CUDA states restores them onto the visible devices 0..k-1
+    (k = the smaller count); on a machine without CUDA they are skipped with a log line."""
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     npy = state["numpy"]
-    keys = npy["keys"].numpy().astype(np.uint32)
+    keys = npy["keys"].detach().cpu().numpy().astype(np.uint32)
     np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
+    cuda = state.get("cuda")
+    if not cuda:
+        return
+    if not torch.cuda.is_available():
+        log.info("checkpoint holds %d CUDA RNG state(s); no CUDA device here: not restored", len(cuda))
+        return
+    count = torch.cuda.device_count()
+    if count != len(cuda):
+        log.warning("checkpoint holds %d CUDA RNG states, %d device(s) visible: restoring the first %d",
+                    len(cuda), count, min(count, len(cuda)))
+    for index, s_ in enumerate(cuda[:count]):
+        torch.cuda.set_rng_state(_cpu_bytes(s_), index)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from training import device as device_policy
 from training import distributed
 from training.checkpoint import CheckpointManager, atomic_write_text
 from training.config import ConfigError, RunConfig, flatten, save_config, to_yaml
@@ -71,16 +72,19 @@ class Trainer:
                               f"{env.world_size} ranks", "data.batch_size")
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        self.device = distributed.pick_device(t.device, env)
+        self.device = distributed.pick_device(t.device, env, cfg.launcher.gpus_per_node)
         self.bf16 = t.precision == "bf16" and self.device.type == "cuda"
         if t.precision == "bf16" and not self.bf16:
             log.warning("trainer.precision=bf16 has no effect on %s: training in fp32", self.device)
-        seed_everything(t.seed, t.deterministic)
+        self.deterministic = device_policy.deterministic_for(self.device, t.deterministic)
+        device_policy.numerics(self.device, self.deterministic, t.tf32)
+        seed_everything(t.seed, self.deterministic)
         self.G = build_model(cfg.model.name, seed=t.seed, **cfg.model.options).to(self.device)
+        self.facts = self._check_runtime()
         set_activation_checkpointing(self.G, t.activation_checkpointing)
         self.D = build_model("metric-discriminator", seed=t.seed + 1).to(self.device) if cfg.loss.discriminator else None
         self.segment = resolve_segment(cfg, self.G)
-        seed_everything(t.seed + 1_000_003 * env.rank, t.deterministic)  # per-rank dropout streams
+        seed_everything(t.seed + 1_000_003 * env.rank, self.deterministic)  # per-rank dropout streams
         o = cfg.optim
 
         def adamw(m):
@@ -97,7 +101,8 @@ class Trainer:
                                   skip_bad=cfg.data.skip_bad)
         self.pesq_pool = PesqPool(t.pesq_workers) if self.D is not None else None
         self.ctx = StepContext(self.G, self.D, self.opt_g, self.opt_d, self.G.stft, LossWeights.from_config(cfg.loss),
-                               self.device, env.world_size, self.pesq_pool, o.grad_clip, self.bf16)
+                               self.device, env.world_size, self.pesq_pool, o.grad_clip, self.bf16,
+                               pesq_overlap=t.pesq_overlap)
         self.ckpt = CheckpointManager(self.workdir / "checkpoints", keep_last=t.keep_last, rank=env.rank,
                                       world_size=env.world_size)
         self.preempt = preemption_from_environment(t.time_limit_margin_s).install()
@@ -110,6 +115,22 @@ class Trainer:
         self.meter = None
         self._meter_state: dict = {}
         self._pending: list = []
+
+    def _check_runtime(self) -> dict[str, str]:
+        """Refuse a GPU run whose Mamba layers would fall back to the torch scan unasked (the import
+        error is the message); log and return the run's runtime facts (MLflow tags)."""
+        from training.mamba import Mamba, scan
+
+        if self.device.type != "cpu" and any(isinstance(m, Mamba) for m in self.G.modules()):
+            try:
+                scan.choose_backend(self.device.type)
+            except scan.ScanBackendError as e:
+                raise ConfigError(str(e), "SE_SCAN_BACKEND") from None
+        t = self.cfg.trainer
+        facts = device_policy.runtime_facts(self.device, self.env.world_size, deterministic=self.deterministic,
+                                            tf32=t.tf32, precision="bf16" if self.bf16 else "fp32")
+        log.info("runtime: %s", device_policy.describe(facts))
+        return facts
 
     # ----- state ---------------------------------------------------------------------------------
     def shared_state(self) -> dict:
@@ -146,7 +167,9 @@ class Trainer:
         folder = self.ckpt.latest()
         if folder is None:
             return 0
-        shared, mine = self.ckpt.load(folder, map_location=self.device)
+        # Always to CPU: the RNG states must arrive as CPU ByteTensors, and load_state_dict moves the
+        # weights and optimizer moments onto this run's device (whatever device wrote the files).
+        shared, mine = self.ckpt.load(folder, map_location="cpu")
         self.G.load_state_dict(shared["generator"], strict=True)
         self.opt_g.load_state_dict(shared["opt_g"])
         self.sched_g.load_state_dict(shared["sched_g"])
@@ -172,7 +195,7 @@ class Trainer:
         cfg = self.cfg
         tags = {"se.kind": "train", "se.model": cfg.model.name, "se.seed": str(cfg.trainer.seed),
                 "se.world_size": str(self.env.world_size), "se.git_commit": git_commit(),
-                "se.hostname": distributed.hostname(), "run_name": cfg.name, **cfg.mlflow.tags}
+                "se.hostname": distributed.hostname(), "run_name": cfg.name, **self.facts, **cfg.mlflow.tags}
         params = flatten(cfg) | {"model.params": str(sum(p.numel() for p in self.G.parameters()))}
         self.tracker = build_tracker(cfg.mlflow, self.workdir, rank=self.env.rank, run_id=self.mlflow_run_id,
                                      params=params, tags=tags)

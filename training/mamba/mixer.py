@@ -18,15 +18,9 @@ import math
 import torch
 import torch.nn as nn
 
+from training.mamba import kernels
 from training.mamba.conv import causal_conv1d_silu
 from training.mamba.scan import resolve_backend, selective_scan
-
-try:  # mamba_ssm's fused GPU path (needs causal_conv1d too)
-    from causal_conv1d import causal_conv1d_fn as _causal_conv1d_fn
-    from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn as _mamba_inner_fn
-except Exception:
-    _mamba_inner_fn = None
-    _causal_conv1d_fn = None
 
 
 class Mamba(nn.Module):
@@ -92,24 +86,24 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         A = -torch.exp(self.A_log.float())
-        if self.use_fast_path and hidden_states.is_cuda and _mamba_inner_fn is not None and _causal_conv1d_fn is not None:
+        backend = resolve_backend(hidden_states)  # raises on a GPU without mamba_ssm's kernels (see scan.py)
+        if self.use_fast_path and backend == "mamba_ssm":
             # mamba_ssm's own fused kernels (conv + scan + gating + out_proj), same parameters;
             # in_proj as a raw matmul: [B, L, D] -> [B, 2E, L]
             xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
             if self.in_proj.bias is not None:
                 xz = xz + self.in_proj.bias[None, :, None]
-            return _mamba_inner_fn(
+            return kernels.load().mamba_inner_fn(
                 xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                 self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
             )  # fmt: skip
-        return self._forward_channel_last(hidden_states, A)
+        return self._forward_channel_last(hidden_states, A, native=backend == "fused")
 
-    def _forward_channel_last(self, hidden_states: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-        """CPU (and GPU without mamba_ssm's fused path): every tensor stays (B, L, channels), the
-        layout the projections produce and the CPU kernels read without copies."""
+    def _forward_channel_last(self, hidden_states: torch.Tensor, A: torch.Tensor, native: bool) -> torch.Tensor:
+        """CPU, the torch scan on request, or ``use_fast_path=False``: every tensor stays
+        (B, L, channels), the layout the projections produce and the CPU kernels read without copies."""
         e = self.d_inner
-        native = resolve_backend(hidden_states) == "fused"
         w, bias = self.in_proj.weight, self.in_proj.bias
         x = torch.matmul(hidden_states, w[:e].t())  # [B, L, E]
         z = torch.matmul(hidden_states, w[e:].t())

@@ -10,7 +10,10 @@ input-dependent B and C (see ``tests/scan_oracle.py``)::
     y_t = <h_t, C_t> + D * u_t ;  y = y * silu(z)        -> y: [b, d, l]
 
 Backends, chosen per call (``SE_SCAN_BACKEND=auto|mamba_ssm|fused|torch`` forces one):
-- ``mamba_ssm``: the CUDA/ROCm kernel, used in ``auto`` for GPU tensors when mamba_ssm imports.
+- ``mamba_ssm``: the CUDA/ROCm kernel (``training.mamba.kernels``), used in ``auto`` for GPU tensors.
+  When it is not usable, ``auto`` on a GPU tensor raises :class:`ScanBackendError` with the import
+  error: the torch scan is a Python loop, far too slow for GPU training, so it runs on a GPU only
+  when asked for (``SE_SCAN_BACKEND=torch``).
 - ``fused``: ``training.mamba.scan_fused.selective_scan_fused`` (CPU), used in ``auto`` when it imports.
 - ``torch``: :func:`selective_scan_torch` below, pure PyTorch, any device.
 """
@@ -22,10 +25,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-try:  # GPU kernel (optional extra)
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_ssm_scan
-except Exception:  # ImportError, or mamba_ssm failing to load its CUDA extension
-    _mamba_ssm_scan = None
+from training.mamba import kernels
 
 try:  # fused CPU scan, written separately
     from training.mamba.scan_fused import selective_scan_fused as _fused_scan
@@ -47,7 +47,7 @@ class ScanBackendError(ValueError):
 def available_backends() -> list[str]:
     """Backends that can run in this process (``torch`` always can)."""
     names = []
-    if _mamba_ssm_scan is not None:
+    if kernels.load().available:
         names.append("mamba_ssm")
     if _fused_scan is not None:
         names.append("fused")
@@ -55,29 +55,48 @@ def available_backends() -> list[str]:
     return names
 
 
-def resolve_backend(u: torch.Tensor, requested: str | None = None) -> str:
-    """The backend a call on ``u`` will use, given ``requested`` or ``$SE_SCAN_BACKEND``."""
-    name = requested or os.environ.get("SE_SCAN_BACKEND", "auto") or "auto"
+def requested_backend() -> str:
+    """``$SE_SCAN_BACKEND`` (default ``auto``), checked against the known names."""
+    name = os.environ.get("SE_SCAN_BACKEND", "auto") or "auto"
     if name not in BACKENDS:
         raise ScanBackendError(f"SE_SCAN_BACKEND={name!r}: expected one of {', '.join(BACKENDS)}")
-    if name == "auto":
-        if u.is_cuda and _mamba_ssm_scan is not None:
-            return "mamba_ssm"
-        if not u.is_cuda and _fused_scan is not None:
-            return "fused"
-        return "torch"
-    if name == "mamba_ssm" and _mamba_ssm_scan is None:
-        raise ScanBackendError("SE_SCAN_BACKEND=mamba_ssm: mamba_ssm is not importable here")
-    if name == "fused" and _fused_scan is None:
-        raise ScanBackendError("SE_SCAN_BACKEND=fused: training.mamba.scan_fused is not importable")
     return name
+
+
+def choose_backend(device_type: str, requested: str | None = None) -> str:
+    """The backend for tensors on ``device_type`` ("cpu", "cuda"), given ``requested`` or the env."""
+    name = requested or requested_backend()
+    if name not in BACKENDS:
+        raise ScanBackendError(f"SE_SCAN_BACKEND={name!r}: expected one of {', '.join(BACKENDS)}")
+    gpu = device_type != "cpu"
+    if name == "auto":
+        if gpu:
+            k = kernels.load()
+            if not k.available:
+                raise ScanBackendError(
+                    f"mamba-ssm's GPU kernels are not usable: {k.error}. Install the pinned pair "
+                    f"(docs/lumi.md, pyproject extras), or set SE_SCAN_BACKEND=torch to train with the "
+                    f"slow torch scan on purpose")
+            return "mamba_ssm"
+        return "fused" if _fused_scan is not None else "torch"
+    if name == "mamba_ssm" and not kernels.load().available:
+        raise ScanBackendError(f"SE_SCAN_BACKEND=mamba_ssm: mamba_ssm is not usable here: {kernels.load().error}")
+    if name == "fused" and (gpu or _fused_scan is None):
+        raise ScanBackendError("SE_SCAN_BACKEND=fused: training.mamba.scan_fused is " +
+                               ("CPU only" if gpu else "not importable"))
+    return name
+
+
+def resolve_backend(u: torch.Tensor, requested: str | None = None) -> str:
+    """The backend a call on ``u`` will use, given ``requested`` or ``$SE_SCAN_BACKEND``."""
+    return choose_backend(u.device.type, requested)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """Dispatch to the chosen backend; same arguments and result as ``selective_scan_fn``."""
     backend = resolve_backend(u)
     if backend == "mamba_ssm":
-        return _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return kernels.load().selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if backend == "fused":
         return _fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
