@@ -16,7 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from training.configtools import (
     ConfigError,
@@ -86,11 +86,15 @@ class OptimConfig:
     betas: list[float] = option(help="AdamW betas", factory=lambda: [0.8, 0.99])
     weight_decay: float = option(0.01, "AdamW weight decay")
     lr_decay: float = option(0.99, "ExponentialLR gamma, applied once per epoch")
-    epoch_steps: int = option(1000, "steps per 'epoch' for the LR decay (the stream is unbounded)")
+    epoch_steps: Union[int, Literal["auto"], None] = option(
+        None, "steps per epoch for the LR decay; null/auto = training clips in the manifest // global batch "
+        "(the authors' epoch), an integer sets it")
     grad_clip: Optional[float] = option(None, "clip the generator's gradient norm; null = no clipping")
 
     def __post_init__(self):
-        _positive(self, "lr", "epoch_steps", "grad_clip", "lr_decay")
+        _positive(self, "lr", "grad_clip", "lr_decay")
+        if isinstance(self.epoch_steps, int):
+            _positive(self, "epoch_steps")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}", "betas")
 
