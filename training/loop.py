@@ -1,6 +1,7 @@
 """One optimisation step (`train_step`) and one validation pass (`validate`).
 
-Step order as the papers' code (MP-SENet lineage): normalise noisy/clean so that the noisy RMS is 1;
+Step order as the papers' code (MP-SENet lineage): scale noisy/clean by the batch's ``norm`` (1 / RMS of the
+whole noisy utterance, as the authors normalise before cropping; without it, the crop's noisy RMS);
 STFT; G forward; iSTFT; PESQ targets of every segment (process pool, overlapped with the D forward);
 D update on (clean, clean) -> 1 and (clean, est) -> PESQ_norm; G update with the six weighted
 terms, the metric term using the freshly updated D. Gradients are averaged across ranks by an
@@ -77,12 +78,15 @@ def _apply(ctx: StepContext, loss: torch.Tensor, module: torch.nn.Module, opt, c
 
 
 def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-    """One G (and D) update on this rank's batch {"noisy", "clean": [b, N]}; returns scalar metrics."""
+    """One G (and D) update on this rank's batch {"noisy", "clean": [b, N], optional "norm": [b, 1]}; returns
+    scalar metrics."""
     G, D, spec = ctx.generator, ctx.discriminator, ctx.spec
     noisy = batch["noisy"].to(ctx.device, torch.float32)
     clean = batch["clean"].to(ctx.device, torch.float32)
     n = noisy.shape[-1]
-    norm = torch.rsqrt(noisy.pow(2).mean(-1, keepdim=True).clamp_min(1e-10))
+    norm = batch.get("norm")  # 1 / whole-utterance noisy RMS (the stream's); else the crop's
+    norm = norm.to(ctx.device, torch.float32) if norm is not None else \
+        torch.rsqrt(noisy.pow(2).mean(-1, keepdim=True).clamp_min(1e-10))
     noisy, clean = noisy * norm, clean * norm
     clean_mag, clean_pha, clean_com = mag_pha_stft(clean, spec)
     noisy_mag, noisy_pha, _ = mag_pha_stft(noisy, spec)
@@ -91,7 +95,7 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, fl
         mag, pha, com = G(noisy_mag, noisy_pha)
     mag, pha, com = mag.float(), pha.float(), com.float()
     est = mag_pha_istft(mag, pha, spec, length=n)
-    est_mag, _, rec_com = mag_pha_stft(est, spec)
+    _, _, rec_com = mag_pha_stft(est, spec)  # consistency target; D sees the generator's `mag` (authors')
     out: dict[str, float] = {}
 
     if D is not None:
@@ -99,7 +103,7 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, fl
         ctx.opt_d.zero_grad(set_to_none=True)
         with ctx.autocast():
             real = D(clean_mag, clean_mag).flatten()
-            fake = D(clean_mag, est_mag.detach()).flatten()
+            fake = D(clean_mag, mag.detach()).flatten()
         scores, ok = job.result()
         n_ok = torch.tensor([float(ok.sum())], device=ctx.device)
         num_ok_global = int(distributed.all_reduce(n_ok).item())
@@ -119,7 +123,7 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, fl
     if D is not None:
         D.requires_grad_(False)
         with ctx.autocast():
-            metric_fake = D(clean_mag, est_mag).flatten()
+            metric_fake = D(clean_mag, mag).flatten()
     try:
         loss_g, terms = generator_loss(
             clean_wav=clean, clean_mag=clean_mag, clean_pha=clean_pha, clean_com=clean_com,
