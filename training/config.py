@@ -144,6 +144,10 @@ class EvalConfig:
     num_workers: int = option(2, "metric worker processes")
     chunk_seconds: float = option(10.0, "enhance long files in chunks of this length")
     overlap_seconds: float = option(0.5, "overlap between chunks (overlap-add); 0 = the papers' plain chunks")
+    mode: Literal["auto", "whole", "chunked", "rwsa_segments"] = option(
+        "auto", "validation/test enhancement: rwsa_segments = the RWSA authors' 30,600-sample segments after "
+        "whole-utterance RMS normalisation; whole; chunked (chunk/overlap_seconds); auto = rwsa_segments for "
+        "rwsa-* models, else whole (validation) / chunked (test sets)")
 
     def __post_init__(self):
         _positive(self, "num_workers", "chunk_seconds")

@@ -144,12 +144,16 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, fl
 
 # ----- validation ---------------------------------------------------------------------------------
 @torch.no_grad()
-def enhance_utterance(G: torch.nn.Module, noisy: np.ndarray, device: torch.device, bf16: bool = False) -> np.ndarray:
-    """Full-utterance inference with the model's own `enhance` (RMS normalisation, any length)."""
+def enhance_utterance(G: torch.nn.Module, noisy: np.ndarray, device: torch.device, bf16: bool = False,
+                      segment: int | None = None) -> np.ndarray:
+    """Full-utterance inference with the model's own `enhance` (RMS normalisation, any length), or with
+    `segment` the RWSA authors' segment protocol (`training.segment_eval.enhance_segments`)."""
+    from training.segment_eval import enhance_segments
+
     x = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32)).to(device)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with ctx:
-        y = G.enhance(x)
+        y = G.enhance(x) if segment is None else enhance_segments(G, x, segment)
     return y.float().cpu().numpy()
 
 
@@ -164,10 +168,12 @@ def validate(
     keep_clips: int = 0,
     with_noisy: bool = False,
     bf16: bool = False,
+    segment: int | None = None,
 ) -> tuple[dict[str, float], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]:
     """Mean PESQ/ESTOI/SI-SDR/SSNR over `utterances` ((key, noisy, clean) of all ranks; this rank
     enhances every `world_size`-th) and, with `with_noisy`, of the unprocessed input
-    (`noisy_<metric>`). Returns (metrics incl. `n`, up to `keep_clips` (key, noisy, clean, enhanced))."""
+    (`noisy_<metric>`); `segment`: enhance as `enhance_utterance` does with it. Returns (metrics incl. `n`,
+    up to `keep_clips` (key, noisy, clean, enhanced))."""
     from training.metrics import evaluate_pairs
 
     was_training = G.training
@@ -177,7 +183,7 @@ def validate(
         for i, (key, noisy, clean) in enumerate(utterances):
             if i % world_size != rank:
                 continue
-            enh = enhance_utterance(G, noisy, device, bf16)
+            enh = enhance_utterance(G, noisy, device, bf16, segment)
             pairs.append((key, clean, enh))
             if with_noisy:
                 noisy_pairs.append((key, clean, noisy))

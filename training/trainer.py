@@ -24,6 +24,7 @@ from training.preempt import EXIT_PREEMPTED
 from training.preempt import from_environment as preemption_from_environment
 from training.schedule import epoch_boundary, resolve_epoch_steps, train_clips
 from training.seeding import rng_state, seed_everything, set_rng_state
+from training.segment_eval import resolve_mode
 from training.tracking import build_tracker
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class Trainer:
         set_activation_checkpointing(self.G, t.activation_checkpointing)
         self.D = build_model("metric-discriminator", seed=t.seed + 1).to(self.device) if cfg.loss.discriminator else None
         self.segment = resolve_segment(cfg, self.G)
+        self.val_segment = (self.G.segment_samples if resolve_mode(cfg.eval.mode, cfg.model.name, validation=True)
+                            == "rwsa_segments" else None)  # the RWSA authors' validation protocol
         seed_everything(t.seed + 1_000_003 * env.rank, t.deterministic)  # per-rank dropout streams
         o = cfg.optim
 
@@ -201,7 +204,7 @@ class Trainer:
         utts = iter_utterances(cfg.data.valid, limit=cfg.data.valid_limit)
         val, clips = validate(self.G, utts, device=self.device, rank=self.env.rank, world_size=self.env.world_size,
                               num_workers=cfg.trainer.pesq_workers, keep_clips=NUM_CLIPS if self.env.is_main else 0,
-                              with_noisy=self.noisy_val is None, bf16=self.bf16)
+                              with_noisy=self.noisy_val is None, bf16=self.bf16, segment=self.val_segment)
         if self.noisy_val is None:
             self.noisy_val = {k: val.pop(k) for k in list(val) if k.startswith("noisy_")}
             self.tracker.log({f"val/{k}": v for k, v in self.noisy_val.items()}, 0)

@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="metric worker processes (default 2)")
     p.add_argument("--chunk-seconds", type=float, help="enhance in chunks of this length")
     p.add_argument("--overlap-seconds", type=float, help="chunk overlap (0 = the papers' plain 10 s cuts)")
+    p.add_argument("--mode", choices=("auto", "whole", "chunked", "rwsa_segments"),
+                   help="how files are enhanced (default: the run config's eval.mode; docs/fidelity.md)")
     p.add_argument("--limit", type=int, help="evaluate only the first N files")
     p.add_argument("--save-audio", action="store_true", help="also write the enhanced files")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the run's)")
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         log_mlflow=not args.no_mlflow,
         limit=args.limit,
         save_audio=args.save_audio,
+        eval_mode=args.mode,
     )
     if args.json:
         keys = ("testset", "n", "noisy", "enhanced", "failed")
