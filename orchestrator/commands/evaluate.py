@@ -11,13 +11,18 @@ EPILOG = """examples:
   orchestrate evaluate runs/demo/rwsa-xs_s0 --testset data/demo/test
   orchestrate evaluate runs/x/checkpoints/best --testset ~/data/vb_demandex_test --name vbdx --json
   orchestrate evaluate CKPT --testset DIR --metrics pesq,si_sdr --chunk-seconds 10 --overlap-seconds 0
+  orchestrate evaluate --noisy-only --testset data/ears_wham_v2_official/test     # is it the paper's data?
 A test set is a folder with clean/ and noisy/ (files matched by name; any rate/channels), a noisy/-only
 folder (reference-free metrics only), or a shard set (manifest.json + shard-*.tar).
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run directory, checkpoint directory or state.pt")
+    p.add_argument("checkpoint", nargs="?", help="run directory, checkpoint directory or state.pt (not with --noisy-only)")
+    p.add_argument("--noisy-only", action="store_true",
+                   help="no model: print the test sets' noisy-input metrics beside the papers' noisy rows")
+    p.add_argument("--paper", choices=("vb_demandex", "dns_no_reverb", "ears_wham_v2"),
+                   help="paper row to compare with (--noisy-only; default: guessed from the test set name)")
     p.add_argument("--testset", action="append", required=True, help="test set folder (repeatable)")
     p.add_argument("--name", help="name of the test set in reports and MLflow (default: folder name)")
     p.add_argument("--out", help="report folder (default: RUN_DIR/eval)")
@@ -35,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.noisy_only:
+        return _noisy_only(args)
+    if not args.checkpoint:
+        from orchestrator.errors import UserError
+
+        raise UserError("evaluate: give a checkpoint (or --noisy-only)")
     from orchestrator.evaluation import evaluate
     from training import malloc_tuning
 
@@ -70,6 +81,20 @@ def run(args: argparse.Namespace) -> int:
         failed = {m: c for m, c in s["failed"]["enhanced"].items() if c}
         if failed:
             print(f"  failed (NaN, left out of the means): {failed}")
+    return 0
+
+
+def _noisy_only(args: argparse.Namespace) -> int:
+    from training.paper_reference import comparison_text, noisy_summary, paper_row_for
+
+    metrics = args.metrics.split(",") if args.metrics else ["pesq", "ssnr", "estoi", "si_sdr"]
+    summaries = [noisy_summary(t, metrics=metrics, num_workers=args.workers, limit=args.limit, name=args.name)
+                 for t in args.testset]
+    if args.json:
+        print(json.dumps([{k: s[k] for k in ("testset", "n", "noisy", "failed")} for s in summaries], indent=2))
+        return 0
+    for s in summaries:
+        print("\n" + comparison_text(s, args.paper or paper_row_for(s["path"])))
     return 0
 
 
