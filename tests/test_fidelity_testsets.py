@@ -93,3 +93,31 @@ def test_evaluate_noisy_only_prints_ours_beside_the_papers_row(tmp_path, capsys)
     expected = [np.mean([r[m] for r in rows]) for m in ("pesq", "si_sdr")]
     assert [float(v) for v in ours] == pytest.approx(expected, abs=0.006)
     assert main(["evaluate", "--testset", str(root)]) == 2  # no checkpoint, no --noisy-only
+
+
+def test_ears_wham_recipe_official_mode_48k_pyloudnorm_and_cut_list(tmp_path):
+    import pyloudnorm
+
+    from sharding import testing
+    from sharding.recipes import get_recipe
+    from sharding.recipes.ears_wham import _meter
+
+    ears, wham = testing.fake_ears_wham(tmp_path / "src")  # 48 kHz files
+    x = np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1
+    assert _meter("pyloudnorm", 48000)(x) == pytest.approx(pyloudnorm.Meter(48000).integrated_loudness(x.astype(float)))
+    cuts = tmp_path / "test_files.json"  # the official format: speaker -> file -> [[start, end], ...] at 48 kHz
+    cuts.write_text(json.dumps({"p102": {"rainbow_01_regular": [[0, 96000], [96000, -1]],
+                                         "emo_adoration_freeform": [[0, -1]]}}))
+    spec = get_recipe("ears-wham")
+    opts = {"ears_dir": str(ears), "wham_dir": str(wham), "min_seconds": 1.0, "cut_seconds": 2.0,
+            "test_files": str(cuts)}
+    corpus = spec.open(spec.parse_options(opts))
+    assert corpus.opts.mix_rate == 48000 and corpus.opts.loudness == "pyloudnorm"  # the defaults
+    assert corpus.split_sizes()["test"] == 3
+    lengths = sorted(len(corpus.clip("test", i).clean) for i in range(3))
+    # 2 s; 5.5 s file from 2 s to its last sample but one; 2.5 s file to its last sample but one (16 kHz)
+    assert lengths == [32000, round((2.5 * 48000 - 1) / 3), round((3.5 * 48000 - 1) / 3)]
+    clip = corpus.clip("test", 0)
+    assert -2.5 <= clip.meta["snr_db"] <= 20.5 and abs(clip.clean[0]) < 1e-3  # ramps as the script
+    with pytest.raises(Exception, match="test_files"):
+        spec.parse_options({**opts, "test_files": str(tmp_path / "missing.json")})
