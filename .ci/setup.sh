@@ -33,4 +33,6 @@ fi
 # torch first, from the pinned CPU build; then the project with the same pins.
 .venv/bin/pip install -q -c constraints.txt torch==2.13.0
 .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+# test-only reference for the composite measures (its numba/srmrpy imports are bypassed by the test)
+.venv/bin/pip install -q --no-deps pysepm-evo==0.1.1
 echo "[setup] ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

@@ -152,7 +152,7 @@ class EvalConfig:
     def __post_init__(self):
         _positive(self, "num_workers", "chunk_seconds")
         _positive(self, "overlap_seconds", allow_zero=True)
-        known = {"pesq", "estoi", "stoi", "si_sdr", "ssnr", "dnsmos"}
+        known = {"pesq", "estoi", "stoi", "si_sdr", "ssnr", "dnsmos", "csig", "cbak", "covl", "composite"}
         for m in self.metrics:
             if m not in known:
                 raise ConfigError(f"metrics: unknown metric {m!r} (known: {', '.join(sorted(known))})", "metrics")
