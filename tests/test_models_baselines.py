@@ -111,3 +111,21 @@ def test_attention_variants_place_the_shared_mha_as_the_paper():
     for blk in xlstm_att.blocks:
         assert blk.attn_position == "before" and blk.freq_attention is None and blk.attention is not None
     assert all(blk.attention is None for blk in build_model("xlstm-senet", seed=0).blocks)
+
+
+def test_full_flop_count_covers_the_recurrent_blocks():
+    from training.models.flops import count_macs
+    from training.models.recurrent import LSTMBlock
+
+    lstm = LSTMBlock(8, hidden=12)
+    x = torch.randn(3, 7, 8)
+    assert count_macs(lstm, (x,), "full") == 3 * 7 * (4 * 12 * (8 + 8) + 12 * 8)
+    blk = MLSTMBlock(8, 2)  # inner 16: LN + proj_up + conv + gates + proj_down modules, then the raw parts
+    n, length, inner = 3, 7, 16
+    expected = (2 * n * length * 8 * 2  # LayerNorm (affine)
+                + n * length * 2 * inner * 8  # proj_up
+                + n * inner * (length + 3) * 4  # causal depthwise conv (padded output)
+                + 2 * n * length * 4 * 3 * inner  # i/f gates
+                + n * length * 8 * inner  # proj_down
+                + 3 * n * length * inner * 4 + 2 * n * length * length * inner)
+    assert count_macs(blk, (x,), "full") == expected
