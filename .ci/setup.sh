@@ -39,4 +39,6 @@ fi
 .venv/bin/pip install -q -c constraints.txt 'setuptools>=68' wheel packaging
 MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
   .venv/bin/pip install -q --no-build-isolation --no-deps mamba-ssm==2.2.6.post3 causal-conv1d==1.5.2
+# test-only reference for the composite measures (its numba/srmrpy imports are bypassed by the test)
+.venv/bin/pip install -q --no-deps pysepm-evo==0.1.1
 echo "[setup] ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

@@ -27,6 +27,7 @@ from training.audio_io import (
 from training.evaluate import evaluate_testset
 from training.inference import Enhancer, LoadedModel, load_generator
 from training.metrics import REFERENCE_METRICS, check_metric_names
+from training.segment_eval import SegmentEnhancer, resolve_mode
 from training.testsets import open_testset
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,11 @@ def evaluate(
     log_mlflow: bool = True,
     limit: int | None = None,
     save_audio: bool = False,
+    eval_mode: str | None = None,
 ) -> list[dict]:
     """Evaluate one checkpoint on each test set; returns the summaries (training.evaluate format).
+    ``eval_mode`` (default: the run config's ``eval.mode``) picks how files are enhanced
+    (`training.segment_eval`).
 
     UserError before any work for ``limit`` < 1, for a test set without clean references when every
     requested metric needs one, and for an ``out_dir`` that is a file.
@@ -62,11 +66,17 @@ def evaluate(
     loaded = load_generator(checkpoint)
     cfg = loaded.config
     metrics = check_metric_names(metrics or list(cfg.eval.metrics))
-    enhancer = Enhancer(
-        loaded.model,
-        chunk_seconds=chunk_seconds if chunk_seconds is not None else cfg.eval.chunk_seconds,
-        overlap_seconds=overlap_seconds if overlap_seconds is not None else cfg.eval.overlap_seconds,
-    )
+    mode = resolve_mode(eval_mode or cfg.eval.mode, cfg.model.name, validation=False)
+    if mode == "rwsa_segments":
+        enhancer = SegmentEnhancer(loaded.model)
+    elif mode == "whole":
+        enhancer = Enhancer(loaded.model, chunk_seconds=1e9, overlap_seconds=0.0)
+    else:
+        enhancer = Enhancer(
+            loaded.model,
+            chunk_seconds=chunk_seconds if chunk_seconds is not None else cfg.eval.chunk_seconds,
+            overlap_seconds=overlap_seconds if overlap_seconds is not None else cfg.eval.overlap_seconds,
+        )
     if name is not None and len(testsets) > 1:
         raise UserError("--name: give one test set when naming it")
     opened = [open_testset(p, name=name) for p in testsets]  # fail on a bad folder before any work

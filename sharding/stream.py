@@ -173,9 +173,15 @@ def _check(noisy: np.ndarray, clean: np.ndarray) -> None:
         raise BadSample("rejected_silent", "all-zero clean audio")
 
 
+def _inv_rms(x: np.ndarray) -> float:
+    """1 / RMS of ``x`` (the papers' input normalisation factor; silence -> 1e5, as clamp 1e-10 on power)."""
+    return float(1.0 / np.sqrt(max(float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0, 1e-10)))
+
+
 def _decode_crop(blobs: dict[str, bytes], seg: int, rng: np.random.Generator, on_mismatch: str,
-                 stats: Counter) -> tuple[np.ndarray, np.ndarray]:
-    """Random ``seg``-sample crop of noisy/clean (same offset), zero-padded when shorter."""
+                 stats: Counter) -> tuple[np.ndarray, np.ndarray, float]:
+    """Random ``seg``-sample crop of noisy/clean (same offset), zero-padded when shorter, and
+    1 / RMS of the *whole* noisy utterance (the authors normalise before cropping)."""
     nk, ck = _field(blobs, "noisy"), _field(blobs, "clean")
     try:
         fn, fc = sf.SoundFile(io.BytesIO(blobs[nk])), sf.SoundFile(io.BytesIO(blobs[ck]))
@@ -188,24 +194,26 @@ def _decode_crop(blobs: dict[str, bytes], seg: int, rng: np.random.Generator, on
         if native:
             try:
                 out = []
-                for f in (fn, fc):
-                    f.seek(start)
-                    out.append(f.read(min(seg, n), dtype="float32"))
+                whole = fn.read(n, dtype="float32")  # all of it: the RMS is the whole utterance's
+                fc.seek(start)
+                out.append(fc.read(min(seg, n), dtype="float32"))
             except (sf.LibsndfileError, RuntimeError, ValueError) as e:
                 raise BadSample("skipped_corrupt", f"undecodable audio ({e})") from None
-            noisy, clean = out
+            norm = _inv_rms(whole)
+            noisy, clean = whole[start : start + seg], out[0]
     if not native:
         noisy = _decode_full(blobs[nk], on_mismatch, stats)
         clean = _decode_full(blobs[ck], on_mismatch, Counter())
         n = min(len(noisy), len(clean))
         start = int(rng.integers(0, n - seg + 1)) if n > seg else 0
+        norm = _inv_rms(noisy[:n])
         noisy, clean = noisy[start : start + seg], clean[start : start + seg]
     if len(noisy) != len(clean) or len(noisy) < min(seg, n):
         raise BadSample("skipped_corrupt", "audio shorter than its header says")
     if len(noisy) < seg:
         noisy, clean = (np.pad(x, (0, seg - len(x))) for x in (noisy, clean))
     _check(noisy, clean)
-    return noisy, clean
+    return noisy, clean, norm
 
 
 # ----------------------------------------------------------------- slot streams
@@ -256,8 +264,8 @@ def _locate(cfg: StreamConfig, slot: int, pos: int) -> tuple[int, int, int]:
         epoch += 1
 
 
-def _remix(cfg: StreamConfig, item: tuple[np.ndarray, np.ndarray], rng: np.random.Generator,
-           stats: Counter) -> tuple[np.ndarray, np.ndarray]:
+def _remix(cfg: StreamConfig, item: tuple[np.ndarray, np.ndarray, float], rng: np.random.Generator,
+           stats: Counter) -> tuple[np.ndarray, np.ndarray, float]:
     """Replace the noise of ``item`` by another sample's noise at a random SNR (see ``Remix``)."""
     r = cfg.remix
     if rng.random() >= r.probability:
@@ -271,8 +279,8 @@ def _remix(cfg: StreamConfig, item: tuple[np.ndarray, np.ndarray], rng: np.rando
         if not keys:
             raise BadSample("skipped_corrupt", "no readable sample")
         key = keys[int(rng.integers(len(keys)))]
-        noisy, clean = _decode_crop(read_members(ref.path, idx.samples[key]), cfg.segment_samples, rng,
-                                    cfg.on_mismatch, Counter())
+        noisy, clean, _ = _decode_crop(read_members(ref.path, idx.samples[key]), cfg.segment_samples, rng,
+                                       cfg.on_mismatch, Counter())
     except (BadSample, SourceError, OSError) as e:
         stats["remix_failed"] += 1
         log.warning("remix: noise from shard %s unusable (%s); stored pair kept", ref.path, e)
@@ -287,7 +295,8 @@ def _remix(cfg: StreamConfig, item: tuple[np.ndarray, np.ndarray], rng: np.rando
     peak = float(np.max(np.abs(mixed)))
     scale = np.float32(0.99 / peak) if peak > 0.99 else np.float32(1.0)
     stats["remixed"] += 1
-    return (mixed * scale).astype(np.float32), (clean * scale).astype(np.float32)
+    mixed = (mixed * scale).astype(np.float32)
+    return mixed, (clean * scale).astype(np.float32), _inv_rms(mixed)  # no whole utterance: the crop's RMS
 
 
 @contextlib.contextmanager
@@ -344,10 +353,11 @@ def slot_samples(cfg: StreamConfig, slot: int, pos: int, stats: Counter) -> Iter
 
 
 def slot_batches(cfg: StreamConfig, slot: int, start: int) -> Iterator[dict[str, Any]]:
-    """Batches of one slot: {"noisy", "clean": Tensor[B,S], "_pos": raw position after, "_stats"}."""
+    """Batches of one slot: {"noisy", "clean": Tensor[B,S], "norm": Tensor[B,1], "_pos": raw position after,
+    "_stats"}."""
     stats: Counter = Counter()
     epoch_size = sum(cfg.shards[i].samples for i in epoch_assignment(cfg, 0, slot))
-    noisy, clean, bad_run = [], [], 0
+    noisy, clean, norm, bad_run = [], [], [], 0
     for pos, item in slot_samples(cfg, slot, start, stats):
         if item is None:
             bad_run += 1
@@ -357,10 +367,12 @@ def slot_batches(cfg: StreamConfig, slot: int, start: int) -> Iterator[dict[str,
         bad_run = 0
         noisy.append(item[0])
         clean.append(item[1])
+        norm.append(item[2])
         if len(noisy) == cfg.batch_size:
             yield {"noisy": torch.from_numpy(np.stack(noisy)), "clean": torch.from_numpy(np.stack(clean)),
+                   "norm": torch.tensor(norm, dtype=torch.float32)[:, None],
                    "_pos": pos, "_slot": slot, "_stats": dict(stats)}
-            noisy, clean = [], []
+            noisy, clean, norm = [], [], []
 
 
 def _remix_config(remix: dict[str, Any], shards: tuple[ShardRef, ...], split: str) -> Remix:
@@ -446,7 +458,9 @@ class _ThreadPrefetch:
 
 
 class TrainStream:
-    """Infinite iterator of {"noisy", "clean": float32 Tensor[B, S]} training batches (see module doc).
+    """Infinite iterator of {"noisy", "clean": float32 Tensor[B, S], "norm": Tensor[B, 1]} training batches
+    (see module doc); ``norm`` = 1 / RMS of the whole noisy utterance (of the mixed crop when remixed),
+    the factor the loop scales noisy and clean by, as the authors do before cropping.
 
     :param shard_dir: corpus folder (its ``train/`` is used) or a split folder of shards.
     :param num_workers: DataLoader worker processes (0: decode in this process, in a prefetch thread).

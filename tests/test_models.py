@@ -13,6 +13,11 @@ EXPECTED_PARAMS = {
     "mambattention-unshared": 2_392_913,
     "mambattention-ft": 2_325_841,
     "mpsenet": 2_048_849,  # paper: 2.05 M
+    "mpsenet-official": 2_048_849,
+    "lstm-senet": 2_343_889,  # paper: 2.34 M
+    "xlstm-senet": 2_203_601,  # paper: 2.20 M
+    "lstm-attention": 2_410_961,  # paper: 2.48 M (see tests/test_models_baselines.py)
+    "xlstm-attention": 2_270_673,  # paper: 2.27 M
     "rwsa-xs": 1_024_360,
     "rwsa-s": 1_946_664,
     "rwsa-m": 3_914_424,
@@ -109,6 +114,11 @@ FAST = [
     ("mambattention-unshared", {}),
     ("mambattention-ft", {}),
     ("mpsenet", {}),
+    ("mpsenet-official", {}),
+    ("lstm-senet", {}),
+    ("xlstm-senet", {}),
+    ("lstm-attention", {}),
+    ("xlstm-attention", {}),
     ("rwsa-xs", {}),
     ("rwsa-xs", {"share_resolution": False}),
     ("rwsa-xs", {"attention": False}),

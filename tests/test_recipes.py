@@ -169,7 +169,9 @@ def test_vb_demandex_split_types_and_snrs(tmp_path):
 
 def test_ears_wham_speaker_split_and_loudness_snr(tmp_path):
     ears, wham = testing.fake_ears_wham(tmp_path / "src")
-    opts = {"ears_dir": str(ears), "wham_dir": str(wham), "min_seconds": 1.0, "cut_seconds": 2.0}
+    # mixed at 16 kHz with the builtin meter, so the SNR can be re-measured on the stored 16 kHz audio
+    opts = {"ears_dir": str(ears), "wham_dir": str(wham), "min_seconds": 1.0, "cut_seconds": 2.0,
+            "mix_rate": 16000, "loudness": "builtin"}
     corpus = get_recipe("ears-wham").open(get_recipe("ears-wham").parse_options(opts))
     # per speaker: 2.5 s file -> 1 piece, 5.5 s -> 2 + 2 + 1.5 s, nonverbal held out, 0.5 s too short
     assert corpus.split_sizes() == {"train": 8, "valid": 4, "test": 4}

@@ -47,7 +47,7 @@ def same(a, b) -> bool:
 def test_batches_shape_dtype_and_counts(corpus):
     s = make(corpus)
     b = next(s)
-    assert set(b) == {"noisy", "clean"}
+    assert set(b) == {"noisy", "clean", "norm"}
     assert b["noisy"].shape == (3, SEG) and b["noisy"].dtype == torch.float32
     assert len(s) == 30 // 3
     take(s, 24)  # well past one epoch: the stream is infinite

@@ -86,11 +86,15 @@ class OptimConfig:
     betas: list[float] = option(help="AdamW betas", factory=lambda: [0.8, 0.99])
     weight_decay: float = option(0.01, "AdamW weight decay")
     lr_decay: float = option(0.99, "ExponentialLR gamma, applied once per epoch")
-    epoch_steps: int = option(1000, "steps per 'epoch' for the LR decay (the stream is unbounded)")
+    epoch_steps: Union[int, Literal["auto"], None] = option(
+        None, "steps per epoch for the LR decay; null/auto = training clips in the manifest // global batch "
+        "(the authors' epoch), an integer sets it")
     grad_clip: Optional[float] = option(None, "clip the generator's gradient norm; null = no clipping")
 
     def __post_init__(self):
-        _positive(self, "lr", "epoch_steps", "grad_clip", "lr_decay")
+        _positive(self, "lr", "grad_clip", "lr_decay")
+        if isinstance(self.epoch_steps, int):
+            _positive(self, "epoch_steps")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}", "betas")
 
@@ -145,11 +149,15 @@ class EvalConfig:
     num_workers: int = option(2, "metric worker processes")
     chunk_seconds: float = option(10.0, "enhance long files in chunks of this length")
     overlap_seconds: float = option(0.5, "overlap between chunks (overlap-add); 0 = the papers' plain chunks")
+    mode: Literal["auto", "whole", "chunked", "rwsa_segments"] = option(
+        "auto", "validation/test enhancement: rwsa_segments = the RWSA authors' 30,600-sample segments after "
+        "whole-utterance RMS normalisation; whole; chunked (chunk/overlap_seconds); auto = rwsa_segments for "
+        "rwsa-* models, else whole (validation) / chunked (test sets)")
 
     def __post_init__(self):
         _positive(self, "num_workers", "chunk_seconds")
         _positive(self, "overlap_seconds", allow_zero=True)
-        known = {"pesq", "estoi", "stoi", "si_sdr", "ssnr", "dnsmos"}
+        known = {"pesq", "estoi", "stoi", "si_sdr", "ssnr", "dnsmos", "csig", "cbak", "covl", "composite"}
         for m in self.metrics:
             if m not in known:
                 raise ConfigError(f"metrics: unknown metric {m!r} (known: {', '.join(sorted(known))})", "metrics")

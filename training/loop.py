@@ -1,6 +1,7 @@
 """One optimisation step (`train_step`) and one validation pass (`validate`).
 
-Step: normalise noisy/clean so that the noisy RMS is 1; STFT; G forward; iSTFT; the PESQ targets
+Step: scale noisy/clean by the batch's ``norm`` (1 / RMS of the whole noisy utterance, as the authors
+normalise before cropping; without it, the crop's noisy RMS); STFT; G forward; iSTFT; the PESQ targets
 of every segment are submitted to a process pool right away; then two updates in one of two orders:
 
 - ``pesq_overlap=True`` (default): G update first (six weighted terms, the metric term from D as
@@ -87,12 +88,15 @@ def _apply(ctx: StepContext, loss: torch.Tensor, module: torch.nn.Module, opt, c
 
 
 def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-    """One G (and D) update on this rank's batch {"noisy", "clean": [b, N]}; returns scalar metrics."""
+    """One G (and D) update on this rank's batch {"noisy", "clean": [b, N], optional "norm": [b, 1]}; returns
+    scalar metrics."""
     G, D, spec = ctx.generator, ctx.discriminator, ctx.spec
     noisy = batch["noisy"].to(ctx.device, torch.float32)
     clean = batch["clean"].to(ctx.device, torch.float32)
     n = noisy.shape[-1]
-    norm = torch.rsqrt(noisy.pow(2).mean(-1, keepdim=True).clamp_min(1e-10))
+    norm = batch.get("norm")  # 1 / whole-utterance noisy RMS (the stream's); else the crop's
+    norm = norm.to(ctx.device, torch.float32) if norm is not None else \
+        torch.rsqrt(noisy.pow(2).mean(-1, keepdim=True).clamp_min(1e-10))
     noisy, clean = noisy * norm, clean * norm
     clean_mag, clean_pha, clean_com = mag_pha_stft(clean, spec)
     noisy_mag, noisy_pha, _ = mag_pha_stft(noisy, spec)
@@ -101,17 +105,17 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, fl
         mag, pha, com = G(noisy_mag, noisy_pha)
     mag, pha, com = mag.float(), pha.float(), com.float()
     est = mag_pha_istft(mag, pha, spec, length=n)
-    est_mag, _, rec_com = mag_pha_stft(est, spec)
+    _, _, rec_com = mag_pha_stft(est, spec)  # consistency target; D sees the generator's `mag` (authors')
     out: dict[str, float] = {}
     job = ctx.pesq_pool.submit(clean.detach().cpu().numpy(), est.detach().cpu().numpy()) if D is not None else None
     g_terms = dict(clean_wav=clean, clean_mag=clean_mag, clean_pha=clean_pha, clean_com=clean_com,
                    est_wav=est, est_mag=mag, est_pha=pha, est_com=com, rec_com=rec_com)
     stepped_d = True
     if D is not None and not ctx.pesq_overlap:
-        stepped_d = _discriminator_update(ctx, job, clean_mag, est_mag, out)
-    stepped_g = _generator_update(ctx, g_terms, clean_mag, est_mag, out)
+        stepped_d = _discriminator_update(ctx, job, clean_mag, mag, out)
+    stepped_g = _generator_update(ctx, g_terms, clean_mag, mag, out)
     if D is not None and ctx.pesq_overlap:
-        stepped_d = _discriminator_update(ctx, job, clean_mag, est_mag, out)
+        stepped_d = _discriminator_update(ctx, job, clean_mag, mag, out)
     distributed.average_batchnorm_stats(G)  # same running statistics on every rank (MP-SENet's BatchNorm)
     if not stepped_g or not stepped_d:
         ctx.counters["nonfinite_skipped"] += 1
@@ -164,12 +168,16 @@ def _generator_update(ctx: StepContext, terms: dict, clean_mag, est_mag, out: di
 
 # ----- validation ---------------------------------------------------------------------------------
 @torch.no_grad()
-def enhance_utterance(G: torch.nn.Module, noisy: np.ndarray, device: torch.device, bf16: bool = False) -> np.ndarray:
-    """Full-utterance inference with the model's own `enhance` (RMS normalisation, any length)."""
+def enhance_utterance(G: torch.nn.Module, noisy: np.ndarray, device: torch.device, bf16: bool = False,
+                      segment: int | None = None) -> np.ndarray:
+    """Full-utterance inference with the model's own `enhance` (RMS normalisation, any length), or with
+    `segment` the RWSA authors' segment protocol (`training.segment_eval.enhance_segments`)."""
+    from training.segment_eval import enhance_segments
+
     x = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32)).to(device)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with ctx:
-        y = G.enhance(x)
+        y = G.enhance(x) if segment is None else enhance_segments(G, x, segment)
     return y.float().cpu().numpy()
 
 
@@ -184,10 +192,12 @@ def validate(
     keep_clips: int = 0,
     with_noisy: bool = False,
     bf16: bool = False,
+    segment: int | None = None,
 ) -> tuple[dict[str, float], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]:
     """Mean PESQ/ESTOI/SI-SDR/SSNR over `utterances` ((key, noisy, clean) of all ranks; this rank
     enhances every `world_size`-th) and, with `with_noisy`, of the unprocessed input
-    (`noisy_<metric>`). Returns (metrics incl. `n`, up to `keep_clips` (key, noisy, clean, enhanced))."""
+    (`noisy_<metric>`); `segment`: enhance as `enhance_utterance` does with it. Returns (metrics incl. `n`,
+    up to `keep_clips` (key, noisy, clean, enhanced))."""
     from training.metrics import evaluate_pairs
 
     was_training = G.training
@@ -197,7 +207,7 @@ def validate(
         for i, (key, noisy, clean) in enumerate(utterances):
             if i % world_size != rank:
                 continue
-            enh = enhance_utterance(G, noisy, device, bf16)
+            enh = enhance_utterance(G, noisy, device, bf16, segment)
             pairs.append((key, clean, enh))
             if with_noisy:
                 noisy_pairs.append((key, clean, noisy))

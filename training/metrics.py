@@ -32,10 +32,11 @@ from fractions import Fraction
 import numpy as np
 
 SAMPLE_RATE = 16000
-REFERENCE_METRICS = ("pesq", "estoi", "stoi", "si_sdr", "ssnr")
+COMPOSITE_METRICS = ("csig", "cbak", "covl")  # Hu & Loizou 2008 (training.composite)
+REFERENCE_METRICS = ("pesq", "estoi", "stoi", "si_sdr", "ssnr") + COMPOSITE_METRICS
 DNSMOS_METRICS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 ALL_METRICS = REFERENCE_METRICS + DNSMOS_METRICS
-METRIC_GROUPS = {"dnsmos": DNSMOS_METRICS}
+METRIC_GROUPS = {"dnsmos": DNSMOS_METRICS, "composite": COMPOSITE_METRICS}
 DEFAULT_METRICS = ("pesq", "estoi", "si_sdr", "ssnr")
 
 SSNR_FRAME_MS = 30.0
@@ -204,9 +205,16 @@ class _Undefined(Exception):
     """The metric is not defined for this input (the message says why)."""
 
 
-def _reference_metric(name: str, ref: np.ndarray, enh: np.ndarray, silent: bool) -> float:
-    if silent and name in ("estoi", "stoi", "si_sdr"):
+def _reference_metric(name: str, ref: np.ndarray, enh: np.ndarray, silent: bool, cache: dict | None = None) -> float:
+    if silent and name in ("estoi", "stoi", "si_sdr") + COMPOSITE_METRICS:
         raise _Undefined("silent reference")
+    if name in COMPOSITE_METRICS:  # the three share one computation per pair
+        from training.composite import composite
+
+        cache = {} if cache is None else cache
+        if "composite" not in cache:
+            cache["composite"] = composite(ref, enh)
+        return cache["composite"][name]
     if name == "pesq":
         return pesq_wb(ref, enh)
     if name in ("estoi", "stoi"):
@@ -260,6 +268,7 @@ def compute_metrics(
             if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(enh_ref))):
                 pair_problem = "non-finite samples in clean or enhanced audio"
             silent = not np.any(ref)
+    cache: dict = {}
     for name in ref_names:
         if ref is None:
             continue  # not applicable without a reference: the metric is left out, not failed
@@ -267,7 +276,7 @@ def compute_metrics(
             fail(name, pair_problem)
             continue
         try:
-            value = _reference_metric(name, ref, enh_ref, silent)
+            value = _reference_metric(name, ref, enh_ref, silent, cache)
         except _Undefined as exc:
             fail(name, str(exc))
         except Exception as exc:  # a failing library call must not stop the other metrics

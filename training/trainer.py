@@ -23,7 +23,9 @@ from training.loop import StepContext, train_step, validate
 from training.losses import LossWeights
 from training.preempt import EXIT_PREEMPTED
 from training.preempt import from_environment as preemption_from_environment
+from training.schedule import epoch_boundary, resolve_epoch_steps, train_clips
 from training.seeding import rng_state, seed_everything, set_rng_state
+from training.segment_eval import resolve_mode
 from training.tracking import build_tracker
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ class Trainer:
         set_activation_checkpointing(self.G, t.activation_checkpointing)
         self.D = build_model("metric-discriminator", seed=t.seed + 1).to(self.device) if cfg.loss.discriminator else None
         self.segment = resolve_segment(cfg, self.G)
+        self.val_segment = (self.G.segment_samples if resolve_mode(cfg.eval.mode, cfg.model.name, validation=True)
+                            == "rwsa_segments" else None)  # the RWSA authors' validation protocol
         seed_everything(t.seed + 1_000_003 * env.rank, self.deterministic)  # per-rank dropout streams
         o = cfg.optim
 
@@ -91,6 +95,8 @@ class Trainer:
             return torch.optim.AdamW(m.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
         self.opt_g = adamw(self.G)
+        self.epoch_steps = resolve_epoch_steps(o.epoch_steps, None if isinstance(o.epoch_steps, int) else
+                                               train_clips(cfg.data.train), cfg.data.batch_size)
         self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, gamma=o.lr_decay)
         self.opt_d = adamw(self.D) if self.D is not None else None
         self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, gamma=o.lr_decay) if self.D is not None else None
@@ -136,7 +142,7 @@ class Trainer:
     def shared_state(self) -> dict:
         opt = lambda o: o.state_dict() if o is not None else {}  # noqa: E731
         return {
-            "step": self.step, "epoch": self.step // self.cfg.optim.epoch_steps, "best_pesq": self.best_pesq,
+            "step": self.step, "epoch": self.step // self.epoch_steps, "best_pesq": self.best_pesq,
             "best_step": self.best_step, "world_size": self.env.world_size,
             "generator": self.G.state_dict(), "discriminator": self.D.state_dict() if self.D is not None else {},
             "opt_g": self.opt_g.state_dict(), "opt_d": opt(self.opt_d),
@@ -196,7 +202,8 @@ class Trainer:
         tags = {"se.kind": "train", "se.model": cfg.model.name, "se.seed": str(cfg.trainer.seed),
                 "se.world_size": str(self.env.world_size), "se.git_commit": git_commit(),
                 "se.hostname": distributed.hostname(), "run_name": cfg.name, **self.facts, **cfg.mlflow.tags}
-        params = flatten(cfg) | {"model.params": str(sum(p.numel() for p in self.G.parameters()))}
+        params = flatten(cfg) | {"model.params": str(sum(p.numel() for p in self.G.parameters())),
+                                 "optim.epoch_steps_resolved": str(self.epoch_steps)}
         self.tracker = build_tracker(cfg.mlflow, self.workdir, rank=self.env.rank, run_id=self.mlflow_run_id,
                                      params=params, tags=tags)
         self.tracker.restore_pending(self._pending)
@@ -222,7 +229,7 @@ class Trainer:
         utts = iter_utterances(cfg.data.valid, limit=cfg.data.valid_limit)
         val, clips = validate(self.G, utts, device=self.device, rank=self.env.rank, world_size=self.env.world_size,
                               num_workers=cfg.trainer.pesq_workers, keep_clips=NUM_CLIPS if self.env.is_main else 0,
-                              with_noisy=self.noisy_val is None, bf16=self.bf16)
+                              with_noisy=self.noisy_val is None, bf16=self.bf16, segment=self.val_segment)
         if self.noisy_val is None:
             self.noisy_val = {k: val.pop(k) for k in list(val) if k.startswith("noisy_")}
             self.tracker.log({f"val/{k}": v for k, v in self.noisy_val.items()}, 0)
@@ -260,7 +267,7 @@ class Trainer:
                 return EXIT_PREEMPTED
             metrics = train_step(self.ctx, next(self.stream))
             self.step += 1
-            if self.step % self.cfg.optim.epoch_steps == 0:
+            if epoch_boundary(self.step, self.epoch_steps):
                 self.sched_g.step()
                 if self.sched_d is not None:
                     self.sched_d.step()

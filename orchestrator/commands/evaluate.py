@@ -12,6 +12,7 @@ EPILOG = """examples:
   orchestrate evaluate runs/demo/cells/rwsa-xs_s0 --testset data/demo/test
   orchestrate evaluate runs/x/checkpoints/best --testset ~/data/vb_demandex_test --name vbdx --json
   orchestrate evaluate CKPT --testset DIR --metrics pesq,si_sdr --chunk-seconds 10 --overlap-seconds 0
+  orchestrate evaluate --noisy-only --testset data/ears_wham_v2_official/test     # is it the paper's data?
 A test set is a folder with clean/ and noisy/ (files matched by name; any rate/channels), a noisy/-only
 folder (reference-free metrics only), or a shard set (manifest.json + shard-*.tar).
 Every metric's mean is over the same files: a file for which some metric is undefined (e.g. a silent
@@ -23,7 +24,11 @@ and reported, the failed ones listed at the end).
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run directory, checkpoint directory or state.pt")
+    p.add_argument("checkpoint", nargs="?", help="run directory, checkpoint directory or state.pt (not with --noisy-only)")
+    p.add_argument("--noisy-only", action="store_true",
+                   help="no model: print the test sets' noisy-input metrics beside the papers' noisy rows")
+    p.add_argument("--paper", choices=("vb_demandex", "dns_no_reverb", "ears_wham_v2"),
+                   help="paper row to compare with (--noisy-only; default: guessed from the test set name)")
     p.add_argument("--testset", action="append", required=True, help="test set folder (repeatable)")
     p.add_argument("--name", help="name of the test set in reports and MLflow (default: folder name)")
     p.add_argument("--out", help="report folder (default: RUN_DIR/eval)")
@@ -31,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="metric worker processes (default 2)")
     p.add_argument("--chunk-seconds", type=float, help="enhance in chunks of this length")
     p.add_argument("--overlap-seconds", type=float, help="chunk overlap (0 = the papers' plain 10 s cuts)")
+    p.add_argument("--mode", choices=("auto", "whole", "chunked", "rwsa_segments"),
+                   help="how files are enhanced (default: the run config's eval.mode; docs/fidelity.md)")
     p.add_argument("--limit", type=int, help="evaluate only the first N files")
     p.add_argument("--save-audio", action="store_true", help="also write the enhanced files")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the run's)")
@@ -39,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.noisy_only:
+        return _noisy_only(args)
+    if not args.checkpoint:
+        from orchestrator.errors import UserError
+
+        raise UserError("evaluate: give a checkpoint (or --noisy-only)")
     from orchestrator.evaluation import EXIT_SOME_FAILED, evaluate
     from training import malloc_tuning
 
@@ -57,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         log_mlflow=not args.no_mlflow,
         limit=args.limit,
         save_audio=args.save_audio,
+        eval_mode=args.mode,
     )
     code = EXIT_SOME_FAILED if any(s["failed_files"] for s in summaries) else 0
     if args.json:
@@ -91,6 +105,20 @@ def _json_safe(obj):
     if isinstance(obj, float) and obj != obj:
         return None
     return obj
+
+
+def _noisy_only(args: argparse.Namespace) -> int:
+    from training.paper_reference import comparison_text, noisy_summary, paper_row_for
+
+    metrics = args.metrics.split(",") if args.metrics else ["pesq", "ssnr", "estoi", "si_sdr"]
+    summaries = [noisy_summary(t, metrics=metrics, num_workers=args.workers, limit=args.limit, name=args.name)
+                 for t in args.testset]
+    if args.json:
+        print(json.dumps([{k: s[k] for k in ("testset", "n", "noisy", "failed")} for s in summaries], indent=2))
+        return 0
+    for s in summaries:
+        print("\n" + comparison_text(s, args.paper or paper_row_for(s["path"])))
+    return 0
 
 
 def _f(v) -> str:

@@ -2,7 +2,8 @@
 
 Any rate/channel count is resampled to 16 kHz and mono-mixed (``convert=true``) or skipped with a
 warning (``convert=false``). ``match=fileid`` pairs DNS-style names by their ``fileid_<n>`` part
-(e.g. ``book_..._fileid_7.wav`` with ``clean_fileid_7.wav``). Unreadable, non-finite or silent pairs
+(e.g. ``book_..._fileid_7.wav`` with ``clean_fileid_7.wav``); ``match=ears`` pairs the official
+EARS-WHAM_v2 names (``noisy/p102/00042_3.5dB.wav`` with ``clean/p102/00042.wav``). Unreadable, non-finite or silent pairs
 are skipped by the writer and reported.
 
 Example::
@@ -28,6 +29,7 @@ from sharding.recipes.base import SPLITS, Clip, clip_key
 log = logging.getLogger(__name__)
 NAME = "pairs"
 _FILEID = re.compile(r"fileid_(\d+)")
+_EARS_SNR = re.compile(r"_-?\d+(\.\d+)?dB$")  # EARS-WHAM noisy names: <speaker>/<id>_<snr>dB
 
 
 @dataclass(kw_only=True)
@@ -40,7 +42,8 @@ class PairsOptions:
     split: str = "test"
     """Split the pairs are written to (train, valid or test)."""
     match: str = "name"
-    """name (same relative path) or fileid (DNS ``fileid_<n>``)."""
+    """name (same relative path), fileid (DNS ``fileid_<n>``) or ears (EARS-WHAM: noisy
+    ``pXXX/<id>_<snr>dB`` with clean ``pXXX/<id>``)."""
     convert: bool = True
     """Resample/mono-mix other formats; false skips them."""
     seed: int = 0
@@ -48,8 +51,8 @@ class PairsOptions:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise SourceError(f"option split: expected one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.match not in ("name", "fileid"):
-            raise SourceError(f"option match: expected name|fileid, got {self.match!r}")
+        if self.match not in ("name", "fileid", "ears"):
+            raise SourceError(f"option match: expected name|fileid|ears, got {self.match!r}")
         if not self.root and not (self.noisy_dir and self.clean_dir):
             raise SourceError("recipe pairs: give root=DIR (with noisy/ and clean/) or noisy_dir= and clean_dir=")
 
@@ -58,7 +61,8 @@ def _match_key(path: Path, base: Path, how: str) -> str | None:
     if how == "fileid":
         m = _FILEID.search(path.name)
         return m.group(1) if m else None
-    return str(path.relative_to(base).with_suffix(""))
+    key = str(path.relative_to(base).with_suffix(""))
+    return _EARS_SNR.sub("", key) if how == "ears" else key
 
 
 class PairsCorpus:

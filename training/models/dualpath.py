@@ -1,4 +1,5 @@
-"""Dual-path generators at 400/100 STFT: SEMamba, MambAttention (+ ablations), MP-SENet.
+"""Dual-path generators at 400/100 STFT: SEMamba, MambAttention (+ ablations), MP-SENet (corrected and
+official), LSTM-SENet and xLSTM-SENet (+ their attention variants).
 
 dense encoder (F 201 -> 100) -> R time-frequency blocks -> mask decoder + phase decoder
 (ConvTranspose2d back to F = 201). STFT n_fft 400, hop 100, win 400; training segment 2 s
@@ -12,6 +13,7 @@ import torch.nn as nn
 
 from training.models.base import SpectralGenerator
 from training.models.codec import DenseEncoder, MaskDecoder, PhaseDecoder
+from training.models.recurrent import BiRecurrent, LSTMBlock, MLSTMBlock
 from training.models.tf_blocks import AttentionModule, MambAttentionBlock, TSConformerBlock
 from training.stft import STFTSpec
 
@@ -72,3 +74,37 @@ def mambattention(
 def mpsenet(channels: int = 64, num_blocks: int = 4, n_head: int = 4) -> DualPathGenerator:
     """MP-SENet (short version): TF blocks are Conformers, time then frequency. ~2.05 M params."""
     return DualPathGenerator([TSConformerBlock(channels, n_head) for _ in range(num_blocks)], channels)
+
+
+def mpsenet_official(channels: int = 64, num_blocks: int = 4, n_head: int = 4) -> DualPathGenerator:
+    """MP-SENet as the official code runs it: the Conformers' attention attends across the first axis
+    of ``[B*F, T, C]`` / ``[B*T, F, C]`` (batch items and bins/frames), not along the sequence
+    (``TSConformerBlock(across_batch=True)``). Same parameters as ``mpsenet`` (2,048,849); outputs
+    depend on the batch composition. Kept to reproduce the MambAttention paper's MP-SENet rows."""
+    return DualPathGenerator([TSConformerBlock(channels, n_head, across_batch=True) for _ in range(num_blocks)],
+                             channels)
+
+
+def _recurrent_generator(make, channels: int, num_blocks: int, attention: str | None, n_head: int):
+    def block():
+        attn = AttentionModule(channels, n_head) if attention else None
+        return MambAttentionBlock(channels, attention=attn, attn_position=attention or "before",
+                                  mixer=lambda: BiRecurrent(make))
+
+    return DualPathGenerator([block() for _ in range(num_blocks)], channels)
+
+
+def xlstm_senet(channels: int = 64, num_blocks: int = 4, expansion: int = 4, attention: str | None = None,
+                n_head: int = 8) -> DualPathGenerator:
+    """xLSTM-SENet: TF blocks of bidirectional mLSTM blocks (``recurrent.MLSTMBlock``). 2,203,601 params
+    (paper 2.20M). ``attention="before"``: xLSTM-Attention of Table IV (the T/F-shared MHA before the
+    xLSTM of each axis, as MambAttention), 2,270,673 (paper 2.27M)."""
+    return _recurrent_generator(lambda: MLSTMBlock(channels, expansion), channels, num_blocks, attention, n_head)
+
+
+def lstm_senet(channels: int = 64, num_blocks: int = 4, hidden: int = 121, attention: str | None = None,
+               n_head: int = 8) -> DualPathGenerator:
+    """LSTM-SENet: TF blocks of bidirectional LSTMs (``recurrent.LSTMBlock``). 2,343,889 params (paper
+    2.34M). ``attention="after"``: LSTM-Attention of Table IV (the T/F-shared MHA after the LSTM of each
+    axis, as the paper found best), 2,410,961 (the paper states 2.48M: see docs/fidelity.md)."""
+    return _recurrent_generator(lambda: LSTMBlock(channels, hidden), channels, num_blocks, attention, n_head)

@@ -10,6 +10,9 @@ Two conventions:
   - Selective scan, per (batch, channel, step, state): 3 for ``exp(delta*A)`` and ``delta*B*u``
     (delta*A, delta*u, *B), 2 for the state update, 1 for the C read-out; plus ``D*u`` and the gate.
   - Multi-head attention: Q/K/V/out projections ``4 * N*L*C^2`` plus ``QK^T`` and ``AV``, ``2 * N*L^2*C``.
+  - LSTM: per step ``4 H (I + P)`` (+ ``H P`` with a projection); mLSTM block: its linear/conv modules,
+    the block-diagonal q/k/v ``3 * N*L*E*4`` and the parallel cell ``2 * N*L^2*E`` (E = inner width).
+    The ``"thop"`` convention has no rule for either (the papers' LSTM/xLSTM FLOPs are not reproduced).
   - Normalisation (Batch/Instance/Layer/RMS): ``2 * elems``, doubled with an affine weight (thop's rule).
   Pointwise activations, softmax, additions and reshapes are not counted.
 
@@ -39,6 +42,7 @@ import torch.nn as nn
 
 from training.mamba.mixer import Mamba
 from training.models.deform_conv import DeformConv2d
+from training.models.recurrent import MLSTMBlock
 from training.models.tf_blocks import AttentionModule
 
 _CONV = (nn.Conv1d, nn.Conv2d)
@@ -105,6 +109,15 @@ def _full_hook(m, x, y) -> int | None:
     if t is AttentionModule:  # its MHA: in/out projections + QK^T + AV
         n, length, c = x0.shape  # batch_first
         return 4 * n * length * c * c + 2 * n * length * length * c
+    if t is nn.LSTM:  # one layer, batch_first: 4 gates on (input, projected state), then the projection
+        n, length, i = x0.shape
+        h, p = m.hidden_size, m.proj_size or m.hidden_size
+        dirs = 2 if m.bidirectional else 1
+        return dirs * n * length * (4 * h * (i + p) + (h * p if m.proj_size else 0))
+    if t is MLSTMBlock:  # its raw parts: block-diagonal q/k/v (3x) and the cell's q k^T and C v
+        n, length, _ = x0.shape
+        inner = m.skip.numel()
+        return 3 * n * length * inner * m.q_proj.block + 2 * n * length * length * inner
     return None
 
 

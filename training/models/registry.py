@@ -14,7 +14,16 @@ import torch
 import torch.nn as nn
 
 from training.models.discriminator import MetricDiscriminator
-from training.models.dualpath import SEGMENT_2S, STFT_400, mambattention, mpsenet, semamba
+from training.models.dualpath import (
+    SEGMENT_2S,
+    STFT_400,
+    lstm_senet,
+    mambattention,
+    mpsenet,
+    mpsenet_official,
+    semamba,
+    xlstm_senet,
+)
 from training.models.rwsa import SEGMENT_RWSA, STFT_510, rwsa
 from training.stft import STFTSpec
 
@@ -69,6 +78,19 @@ _PRESETS: dict[str, _Preset] = {
         mambattention, {"order": "ft"}, STFT_400, SEGMENT_2S, 2_325_841, "ablation: frequency before time"
     ),
     "mpsenet": _Preset(mpsenet, {}, STFT_400, SEGMENT_2S, 2_048_849, "MP-SENet baseline: T/F Conformers"),
+    "mpsenet-official": _Preset(
+        mpsenet_official, {}, STFT_400, SEGMENT_2S, 2_048_849,
+        "MP-SENet as its official code runs (attention across batch items; the paper's rows)",
+    ),
+    "lstm-senet": _Preset(lstm_senet, {}, STFT_400, SEGMENT_2S, 2_343_889, "LSTM-SENet baseline: T/F bi-LSTM"),
+    "xlstm-senet": _Preset(xlstm_senet, {}, STFT_400, SEGMENT_2S, 2_203_601, "xLSTM-SENet baseline: T/F bi-mLSTM"),
+    "lstm-attention": _Preset(
+        lstm_senet, {"attention": "after"}, STFT_400, SEGMENT_2S, 2_410_961, "LSTM-SENet + shared T/F MHA after LSTM"
+    ),
+    "xlstm-attention": _Preset(
+        xlstm_senet, {"attention": "before"}, STFT_400, SEGMENT_2S, 2_270_673,
+        "xLSTM-SENet + shared T/F MHA before xLSTM",
+    ),
     "rwsa-xs": _Preset(
         rwsa, {"size": "xs"}, STFT_510, SEGMENT_RWSA, 1_024_360, "RWSA-MambaUNet XS (h 16, n 2)"
     ),

@@ -3,7 +3,11 @@
 - :class:`MambAttentionBlock`: per axis ``x = x + MHA(LN(x))`` then ``x = x + ConvT1d(BiMamba(x))``
   (time axis: sequences ``[B*F, T, C]``; frequency axis: ``[B*T, F, C]``). With ``attention=None``
   it is SEMamba's TF-Mamba block. Options: attention after Mamba, separate T/F attention, F before T.
-- :class:`TSConformerBlock`: MP-SENet's ``x = x + Conformer(x)`` along time, then frequency.
+- :class:`TSConformerBlock`: MP-SENet's ``x = x + Conformer(x)`` along time, then frequency. With
+  ``across_batch=True`` its attention is the official MP-SENet code's: ``nn.MultiheadAttention``
+  built without ``batch_first`` and fed ``[B*F, T, C]`` (``[B*T, F, C]``) attends along the first
+  axis -- across batch items and frequency bins (time frames) at each time frame (frequency bin)
+  -- instead of along the sequence (upstream issue yxlu-0102/MP-SENet#21).
 """
 
 from __future__ import annotations
@@ -27,17 +31,20 @@ class AttentionModule(nn.Module):
     float rounding.
     """
 
-    def __init__(self, dim: int, n_head: int = 8, dropout: float = 0.0):
+    def __init__(self, dim: int, n_head: int = 8, dropout: float = 0.0, across_batch: bool = False):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, n_head, dropout=dropout, batch_first=True)
         self.layernorm = nn.LayerNorm(dim)
+        self.across_batch = across_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layernorm(x)
+        if self.across_batch:  # the official MP-SENet code: [N, L, C] read as (seq N, batch L)
+            x = x.transpose(0, 1)
         a = self.attn
         qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias)  # [N, L, 3C]
-        o = attention_from_qkv(qkv, a.num_heads, a.dropout if self.training else 0.0)
-        return a.out_proj(o)
+        o = a.out_proj(attention_from_qkv(qkv, a.num_heads, a.dropout if self.training else 0.0))
+        return o.transpose(0, 1) if self.across_batch else o
 
 
 class CheckpointableBlock(nn.Module):
@@ -88,6 +95,9 @@ class MambAttentionBlock(CheckpointableBlock):
     :param freq_attention: a separate module for the frequency axis (the "unshared" ablation).
     :param attn_position: ``"before"`` (paper) or ``"after"`` the Mamba of each axis.
     :param order: ``"tf"`` (time then frequency, paper) or ``"ft"``.
+    :param mixer: ``mixer()`` builds the bidirectional sequence module of each axis (``[N, L, C] ->
+        [N, L, 2C]``) instead of ``BiMamba`` (the LSTM / xLSTM baselines); it is stored under the
+        Mamba attribute names (``time_mamba``, ``freq_mamba``).
     """
 
     def __init__(
@@ -97,6 +107,7 @@ class MambAttentionBlock(CheckpointableBlock):
         freq_attention: nn.Module | None = None,
         attn_position: str = "before",
         order: str = "tf",
+        mixer=None,
         **mamba_options,
     ):
         super().__init__()
@@ -105,8 +116,8 @@ class MambAttentionBlock(CheckpointableBlock):
         if order not in ("tf", "ft"):
             raise ValueError(f"order must be 'tf' or 'ft', got {order!r}")
         self.attn_position, self.order = attn_position, order
-        self.time_mamba = BiMamba(channels, **mamba_options)
-        self.freq_mamba = BiMamba(channels, **mamba_options)
+        self.time_mamba = mixer() if mixer is not None else BiMamba(channels, **mamba_options)
+        self.freq_mamba = mixer() if mixer is not None else BiMamba(channels, **mamba_options)
         self.attention = attention
         self.freq_attention = freq_attention
         self.tlinear = nn.ConvTranspose1d(2 * channels, channels, 1)
@@ -173,10 +184,11 @@ class _ConvModule(nn.Module):
 class ConformerBlock(nn.Module):
     """MP-SENet Conformer: half FF, MHA, conv module, half FF, post LayerNorm (``[N, L, C]``)."""
 
-    def __init__(self, dim: int, n_head: int = 4, kernel_size: int = 31, ff_dropout=0.2, attn_dropout=0.2):
+    def __init__(self, dim: int, n_head: int = 4, kernel_size: int = 31, ff_dropout=0.2, attn_dropout=0.2,
+                 across_batch: bool = False):
         super().__init__()
         self.ffm1 = _FeedForward(dim, dropout=ff_dropout)
-        self.attn = AttentionModule(dim, n_head, dropout=attn_dropout)
+        self.attn = AttentionModule(dim, n_head, dropout=attn_dropout, across_batch=across_batch)
         self.ccm = _ConvModule(dim, kernel_size=kernel_size)
         self.ffm2 = _FeedForward(dim, dropout=ff_dropout)
         self.post_norm = nn.LayerNorm(dim)
@@ -192,10 +204,10 @@ class ConformerBlock(nn.Module):
 class TSConformerBlock(CheckpointableBlock):
     """``x = x + Conformer_T(x)`` along time, then ``x = x + Conformer_F(x)`` along frequency."""
 
-    def __init__(self, channels: int, n_head: int = 4):
+    def __init__(self, channels: int, n_head: int = 4, across_batch: bool = False):
         super().__init__()
-        self.time_conformer = ConformerBlock(channels, n_head)
-        self.freq_conformer = ConformerBlock(channels, n_head)
+        self.time_conformer = ConformerBlock(channels, n_head, across_batch=across_batch)
+        self.freq_conformer = ConformerBlock(channels, n_head, across_batch=across_batch)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
