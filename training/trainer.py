@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from training.losses import LossWeights
 from training.preempt import EXIT_PREEMPTED
 from training.preempt import from_environment as preemption_from_environment
 from training.seeding import rng_state, seed_everything, set_rng_state
-from training.tracking import build_tracker
+from training.tracking import build_tracker, git_source, source_tags
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +45,8 @@ def resolve_segment(cfg: RunConfig, G) -> int:
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The full commit of the code being run (see `tracking.git_source`)."""
+    return git_source()[0]
 
 
 class Trainer:
@@ -170,16 +165,17 @@ class Trainer:
         cfg = self.cfg
         tags = {"se.kind": "train", "se.model": cfg.model.name, "se.seed": str(cfg.trainer.seed),
                 "se.world_size": str(self.env.world_size), "se.git_commit": git_commit(),
-                "se.hostname": distributed.hostname(), "run_name": cfg.name, **cfg.mlflow.tags}
+                "se.hostname": distributed.hostname(), "run_name": cfg.name, **source_tags(), **cfg.mlflow.tags}
         params = flatten(cfg) | {"model.params": str(sum(p.numel() for p in self.G.parameters()))}
         self.tracker = build_tracker(cfg.mlflow, self.workdir, rank=self.env.rank, run_id=self.mlflow_run_id,
                                      params=params, tags=tags)
         self.tracker.restore_pending(self._pending)
         self.tracker.flush()
+        self.tracker.log_text(to_yaml(cfg), "config.yaml")  # the resolved config, from the start
 
     def save(self) -> None:
         self.ckpt.save(self.step, self.shared_state(), self.rank_state())
-        self.tracker.flush()  # metrics reach MLflow only once a checkpoint covers them
+        self.tracker.flush(strict=False)  # normally empty: every window and validation is flushed live
 
     def write_progress(self, state: str) -> None:
         if self.env.is_main:
@@ -242,8 +238,10 @@ class Trainer:
             meter.update(metrics)
             if self.step % t.log_every == 0 or self.step == t.max_steps:
                 meter.log()
+                self.tracker.flush(strict=False)  # live: at most log_every steps behind
             if self.cfg.data.valid and ((t.val_every and self.step % t.val_every == 0) or self.step == t.max_steps):
                 self.run_validation()
+                self.tracker.flush(strict=False)  # validation metrics at once
             if self.step % t.ckpt_every == 0 or self.step == t.max_steps:
                 self.save()
                 self.write_progress("running")
