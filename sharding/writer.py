@@ -217,12 +217,13 @@ def build(recipe_name: str, out_dir: str | Path, options: dict[str, Any] | None 
     if dry_run:
         return {"recipe": recipe_name, "options": norm, "tasks": [t.__dict__ for t in tasks]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    if executor == "local":
-        executors.run_local(recipe_name, norm, out_dir, tasks, num_workers)
-    elif executor == "ray":
-        executors.run_ray(recipe_name, norm, out_dir, tasks, num_workers)
-    else:
+    if executor not in ("local", "ray"):
         raise SourceError(f"executor: expected local|ray|slurm, got {executor!r}")
+    from sharding.progress import ShardProgress
+
+    with ShardProgress([(_part_path(out_dir, t), t.stop - t.start) for t in tasks]):
+        run = executors.run_local if executor == "local" else executors.run_ray
+        run(recipe_name, norm, out_dir, tasks, num_workers)
     manifests = finalize(out_dir, recipe_name, norm, tasks)
     log.info("built %s: %s", out_dir, {s: m["num_samples"] for s, m in manifests.items()})
     return {"manifests": manifests, "tasks": len(tasks), "out_dir": str(out_dir)}

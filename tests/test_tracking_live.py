@@ -23,6 +23,7 @@ from test_training import TINY_MODEL, finish, start
 
 from orchestrator import mlflow_server as ms
 from training.preempt import EXIT_PREEMPTED
+from training.progress import progress_eta, progress_rate, read_progress
 from training.tracking import git_source
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -160,7 +161,7 @@ def test_capture_source_env_sets_commit_for_jobs(monkeypatch):
     assert (os.environ["SE_GIT_COMMIT"], os.environ["SE_GIT_DIRTY"]) == git_source()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_live_then_preempt_at_random_step_then_resume_equals_straight(server, setup, straight, sig):
     tmp, cfg = setup
     wd = tmp / f"cut-{sig.name}"
@@ -182,3 +183,7 @@ def test_live_then_preempt_at_random_step_then_resume_equals_straight(server, se
     sysm = [m.step for m in c.get_metric_history(run_id, "system/cpu_utilization_percentage")]
     assert len(sysm) == len(set(sysm))  # system metrics continue after the resume, no step twice
     assert c.get_run(run_id).info.status == "FINISHED"
+    # progress.json kept the rate window across the restart: samples of both sessions
+    prog = read_progress(wd / "progress.json")
+    assert prog["state"] == "done" and prog["step"] == MAX_STEPS and prog["last_val_step"] == MAX_STEPS
+    assert max(w[2] for w in prog["window"]) == 1 and progress_rate(prog) > 0 and progress_eta(prog) == 0.0

@@ -70,6 +70,10 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
     folder = resolve_checkpoint(path)
     state = load_file(folder / STATE, map_location="cpu")
     raw_cfg = state.get("config")
+    if isinstance(raw_cfg, str):  # the trainer stores the resolved config as YAML text
+        import yaml
+
+        raw_cfg = yaml.safe_load(raw_cfg)
     if not isinstance(raw_cfg, dict):
         raise ConfigError(f"{folder / STATE}: holds no resolved config")
     cfg = load_run_config(None, None, base=raw_cfg)

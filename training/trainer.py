@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from training import distributed
-from training.checkpoint import CheckpointManager, atomic_write_text
+from training.checkpoint import CheckpointManager
 from training.config import ConfigError, RunConfig, flatten, save_config, to_yaml
 from training.loop import StepContext, train_step, validate
 from training.losses import LossWeights
@@ -103,6 +103,7 @@ class Trainer:
         self.meter = None
         self._meter_state: dict = {}
         self._pending: list = []
+        self._progress = None
 
     # ----- state ---------------------------------------------------------------------------------
     def shared_state(self) -> dict:
@@ -177,13 +178,14 @@ class Trainer:
         self.ckpt.save(self.step, self.shared_state(), self.rank_state())
         self.tracker.flush(strict=False)  # normally empty: every window and validation is flushed live
 
-    def write_progress(self, state: str) -> None:
+    def write_progress(self, state: str, val_pesq: float | None = None) -> None:
+        """`progress.json` (format: training/progress.py), rank 0."""
         if self.env.is_main:
-            import json
+            from training.progress import ProgressFile
 
-            best = self.best_pesq if math.isfinite(self.best_pesq) else None
-            atomic_write_text(self.workdir / "progress.json", json.dumps(
-                {"step": self.step, "max_steps": self.cfg.trainer.max_steps, "best_pesq": best, "state": state}) + "\n")
+            if self._progress is None:
+                self._progress = ProgressFile(self.workdir, self.cfg.trainer.max_steps)
+            self._progress.update(self.step, state, self.best_pesq, val_pesq)
 
     # ----- periodic work -------------------------------------------------------------------------
     def run_validation(self) -> dict[str, float]:
@@ -239,9 +241,11 @@ class Trainer:
             if self.step % t.log_every == 0 or self.step == t.max_steps:
                 meter.log()
                 self.tracker.flush(strict=False)  # live: at most log_every steps behind
+                self.write_progress("running")
             if self.cfg.data.valid and ((t.val_every and self.step % t.val_every == 0) or self.step == t.max_steps):
-                self.run_validation()
+                val = self.run_validation()
                 self.tracker.flush(strict=False)  # validation metrics at once
+                self.write_progress("running", val.get("pesq"))
             if self.step % t.ckpt_every == 0 or self.step == t.max_steps:
                 self.save()
                 self.write_progress("running")

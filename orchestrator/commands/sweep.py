@@ -37,5 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dry_run:  # the cost first (orchestrate plan)
+        from orchestrator.commands.plan import plan_text
+
+        print("\n".join("# " + line for line in plan_text(args.file, executor=args.executor, overrides=args.overrides,
+                                                             root=args.root).splitlines()))
     return run_sweep(args.file, executor=args.executor, dry_run=args.dry_run, root=args.root,
                      overrides=args.overrides)
