@@ -39,7 +39,7 @@ def status_rows(sweep, root="runs") -> list[dict]:
         prog = read_progress(sweep_dir / workdir / "progress.json") if workdir else {}
         running = r["state"] in ("running", "submitted", "pending", "preempted")
         r["rate"] = progress_rate(prog) if running else None
-        r["eta_s"] = progress_eta(prog) if r["state"] != "done" else 0.0
+        r["eta_s"] = 0.0 if r["state"] == "done" else (progress_eta(prog) if running else None)
         r["last_val_pesq"] = prog.get("last_val_pesq")
     return rows
 
