@@ -240,6 +240,23 @@ def _labels(keys: list[tuple[tuple[str, str], ...]]) -> dict:
     return labels
 
 
+def model_labels(runs: list) -> dict[str, str]:
+    """run id -> its row label in the table (model name plus the settings that differ), for plots."""
+    varying = varying_params(runs)
+    keys = {r.info.run_id: _group_key(r, varying) for r in runs}
+    labels = _labels(list(set(keys.values())))
+    return {rid: labels[k] for rid, k in keys.items()}
+
+
+def sweep_runs(sweep: str | os.PathLike, *, tracking_uri: str | None = None, experiment: str | None = None,
+               root: str | os.PathLike = "runs") -> tuple[SweepRef, object, str | None, list]:
+    """``(ref, client, parent_run_id, child runs)`` of a sweep, any status (for the curves)."""
+    ref = resolve_sweep(sweep, tracking_uri=tracking_uri, experiment=experiment, root=root)
+    client = _client(ref.tracking_uri)
+    parent_id, runs = find_runs(client, ref)
+    return ref, client, parent_id, runs
+
+
 def _params_count(runs: list) -> int | None:
     for r in runs:
         v = r.data.params.get("model.params") or r.data.metrics.get("model.params")

@@ -37,6 +37,7 @@ from orchestrator.mlflow_sweep import (
 from orchestrator.profiles import ClusterProfile, load_profile
 from orchestrator.sweep import Cell, SweepSpec, expand, load_sweep
 from training.configtools import atomic_write_text
+from training.tracking import capture_source_env
 
 log = logging.getLogger(__name__)
 Printer = Callable[[str], None]
@@ -283,6 +284,7 @@ def run_sweep(
         return 0
     prepare_data(plan.spec, out)
     write_cells(plan, sweep_file, overrides)
+    capture_source_env()  # SE_GIT_COMMIT/SE_GIT_DIRTY for jobs without git (containers); inherited by all launchers
     if plan.server_dir is not None:
         out(f"mlflow: tracking server {plan.tracking_uri} (folder {plan.server_dir}, store {plan.store})")
     launcher = launcher_for(plan)

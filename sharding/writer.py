@@ -265,7 +265,10 @@ def build(recipe_name: str, out_dir: str | Path, options: dict[str, Any] | None 
         raise SourceError(f"executor: expected local or ray here (slurm: orchestrate shard build --executor slurm), "
                           f"got {executor!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    runners[executor](build_shard, [(recipe_name, norm, str(out_dir), t) for t in tasks], num_workers)
+    from sharding.progress import ShardProgress
+
+    with ShardProgress([(_part_path(out_dir, t), t.stop - t.start) for t in tasks]):
+        runners[executor](build_shard, [(recipe_name, norm, str(out_dir), t) for t in tasks], num_workers)
     manifests = finalize(out_dir, recipe_name, norm, tasks)
     log.info("built %s: %s", out_dir, {s: m["num_samples"] for s, m in manifests.items()})
     return {"manifests": manifests, "tasks": len(tasks), "out_dir": str(out_dir)}

@@ -88,7 +88,7 @@ def metric_history(db: Path, workdir: Path) -> dict[str, list[tuple[int, float]]
     run_id = (workdir / "mlflow_run_id").read_text().strip()
     out = {}
     for key in client.get_run(run_id).data.metrics:
-        if key == "train/steps_per_s":  # wall-clock dependent
+        if key == "train/steps_per_s" or key.startswith("system/"):  # wall-clock dependent
             continue
         out[key] = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
     return out

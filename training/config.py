@@ -191,6 +191,7 @@ class MlflowConfig:
     run_name: Optional[str] = option(None, "MLflow run name; null = the run's name")
     parent_run_id: Optional[str] = option(None, "nest the run under this parent run (the sweep's)")
     tags: dict[str, str] = option(help="extra tags (sweep, cell, ...)", factory=dict)
+    system_metrics_s: float = option(10.0, "sample CPU/memory/GPU metrics into the run every N s (0 = off)")
 
 
 @dataclass(kw_only=True)

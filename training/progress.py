@@ -1,13 +1,24 @@
-"""Console progress, windowed training metrics, validation artifacts and the end-of-run summary.
+"""Console progress, windowed training metrics, `progress.json`, validation artifacts, end-of-run summary.
 
 `Meter` averages step metrics over `trainer.log_every` steps (over all ranks), logs them to the
 tracker and the console: a tqdm bar (step, loss, steps/s, ETA) on an interactive terminal, a log
 line per window otherwise. Its window is part of each rank's checkpoint, so a resumed run logs the
 same numbers at the same steps as an uninterrupted one.
+
+`WORKDIR/progress.json` (rank 0, atomic, rewritten at the start, every log window, checkpoint, stop
+and end; read by `orchestrate status` through `progress_rate` / `progress_eta`):
+    {"step", "max_steps", "state": running|preempted|done, "best_pesq", "last_val_pesq",
+     "last_val_step", "updated" (unix s), "attempt_start_step",
+     "window": [[unix s, step, session], ...]}   # the last WINDOW_POINTS samples, all attempts
+A session is one process lifetime (a start or a requeue); the rate is steps/s over the window's
+consecutive samples within the same session, so the time a job spends requeued never counts and
+the rate survives a requeue. ETA = remaining steps / rate: compute time through any number of
+requeues, queue waits excluded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -24,6 +35,72 @@ log = logging.getLogger(__name__)
 # step metrics averaged over the window (per-step cumulative counters are logged separately)
 WINDOW_KEYS = ("loss_g", "loss_d", "time", "magnitude", "complex", "phase", "consistency", "metric",
                "disc_real", "disc_fake", "grad_norm", "grad_norm_d", "pesq_target")
+
+
+WINDOW_POINTS = 20
+
+
+class ProgressFile:
+    """Writer of `WORKDIR/progress.json` (see module docstring); keeps the previous attempts' window."""
+
+    def __init__(self, workdir: Path, max_steps: int):
+        from training.checkpoint import atomic_write_text
+
+        self._write = atomic_write_text
+        self.path, self.max_steps = Path(workdir) / "progress.json", int(max_steps)
+        old = read_progress(self.path)
+        window = old.get("window") if isinstance(old.get("window"), list) else []
+        self.window = [w for w in window if isinstance(w, list) and len(w) == 3]
+        self.session = max((int(w[2]) for w in self.window), default=-1) + 1
+        self.last_val = (old.get("last_val_pesq"), old.get("last_val_step"))
+        self.start_step: int | None = None
+
+    def update(self, step: int, state: str, best_pesq: float | None = None, val_pesq: float | None = None) -> None:
+        now = time.time()
+        if self.start_step is None:
+            self.start_step = int(step)
+        if val_pesq is not None and math.isfinite(val_pesq):
+            self.last_val = (float(val_pesq), int(step))
+        if not self.window or self.window[-1][1] != step or self.window[-1][2] != self.session:
+            self.window = (self.window + [[round(now, 3), int(step), self.session]])[-WINDOW_POINTS:]
+        best = best_pesq if best_pesq is not None and math.isfinite(best_pesq) else None
+        data = {"step": int(step), "max_steps": self.max_steps, "state": state, "best_pesq": best,
+                "last_val_pesq": self.last_val[0], "last_val_step": self.last_val[1], "updated": round(now, 3),
+                "attempt_start_step": self.start_step, "window": self.window}
+        self._write(self.path, json.dumps(data) + "\n")
+
+
+def read_progress(path: Path) -> dict:
+    """A progress.json as a dict ({} when absent or unreadable)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def progress_rate(progress: dict) -> float | None:
+    """Steps/s over the recent window (same-session sample pairs only); None without two samples."""
+    window = progress.get("window") or []
+    steps = seconds = 0.0
+    for a, b in zip(window, window[1:]):
+        try:
+            if a[2] == b[2] and b[0] > a[0]:
+                steps, seconds = steps + (b[1] - a[1]), seconds + (b[0] - a[0])
+        except (TypeError, IndexError):
+            return None
+    return steps / seconds if seconds > 0 and steps > 0 else None
+
+
+def progress_eta(progress: dict) -> float | None:
+    """Seconds of compute left (remaining steps / `progress_rate`); 0 when done; None when unknown."""
+    step, total = progress.get("step"), progress.get("max_steps")
+    if not isinstance(step, int) or not isinstance(total, int):
+        return None
+    if step >= total or progress.get("state") == "done":
+        return 0.0
+    rate = progress_rate(progress)
+    return (total - step) / rate if rate else None
 
 
 def _fmt_eta(seconds: float) -> str:

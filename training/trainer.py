@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from training import device as device_policy
 from training import distributed
-from training.checkpoint import CheckpointManager, atomic_write_text
+from training.checkpoint import CheckpointManager
 from training.config import ConfigError, RunConfig, flatten, save_config, to_yaml
 from training.loop import StepContext, train_step, validate
 from training.losses import LossWeights
@@ -26,7 +25,7 @@ from training.preempt import from_environment as preemption_from_environment
 from training.schedule import epoch_boundary, resolve_epoch_steps, train_clips
 from training.seeding import rng_state, seed_everything, set_rng_state
 from training.segment_eval import resolve_mode
-from training.tracking import build_tracker
+from training.tracking import build_tracker, git_source, source_tags
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +48,8 @@ def resolve_segment(cfg: RunConfig, G) -> int:
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The full commit of the code being run (see `tracking.git_source`)."""
+    return git_source()[0]
 
 
 class Trainer:
@@ -121,6 +116,7 @@ class Trainer:
         self.meter = None
         self._meter_state: dict = {}
         self._pending: list = []
+        self._progress = None
 
     def _check_runtime(self) -> dict[str, str]:
         """Refuse a GPU run whose Mamba layers would fall back to the torch scan unasked (the import
@@ -201,25 +197,28 @@ class Trainer:
         cfg = self.cfg
         tags = {"se.kind": "train", "se.model": cfg.model.name, "se.seed": str(cfg.trainer.seed),
                 "se.world_size": str(self.env.world_size), "se.git_commit": git_commit(),
-                "se.hostname": distributed.hostname(), "run_name": cfg.name, **self.facts, **cfg.mlflow.tags}
+                "se.hostname": distributed.hostname(), "run_name": cfg.name, **source_tags(), **self.facts,
+                **cfg.mlflow.tags}
         params = flatten(cfg) | {"model.params": str(sum(p.numel() for p in self.G.parameters())),
                                  "optim.epoch_steps_resolved": str(self.epoch_steps)}
         self.tracker = build_tracker(cfg.mlflow, self.workdir, rank=self.env.rank, run_id=self.mlflow_run_id,
                                      params=params, tags=tags)
         self.tracker.restore_pending(self._pending)
         self.tracker.flush()
+        self.tracker.log_text(to_yaml(cfg), "config.yaml")  # the resolved config, from the start
 
     def save(self) -> None:
         self.ckpt.save(self.step, self.shared_state(), self.rank_state())
-        self.tracker.flush()  # metrics reach MLflow only once a checkpoint covers them
+        self.tracker.flush(strict=False)  # normally empty: every window and validation is flushed live
 
-    def write_progress(self, state: str) -> None:
+    def write_progress(self, state: str, val_pesq: float | None = None) -> None:
+        """`progress.json` (format: training/progress.py), rank 0."""
         if self.env.is_main:
-            import json
+            from training.progress import ProgressFile
 
-            best = self.best_pesq if math.isfinite(self.best_pesq) else None
-            atomic_write_text(self.workdir / "progress.json", json.dumps(
-                {"step": self.step, "max_steps": self.cfg.trainer.max_steps, "best_pesq": best, "state": state}) + "\n")
+            if self._progress is None:
+                self._progress = ProgressFile(self.workdir, self.cfg.trainer.max_steps)
+            self._progress.update(self.step, state, self.best_pesq, val_pesq)
 
     # ----- periodic work -------------------------------------------------------------------------
     def run_validation(self) -> dict[str, float]:
@@ -275,8 +274,12 @@ class Trainer:
             val = None
             if self.step % t.log_every == 0 or self.step == t.max_steps:
                 meter.log()
+                self.tracker.flush(strict=False)  # live: at most log_every steps behind
+                self.write_progress("running")
             if self.cfg.data.valid and ((t.val_every and self.step % t.val_every == 0) or self.step == t.max_steps):
                 val = self.run_validation()
+                self.tracker.flush(strict=False)  # validation metrics at once
+                self.write_progress("running", val.get("pesq"))
             if self.step % t.ckpt_every == 0 or self.step == t.max_steps:
                 self.save()
                 self.write_progress("running")

@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     # every check before any side effect; a dry run shows its plan, then the problems (exit 2 too)
     problems = preflight_sweep(args.file, executor=args.executor, root=args.root, overrides=args.overrides)
     if args.dry_run:
+        from orchestrator.commands.plan import plan_text  # the cost first (orchestrate plan)
+
+        print("\n".join("# " + line for line in plan_text(args.file, executor=args.executor, overrides=args.overrides,
+                                                             root=args.root).splitlines()))
         rc = run_sweep(args.file, executor=args.executor, dry_run=True, root=args.root, overrides=args.overrides)
         raise_if(problems)
         return rc
