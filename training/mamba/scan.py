@@ -169,6 +169,7 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         u, delta, A, B, C, starts = ctx.saved_tensors
+        dy = dy.to(starts.dtype)  # under autocast the forward's einsum gave a bf16 y (and so a bf16 dy)
         k = ctx.chunk
         length = u.shape[2]
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
