@@ -100,9 +100,9 @@ EXAMPLES: dict[str, tuple] = {
         (RUN, ["--limit", "1"], 0),
     "orchestrate report efficiency --models runs/demo/cells/rwsa-xs_s0 --json": (RUN, ["--clips", "1"], 0),
     # ---- models / config
-    "orchestrate models": (RUN, ["--no-time"], 0),
+    "orchestrate models": (RUN, ["--no-time", "--names", "rwsa-xs"], 0),  # all 11 models' FLOPs: minutes
     "orchestrate models --names rwsa-xs,mambattention": (RUN, ["--no-time"], 0),
-    "orchestrate models --json --no-time": (RUN, [], 0),
+    "orchestrate models --json --no-time": (RUN, ["--names", "rwsa-xs"], 0),
     "orchestrate config": (RUN, [], 0),
     "orchestrate config run.yaml trainer.max_steps=500": (RUN, [], 0),
     "orchestrate config model.name=semamba --json": (RUN, [], 0),
@@ -208,7 +208,11 @@ def sandbox(journey_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("SE_SCAN_BACKEND", "torch")  # fastest for the tiny shapes
-    return tmp_path
+    yield tmp_path
+    from orchestrator import mlflow_server as ms
+
+    if (tmp_path / "runs" / "mlflow" / ms.SERVER_JSON).is_file():  # an example failed before --stop
+        ms.stop_server(tmp_path / "runs" / "mlflow", timeout_s=10)
 
 
 def test_runnable_examples_execute(sandbox, capsys):
@@ -231,6 +235,8 @@ def test_runnable_examples_execute(sandbox, capsys):
                 rc = e.code or 0
         timings.append((round(time.perf_counter() - t0, 1), example))
         out, err = capsys.readouterr()
+        with capsys.disabled():
+            print(f"{timings[-1][0]:7.1f} s  {example}", flush=True)
         assert rc == expected, f"{example!r} (+ {extra}) exited {rc}, expected {expected}:\n{err[-3000:]}"
         if redirect:
             Path(redirect).write_text(buf.getvalue())
