@@ -157,6 +157,22 @@ def readme_examples(text: str) -> list[str]:
     return out
 
 
+def readme_shown_output(text: str) -> dict[str, str]:
+    """`$ command` lines in README blocks -> the output shown under them (until the next blank/`$` line)."""
+    shown: dict[str, str] = {}
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+        lines = block.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("$ "):
+                out = []
+                for nxt in lines[i + 1:]:
+                    if not nxt.strip() or nxt.startswith("$ "):
+                        break
+                    out.append(nxt)
+                shown[_clean(line)] = "\n".join(out)
+    return shown
+
+
 def help_examples() -> list[str]:
     out = []
     for mod in cli._command_modules():
@@ -217,6 +233,8 @@ def sandbox(journey_corpus, tmp_path, monkeypatch):
 
 def test_runnable_examples_execute(sandbox, capsys):
     runnable = sorted((e for e, v in EXAMPLES.items() if v[0] == RUN), key=_order)
+    shown = readme_shown_output((REPO / "README.md").read_text())
+    assert shown  # the README shows at least one command's output
     timings = []
     for example in runnable:
         _, extra, expected = EXAMPLES[example]
@@ -240,6 +258,8 @@ def test_runnable_examples_execute(sandbox, capsys):
         assert rc == expected, f"{example!r} (+ {extra}) exited {rc}, expected {expected}:\n{err[-3000:]}"
         if redirect:
             Path(redirect).write_text(buf.getvalue())
+        if example in shown:  # the README shows this command's output: it must be what it prints
+            assert shown[example] in out + err, f"README shows for {example!r}:\n{shown[example]}\ngot:\n{out}{err}"
     print("\n".join(f"{t:7.1f} s  {e}" for t, e in sorted(timings, reverse=True)))
     # what the examples promise
     assert Path("demo.json").read_text().lstrip().startswith("[") and Path("demo.csv").is_file()
