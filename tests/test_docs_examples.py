@@ -100,9 +100,9 @@ EXAMPLES: dict[str, tuple] = {
         (RUN, ["--limit", "1"], 0),
     "orchestrate report efficiency --models runs/demo/cells/rwsa-xs_s0 --json": (RUN, ["--clips", "1"], 0),
     # ---- models / config
-    "orchestrate models": (RUN, ["--no-time"], 0),
+    "orchestrate models": (RUN, ["--no-time", "--names", "rwsa-xs"], 0),  # all 11 models' FLOPs: minutes
     "orchestrate models --names rwsa-xs,mambattention": (RUN, ["--no-time"], 0),
-    "orchestrate models --json --no-time": (RUN, [], 0),
+    "orchestrate models --json --no-time": (RUN, ["--names", "rwsa-xs"], 0),
     "orchestrate config": (RUN, [], 0),
     "orchestrate config run.yaml trainer.max_steps=500": (RUN, [], 0),
     "orchestrate config model.name=semamba --json": (RUN, [], 0),
@@ -157,6 +157,22 @@ def readme_examples(text: str) -> list[str]:
     return out
 
 
+def readme_shown_output(text: str) -> dict[str, str]:
+    """`$ command` lines in README blocks -> the output shown under them (until the next blank/`$` line)."""
+    shown: dict[str, str] = {}
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+        lines = block.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("$ "):
+                out = []
+                for nxt in lines[i + 1:]:
+                    if not nxt.strip() or nxt.startswith("$ "):
+                        break
+                    out.append(nxt)
+                shown[_clean(line)] = "\n".join(out)
+    return shown
+
+
 def help_examples() -> list[str]:
     out = []
     for mod in cli._command_modules():
@@ -208,11 +224,17 @@ def sandbox(journey_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("SE_SCAN_BACKEND", "torch")  # fastest for the tiny shapes
-    return tmp_path
+    yield tmp_path
+    from orchestrator import mlflow_server as ms
+
+    if (tmp_path / "runs" / "mlflow" / ms.SERVER_JSON).is_file():  # an example failed before --stop
+        ms.stop_server(tmp_path / "runs" / "mlflow", timeout_s=10)
 
 
 def test_runnable_examples_execute(sandbox, capsys):
     runnable = sorted((e for e, v in EXAMPLES.items() if v[0] == RUN), key=_order)
+    shown = readme_shown_output((REPO / "README.md").read_text())
+    assert shown  # the README shows at least one command's output
     timings = []
     for example in runnable:
         _, extra, expected = EXAMPLES[example]
@@ -231,9 +253,13 @@ def test_runnable_examples_execute(sandbox, capsys):
                 rc = e.code or 0
         timings.append((round(time.perf_counter() - t0, 1), example))
         out, err = capsys.readouterr()
+        with capsys.disabled():
+            print(f"{timings[-1][0]:7.1f} s  {example}", flush=True)
         assert rc == expected, f"{example!r} (+ {extra}) exited {rc}, expected {expected}:\n{err[-3000:]}"
         if redirect:
             Path(redirect).write_text(buf.getvalue())
+        if example in shown:  # the README shows this command's output: it must be what it prints
+            assert shown[example] in out + err, f"README shows for {example!r}:\n{shown[example]}\ngot:\n{out}{err}"
     print("\n".join(f"{t:7.1f} s  {e}" for t, e in sorted(timings, reverse=True)))
     # what the examples promise
     assert Path("demo.json").read_text().lstrip().startswith("[") and Path("demo.csv").is_file()
