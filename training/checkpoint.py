@@ -182,9 +182,12 @@ class CheckpointManager:
         if self.rank == 0:
             _fsync_dir(tmp)
             _write_marker(tmp, step)
-            if final.exists():  # a stale complete copy of the same step (re-run after a crash)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if final.exists() and exchange_paths(tmp, final):  # a stale copy of the same step (re-run
+                shutil.rmtree(tmp)  # after a crash): swapped in one step, then the stale one removed
+            else:
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
             _fsync_dir(self.root)
             self._prune()
         distributed.barrier()
