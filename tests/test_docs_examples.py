@@ -78,6 +78,14 @@ EXAMPLES: dict[str, tuple] = {
     "orchestrate resume /scratch/me/runs/baselines": (SKIP, CLUSTER),
     # ---- compare
     "orchestrate compare runs/rwsa_sizes": (SKIP, CLUSTER),
+    "orchestrate compare runs/rwsa_sizes --plot": (SKIP, CLUSTER + "; tests/test_figures.py plots a real local sweep"),
+    "orchestrate evaluate --noisy-only --testset data/ears_wham_v2_official/test": (SKIP, PLACEHOLDER),
+    "orchestrate plan sweeps/rwsa_sizes.yaml": (RUN, [], 0),
+    "orchestrate plan sweeps/baselines.yaml --device h100": (RUN, [], 0),
+    "orchestrate plan sweeps/demo.yaml trainer.max_steps=1000": (RUN, [], 0),
+    "orchestrate shard build dns2020 --out /scratch/dns clean_dir=/data/DNS/clean noise_dir=/data/DNS/noise "
+    "total_hours=3000 --executor slurm --profile lumi --slurm partition=small --slurm array_tasks=200": (SKIP, PLACEHOLDER),
+    "orchestrate shard index /data/other-wds": (SKIP, PLACEHOLDER + "; tests/test_wds_interop.py indexes real ShardWriter output"),
     "orchestrate compare rwsa_sizes --tracking-uri http://login1:5055 --format latex": (SKIP, CLUSTER),
     "orchestrate compare demo --format json > demo.json": (RUN, [], 0),
     "orchestrate compare demo --experiment demo --format csv -o demo.csv": (RUN, [], 0),
@@ -109,8 +117,6 @@ EXAMPLES: dict[str, tuple] = {
     # ---- shard
     "orchestrate shard build demo --out data/demo train_clips=1000 speech=procedural --workers 2":
         (RUN, ["--out", "data/demo_built2", *SMALL_DEMO], 0),
-    "orchestrate shard build dns2020 --out /scratch/dns clean_dir=/data/DNS/clean noise_dir=/data/DNS/noise "
-    "total_hours=3000 --executor slurm --slurm partition=cpu --slurm array_tasks=200": (SKIP, CLUSTER),
     "orchestrate shard build dns2020 --out /scratch/dns clean_dir=... noise_dir=... --executor slurm --dry-run":
         (SKIP, PLACEHOLDER),
     "orchestrate shard build pairs --out data/dns-test root=/data/DNS/test_set/synthetic/no_reverb match=fileid":
