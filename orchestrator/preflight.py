@@ -46,9 +46,9 @@ def raise_if(problems: list[str]) -> None:
 
 
 def check_model(name: str, where: str) -> list[str]:
-    from training.models import list_models, model_info
+    from training.model_names import GENERATOR_NAMES  # torch-free: a login node's venv may lack torch
 
-    known = [m for m in list_models() if model_info(m).kind == "generator"]
+    known = list(GENERATOR_NAMES)
     if name in known:
         return []
     close = difflib.get_close_matches(name, known, n=1)
@@ -64,7 +64,7 @@ def _pending(path: str, pending_roots: Iterable[Path]) -> bool:
 def check_data(cfg: dict, where: str, pending_roots: Iterable[Path] = ()) -> list[str]:
     """Shard folders of data.train / data.valid and the eval.testsets entries (cfg: a RunConfig dict)."""
     from sharding.errors import SourceError
-    from sharding.stream import list_shards, resolve_split_dir
+    from sharding.shards import list_shards, resolve_split_dir
     from training.testsets import TestSetError, open_testset
 
     pending_roots = [Path(r).resolve() for r in pending_roots]

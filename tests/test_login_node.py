@@ -42,10 +42,11 @@ def test_sweep_management_commands_do_not_import_torch(tmp_path):
     for cmd in ("sweep", "status", "cancel", "resume", "compare"):
         res = run_probe([cmd, "--help"], tmp_path)
         assert res == {"rc": 0, "heavy": []}, (cmd, res)
-    # a dry run of the paper's SLURM sweep on LUMI: planning, validation, the sbatch text
+    # a dry run of the paper's SLURM sweep on LUMI: cost plan, the sbatch text, then the pre-submit checks
+    # (models, data, placeholders: exit 2 here, as the shipped profile still says project_xxx)
     res = run_probe(["sweep", str(REPO / "sweeps/rwsa_sizes.yaml"), "--dry-run", "--root", str(tmp_path / "r")],
                     tmp_path)
-    assert res == {"rc": 0, "heavy": []}, res
+    assert res == {"rc": 2, "heavy": []}, res
 
 
 def test_status_and_cancel_of_a_sweep_do_not_import_torch(tmp_path):

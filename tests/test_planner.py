@@ -84,3 +84,12 @@ def test_sweep_dry_run_starts_with_the_plan(tmp_path, demo_data, capsys):
     assert out[0] == "# plan for sweep dr: 2 cells on CPU core group"
     assert any(line.startswith("# total: 20 steps") for line in out)
     assert any("# sweep dr: 2 cells" in line for line in out)  # then the usual dry run
+
+
+def test_known_params_match_the_registry():
+    from training.model_names import GENERATOR_NAMES
+    from training.models import build_model
+
+    assert set(planner.KNOWN_PARAMS) == {*GENERATOR_NAMES, "metric-discriminator"}
+    for name, count in planner.KNOWN_PARAMS.items():
+        assert sum(p.numel() for p in build_model(name).parameters()) == count, name

@@ -26,9 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +143,10 @@ class Meter:
 
     def log(self) -> dict[str, float]:
         """Collective: average the window over ranks, log it at the current step, reset the window."""
+        import torch  # here, not at import: `orchestrate status` reads progress files on a torch-less login node
+
+        from training import distributed
+
         tr = self.tr
         vec = torch.tensor([x for k in WINDOW_KEYS for x in (self.sums.get(k, 0.0), self.counts.get(k, 0))],
                            dtype=torch.float64, device=tr.device)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from training.model_names import GENERATOR_NAMES
 from training.models.discriminator import MetricDiscriminator
 from training.models.dualpath import (
     SEGMENT_2S,
@@ -117,6 +118,10 @@ _PRESETS: dict[str, _Preset] = {
         "discriminator",
     ),
 }
+
+_generators = tuple(n for n, p in _PRESETS.items() if p.kind == "generator")
+if _generators != GENERATOR_NAMES:  # the torch-free copy the login-node checks use
+    raise ImportError(f"training/model_names.py GENERATOR_NAMES {GENERATOR_NAMES} != registry generators {_generators}")
 
 
 def list_models() -> list[str]:
