@@ -7,7 +7,7 @@ import logging
 from sharding import executors
 from sharding.progress import ShardProgress
 from sharding.recipes.demo import prepare_demo
-from sharding.writer import _part_path, resolve_plan
+from sharding.writer import _part_path, build_shard, resolve_plan
 
 OPTS = dict(train_clips=4, valid_clips=2, test_clips=0, min_seconds=1.0, max_seconds=1.2, speech="procedural")
 
@@ -26,11 +26,11 @@ def test_periodic_lines_and_terminal_bar(tmp_path, capsys):
     norm, tasks = resolve_plan("demo", OPTS, shard_samples=1)
     parts = [(_part_path(tmp_path, t), t.stop - t.start) for t in tasks]
     with ShardProgress(parts, interval_s=0.0, poll_s=0.02) as p:
-        executors.run_local("demo", norm, tmp_path, tasks, 1)
+        executors.run_local(build_shard, [("demo", norm, str(tmp_path), t) for t in tasks], 1)
     files = [int(line.split("files ")[1].split("/")[0]) for line in p.lines]
     assert len(p.lines) >= 2 and files == sorted(files) and files[-1] == 6  # periodic, then the final line
     # rebuilding: everything already done counts as done, not towards the rate
     with ShardProgress(parts, tty=True) as q:
-        executors.run_local("demo", norm, tmp_path, tasks, 1)
+        executors.run_local(build_shard, [("demo", norm, str(tmp_path), t) for t in tasks], 1)
     assert q.stats()["files"] == 6 and q.stats()["files_per_s"] == 0.0
     assert "shards" in capsys.readouterr().err  # the tqdm bar

@@ -63,8 +63,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from orchestrator.commands.plan import plan_text  # the cost first (orchestrate plan)
 
-        print("\n".join("# " + line for line in plan_text(args.file, executor=args.executor, overrides=args.overrides,
-                                                             root=args.root).splitlines()))
+        try:
+            head = plan_text(args.file, executor=args.executor, overrides=args.overrides, root=args.root)
+        except ValueError as e:  # e.g. an unknown model: the checks below name it
+            head = f"cost plan unavailable: {e}"
+        print("\n".join("# " + line for line in head.splitlines()))
         rc = run_sweep(args.file, executor=args.executor, dry_run=True, root=args.root, overrides=args.overrides)
         raise_if(problems)
         return rc
