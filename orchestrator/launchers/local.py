@@ -172,8 +172,8 @@ class LocalLauncher(base.Launcher):
     name = "local"
 
     def recover(self, data: dict) -> None:
-        for rec in data["cells"].values():  # an interrupted local sweep: its 'running' cells are not
-            if rec["state"] in ACTIVE:
+        for rec in data["cells"].values():  # an interrupted local sweep: 'running' cells without a live process
+            if rec["state"] in ACTIVE and not cell_alive(rec, self.cell_dir(rec)):
                 set_state(rec, "preempted", reason="interrupted (no live process)")
 
     def submit(self, cells: list, out: Callable[[str], None] = print) -> int:

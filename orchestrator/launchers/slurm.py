@@ -79,13 +79,14 @@ def executor_parameters(launcher: dict, profile, job_name: str, *, chdir: str | 
     setup += [f"export {k}={_dq(v)}" for k, v in prof.env.items()]
     if prof.master_addr:
         setup.append(f"export MASTER_ADDR={shlex.quote(prof.master_addr)}")
+    cpu_bind = prof.cpu_bind_for(int(lc["gpus_per_node"] or 0))
     extra: dict = {"chdir": chdir or os.getcwd(), ("requeue" if prof.requeue else "no-requeue"): True}
     extra.update(_flag(x) for x in prof.sbatch_extra)
     params = dict(
         job_name=job_name, nodes=int(lc["nodes"]), ntasks_per_node=int(lc["nproc"]),
         cpus_per_task=int(lc["cpus_per_task"]), time=int(lc["time_min"]),
         signal_delay_s=int(prof.signal_before_end_s), stderr_to_stdout=True, setup=setup,
-        srun_args=([f"--cpu-bind={prof.cpu_bind}"] if prof.cpu_bind else []) + [str(a) for a in prof.srun_args],
+        srun_args=([f"--cpu-bind={cpu_bind}"] if cpu_bind else []) + [str(a) for a in prof.srun_args],
         additional_parameters=extra,
         wckey=None,  # submitit's default "submitit" is refused where wckeys are enforced
     )
