@@ -93,3 +93,25 @@ def test_a_ledger_of_the_wrong_shape_is_one_line(tmp_path, capsys):
         assert main(["status", str(tmp_path)]) == 2  # before: AttributeError traceback
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {tmp_path / 'ledger.json'}: ") and expected in err and "\n" not in err
+
+
+def test_claim_leaves_a_cell_another_sweep_finished_meanwhile(tmp_path):
+    """The race of two concurrent `sweep` commands: B planned s0 as pending, A finished it before B
+    reached it; B must not train it a second time (seen in CI: two `start` lines for one cell)."""
+    from orchestrator.launchers.local import claim
+    from orchestrator.ledger import Ledger, new_cell_record, set_state
+
+    cell_dir = tmp_path / "cells" / "s0"
+    cell_dir.mkdir(parents=True)
+    with Ledger(tmp_path).locked(create={"cells": {"s0": new_cell_record(0, "c.yaml", str(cell_dir), {})}}):
+        pass
+    assert claim(tmp_path, "s0", cell_dir) is None  # pending: claimed
+    assert Ledger(tmp_path).read()["cells"]["s0"]["job_id"].startswith("local-claim:")
+    assert claim(tmp_path, "s0", cell_dir) == "already running in another process"  # our own claim, alive
+    with Ledger(tmp_path).locked() as data:
+        set_state(data["cells"]["s0"], "done", job_id="local:1")
+    assert claim(tmp_path, "s0", cell_dir) == "finished meanwhile by another process"
+    assert Ledger(tmp_path).read()["cells"]["s0"]["state"] == "done"
+    with Ledger(tmp_path).locked() as data:
+        set_state(data["cells"]["s0"], "preempted")
+    assert claim(tmp_path, "s0", cell_dir) is None  # a preempted cell is resumed

@@ -63,15 +63,20 @@ def cell_alive(rec: dict, cell_dir: Path) -> bool:
     return not cmd or str(cell_dir) in cmd or Path(cell_dir).name in cmd
 
 
-def claim(sweep_dir: Path, cell_id: str, cell_dir: Path) -> bool:
-    """Under the ledger lock: mark the cell as being started by this process, unless a live process
-    (another sweep command, or a trainer left running by a killed one) already has it. False then."""
+def claim(sweep_dir: Path, cell_id: str, cell_dir: Path) -> str | None:
+    """Under the ledger lock: mark the cell as being started by this process; None when claimed.
+
+    Otherwise the reason it is left alone: a live process (another sweep command, or a trainer left
+    running by a killed one) has it, or another sweep command finished it after this one planned.
+    """
     with Ledger(sweep_dir).locked() as data:
         rec = data["cells"][cell_id]
         if rec["state"] in ACTIVE and cell_alive(rec, cell_dir):
-            return False
+            return "already running in another process"
+        if rec["state"] == "done":
+            return "finished meanwhile by another process"
         set_state(rec, "running", job_id=f"local-claim:{os.getpid()}")
-    return True
+    return None
 
 
 def record_start(sweep_dir: Path, cell_id: str, cell_dir: Path, job_id: str) -> None:
@@ -125,8 +130,9 @@ def run_local(
             while queue and len(running) < max_parallel:
                 cell, cdir = queue.pop(0)
                 cdir.mkdir(parents=True, exist_ok=True)
-                if not claim(sweep_dir, cell.id, cdir):
-                    out(f"{cell.id}: already running in another process (left alone)")
+                busy = claim(sweep_dir, cell.id, cdir)
+                if busy:
+                    out(f"{cell.id}: {busy} (left alone)")
                     total -= 1
                     continue
                 cmd = base.cell_command(cdir, nproc=cell.config["launcher"]["nproc"])
