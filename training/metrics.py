@@ -320,8 +320,11 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def _worker_init(parent_pid: int) -> None:
+def _worker_init(parent_pid: int, niceness: int = 0) -> None:
     import signal
+
+    if niceness:
+        os.nice(niceness)
 
     # The parent owns SIGINT and the preemption signals USR1/USR2/TERM (SLURM signals every process of
     # a step); a worker killed by them would break the pool in the middle of a step or an evaluation.
@@ -337,10 +340,11 @@ def pool_context() -> mp.context.BaseContext:
     return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def make_pool(num_workers: int) -> ProcessPoolExecutor:
-    """A process pool whose workers ignore SIGINT/SIGTERM and exit with their parent."""
+def make_pool(num_workers: int, niceness: int = 0) -> ProcessPoolExecutor:
+    """A process pool whose workers ignore SIGINT/SIGTERM and exit with their parent; ``niceness``
+    lowers their CPU priority (background work that must not slow the process that feeds the GPU)."""
     return ProcessPoolExecutor(max_workers=num_workers, mp_context=pool_context(),
-                               initializer=_worker_init, initargs=(os.getpid(),))
+                               initializer=_worker_init, initargs=(os.getpid(), niceness))
 
 
 def _score_row(key: str, clean: np.ndarray | None, enhanced: np.ndarray, sr: int,
@@ -461,6 +465,9 @@ def _pesq_many(clean: np.ndarray, est: np.ndarray) -> list[float]:
     return out
 
 
+PESQ_NICENESS = 10  # PesqPool workers run below the training loop (bench_pesq_overlap.py --niceness)
+
+
 class PesqPool:
     """A persistent process pool for per-step normalised PESQ, (PESQ - 1) / 3.5, of a batch.
 
@@ -476,7 +483,7 @@ class PesqPool:
         self.num_workers = int(num_workers)
         self._pool: ProcessPoolExecutor | None = None
         if self.num_workers > 0:
-            self._pool = make_pool(self.num_workers)
+            self._pool = make_pool(self.num_workers, PESQ_NICENESS)
             for _ in range(self.num_workers):  # start the workers now, not during the first training step
                 self._pool.submit(math.sqrt, 1.0)
 
@@ -512,7 +519,7 @@ class PesqPool:
     def _restart(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = make_pool(self.num_workers)
+            self._pool = make_pool(self.num_workers, PESQ_NICENESS)
 
     def close(self) -> None:
         if self._pool is not None:
