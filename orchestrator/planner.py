@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.model_names import PARAMS
 from training.progress import WINDOW_KEYS
 
 ASSUMED_MFU = 0.10  # Mamba scans, small convs, 4-16 channel attention heads: far below peak
@@ -42,13 +43,7 @@ KNOWN_GMACS = {"rwsa-xs": 25.237, "rwsa-s": 46.653, "rwsa-m": 83.158}
 GFLOPS_CACHE: dict[str, float] = {}
 # parameter counts of the registered generators with default options (so `sweep --dry-run` needs no
 # torch on a login node) and of the discriminator; tests/test_planner.py checks every entry against the registry
-KNOWN_PARAMS = {
-    "semamba": 2258769, "mambattention": 2325841, "mambattention-attn-after": 2325841,
-    "mambattention-unshared": 2392913, "mambattention-ft": 2325841, "mpsenet": 2048849, "mpsenet-official": 2048849,
-    "lstm-senet": 2343889, "xlstm-senet": 2203601, "lstm-attention": 2410961, "xlstm-attention": 2270673,
-    "rwsa-xs": 1024360, "rwsa-s": 1946664, "rwsa-m": 3914424, "rwsa-s-unshared": 1968296, "rwsa-s-noattn": 1887016,
-    "metric-discriminator": 181650,
-}
+KNOWN_PARAMS = PARAMS  # exact counts of the registry's presets (torch-free)
 
 # peak dense FLOP/s per device (one GPU as SLURM counts it; one MI250X GCD on LUMI), vendor figures
 DEVICES = {

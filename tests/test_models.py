@@ -16,7 +16,8 @@ EXPECTED_PARAMS = {
     "mpsenet-official": 2_048_849,
     "lstm-senet": 2_343_889,  # paper: 2.34 M
     "xlstm-senet": 2_203_601,  # paper: 2.20 M
-    "lstm-attention": 2_410_961,  # paper: 2.48 M (see tests/test_models_baselines.py)
+    "lstm-attention": 2_478_033,  # paper: 2.48 M (T and F MHA with their own weights)
+    "lstm-attention-shared": 2_410_961,
     "xlstm-attention": 2_270_673,  # paper: 2.27 M
     "rwsa-xs": 1_024_360,
     "rwsa-s": 1_946_664,

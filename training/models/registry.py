@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from training.model_names import GENERATOR_NAMES
+from training.model_names import PARAMS
 from training.models.discriminator import MetricDiscriminator
 from training.models.dualpath import (
     SEGMENT_2S,
@@ -52,76 +52,75 @@ class _Preset:
     options: dict
     stft: STFTSpec | None
     segment_samples: int | None
-    params: int
     description: str
     kind: str = "generator"
 
 
 _PRESETS: dict[str, _Preset] = {
     "semamba": _Preset(
-        semamba, {}, STFT_400, SEGMENT_2S, 2_258_769, "SEMamba: dual-path bi-Mamba, no attention"
+        semamba, {}, STFT_400, SEGMENT_2S, "SEMamba: dual-path bi-Mamba, no attention"
     ),
     "mambattention": _Preset(
-        mambattention, {}, STFT_400, SEGMENT_2S, 2_325_841, "MambAttention: T/F-shared MHA before bi-Mamba"
+        mambattention, {}, STFT_400, SEGMENT_2S, "MambAttention: T/F-shared MHA before bi-Mamba"
     ),
     "mambattention-attn-after": _Preset(
         mambattention,
         {"attn_position": "after"},
         STFT_400,
         SEGMENT_2S,
-        2_325_841,
         "ablation: MHA after Mamba",
     ),
     "mambattention-unshared": _Preset(
-        mambattention, {"share_tf": False}, STFT_400, SEGMENT_2S, 2_392_913, "ablation: separate T and F MHA"
+        mambattention, {"share_tf": False}, STFT_400, SEGMENT_2S, "ablation: separate T and F MHA"
     ),
     "mambattention-ft": _Preset(
-        mambattention, {"order": "ft"}, STFT_400, SEGMENT_2S, 2_325_841, "ablation: frequency before time"
+        mambattention, {"order": "ft"}, STFT_400, SEGMENT_2S, "ablation: frequency before time"
     ),
-    "mpsenet": _Preset(mpsenet, {}, STFT_400, SEGMENT_2S, 2_048_849, "MP-SENet baseline: T/F Conformers"),
+    "mpsenet": _Preset(mpsenet, {}, STFT_400, SEGMENT_2S, "MP-SENet baseline: T/F Conformers"),
     "mpsenet-official": _Preset(
-        mpsenet_official, {}, STFT_400, SEGMENT_2S, 2_048_849,
+        mpsenet_official, {}, STFT_400, SEGMENT_2S,
         "MP-SENet as its official code runs (attention across batch items; the paper's rows)",
     ),
-    "lstm-senet": _Preset(lstm_senet, {}, STFT_400, SEGMENT_2S, 2_343_889, "LSTM-SENet baseline: T/F bi-LSTM"),
-    "xlstm-senet": _Preset(xlstm_senet, {}, STFT_400, SEGMENT_2S, 2_203_601, "xLSTM-SENet baseline: T/F bi-mLSTM"),
+    "lstm-senet": _Preset(lstm_senet, {}, STFT_400, SEGMENT_2S, "LSTM-SENet baseline: T/F bi-LSTM"),
+    "xlstm-senet": _Preset(xlstm_senet, {}, STFT_400, SEGMENT_2S, "xLSTM-SENet baseline: T/F bi-mLSTM"),
     "lstm-attention": _Preset(
-        lstm_senet, {"attention": "after"}, STFT_400, SEGMENT_2S, 2_410_961, "LSTM-SENet + shared T/F MHA after LSTM"
+        lstm_senet, {"attention": "after", "share_tf": False}, STFT_400, SEGMENT_2S,
+        "LSTM-SENet + T and F MHA after LSTM (own weights each: the paper's 2.48M)",
+    ),
+    "lstm-attention-shared": _Preset(
+        lstm_senet, {"attention": "after"}, STFT_400, SEGMENT_2S, "LSTM-SENet + one shared T/F MHA after LSTM",
     ),
     "xlstm-attention": _Preset(
-        xlstm_senet, {"attention": "before"}, STFT_400, SEGMENT_2S, 2_270_673,
+        xlstm_senet, {"attention": "before"}, STFT_400, SEGMENT_2S,
         "xLSTM-SENet + shared T/F MHA before xLSTM",
     ),
     "rwsa-xs": _Preset(
-        rwsa, {"size": "xs"}, STFT_510, SEGMENT_RWSA, 1_024_360, "RWSA-MambaUNet XS (h 16, n 2)"
+        rwsa, {"size": "xs"}, STFT_510, SEGMENT_RWSA, "RWSA-MambaUNet XS (h 16, n 2)"
     ),
-    "rwsa-s": _Preset(rwsa, {"size": "s"}, STFT_510, SEGMENT_RWSA, 1_946_664, "RWSA-MambaUNet S (h 16, n 4)"),
-    "rwsa-m": _Preset(rwsa, {"size": "m"}, STFT_510, SEGMENT_RWSA, 3_914_424, "RWSA-MambaUNet M (h 24, n 4)"),
+    "rwsa-s": _Preset(rwsa, {"size": "s"}, STFT_510, SEGMENT_RWSA, "RWSA-MambaUNet S (h 16, n 4)"),
+    "rwsa-m": _Preset(rwsa, {"size": "m"}, STFT_510, SEGMENT_RWSA, "RWSA-MambaUNet M (h 24, n 4)"),
     "rwsa-s-unshared": _Preset(
         rwsa,
         {"size": "s", "share_resolution": False},
         STFT_510,
         SEGMENT_RWSA,
-        1_968_296,
         "ablation: S without RWSA",
     ),
     "rwsa-s-noattn": _Preset(
-        rwsa, {"size": "s", "attention": False}, STFT_510, SEGMENT_RWSA, 1_887_016, "ablation: S without MHA"
+        rwsa, {"size": "s", "attention": False}, STFT_510, SEGMENT_RWSA, "ablation: S without MHA"
     ),
     "metric-discriminator": _Preset(
         MetricDiscriminator,
         {},
         None,
         None,
-        181_650,
         "MetricGAN discriminator (PESQ predictor)",
         "discriminator",
     ),
 }
 
-_generators = tuple(n for n, p in _PRESETS.items() if p.kind == "generator")
-if _generators != GENERATOR_NAMES:  # the torch-free copy the login-node checks use
-    raise ImportError(f"training/model_names.py GENERATOR_NAMES {GENERATOR_NAMES} != registry generators {_generators}")
+if tuple(_PRESETS) != tuple(PARAMS):  # the torch-free table the login-node checks use
+    raise ImportError(f"training/model_names.py PARAMS names {tuple(PARAMS)} != registry presets {tuple(_PRESETS)}")
 
 
 def list_models() -> list[str]:
@@ -139,8 +138,7 @@ def _preset(name: str) -> _Preset:
 def model_info(name: str) -> ModelInfo:
     """STFT, training segment, parameter count and description of ``name``."""
     p = _preset(name)
-    params = p.params or sum(x.numel() for x in build_model(name, seed=0).parameters())
-    return ModelInfo(name, p.stft, p.segment_samples, params, p.kind, p.description, dict(p.options))
+    return ModelInfo(name, p.stft, p.segment_samples, PARAMS[name], p.kind, p.description, dict(p.options))
 
 
 def build_model(name: str, seed: int | None = None, **options) -> nn.Module:
