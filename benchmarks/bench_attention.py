@@ -1,4 +1,4 @@
-"""Inference attention: the C kernel (training.attention_cpu) against PyTorch's SDPA on the TF blocks'
+"""Inference attention: the C kernel (training.kernels.attention_cpu) against PyTorch's SDPA on the TF blocks'
 shapes for 10 s of audio, float32, no autograd. Reference: ``F.scaled_dot_product_attention`` on the
 same packed QKV (``sdpa_from_qkv``), measured in the same run; ratio = SDPA time / kernel time.
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from training.attention_cpu import attention_from_qkv, kernel_applies, sdpa_from_qkv
+    from training.kernels.attention_cpu import attention_from_qkv, kernel_applies, sdpa_from_qkv
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

@@ -47,7 +47,7 @@ def main() -> None:
     import torch  # noqa: F401  (the trainer has torch loaded when it starts the pool)
     from test_metrics import noisy_version, speech_like
 
-    from training import metrics as M
+    from training.evaluation import metrics as M
 
     print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
     for sec in (2.0, 3.0):

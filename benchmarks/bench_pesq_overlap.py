@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from training.evaluation import metrics
+from training.evaluation.metrics import PesqPool
 from training.loop import StepContext, train_step
 from training.losses import LossWeights
-from training import metrics
-from training.metrics import PesqPool
 from training.models.dualpath import STFT_400
 
 

@@ -12,7 +12,7 @@ fraction of the sequences; their time and their memory above the pre-call baseli
 linearly to the full batch and marked ``scaled xK`` in the output.
 
 Children run with glibc's default malloc, as training processes do; ``BENCH_MALLOC_TUNING=1``
-applies ``training.malloc_tuning`` to every backend (it helps mambapy's huge temporaries most).
+applies ``training.kernels.malloc_tuning`` to every backend (it helps mambapy's huge temporaries most).
 Peak memory is the child's ``ru_maxrss``; ``peak above base`` subtracts the high-water mark the
 child had reached before the timed call (interpreter, torch, inputs). Ratios are other / fused.
 
@@ -119,7 +119,7 @@ def child(case: str, backend: str, batch: int, length: int) -> dict:
 
     result = {"threads": torch.get_num_threads()}
     if os.environ.get("BENCH_MALLOC_TUNING") == "1":  # compare under orchestrate enhance's malloc settings
-        from training.malloc_tuning import tune
+        from training.kernels.malloc_tuning import tune
 
         result["malloc_tuned"] = tune()
     if case == "block":

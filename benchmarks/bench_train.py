@@ -36,9 +36,9 @@ def child(model: str, batch: int, seconds: float, steps: int, threads: int, chec
     import numpy as np
     import torch
 
+    from training.evaluation.metrics import PesqPool
     from training.loop import StepContext, train_step
     from training.losses import LossWeights
-    from training.metrics import PesqPool
     from training.models import build_model
     from training.models.tf_blocks import set_activation_checkpointing
 

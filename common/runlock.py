@@ -21,8 +21,8 @@ import socket
 from pathlib import Path
 
 from common.atomic import file_mode
+from common.rundir import LOCK_FILE
 
-LOCK_FILE = "run.lock"
 log = logging.getLogger(__name__)
 
 

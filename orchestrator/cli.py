@@ -20,10 +20,10 @@ import logging
 import pkgutil
 import sys
 
+from common.rundir import EXIT_BAD_INPUT
 from orchestrator import commands as _commands_pkg
 from orchestrator.errors import user_error_types
 
-EXIT_BAD_INPUT = 2
 # OSErrors that describe the machine or the user's paths, printed as one line (exit 2), not a traceback.
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                       errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)

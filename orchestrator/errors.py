@@ -18,9 +18,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [UserError]
     for module, name in (
         ("training.configtools", "ConfigError"),
-        ("training.audio_io", "AudioFileError"),
-        ("training.testsets", "TestSetError"),
-        ("training.metrics", "MetricError"),
+        ("common.audio", "AudioFileError"),
+        ("training.evaluation.testsets", "TestSetError"),
+        ("training.evaluation.metrics", "MetricError"),
         ("sharding.errors", "SourceError"),
     ):
         try:

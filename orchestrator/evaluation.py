@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.errors import UserError
-from training.audio_io import (
+from common.audio import (
     AUDIO_EXTENSIONS,
     AudioFileError,
     audio_info,
@@ -24,15 +23,20 @@ from training.audio_io import (
     to_mono_16k,
     write_wav,
 )
-from training.evaluate import evaluate_testset
-from training.inference import Enhancer, LoadedModel, load_generator
-from training.metrics import REFERENCE_METRICS, check_metric_names
-from training.segment_eval import SegmentEnhancer, resolve_mode
-from training.testsets import open_testset
+from common.rundir import (
+    CHECKPOINTS_DIR,
+    EXIT_SOME_FAILED,  # noqa: F401 (re-exported)
+)
+from orchestrator.errors import UserError
+from training.evaluation.evaluate import evaluate_testset
+from training.evaluation.inference import Enhancer, LoadedModel, load_generator
+from training.evaluation.metrics import REFERENCE_METRICS, check_metric_names
+from training.evaluation.segment_eval import SegmentEnhancer, resolve_mode
+from training.evaluation.testsets import open_testset
 
 log = logging.getLogger(__name__)
 
-EXIT_SOME_FAILED = 3  # enhance/evaluate: every good file done, some files failed (listed at the end)
+
 FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
@@ -52,9 +56,9 @@ def evaluate(
     save_audio: bool = False,
     eval_mode: str | None = None,
 ) -> list[dict]:
-    """Evaluate one checkpoint on each test set; returns the summaries (training.evaluate format).
+    """Evaluate one checkpoint on each test set; returns the summaries (training.evaluation.evaluate format).
     ``eval_mode`` (default: the run config's ``eval.mode``) picks how files are enhanced
-    (`training.segment_eval`).
+    (`training.evaluation.segment_eval`).
 
     UserError before any work for ``limit`` < 1, for a test set without clean references when every
     requested metric needs one, and for an ``out_dir`` that is a file.
@@ -103,12 +107,12 @@ def evaluate(
 
 def _default_eval_dir(loaded: LoadedModel) -> Path:
     ckpt = loaded.checkpoint
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+    run_dir = ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS_DIR else ckpt
     return run_dir / "eval"
 
 
 def _log_to_mlflow(loaded: LoadedModel, summary: dict, out_dir: Path, tracking_uri: str | None) -> None:
-    from training.final_eval import log_summary
+    from training.evaluation.final_eval import log_summary
 
     cfg = loaded.config
     if not cfg.mlflow.enabled or not loaded.mlflow_run_id:

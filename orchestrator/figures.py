@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 from orchestrator.errors import UserError
-from training.analysis import latent_vector, spectrogram_png, tsne_png
-from training.inference import Enhancer, LoadedModel, load_generator
-from training.testsets import open_testset
+from training.evaluation.analysis import latent_vector, spectrogram_png, tsne_png
+from training.evaluation.inference import Enhancer, LoadedModel, load_generator
+from training.evaluation.testsets import open_testset
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def check_data(cfg: dict, where: str, pending_roots: Iterable[Path] = ()) -> lis
     """Shard folders of data.train / data.valid and the eval.testsets entries (cfg: a RunConfig dict)."""
     from sharding.errors import SourceError
     from sharding.shards import list_shards, resolve_split_dir
-    from training.testsets import TestSetError, open_testset
+    from training.evaluation.testsets import TestSetError, open_testset
 
     pending_roots = [Path(r).resolve() for r in pending_roots]
     problems = []

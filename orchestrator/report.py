@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.inference import Enhancer, load_generator
+from training.evaluation.inference import Enhancer, load_generator
+from training.evaluation.testsets import open_testset
 from training.models import build_model, list_models, model_info
 from training.models.flops import model_gflops
-from training.testsets import open_testset
 
 
 def _load(spec: str) -> tuple[str, torch.nn.Module]:

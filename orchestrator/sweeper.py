@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from common.rundir import CONFIG_FILE
 from orchestrator import launchers
 from orchestrator.errors import UserError
 from orchestrator.launchers import base
@@ -173,7 +174,7 @@ def write_cells(plan: SweepPlan, sweep_file: str | Path, overrides: list[str]) -
         data["overrides"] = list(overrides)
         for cell in plan.cells:
             cdir = _cell_dir(plan, cell)
-            cfg_path = cdir / "config.yaml"
+            cfg_path = cdir / CONFIG_FILE
             text = _config_text(cell)
             rec = data["cells"].get(cell.id)
             if rec is None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write_text
+from common.rundir import RUN_ID_FILE
 from orchestrator.errors import UserError
 from orchestrator.sweep import key_error, nest_dotted
 
@@ -306,7 +307,7 @@ def _summaries(results, spec: TuneSpec, max_iter: int) -> list[TrialSummary]:
         best = (max(scores) if spec.mode == "max" else min(scores)) if scores else None
         iters = int(m.get("training_iteration", 0) or 0)
         workdir = spec.search_dir / "trials" / trial_id
-        run_id_file = workdir / "mlflow_run_id"
+        run_id_file = workdir / RUN_ID_FILE
         out.append(TrialSummary(
             trial_id=trial_id, values={k: r.config.get(k) for k in spec.space}, iterations=iters,
             last=float(m[spec.metric]) if spec.metric in m else None, best=best,

@@ -1,59 +1,42 @@
-"""Audio at the edges: read/convert/encode/decode, levels and SNR scaling.
+"""Levels and SNR scaling for mixing, and finding a source folder's audio files.
 
-Inside the system audio is float32 mono at ``SAMPLE_RATE`` (16 kHz); files and shards convert here.
+File read/convert/encode/decode is ``common.audio`` (re-exported here for the recipes); inside the
+system audio is float32 mono at ``SAMPLE_RATE`` (16 kHz).
 """
 
 from __future__ import annotations
 
-import io
 import math
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-from scipy.signal import resample_poly
 
+from common.audio import (  # noqa: F401 (re-exported for the recipes)
+    AUDIO_EXTENSIONS,
+    SAMPLE_RATE,
+    AudioFileError,
+    audio_info,
+    decode_audio,
+    encode_flac,
+    to_mono_16k,
+)
+from common.audio import read_audio as _read_audio
 from sharding.errors import SourceError
 
-SAMPLE_RATE = 16000
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 EPS = 1e-12
 
 
-def to_mono_16k(x: np.ndarray, sr: int, *, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Mix [N, C] or [N] audio to mono and resample ``sr`` -> ``target_sr`` (polyphase). Returns float32 [N']."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    if sr != target_sr:
-        frac = Fraction(target_sr, int(sr))
-        x = resample_poly(x, frac.numerator, frac.denominator).astype(np.float32)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def read_audio(path: str | Path, *, convert: bool = True) -> np.ndarray:
-    """Read a file as float32 mono 16 kHz [N]; with ``convert=False`` other rates/channels raise SourceError."""
+    """A file as float32 mono 16 kHz [N] (``common.audio.read_audio``), errors as SourceError; with
+    ``convert=False`` other rates/channels are refused instead of converted."""
     try:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise SourceError(f"{path}: cannot decode audio ({e})") from None
-    if not convert and (sr != SAMPLE_RATE or x.shape[1] != 1):
-        raise SourceError(f"{path}: expected mono {SAMPLE_RATE} Hz, got {x.shape[1]} ch at {sr} Hz")
-    return to_mono_16k(x, sr)
-
-
-def encode_flac(x: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
-    """float32 [N] in [-1, 1] -> FLAC PCM_16 bytes (clipped to the int16 range)."""
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(x, -1.0, 32767 / 32768), sr, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
-
-
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Encoded bytes (any soundfile format) -> (float32 [N, C], sample rate)."""
-    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return x, sr
+        if not convert:
+            info = audio_info(path)
+            if info.samplerate != SAMPLE_RATE or info.channels != 1:
+                raise SourceError(f"{path}: expected mono {SAMPLE_RATE} Hz, got {info.channels} ch at {info.samplerate} Hz")
+        return _read_audio(path)
+    except AudioFileError as e:
+        raise SourceError(str(e)) from None
 
 
 def rms(x: np.ndarray) -> float:

@@ -28,7 +28,7 @@ def test_matches_multihead_attention_in_train_and_eval_mode():
 @pytest.mark.parametrize("dh", [4, 8, 16])
 @pytest.mark.parametrize("seqs,length,heads", [(1, 1, 1), (3, 17, 2), (2, 33, 3), (5, 130, 4)])
 def test_kernel_matches_float64_sdpa(dh, seqs, length, heads):
-    from training.attention_cpu import attention_from_qkv, kernel_applies, sdpa_from_qkv
+    from training.kernels.attention_cpu import attention_from_qkv, kernel_applies, sdpa_from_qkv
 
     torch.manual_seed(dh + length)
     # x20: scores up to ~100 in magnitude, so the softmax must subtract the row maximum.
@@ -44,7 +44,7 @@ def test_kernel_matches_float64_sdpa(dh, seqs, length, heads):
 
 
 def test_kernel_does_not_depend_on_thread_count():
-    from training.attention_cpu import attention_from_qkv
+    from training.kernels.attention_cpu import attention_from_qkv
 
     qkv = torch.randn(7, 45, 3 * 32)
     before = torch.get_num_threads()
@@ -59,7 +59,7 @@ def test_kernel_does_not_depend_on_thread_count():
 
 
 def test_inputs_the_kernel_does_not_take_go_to_sdpa():
-    from training.attention_cpu import attention_from_qkv, kernel_applies, sdpa_from_qkv
+    from training.kernels.attention_cpu import attention_from_qkv, kernel_applies, sdpa_from_qkv
 
     cases = {"head size 6": (torch.randn(2, 9, 3 * 12), 2), "float64": (torch.randn(2, 9, 3 * 16).double(), 4),
              "needs grad": (torch.randn(2, 9, 3 * 16, requires_grad=True), 4)}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.chunking import chunk_weights, crossfade_ramp, enhance_long, plan_chunks
+from training.evaluation.chunking import chunk_weights, crossfade_ramp, enhance_long, plan_chunks
 
 SR = 16000
 

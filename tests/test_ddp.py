@@ -101,9 +101,9 @@ def _fixed_batch(corpus: Path) -> dict[str, torch.Tensor]:
 
 
 def _steps(batch: dict[str, torch.Tensor], world_size: int, num_steps: int = 2) -> dict[str, torch.Tensor]:
+    from training.evaluation.metrics import PesqPool
     from training.loop import StepContext, train_step
     from training.losses import LossWeights
-    from training.metrics import PesqPool
     from training.models import build_model
 
     torch.set_num_threads(1)

@@ -20,9 +20,9 @@ def _bn_buffers(m: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
+    from training.evaluation.metrics import PesqPool
     from training.loop import StepContext, train_step
     from training.losses import LossWeights
-    from training.metrics import PesqPool
     from training.models import build_model
 
     torch.set_num_threads(1)

@@ -16,8 +16,8 @@ import torch
 from orchestrator.cli import main
 from training.checkpoint import MARKER, STATE
 from training.config import load_run_config
-from training.inference import Enhancer, checkpoint_config, load_generator, resolve_checkpoint
-from training.metrics import compute_metrics
+from training.evaluation.inference import Enhancer, checkpoint_config, load_generator, resolve_checkpoint
+from training.evaluation.metrics import compute_metrics
 from training.models import build_model
 
 TINY = ["model.name=rwsa-xs", "model.options={hidden: 8, num_blocks: 1}"]
@@ -103,7 +103,7 @@ def test_evaluate_json_csv_and_mlflow(run_dir, testset, tmp_path, capsys):
     assert [r["key"] for r in rows] == ["u0", "u1", "u9"]
     assert rows[2]["noisy_pesq"] == "nan" and "silent" in rows[2]["errors"]
     # noisy means equal direct metric calls on the two scorable files
-    from training.testsets import open_testset
+    from training.evaluation.testsets import open_testset
 
     direct = [compute_metrics(clean, noisy, metrics=["pesq"]).values["pesq"]
               for key, noisy, clean in open_testset(testset) if key != "u9"]
@@ -175,7 +175,7 @@ def test_analyze_spectrogram_and_tsne_pngs_logged(run_dir, testset, tmp_path):
 
 
 def test_latent_vector_is_time_averaged_last_block_output(run_dir):
-    from training.analysis import latent_vector
+    from training.evaluation.analysis import latent_vector
 
     model = load_generator(run_dir[0]).model
     v1 = latent_vector(model, _speechlike(1.0, 7))

@@ -15,8 +15,8 @@ import types
 import numpy as np
 import pytest
 
-from training.composite import composite, composite_from_parts, llr, wss
-from training.metrics import compute_metrics, pesq_wb, ssnr
+from training.evaluation.composite import composite, composite_from_parts, llr, wss
+from training.evaluation.metrics import compute_metrics, pesq_wb, ssnr
 
 
 @functools.cache

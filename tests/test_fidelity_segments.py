@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from training.evaluation.segment_eval import SegmentEnhancer, enhance_segments, resolve_mode, segment_starts
 from training.models import build_model
-from training.segment_eval import SegmentEnhancer, enhance_segments, resolve_mode, segment_starts
 from training.stft import mag_pha_istft, mag_pha_stft
 
 TINY = {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}

@@ -11,9 +11,9 @@ import soundfile as sf
 
 from orchestrator.cli import main
 from sharding.writer import build
-from training.metrics import compute_metrics
-from training.paper_reference import PAPER_NOISY_ROWS, paper_row_for
-from training.testsets import open_testset
+from training.evaluation.metrics import compute_metrics
+from training.evaluation.paper_reference import PAPER_NOISY_ROWS, paper_row_for
+from training.evaluation.testsets import open_testset
 
 
 def _speechlike(rng, n, sr):

@@ -11,9 +11,9 @@ import torch
 
 from sharding.stream import TrainStream
 from sharding.tario import write_tar
+from training.evaluation.metrics import PesqPool
 from training.loop import StepContext, train_step
 from training.losses import LossWeights
-from training.metrics import PesqPool
 from training.models import build_model
 from training.stft import mag_pha_stft
 

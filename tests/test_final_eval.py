@@ -1,4 +1,4 @@
-"""Evaluation after training inside the job (training.final_eval via training.run), on the run a real
+"""Evaluation after training inside the job (training.evaluation.final_eval via training.run), on the run a real
 2-step `orchestrate train` wrote (conftest `trained_run`, copied with its MLflow store per test)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""training.malloc_tuning: with it, a large buffer comes from the heap and, once freed, stays there for
+"""training.kernels.malloc_tuning: with it, a large buffer comes from the heap and, once freed, stays there for
 reuse (no fresh mmap to page-fault and zero again); SE_MALLOC_TUNING=0 leaves glibc's default (a
 large buffer is its own mmap, unmapped on free). Checked with glibc's own accounting (mallinfo2)."""
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import ctypes, json
-from training.malloc_tuning import tune
+from training.kernels.malloc_tuning import tune
 tuned = tune()
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

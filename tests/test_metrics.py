@@ -9,7 +9,7 @@ import pytest
 from pesq import pesq
 from pystoi import stoi
 
-from training import metrics as M
+from training.evaluation import metrics as M
 
 SR = 16000
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from training.evaluation.metrics import PesqPool
 from training.loop import StepContext, train_step
 from training.losses import LossWeights
-from training.metrics import PesqPool
 from training.models import build_model
 
 TINY = {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training.audio_io import AudioFileError, read_audio, to_mono_16k, write_wav
-from training.testsets import TestSetError, open_testset
+from common.audio import AudioFileError, read_audio, to_mono_16k, write_wav
+from training.evaluation.testsets import TestSetError, open_testset
 
 SR = 16000
 

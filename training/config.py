@@ -7,7 +7,7 @@ The training code reads ``model/data/optim/loss/trainer/eval/mlflow``; ``launche
 the orchestrator so that the saved config alone describes how the run was launched.
 
     cfg = load_run_config("run.yaml", ["trainer.max_steps=100", "model.name=semamba"])
-    save_config(cfg, workdir / "config.yaml")
+    save_config(cfg, workdir / CONFIG_FILE)
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class StepContext:
     weights: LossWeights
     device: torch.device
     world_size: int = 1
-    pesq_pool: object | None = None  # training.metrics.PesqPool
+    pesq_pool: object | None = None  # training.evaluation.metrics.PesqPool
     grad_clip: float | None = None
     bf16: bool = False
     pesq_overlap: bool = True
@@ -171,8 +171,8 @@ def _generator_update(ctx: StepContext, terms: dict, clean_mag, est_mag, out: di
 def enhance_utterance(G: torch.nn.Module, noisy: np.ndarray, device: torch.device, bf16: bool = False,
                       segment: int | None = None) -> np.ndarray:
     """Full-utterance inference with the model's own `enhance` (RMS normalisation, any length), or with
-    `segment` the RWSA authors' segment protocol (`training.segment_eval.enhance_segments`)."""
-    from training.segment_eval import enhance_segments
+    `segment` the RWSA authors' segment protocol (`training.evaluation.segment_eval.enhance_segments`)."""
+    from training.evaluation.segment_eval import enhance_segments
 
     x = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32)).to(device)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -198,7 +198,7 @@ def validate(
     enhances every `world_size`-th) and, with `with_noisy`, of the unprocessed input
     (`noisy_<metric>`); `segment`: enhance as `enhance_utterance` does with it. Returns (metrics incl. `n`,
     up to `keep_clips` (key, noisy, clean, enhanced))."""
-    from training.metrics import evaluate_pairs
+    from training.evaluation.metrics import evaluate_pairs
 
     was_training = G.training
     G.eval()

@@ -16,9 +16,9 @@ import time
 
 import torch
 
+from common.rundir import EXIT_PREEMPTED  # noqa: F401 (re-exported)
 from training import distributed
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed, please requeue/resume
 SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 log = logging.getLogger(__name__)

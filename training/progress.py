@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.rundir import PROGRESS_FILE
+
 log = logging.getLogger(__name__)
 
 # step metrics averaged over the window (per-step cumulative counters are logged separately)
@@ -44,7 +46,7 @@ class ProgressFile:
         from training.checkpoint import atomic_write_text
 
         self._write = atomic_write_text
-        self.path, self.max_steps = Path(workdir) / "progress.json", int(max_steps)
+        self.path, self.max_steps = Path(workdir) / PROGRESS_FILE, int(max_steps)
         old = read_progress(self.path)
         window = old.get("window") if isinstance(old.get("window"), list) else []
         self.window = [w for w in window if isinstance(w, list) and len(w) == 3]
@@ -178,7 +180,7 @@ class Meter:
 
 def write_clip_artifacts(clips, folder: Path) -> list[Path]:
     """WAVs (noisy/clean/enhanced) of the kept validation clips and one spectrogram PNG."""
-    from training.audio_io import write_wav
+    from common.audio import write_wav
 
     written: list[Path] = []
     if not clips:

@@ -24,13 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+from common.rundir import CHECKPOINTS_DIR, CONFIG_FILE, EXIT_OK
+from common.rundir import EXIT_BAD_INPUT as EXIT_BAD_CONFIG
 from training import distributed
 from training.config import ConfigError, RunConfig, load_run_config, save_config
 from training.preempt import EXIT_PREEMPTED
 
 log = logging.getLogger("training.run")
 
-EXIT_OK, EXIT_BAD_CONFIG = 0, 2
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -42,7 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def train(cfg: RunConfig, workdir: Path, on_validation=None) -> int:
     """Train (or resume) the run in `workdir` on this process's rank, then (rank 0, when
-    `eval.testsets` is set) evaluate its best checkpoint on them (`training.final_eval`); returns
+    `eval.testsets` is set) evaluate its best checkpoint on them (`training.evaluation.final_eval`); returns
     the exit code. ``on_validation(step, metrics)``: called on rank 0 after each validation
     (``orchestrate tune``).
 
@@ -87,7 +88,7 @@ def _lock_run_folder(cfg: RunConfig, workdir: Path, rank: int):
         log.error("error: %s", e)
         return None
     try:
-        check_resume(workdir / "checkpoints", to_container(cfg)["model"])
+        check_resume(workdir / CHECKPOINTS_DIR, to_container(cfg)["model"])
     except CheckpointError as e:
         log.error("error: %s", e)
         lock.release()
@@ -104,7 +105,7 @@ def _train_and_evaluate(cfg: RunConfig, workdir: Path, env: distributed.DistEnv,
             code = _train(cfg, workdir, env, on_validation)
             if code != EXIT_OK:
                 return code
-            from training.final_eval import evaluate_after_training
+            from training.evaluation.final_eval import evaluate_after_training
 
             return evaluate_after_training(cfg, workdir, distributed.pick_device(cfg.trainer.device, env), stop)
         except _user_errors() as e:
@@ -209,7 +210,7 @@ def spawn(cfg: RunConfig, workdir: Path, nproc: int) -> int:
     first failing exit code."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    config = save_config(cfg, workdir / "config.yaml")
+    config = save_config(cfg, workdir / CONFIG_FILE)
     port = free_port()
     threads = str(max(1, (os.cpu_count() or 1) // nproc))
     procs = []
@@ -260,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     setup_logging(workdir, distributed.env_from().rank)
     config = args.config
-    if config is None and (workdir / "config.yaml").is_file():
-        config = workdir / "config.yaml"
+    if config is None and (workdir / CONFIG_FILE).is_file():
+        config = workdir / CONFIG_FILE
     try:
         cfg = load_run_config(config, args.overrides)
     except ConfigError as e:

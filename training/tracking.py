@@ -42,9 +42,11 @@ import sys
 import time
 from pathlib import Path
 
+from common.rundir import RUN_ID_FILE
+
 log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "mlflow_run_id"
+
 GIT_COMMIT_ENV, GIT_DIRTY_ENV = "SE_GIT_COMMIT", "SE_GIT_DIRTY"
 SYSTEM_PREFIX = "system/"
 VERSION_PACKAGES = ("se-orchestrator", "torch", "numpy", "mlflow", "webdataset", "mamba-ssm", "causal-conv1d")

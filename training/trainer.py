@@ -14,17 +14,18 @@ from pathlib import Path
 
 import torch
 
+from common.rundir import CHECKPOINTS_DIR, CONFIG_FILE
 from training import device as device_policy
 from training import distributed
 from training.checkpoint import CheckpointManager
 from training.config import ConfigError, RunConfig, flatten, save_config, to_yaml
+from training.evaluation.segment_eval import resolve_mode
 from training.loop import StepContext, train_step, validate
 from training.losses import LossWeights
 from training.preempt import EXIT_PREEMPTED
 from training.preempt import from_environment as preemption_from_environment
 from training.schedule import epoch_boundary, resolve_epoch_steps, train_clips
 from training.seeding import rng_state, seed_everything, set_rng_state
-from training.segment_eval import resolve_mode
 from training.tracking import build_tracker, git_source, source_tags
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, workdir: Path, env: distributed.DistEnv):
         from sharding.stream import TrainStream
-        from training.metrics import PesqPool
+        from training.evaluation.metrics import PesqPool
         from training.models import build_model
         from training.models.tf_blocks import set_activation_checkpointing
 
@@ -104,7 +105,7 @@ class Trainer:
         self.ctx = StepContext(self.G, self.D, self.opt_g, self.opt_d, self.G.stft, LossWeights.from_config(cfg.loss),
                                self.device, env.world_size, self.pesq_pool, o.grad_clip, self.bf16,
                                pesq_overlap=t.pesq_overlap)
-        self.ckpt = CheckpointManager(self.workdir / "checkpoints", keep_last=t.keep_last, rank=env.rank,
+        self.ckpt = CheckpointManager(self.workdir / CHECKPOINTS_DIR, keep_last=t.keep_last, rank=env.rank,
                                       world_size=env.world_size)
         self.preempt = preemption_from_environment(t.time_limit_margin_s).install()
         self.step, self.best_pesq, self.best_step = 0, -math.inf, -1
@@ -205,7 +206,7 @@ class Trainer:
                                      params=params, tags=tags)
         self.tracker.restore_pending(self._pending)
         self.tracker.flush()
-        self.tracker.log_text(to_yaml(cfg), "config.yaml")  # the resolved config, from the start
+        self.tracker.log_text(to_yaml(cfg), CONFIG_FILE)  # the resolved config, from the start
 
     def save(self) -> None:
         self.ckpt.save(self.step, self.shared_state(), self.rank_state())
@@ -252,7 +253,7 @@ class Trainer:
         t, start_step = self.cfg.trainer, self.step
         if self.env.is_main:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.workdir / "config.yaml")
+            save_config(self.cfg, self.workdir / CONFIG_FILE)
         self.write_progress("running")
         self.meter = meter = Meter(self, total=t.max_steps, start=self.step)
         meter.load_state_dict(self._meter_state)
@@ -300,7 +301,7 @@ class Trainer:
 
         art = self.workdir / "artifacts"
         write_clip_artifacts(self.clips, art)
-        self.tracker.log_artifact(self.workdir / "config.yaml")
+        self.tracker.log_artifact(self.workdir / CONFIG_FILE)
         if art.is_dir():
             self.tracker.log_artifacts(art, "validation")
         best = self.ckpt.root / "best"

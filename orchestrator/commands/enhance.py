@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator.evaluation import EXIT_SOME_FAILED, enhance_files
-    from training import malloc_tuning
+    from training.kernels import malloc_tuning
 
     malloc_tuning.tune()  # before the model's first forward pass
 

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError("evaluate: give a checkpoint (or --noisy-only)")
     from orchestrator.evaluation import EXIT_SOME_FAILED, evaluate
-    from training import malloc_tuning
+    from training.kernels import malloc_tuning
 
     malloc_tuning.tune()  # before the model's first forward pass
 
@@ -108,7 +108,7 @@ def _json_safe(obj):
 
 
 def _noisy_only(args: argparse.Namespace) -> int:
-    from training.paper_reference import comparison_text, noisy_summary, paper_row_for
+    from training.evaluation.paper_reference import comparison_text, noisy_summary, paper_row_for
 
     metrics = args.metrics.split(",") if args.metrics else ["pesq", "ssnr", "estoi", "si_sdr"]
     summaries = [noisy_summary(t, metrics=metrics, num_workers=args.workers, limit=args.limit, name=args.name)

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 
+from common.rundir import PROGRESS_FILE
 from orchestrator.ledger import Ledger
 from orchestrator.sweeper import resolve_sweep_dir, sweep_status
 from training.progress import progress_eta, progress_rate, read_progress
@@ -36,7 +37,7 @@ def status_rows(sweep, root="runs") -> list[dict]:
     cells = Ledger(sweep_dir).read().get("cells", {})
     for r in rows:
         workdir = (cells.get(r["cell"]) or {}).get("workdir")
-        prog = read_progress(sweep_dir / workdir / "progress.json") if workdir else {}
+        prog = read_progress(sweep_dir / workdir / PROGRESS_FILE) if workdir else {}
         running = r["state"] in ("running", "submitted", "pending", "preempted")
         r["rate"] = progress_rate(prog) if running else None
         r["eta_s"] = 0.0 if r["state"] == "done" else (progress_eta(prog) if running else None)

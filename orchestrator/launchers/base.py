@@ -12,23 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from common.rundir import (  # the run folder's contract
+    ATTEMPTS_FILE,
+    CONFIG_FILE,
+    EXIT_CODE_FILE,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    PROGRESS_FILE,
+    RUN_ID_FILE,
+)
 from orchestrator.ledger import ACTIVE, set_state
 from training.configtools import atomic_write_text
-
-EXIT_DONE = 0
-EXIT_BAD_CONFIG = 2
-EXIT_PREEMPTED = 75  # == training.preempt.EXIT_PREEMPTED (EX_TEMPFAIL)
-EXIT_CODE_FILE = "exit_code"  # written by the job wrapper after the run ends
-ATTEMPTS_FILE = "attempts.log"  # one "start"/"end" line per job attempt
-PROGRESS_FILE = "progress.json"  # written by training: {step, max_steps, best_pesq, state}
-RUN_ID_FILE = "mlflow_run_id"  # written by training
 
 
 def cell_command(cell_dir: str | Path, python: str | None = None, nproc: int = 1) -> list[str]:
     """``python -m training.run --config CELL/config.yaml --workdir CELL`` (torchrun when nproc > 1)."""
     py = python or sys.executable
     cell_dir = str(cell_dir)
-    tail = ["--config", os.path.join(cell_dir, "config.yaml"), "--workdir", cell_dir]
+    tail = ["--config", os.path.join(cell_dir, CONFIG_FILE), "--workdir", cell_dir]
     if nproc > 1:
         return [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "training.run", *tail]
@@ -37,7 +38,7 @@ def cell_command(cell_dir: str | Path, python: str | None = None, nproc: int = 1
 
 def state_from_exit_code(rc: int) -> str:
     """0 → done, 75 → preempted, anything else (2 = bad config, signals) → failed."""
-    if rc == EXIT_DONE:
+    if rc == EXIT_OK:
         return "done"
     if rc == EXIT_PREEMPTED:
         return "preempted"

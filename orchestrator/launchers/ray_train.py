@@ -24,7 +24,8 @@ import socket
 import subprocess
 from pathlib import Path
 
-from orchestrator.launchers.base import EXIT_BAD_CONFIG, EXIT_DONE, EXIT_PREEMPTED, cell_command
+from common.rundir import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED
+from orchestrator.launchers.base import cell_command
 
 MAX_FAILURES = 3
 PID_DIR = ".ray-ranks"  # CELL/.ray-ranks/<rank>.pid: the training process of each worker
@@ -73,7 +74,7 @@ def ddp_worker(config: dict) -> None:
     pids.mkdir(exist_ok=True)
     (pids / f"{rank}.pid").write_text(f"{proc.pid}\n")
     rc = proc.wait()
-    if rc not in (EXIT_DONE, EXIT_PREEMPTED, EXIT_BAD_CONFIG):
+    if rc not in (EXIT_OK, EXIT_PREEMPTED, EXIT_BAD_INPUT):
         raise WorkerFailed(f"rank {rank}: training process exited {rc}")
     if rank == 0:  # the group's outcome, for fit_cell (the training's own ranks agreed on it)
         (pids / "exit_code").write_text(f"{rc}\n")

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training import native as _native
-from training.native import as_array as _np
-from training.native import compute_dtype as _compute_dtype
+from training.kernels import native as _native
+from training.kernels.native import as_array as _np
+from training.kernels.native import compute_dtype as _compute_dtype
 
 
 def _kernel_args(x, weight, bias):

@@ -16,8 +16,8 @@ inputs are computed in float64 (libm); everything else in float32 with vectorise
 exp/log1p (relative error < 5e-7); gradients of A, D and delta_bias accumulate in float64. Results do not
 depend on the thread count.
 
-The kernels (``training/csrc/se_cpu.c``) are compiled for this CPU on first use and cached (see
-``training.native``); work items run on ``torch.get_num_threads()`` threads. Importing
+The kernels (``training/kernels/csrc/se_cpu.c``) are compiled for this CPU on first use and cached (see
+``training.kernels.native``); work items run on ``torch.get_num_threads()`` threads. Importing
 this module fails with an ImportError when no C compiler can build them; ``training.mamba.scan``
 then falls back to the pure-PyTorch scan.
 """
@@ -27,15 +27,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training import native as _native
-from training.native import as_array as _np
-from training.native import compute_dtype as _compute_dtype
-from training.native import ptr as _ptr
-from training.native import run_items as _run
+from training.kernels import native as _native
+from training.kernels.native import as_array as _np
+from training.kernels.native import compute_dtype as _compute_dtype
+from training.kernels.native import ptr as _ptr
+from training.kernels.native import run_items as _run
 
 _LIB = _native.load()  # NativeBuildError (an ImportError) when no C compiler can build it
 BLOCK = 16
-"""Channels per vector block of the kernels (``BLOCK`` in training/csrc/se_cpu.c)."""
+"""Channels per vector block of the kernels (``BLOCK`` in training/kernels/csrc/se_cpu.c)."""
 _HAS_D, _HAS_BIAS, _HAS_Z, _SOFTPLUS = 1, 2, 4, 8
 
 __all__ = ["CHUNK", "selective_scan_fused"]

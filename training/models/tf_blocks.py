@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from training.attention_cpu import attention_from_qkv
+from training.kernels.attention_cpu import attention_from_qkv
 from training.mamba import BiMamba
 
 
@@ -25,7 +25,7 @@ class AttentionModule(nn.Module):
     """``MHA(LN(x))`` on ``[N, L, C]`` (self-attention, batch first, no dropout by default).
 
     The parameters are an ``nn.MultiheadAttention``'s (``attn.in_proj_weight``, ...), but the
-    attention itself runs through ``training.attention_cpu``: the C kernel for small heads on CPU
+    attention itself runs through ``training.kernels.attention_cpu``: the C kernel for small heads on CPU
     at inference, else ``F.scaled_dot_product_attention`` (nn.MultiheadAttention's eval "fast
     path" materialises the L x L weights on CPU: 3x slower for 10 s of audio). All agree up to
     float rounding.

@@ -15,7 +15,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from training import native
+from training.kernels import native
 
 KERNEL_HEAD_SIZES = (4, 8, 16)
 

@@ -2,7 +2,7 @@
 
 ``evaluate_after_training`` is called by ``training.run.train`` on rank 0 once a fit finished (exit 0)
 when ``eval.testsets`` is not empty: the run's ``checkpoints/best`` (else its newest complete step)
-is evaluated on every test set, on the job's own device. Outputs, per test set (``training.evaluate``):
+is evaluated on every test set, on the job's own device. Outputs, per test set (``training.evaluation.evaluate``):
 ``WORKDIR/eval/<name>.csv`` and ``<name>.json``; on the run's MLflow run the metrics
 ``eval/<name>/{noisy,enhanced}/<metric>`` (+ ``eval/<name>/n``, ``eval/<name>/failed/<metric>``) at the
 checkpoint's step, and both files as artifacts under ``eval/``.
@@ -29,6 +29,8 @@ import os
 import time
 from pathlib import Path
 
+from common.rundir import EVAL_DIR, PROGRESS_FILE
+
 log = logging.getLogger(__name__)
 
 RECORD = "final.json"
@@ -40,14 +42,14 @@ class EvaluationStopped(Exception):
 
 def log_summary(tracking_uri: str, run_id: str, summary: dict, out_dir: Path, step: int, *,
                 once: bool = False) -> bool:
-    """Log an evaluation summary (``training.evaluate`` format) to MLflow run ``run_id`` at ``step``:
+    """Log an evaluation summary (``training.evaluation.evaluate`` format) to MLflow run ``run_id`` at ``step``:
     metrics in one batch, then the CSV/JSON files as artifacts under ``eval/``. With ``once`` the
     metrics are skipped when ``eval/<name>/n`` is already logged at ``step``. Returns True when the
     metrics were logged."""
     import mlflow
     from mlflow.entities import Metric
 
-    from training.evaluate import _file_name, mlflow_metrics
+    from training.evaluation.evaluate import _file_name, mlflow_metrics
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -76,7 +78,7 @@ def _update_progress(workdir: Path, state: str) -> None:
     """Set ``state`` in ``WORKDIR/progress.json`` (written by the trainer), keeping its other fields."""
     from training.configtools import atomic_write_text
 
-    path = workdir / "progress.json"
+    path = workdir / PROGRESS_FILE
     data = _read_record(path)
     if data:
         data["state"] = state
@@ -89,13 +91,13 @@ def evaluate_after_training(cfg, workdir: str | Path, device, stop) -> int:
     ``stop``: a ``training.preempt.Preemption`` (its ``local_request()`` is polled between utterances).
     Returns 0 when every test set is evaluated and logged, 75 when stopped, 2 for a bad test set."""
     from training.configtools import atomic_write_text
-    from training.evaluate import evaluate_testset
-    from training.inference import Enhancer, load_generator
+    from training.evaluation.evaluate import evaluate_testset
+    from training.evaluation.inference import Enhancer, load_generator
+    from training.evaluation.testsets import TestSetError, open_testset
     from training.preempt import EXIT_PREEMPTED
-    from training.testsets import TestSetError, open_testset
 
     workdir = Path(workdir)
-    out_dir = workdir / "eval"
+    out_dir = workdir / EVAL_DIR
     record_path = out_dir / RECORD
     loaded = load_generator(workdir, device=device)
     ckpt = str(loaded.checkpoint.relative_to(workdir)) if loaded.checkpoint.is_relative_to(workdir) \

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.rundir import CHECKPOINTS_DIR, RUN_ID_FILE
 from training.checkpoint import MARKER, STATE, CheckpointManager, best_dir, load_file, stored_config
-from training.chunking import enhance_long
 from training.config import ConfigError, RunConfig, load_run_config
+from training.evaluation.chunking import enhance_long
 
 SAMPLE_RATE = 16000
 GENERATOR_KEYS = ("generator", "model", "G")
@@ -48,7 +49,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if not (path / MARKER).is_file():
             raise ConfigError(f"{path}: checkpoint is incomplete (no {MARKER} marker)")
         return path
-    ckpt_root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    ckpt_root = path / CHECKPOINTS_DIR if (path / CHECKPOINTS_DIR).is_dir() else path
     best = best_dir(ckpt_root)
     if best is not None:
         return best
@@ -104,8 +105,8 @@ def _mlflow_run_id(state: dict, folder: Path) -> str | None:
     run_id = state.get("mlflow_run_id")
     if isinstance(run_id, str) and run_id:
         return run_id
-    marker = folder.parent.parent / "mlflow_run_id"
-    if folder.parent.name == "checkpoints" and marker.is_file():
+    marker = folder.parent.parent / RUN_ID_FILE
+    if folder.parent.name == CHECKPOINTS_DIR and marker.is_file():
         return marker.read_text().strip() or None
     return None
 

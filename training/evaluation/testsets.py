@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.audio_io import AUDIO_EXTENSIONS, AudioFileError, read_audio
+from common.audio import AUDIO_EXTENSIONS, AudioFileError, read_audio
 
 # Paired files converted to 16 kHz may differ by resampling rounding; more than this is a data error.
 MAX_PAIR_MISMATCH = 160

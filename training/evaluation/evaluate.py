@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_write_text
-from training.metrics import DEFAULT_METRICS, check_metric_names, evaluate_pairs
-from training.testsets import TestSet
+from training.evaluation.metrics import DEFAULT_METRICS, check_metric_names, evaluate_pairs
+from training.evaluation.testsets import TestSet
 
 EnhanceFn = Callable[[np.ndarray], np.ndarray]
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def evaluate_testset(
     limit: int | None = None,
 ) -> dict:
     """Enhance and score every utterance of ``testset``; returns the summary (module docstring)."""
-    from training.audio_io import AudioFileError, write_wav
+    from common.audio import AudioFileError, write_wav
 
     out_dir = Path(out_dir)
     name = testset.name

@@ -12,8 +12,8 @@ measures over ``int(len / hop - win / hop)`` frames (Loizou's count):
   clipped (the composite's variant), mean over the 95 % lowest frames;
 - WSS: Klatt's weighted spectral slope over 25 critical bands (Gaussian filters), Kmax 20, Klocmax 1,
   mean over the 95 % lowest frames;
-- segSNR: ``training.metrics.ssnr`` (the same frames, clipped to [-10, 35] dB);
-- PESQ: wide-band (``training.metrics.pesq_wb``), as in the common Python implementations used for
+- segSNR: ``training.evaluation.metrics.ssnr`` (the same frames, clipped to [-10, 35] dB);
+- PESQ: wide-band (``training.evaluation.metrics.pesq_wb``), as in the common Python implementations used for
   VoiceBank-DEMAND tables (Loizou's MATLAB used narrow-band PESQ).
 Inputs: float mono clean and enhanced [N] at 16 kHz, equal lengths.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import LinAlgError, solve_toeplitz
 
-from training.metrics import SAMPLE_RATE, pesq_wb, ssnr, ssnr_window
+from training.evaluation.metrics import SAMPLE_RATE, pesq_wb, ssnr, ssnr_window
 
 FRAME_S, ALPHA = 0.03, 0.95
 # Critical bands (centre frequency, bandwidth in Hz) of Klatt's WSS as in Loizou's composite measure.

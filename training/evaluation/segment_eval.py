@@ -10,7 +10,7 @@ same normalisation factor. Audio: float32 mono 16 kHz [N] in, [N] out.
 Evaluation modes (``eval.mode``):
   ``rwsa_segments``  this protocol (`enhance_segments`);
   ``whole``          the model's own ``enhance`` on the whole utterance (validation default);
-  ``chunked``        `training.inference.Enhancer`: whole up to ``eval.chunk_seconds``, longer audio in
+  ``chunked``        `training.evaluation.inference.Enhancer`: whole up to ``eval.chunk_seconds``, longer audio in
                      chunks (``eval.overlap_seconds`` 0 = the papers' plain 10 s cuts);
   ``auto``           ``rwsa_segments`` for the RWSA-MambaUNet family (the authors' protocol), else
                      ``whole`` for validation and ``chunked`` for test sets.
@@ -87,7 +87,7 @@ def enhance_segments(G: torch.nn.Module, wav: torch.Tensor | np.ndarray, segment
 
 
 class SegmentEnhancer:
-    """`training.inference.Enhancer`'s interface (``enhance(np [N]) -> np [N]``, ``rtf``,
+    """`training.evaluation.inference.Enhancer`'s interface (``enhance(np [N]) -> np [N]``, ``rtf``,
     ``seconds_audio``) for the RWSA segment protocol."""
 
     def __init__(self, model: torch.nn.Module, segment: int | None = None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from training.metrics import DEFAULT_METRICS, check_metric_names, evaluate_pairs, summarize
+from training.evaluation.metrics import DEFAULT_METRICS, check_metric_names, evaluate_pairs, summarize
 
 PAPER_NOISY_ROWS: dict[str, dict[str, float]] = {
     "vb_demandex": {"pesq": 1.63, "ssnr": -1.07, "estoi": 0.63, "si_sdr": 4.98},
@@ -40,7 +40,7 @@ def noisy_summary(path: str, *, metrics: Sequence[str] = DEFAULT_METRICS, num_wo
                   limit: int | None = None, name: str | None = None, progress: bool = True) -> dict:
     """Metrics of the noisy input of the test set at ``path`` (no model): {"testset", "path", "n",
     "noisy": {metric: mean}, "failed": {metric: count}}."""
-    from training.testsets import open_testset
+    from training.evaluation.testsets import open_testset
 
     ts = open_testset(path, name=name)
     metrics = check_metric_names(metrics)

@@ -32,7 +32,7 @@ from fractions import Fraction
 import numpy as np
 
 SAMPLE_RATE = 16000
-COMPOSITE_METRICS = ("csig", "cbak", "covl")  # Hu & Loizou 2008 (training.composite)
+COMPOSITE_METRICS = ("csig", "cbak", "covl")  # Hu & Loizou 2008 (training.evaluation.composite)
 REFERENCE_METRICS = ("pesq", "estoi", "stoi", "si_sdr", "ssnr") + COMPOSITE_METRICS
 DNSMOS_METRICS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 ALL_METRICS = REFERENCE_METRICS + DNSMOS_METRICS
@@ -209,7 +209,7 @@ def _reference_metric(name: str, ref: np.ndarray, enh: np.ndarray, silent: bool,
     if silent and name in ("estoi", "stoi", "si_sdr") + COMPOSITE_METRICS:
         raise _Undefined("silent reference")
     if name in COMPOSITE_METRICS:  # the three share one computation per pair
-        from training.composite import composite
+        from training.evaluation.composite import composite
 
         cache = {} if cache is None else cache
         if "composite" not in cache:

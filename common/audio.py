@@ -1,4 +1,9 @@
-"""Audio files at the edges of ``training``: read anything as float32 mono 16 kHz, write 16-bit WAV atomically."""
+"""Audio at the edges of the system, written once for every package.
+
+Inside the system audio is float32 mono at ``SAMPLE_RATE`` (16 kHz); files convert here: read anything
+libsndfile decodes (any rate/channels -> mono 16 kHz, NaN/Inf refused), write 16-bit WAV atomically,
+encode/decode FLAC bytes for shards.
+"""
 
 from __future__ import annotations
 
@@ -81,6 +86,19 @@ def write_wav(path: str | Path, wav: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     atomic_write_bytes(path, buf.getbuffer())
     return path
 
+
+
+def encode_flac(x: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
+    """float32 [N] in [-1, 1] -> FLAC PCM_16 bytes (clipped to the 16-bit range)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(x, -1.0, FULL_SCALE), sr, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
+    """Encoded bytes (any soundfile format) -> (float32 [N, C], sample rate)."""
+    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return x, sr
 
 
 def fit_full_scale(x: np.ndarray) -> tuple[np.ndarray, float]:
