@@ -1,1 +1,1 @@
-"""training package."""
+"""Training: the trainer and its parts; ``models/``, ``mamba/``, ``evaluation/``, ``kernels/`` (docs/architecture.md)."""
