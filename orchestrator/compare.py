@@ -26,7 +26,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator import mlflow_sweep
 from orchestrator.errors import UserError
+from orchestrator.mlflow_sweep import SweepRef
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +77,6 @@ class Table:
     run_ids: list[str]
 
 
-@dataclass
-class SweepRef:
-    """Where a sweep's runs are: its name, tracking URI, parent run (if known), experiment."""
-
-    name: str
-    tracking_uri: str
-    parent_run_id: str | None = None
-    experiment: str | None = None
-
-
 # ---------------------------------------------------------------- locating the runs
 
 
@@ -119,68 +111,6 @@ def resolve_sweep(
     uri = tracking_uri or ml.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     parent = ml.get("parent_run_id") if isinstance(ml.get("parent_run_id"), str) else None
     return SweepRef(name=name, tracking_uri=str(uri), parent_run_id=parent, experiment=experiment)
-
-
-def _client(uri: str):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        if not db.is_file():
-            raise UserError(f"tracking URI {uri}: no such database file")
-    return MlflowClient(tracking_uri=uri)
-
-
-def _search_all(client, experiment_ids: list[str], filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _experiment_ids(client, ref: SweepRef) -> list[str]:
-    if ref.experiment:
-        exp = client.get_experiment_by_name(ref.experiment)
-        if exp is None:
-            raise UserError(f"--experiment {ref.experiment}: no such MLflow experiment at {ref.tracking_uri}")
-        return [exp.experiment_id]
-    return [e.experiment_id for e in client.search_experiments()]
-
-
-def find_runs(client, ref: SweepRef) -> tuple[str | None, list]:
-    """``(parent_run_id, child runs)`` of the sweep. The parent: the ledger's, else the newest run
-    tagged ``se.kind=sweep, se.sweep=<name>``."""
-    from mlflow.exceptions import MlflowException
-
-    parent_id = ref.parent_run_id
-    exp_ids: list[str]
-    if parent_id:
-        try:
-            exp_ids = [client.get_run(parent_id).info.experiment_id]
-        except MlflowException:
-            log.warning("parent run %s (from the ledger) not found at %s", parent_id, ref.tracking_uri)
-            parent_id = None
-    if not parent_id:
-        exp_ids = _experiment_ids(client, ref)
-        if not exp_ids:
-            return None, []
-        name = ref.name.replace("'", "\\'")
-        parents = _search_all(client, exp_ids, f"tags.`se.kind` = 'sweep' and tags.`se.sweep` = '{name}'")
-        if parents:
-            parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
-            parent_id = parents[0].info.run_id
-            exp_ids = [parents[0].info.experiment_id]
-    if parent_id:
-        runs = _search_all(client, exp_ids, f"tags.mlflow.parentRunId = '{parent_id}'")
-    else:
-        name = ref.name.replace("'", "\\'")
-        runs = [r for r in _search_all(client, exp_ids, f"tags.`se.sweep` = '{name}'")
-                if r.data.tags.get("se.kind") != "sweep"]  # fmt: skip
-    return parent_id, runs
 
 
 # ---------------------------------------------------------------- building the table
@@ -252,8 +182,8 @@ def sweep_runs(sweep: str | os.PathLike, *, tracking_uri: str | None = None, exp
                root: str | os.PathLike = "runs") -> tuple[SweepRef, object, str | None, list]:
     """``(ref, client, parent_run_id, child runs)`` of a sweep, any status (for the curves)."""
     ref = resolve_sweep(sweep, tracking_uri=tracking_uri, experiment=experiment, root=root)
-    client = _client(ref.tracking_uri)
-    parent_id, runs = find_runs(client, ref)
+    client = mlflow_sweep.client(ref.tracking_uri, must_exist=True)
+    parent_id, runs = mlflow_sweep.find_sweep_runs(client, ref)
     return ref, client, parent_id, runs
 
 
@@ -334,8 +264,8 @@ def compare_sweep(
 ) -> Table:
     """Find the sweep's runs and build its table. Raises UserError when no run has results."""
     ref = resolve_sweep(sweep, tracking_uri=tracking_uri, experiment=experiment, root=root)
-    client = _client(ref.tracking_uri)
-    parent_id, runs = find_runs(client, ref)
+    client = mlflow_sweep.client(ref.tracking_uri, must_exist=True)
+    parent_id, runs = mlflow_sweep.find_sweep_runs(client, ref)
     if not runs:
         raise UserError(f"sweep {ref.name}: no runs found at {ref.tracking_uri}")
     table = build_table(ref.name, runs, metrics=metrics, include_unfinished=include_unfinished)
@@ -475,7 +405,7 @@ def log_to_parent(table: Table) -> list[str]:
     sweep's parent run; returns the artifact names (none without a parent run)."""
     if not table.parent_run_id:
         return []
-    client = _client(table.tracking_uri)
+    client = mlflow_sweep.client(table.tracking_uri, must_exist=True)
     with tempfile.TemporaryDirectory() as d:
         for fmt, fname in FORMAT_FILES.items():
             Path(d, fname).write_text(render(table, fmt))

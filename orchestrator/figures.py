@@ -75,11 +75,9 @@ def _log(loaded: LoadedModel, paths: list[Path], enabled: bool) -> None:
     run_id = loaded.mlflow_run_id
     if not (enabled and run_id and loaded.config.mlflow.enabled):
         return
-    import mlflow
+    from orchestrator.mlflow_sweep import log_artifacts
 
-    client = mlflow.MlflowClient(tracking_uri=loaded.config.mlflow.tracking_uri)
-    for p in paths:
-        client.log_artifact(run_id, str(p), artifact_path="figures")
+    log_artifacts(loaded.config.mlflow.tracking_uri, run_id, paths, artifact_path="figures")
 
 
 # ----------------------------------------------------------------------------------------- per sweep

@@ -1,5 +1,5 @@
-"""The sweep's MLflow store, tracking server and parent run (one per sweep; every cell's run is
-its child).
+"""The orchestrator's one way to MLflow: clients, the sweep's store, tracking server and parent run
+(one per sweep; every cell's run is its child), finding a sweep's runs, logging artifacts.
 
 A SLURM sweep's jobs log through one ``mlflow server`` (``orchestrator.mlflow_server``) over the
 sweep's store instead of writing the SQLite file themselves: :func:`ensure_sweep_server` starts it
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UserError
@@ -20,6 +22,89 @@ from orchestrator.errors import UserError
 SQLITE = "sqlite:///"
 HTTP = ("http://", "https://")
 DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # the stores `mlflow server` may front
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepRef:
+    """Where a sweep's runs are: its name, tracking URI, parent run (if known), experiment."""
+
+    name: str
+    tracking_uri: str
+    parent_run_id: str | None = None
+    experiment: str | None = None
+
+
+def client(uri: str, *, must_exist: bool = False):
+    """An ``MlflowClient`` for ``uri`` (telemetry off); ``must_exist``: a SQLite file that is not there is a
+    UserError (readers must not create an empty store)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    if must_exist and uri.startswith(SQLITE):
+        db = Path(uri[len(SQLITE) :])
+        if not db.is_file():
+            raise UserError(f"tracking URI {uri}: no such database file")
+    return MlflowClient(tracking_uri=uri)
+
+
+def search_all(client, experiment_ids: list[str], filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _experiment_ids(client, ref: SweepRef) -> list[str]:
+    if ref.experiment:
+        exp = client.get_experiment_by_name(ref.experiment)
+        if exp is None:
+            raise UserError(f"--experiment {ref.experiment}: no such MLflow experiment at {ref.tracking_uri}")
+        return [exp.experiment_id]
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def find_sweep_runs(client, ref: SweepRef) -> tuple[str | None, list]:
+    """``(parent_run_id, child runs)`` of the sweep. The parent: the ledger's, else the newest run
+    tagged ``se.kind=sweep, se.sweep=<name>``."""
+    from mlflow.exceptions import MlflowException
+
+    parent_id = ref.parent_run_id
+    exp_ids: list[str]
+    if parent_id:
+        try:
+            exp_ids = [client.get_run(parent_id).info.experiment_id]
+        except MlflowException:
+            log.warning("parent run %s (from the ledger) not found at %s", parent_id, ref.tracking_uri)
+            parent_id = None
+    if not parent_id:
+        exp_ids = _experiment_ids(client, ref)
+        if not exp_ids:
+            return None, []
+        name = ref.name.replace("'", "\\'")
+        parents = search_all(client, exp_ids, f"tags.`se.kind` = 'sweep' and tags.`se.sweep` = '{name}'")
+        if parents:
+            parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+            parent_id = parents[0].info.run_id
+            exp_ids = [parents[0].info.experiment_id]
+    if parent_id:
+        runs = search_all(client, exp_ids, f"tags.mlflow.parentRunId = '{parent_id}'")
+    else:
+        name = ref.name.replace("'", "\\'")
+        runs = [r for r in search_all(client, exp_ids, f"tags.`se.sweep` = '{name}'")
+                if r.data.tags.get("se.kind") != "sweep"]  # fmt: skip
+    return parent_id, runs
+
+
+def log_artifacts(tracking_uri: str, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+    """Upload files as artifacts of ``run_id`` (under ``artifact_path``)."""
+    c = client(tracking_uri)
+    for p in paths:
+        c.log_artifact(run_id, str(p), artifact_path=artifact_path)
 
 
 def absolute_tracking_uri(uri: str | None, default_dir: Path) -> str:
@@ -59,48 +144,44 @@ def ensure_parent_run(tracking_uri: str, experiment: str, sweep_name: str, run_i
     command created for the same sweep folder (tag ``se.sweep_dir``), else a new run in ``experiment``
     (created if needed) tagged ``se.kind=sweep``, ``se.sweep=<name>``, ``se.sweep_dir``. All of it under
     :func:`store_lock`, so concurrent first-time sweeps share one store schema and one parent run."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith(SQLITE):
         Path(tracking_uri[len(SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
     with store_lock(tracking_uri, sweep_dir):
-        client = MlflowClient(tracking_uri=tracking_uri)
+        mc = client(tracking_uri)
         if run_id:
             try:
-                client.get_run(run_id)
+                mc.get_run(run_id)
                 return run_id
             except MlflowException:
                 pass
-        exp = client.get_experiment_by_name(experiment)
+        exp = mc.get_experiment_by_name(experiment)
         if exp is not None:
             exp_id = exp.experiment_id
         else:  # a local SQLite store keeps its artifacts beside the database, not in the current folder
             location = None
             if tracking_uri.startswith(SQLITE):
                 location = (Path(tracking_uri[len(SQLITE):]).parent / "mlartifacts").resolve().as_uri()
-            exp_id = client.create_experiment(experiment, artifact_location=location)
+            exp_id = mc.create_experiment(experiment, artifact_location=location)
         tags = {"se.kind": "sweep", "se.sweep": sweep_name}
         if sweep_dir is not None:
             tags["se.sweep_dir"] = str(Path(sweep_dir).resolve())
-            found = client.search_runs(
+            found = mc.search_runs(
                 [exp_id], filter_string=f"tags.`se.kind` = 'sweep' and tags.`se.sweep_dir` = '{tags['se.sweep_dir']}' "
                                         f"and attributes.status = 'RUNNING'",
                 max_results=1, order_by=["attributes.start_time DESC"])
             if found:
                 return found[0].info.run_id
-        run = client.create_run(exp_id, run_name=sweep_name, tags=tags)
+        run = mc.create_run(exp_id, run_name=sweep_name, tags=tags)
         return run.info.run_id
 
 
 def finish_parent_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark the parent run terminated (when every cell is done)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if client.get_run(run_id).info.status != status:
-        client.set_terminated(run_id, status=status)
+    mc = client(tracking_uri)
+    if mc.get_run(run_id).info.status != status:
+        mc.set_terminated(run_id, status=status)
 
 
 def wants_server(store: str, setting: bool | None, executor: str) -> bool:

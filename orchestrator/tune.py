@@ -387,12 +387,12 @@ def run_tune(
 
 def _record(outcome: TuneOutcome, spec: TuneSpec, seconds: float) -> None:
     """``tune_results.json`` beside the trials and as an artifact of the parent run; best on the parent."""
-    from mlflow.tracking import MlflowClient
+    from orchestrator import mlflow_sweep
 
     path = spec.search_dir / "tune_results.json"
     data = dataclasses.asdict(outcome) | {"metric": spec.metric, "mode": spec.mode, "seconds": round(seconds, 1)}
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-    client = MlflowClient(tracking_uri=outcome.tracking_uri)
+    client = mlflow_sweep.client(outcome.tracking_uri)
     client.log_artifact(outcome.parent_run_id, str(path))
     for t in outcome.trials:  # mark how each trial ended; a run left RUNNING by a killed trial is KILLED
         if not t.mlflow_run_id:
