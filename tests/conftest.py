@@ -8,6 +8,15 @@ import pytest
 
 
 # ----- training engine fixtures (tests/test_training*.py, tests/test_ddp.py) -------------------------
+@pytest.fixture(scope="module")
+def torch_scan():
+    """``SE_SCAN_BACKEND=torch`` for one module (and the processes it starts: fastest for tiny shapes),
+    restored after it, so the rest of the session keeps the default scan dispatch."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SE_SCAN_BACKEND", "torch")
+        yield
+
+
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
     """A small procedural demo corpus (train 24 clips of 1-1.5 s in 4 shards, valid 3), built once."""

@@ -12,7 +12,11 @@ from orchestrator.commands.status import fmt_duration, total
 from training.progress import ProgressFile, progress_eta, progress_rate, read_progress
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("SE_SCAN_BACKEND", "torch")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_scan(torch_scan):
+    """Every test and module fixture here trains with the torch scan (conftest.torch_scan)."""
 
 
 def test_rate_spans_requeues_without_counting_the_queue_wait(tmp_path, monkeypatch):

@@ -13,7 +13,11 @@ from orchestrator.cli import main as cli_main
 from orchestrator.sweeper import sweep_status
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("SE_SCAN_BACKEND", "torch")  # children inherit it: fastest for tiny shapes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_scan(torch_scan):
+    """Every test and module fixture here trains with the torch scan (conftest.torch_scan)."""
 
 
 def sweep_file(tmp_path: Path, demo: Path, name: str, **extra) -> Path:
