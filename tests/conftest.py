@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +100,15 @@ def trained_run(journey_corpus, tmp_path_factory):
     rc = main(["train", "rwsa-xs", *train_overrides(journey_corpus, db), "--workdir", str(root / "run")])
     assert rc == 0, f"2-step training failed with exit code {rc}"
     return root / "run", f"sqlite:///{db}", journey_corpus
+
+
+def write_sweep(folder, name: str, base: dict, **spec) -> Path:
+    """A sweep file ``folder/NAME.yaml`` of tiny RWSA-XS cells on a demo corpus: ``base`` (dotted keys) over
+    the local executor, seeds 0 and 1, one cell at a time; ``spec`` replaces any top-level entry
+    (``grid``, ``resources``, ``overrides``, ``executor``)."""
+    doc = {"name": name, "base": base, "grid": {"trainer.seed": [0, 1]}, "resources": {"max_parallel": 1},
+           "executor": "local", **spec}
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(json.dumps(doc))  # JSON is YAML
+    return path
+

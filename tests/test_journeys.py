@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import soundfile as sf
+from conftest import write_sweep
 
 from orchestrator.cli import main
 
@@ -27,23 +28,14 @@ METRICS = ["pesq", "estoi", "si_sdr", "ssnr"]
 
 def journey_sweep(tmp_path: Path, corpus: Path, name: str, **base) -> Path:
     """A demo-sized sweep file: tiny RWSA-XS x 2 seeds, 2 steps, evaluated on the corpus's test split."""
-    spec = {
-        "name": name,
-        "base": {
-            "model.name": "rwsa-xs", "model.options": TINY,
-            "data.train": str(corpus / "train"), "data.valid": str(corpus / "valid"),
-            "data.segment_samples": 1800, "data.batch_size": 2, "data.valid_limit": 1,
-            "trainer.max_steps": 2, "trainer.val_every": 2, "trainer.ckpt_every": 1, "trainer.log_every": 1,
-            "trainer.pesq_workers": 1, "trainer.num_threads": 1,
-            "eval.testsets": [str(corpus / "test")], "eval.num_workers": 1, **base,
-        },
-        "grid": {"trainer.seed": [0, 1]},
-        "resources": {"max_parallel": 1},
-        "executor": "local",
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(json.dumps(spec))
-    return path
+    return write_sweep(tmp_path, name, {
+        "model.name": "rwsa-xs", "model.options": TINY,
+        "data.train": str(corpus / "train"), "data.valid": str(corpus / "valid"),
+        "data.segment_samples": 1800, "data.batch_size": 2, "data.valid_limit": 1,
+        "trainer.max_steps": 2, "trainer.val_every": 2, "trainer.ckpt_every": 1, "trainer.log_every": 1,
+        "trainer.pesq_workers": 1, "trainer.num_threads": 1,
+        "eval.testsets": [str(corpus / "test")], "eval.num_workers": 1, **base,
+    })
 
 
 @pytest.fixture(scope="module")

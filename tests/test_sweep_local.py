@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import write_sweep
 
 from orchestrator.cli import main as cli_main
 from orchestrator.sweeper import sweep_status
@@ -21,22 +22,14 @@ def _torch_scan(torch_scan):
 
 
 def sweep_file(tmp_path: Path, demo: Path, name: str, **extra) -> Path:
-    spec = {
-        "name": name,
-        "base": {
-            "model.name": "rwsa-xs", "model.options": {"hidden": 8, "num_blocks": 1}, "data.train": str(demo / "train"), "data.valid": str(demo / "valid"),
-            "data.segment_samples": 1800, "data.batch_size": 2, "data.valid_limit": 1,
-            "trainer.max_steps": 3, "trainer.val_every": 3, "trainer.ckpt_every": 3, "trainer.log_every": 1,
-            "trainer.pesq_workers": 1, "trainer.num_threads": 1, "loss.discriminator": False,
-        },
-        "grid": {"trainer.seed": [0, 1]},
-        "resources": {"max_parallel": 2},
-        "executor": "local",
-        **extra,
+    base = {
+        "model.name": "rwsa-xs", "model.options": {"hidden": 8, "num_blocks": 1},
+        "data.train": str(demo / "train"), "data.valid": str(demo / "valid"),
+        "data.segment_samples": 1800, "data.batch_size": 2, "data.valid_limit": 1,
+        "trainer.max_steps": 3, "trainer.val_every": 3, "trainer.ckpt_every": 3, "trainer.log_every": 1,
+        "trainer.pesq_workers": 1, "trainer.num_threads": 1, "loss.discriminator": False,
     }
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(json.dumps(spec))
-    return p
+    return write_sweep(tmp_path, name, base, **{"resources": {"max_parallel": 2}, **extra})
 
 
 def test_local_sweep_runs_resumes_only_failed_cells(tmp_path, demo_data, capsys):
