@@ -3,29 +3,13 @@
 import pytest
 import torch
 
+from training.model_names import PARAMS
 from training.models import UnknownModelError, build_model, list_models, model_info
 from training.models.base import SpectralGenerator
 
-EXPECTED_PARAMS = {
-    "semamba": 2_258_769,
-    "mambattention": 2_325_841,
-    "mambattention-attn-after": 2_325_841,
-    "mambattention-unshared": 2_392_913,
-    "mambattention-ft": 2_325_841,
-    "mpsenet": 2_048_849,  # paper: 2.05 M
-    "mpsenet-official": 2_048_849,
-    "lstm-senet": 2_343_889,  # paper: 2.34 M
-    "xlstm-senet": 2_203_601,  # paper: 2.20 M
-    "lstm-attention": 2_478_033,  # paper: 2.48 M (T and F MHA with their own weights)
-    "lstm-attention-shared": 2_410_961,
-    "xlstm-attention": 2_270_673,  # paper: 2.27 M
-    "rwsa-xs": 1_024_360,
-    "rwsa-s": 1_946_664,
-    "rwsa-m": 3_914_424,
-    "rwsa-s-unshared": 1_968_296,
-    "rwsa-s-noattn": 1_887_016,
-    "metric-discriminator": 181_650,
-}
+# The exact counts are stated once, in training/model_names.PARAMS; these tests build every model to
+# check them (the paper's rounded counts: tests/test_models_baselines.py, tests/test_fidelity_*).
+EXPECTED_PARAMS = PARAMS
 GENERATORS = [n for n in EXPECTED_PARAMS if n != "metric-discriminator"]
 
 
