@@ -162,16 +162,10 @@ def part_resume(device: torch.device, quick: bool, tmp: Path) -> tuple[list[tupl
 
 # ----- 2. CPU vs device forward parity --------------------------------------------------------------
 def _load_generator(folder: Path, device: torch.device) -> torch.nn.Module:
-    """The generator of a trainer checkpoint (its config is stored as YAML text), on `device`."""
-    from training.checkpoint import load_file
-    from training.config import load_run_config
-    from training.models import build_model
+    """The generator of a trainer checkpoint on `device`, loaded as `orchestrate enhance` loads it."""
+    from training.evaluation.inference import load_generator
 
-    state = load_file(folder / "state.pt")
-    cfg = load_run_config(base=yaml.safe_load(state["config"]))
-    model = build_model(cfg.model.name, **cfg.model.options)
-    model.load_state_dict(state["generator"], strict=True)
-    return model.to(device).eval()
+    return load_generator(folder, device).model
 
 
 def part_parity(device: torch.device, checkpoint: Path) -> list[tuple]:
