@@ -20,3 +20,4 @@ EXIT_FAILED = 1  # crashed (a traceback in the log)
 EXIT_BAD_INPUT = 2  # bad config/arguments/input, one line, before any work (or a locked run folder)
 EXIT_SOME_FAILED = 3  # enhance/evaluate: every good file done, the failed ones listed at the end
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after a signal or near the time limit; requeue/resume
+EXIT_INTERRUPTED = 130  # `orchestrate`: stopped by Ctrl-C (128 + SIGINT), running cells asked to checkpoint

@@ -20,7 +20,7 @@ import logging
 import pkgutil
 import sys
 
-from common.rundir import EXIT_BAD_INPUT
+from common.rundir import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from orchestrator import commands as _commands_pkg
 from orchestrator.errors import user_error_types
 
@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return int(args._run(args) or 0)
+    except KeyboardInterrupt:  # the launchers have already asked running cells to checkpoint
+        print("interrupted (run the same command again to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except user_error_types() as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -5,15 +5,22 @@ codes, MLflow); the task asks for ``cpus_per_task`` CPUs and ``gpus_per_node`` G
 rank, on as many nodes as Ray places them, restarted from the newest checkpoint when a worker
 fails); DDP cells run one after another, after the one-process cells were started.
 
+Ctrl-C in the sweep command starts no further cell and sends SIGTERM to the training processes of the
+running cells, on whichever node (`ray_train.signal_cell`): they checkpoint at a step boundary and exit
+75 (``preempted``, as locally; rerun to resume); a second Ctrl-C abandons them.
+
 ``RAY_ADDRESS`` (or ``ray start --head`` beforehand) selects a cluster; otherwise a local Ray is
 started. Inside a SLURM allocation, see ``sweeps/README.md`` ("Ray inside SLURM").
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from orchestrator.launchers import base
@@ -22,9 +29,53 @@ from orchestrator.launchers.local import LocalLauncher, record_end, record_start
 
 def _run_cell_process(cmd: list[str], cell_dir: str, env: dict, cwd: str) -> int:
     """Inside the Ray worker: run the cell's module command from the submitter's folder."""
+    from orchestrator.launchers.ray_train import _die_with_parent, write_pid
+
     with open(os.path.join(cell_dir, "launcher.log"), "ab") as logf:
-        return subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                              cwd=cwd).returncode
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=cwd,
+                                preexec_fn=_die_with_parent)
+    write_pid(Path(cell_dir), 0, proc.pid)
+    return proc.wait()
+
+
+class _Interrupt:
+    """Ctrl-C while cells run on Ray: the first SIGINT sets ``stop`` (start no more cells) and sends
+    SIGTERM to the training processes of the cells ``running()`` names; ``relay()`` (called by the
+    polling loop) also reaches processes that started after it; a second SIGINT raises
+    KeyboardInterrupt."""
+
+    def __init__(self, running: Callable[[], list[Path]], out: Callable[[str], None]):
+        self.running, self.out = running, out
+        self.stop = False
+        self.signalled: set = set()
+
+    def relay(self) -> None:
+        from orchestrator.launchers.ray_train import signal_cell
+
+        if self.stop:
+            for cdir in self.running():
+                self.signalled |= signal_cell(cdir, signal.SIGTERM, skip=self.signalled)
+
+    def on_sigint(self, signum, frame) -> None:
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+        self.out("interrupted: asking the running cells to checkpoint (SIGTERM); Ctrl-C again to abandon them")
+        self.relay()
+
+
+@contextlib.contextmanager
+def _relay_interrupt(running: Callable[[], list[Path]], out: Callable[[str], None]) -> Iterator[_Interrupt]:
+    """An ``_Interrupt`` that handles SIGINT while the block runs (only in the main thread)."""
+    state = _Interrupt(running, out)
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = signal.signal(signal.SIGINT, state.on_sigint)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_ray(sweep_dir: Path, cells: list, *, out: Callable[[str], None] = print, address: str | None = None) -> int:
@@ -43,17 +94,46 @@ def run_ray(sweep_dir: Path, cells: list, *, out: Callable[[str], None] = print,
     states: dict[str, str] = {}
     ddp = [(c, d) for c, d in pending if c.config["launcher"]["nodes"] * c.config["launcher"]["nproc"] > 1]
     pending = [x for x in pending if x not in ddp]
-    while pending or inflight:
-        while pending and len(inflight) < max_parallel:
+    current: list[Path] = []  # the DDP cell being fitted
+    with _relay_interrupt(lambda: [d for _c, d in inflight.values()] + current, out) as interrupt:
+        _run_tasks(sweep_dir, pending, inflight, states, remote, env, max_parallel, interrupt, out)
+        for cell, cdir in ddp:
+            if interrupt.stop:
+                break
+            from orchestrator.launchers.ray_train import fit_cell
+
+            lc = cell.config["launcher"]
+            record_start(sweep_dir, cell.id, cdir, f"ray:train-{cell.id}")
+            out(f"started {cell.id} on Ray Train ({lc['nodes']} x {lc['nproc']} workers)")
+            current[:] = [cdir]
+            rc = fit_cell(cdir, lc, cwd=os.getcwd(), env=env)
+            current.clear()
+            states[cell.id] = record_end(sweep_dir, cell.id, cdir, rc)
+            out(f"{cell.id}: {states[cell.id]} (exit {rc})")
+    if interrupt.stop:
+        raise KeyboardInterrupt
+    return 0 if all(s == "done" for s in states.values()) else 1
+
+
+def _run_tasks(sweep_dir, pending, inflight, states, remote, env, max_parallel, interrupt, out) -> None:
+    """The one-process cells as Ray tasks, at most ``max_parallel`` at a time, until all ended."""
+    import ray
+
+    from orchestrator.launchers.ray_train import clear_pids
+
+    while (pending and not interrupt.stop) or inflight:
+        while pending and len(inflight) < max_parallel and not interrupt.stop:
             cell, cdir = pending.pop(0)
             lc = cell.config["launcher"]
             cmd = base.cell_command(cdir)
+            clear_pids(cdir)
             ref = remote.options(num_cpus=lc["cpus_per_task"], num_gpus=lc["gpus_per_node"]).remote(
                 cmd, str(cdir), env, os.getcwd())
             record_start(sweep_dir, cell.id, cdir, f"ray:{ref.task_id().hex()[:12]}")
             inflight[ref] = (cell, cdir)
             out(f"started {cell.id} on Ray")
-        done, _ = ray.wait(list(inflight), num_returns=1, timeout=10.0)
+        done, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
+        interrupt.relay()
         for ref in done:
             cell, cdir = inflight.pop(ref)
             try:
@@ -63,17 +143,6 @@ def run_ray(sweep_dir: Path, cells: list, *, out: Callable[[str], None] = print,
                 rc = 1
             states[cell.id] = record_end(sweep_dir, cell.id, cdir, rc)
             out(f"{cell.id}: {states[cell.id]} (exit {rc})")
-    if ddp:
-        from orchestrator.launchers.ray_train import fit_cell
-
-        for cell, cdir in ddp:
-            lc = cell.config["launcher"]
-            record_start(sweep_dir, cell.id, cdir, f"ray:train-{cell.id}")
-            out(f"started {cell.id} on Ray Train ({lc['nodes']} x {lc['nproc']} workers)")
-            rc = fit_cell(cdir, lc, cwd=os.getcwd(), env=env)
-            states[cell.id] = record_end(sweep_dir, cell.id, cdir, rc)
-            out(f"{cell.id}: {states[cell.id]} (exit {rc})")
-    return 0 if all(s == "done" for s in states.values()) else 1
 
 
 class RayLauncher(LocalLauncher):

@@ -28,7 +28,7 @@ from common.rundir import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED
 from orchestrator.launchers.base import cell_command
 
 MAX_FAILURES = 3
-PID_DIR = ".ray-ranks"  # CELL/.ray-ranks/<rank>.pid: the training process of each worker
+PID_DIR = ".ray-ranks"  # CELL/.ray-ranks/<rank>.pid: "<ray node id> <pid>" of each rank's training process
 
 
 class WorkerFailed(RuntimeError):
@@ -70,9 +70,8 @@ def ddp_worker(config: dict) -> None:
     with open(cell_dir / "launcher.log", "ab") as logf:
         proc = subprocess.Popen(cell_command(cell_dir), stdout=logf, stderr=subprocess.STDOUT, env=env,
                                 cwd=config["cwd"], preexec_fn=_die_with_parent)
+    write_pid(cell_dir, rank, proc.pid)
     pids = cell_dir / PID_DIR
-    pids.mkdir(exist_ok=True)
-    (pids / f"{rank}.pid").write_text(f"{proc.pid}\n")
     rc = proc.wait()
     if rc not in (EXIT_OK, EXIT_PREEMPTED, EXIT_BAD_INPUT):
         raise WorkerFailed(f"rank {rank}: training process exited {rc}")
@@ -99,6 +98,7 @@ def fit_cell(cell_dir: Path, launcher: dict, *, cwd: str, env: dict[str, str] | 
     )
     outcome = Path(cell_dir) / PID_DIR / "exit_code"
     outcome.unlink(missing_ok=True)
+    clear_pids(cell_dir)
     try:
         trainer.fit()
     except Exception as e:  # the group failed more than MAX_FAILURES times
@@ -111,13 +111,62 @@ def fit_cell(cell_dir: Path, launcher: dict, *, cwd: str, env: dict[str, str] | 
         return 1
 
 
-def read_pids(cell_dir: Path) -> dict[int, int]:
-    """``{rank: pid}`` of the training processes the workers started (for tests and cancel)."""
+def write_pid(cell_dir: Path, rank: int, pid: int) -> None:
+    """Inside a Ray worker: record the training process of ``rank`` and the Ray node it runs on."""
+    import ray
+
+    folder = Path(cell_dir) / PID_DIR
+    folder.mkdir(exist_ok=True)
+    (folder / f"{rank}.pid").write_text(f"{ray.get_runtime_context().get_node_id()} {pid}\n")
+
+
+def read_pid_files(cell_dir: Path) -> dict[int, tuple[str, int]]:
+    """``{rank: (ray node id, pid)}`` of the training processes the workers started."""
     out = {}
     for f in (Path(cell_dir) / PID_DIR).glob("*.pid"):  # (exit_code is rank 0's outcome)
         try:
-            out[int(f.stem)] = int(f.read_text())
+            node, pid = f.read_text().split()
+            out[int(f.stem)] = (node, int(pid))
         except ValueError:
             continue
     return out
 
+
+def read_pids(cell_dir: Path) -> dict[int, int]:
+    """``{rank: pid}`` of the training processes the workers started (for tests and cancel)."""
+    return {rank: pid for rank, (_node, pid) in read_pid_files(cell_dir).items()}
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def clear_pids(cell_dir: Path) -> None:
+    """Before an attempt starts: forget the previous attempt's processes (their pids may be reused)."""
+    for f in (Path(cell_dir) / PID_DIR).glob("*.pid"):
+        f.unlink(missing_ok=True)
+
+
+def signal_cell(cell_dir: Path, sig: int = signal.SIGTERM, skip: set | None = None) -> set:
+    """Send ``sig`` to every rank's training process of a cell running on Ray, on whichever node it runs
+    (this process's node directly, another node through a Ray task pinned there), except the
+    ``(node, pid)`` in ``skip``; returns the ``(node, pid)`` signalled."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    remote = ray.remote(_kill).options(num_cpus=0)
+    waits = []
+    procs = {x for x in read_pid_files(cell_dir).values() if x not in (skip or set())}
+    for node, pid in procs:
+        if node == here:
+            _kill(pid, sig)
+        else:
+            strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+            waits.append(remote.options(scheduling_strategy=strategy).remote(pid, int(sig)))
+    if waits:
+        ray.get(waits, timeout=30)
+    return procs
