@@ -5,6 +5,8 @@ before any side effect: nothing submitted, no ledger entry or sweep folder writt
 
 - every cell's run config validates (``orchestrator.sweep.expand`` with ``errors=``);
 - ``model.name`` is a registered generator (with the nearest name as a suggestion);
+- ``data.segment_samples`` is a crop the model can take (``training.model_names.segment_problem``:
+  RWSA's frame count a multiple of 4, the shortest crop of the model and of the metric discriminator);
 - ``data.train`` / ``data.valid`` are shard folders with a readable ``manifest.json`` (or tars), and
   every ``eval.testsets`` entry opens as a test set; paths under the sweep's ``data.out`` are skipped
   while that corpus is still to be built by the sweep;
@@ -54,6 +56,19 @@ def check_model(name: str, where: str) -> list[str]:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return [f"{where}: model.name: unknown model {name!r}{hint}; known: {', '.join(known)}"]
+
+
+def check_segment(cfg: dict, where: str, name: str | None = None, segment=None) -> list[str]:
+    """``data.segment_samples`` (or ``segment``) against model ``name`` (default ``model.name``); cfg: a
+    RunConfig dict."""
+    from training.model_names import segment_problem  # torch-free
+
+    seg = cfg["data"].get("segment_samples") if segment is None else segment
+    if not isinstance(seg, int) or isinstance(seg, bool):  # null: the model's own crop
+        return []
+    name = name or cfg["model"]["name"]
+    problem = segment_problem(name, seg, discriminator=bool(cfg["loss"]["discriminator"]))
+    return [f"{where}: {problem}"] if problem else []
 
 
 def _pending(path: str, pending_roots: Iterable[Path]) -> bool:
@@ -174,7 +189,8 @@ def preflight_sweep(sweep_file: str | Path, *, executor: str | None, root: str |
     problems: list[str] = []
     per_cell: dict[str, list[str]] = {}  # problem -> cells (one line for a problem shared by many)
     for cell in cells:
-        for msg in check_model(cell.config["model"]["name"], "") + check_data(cell.config, "", pending):
+        msgs = check_model(cell.config["model"]["name"], "") + check_segment(cell.config, "")
+        for msg in msgs + check_data(cell.config, "", pending):
             per_cell.setdefault(msg.removeprefix(": "), []).append(cell.id)
     for msg, ids in per_cell.items():
         problems.append(f"{_cells(ids, len(cells))}: {msg}")
@@ -193,7 +209,7 @@ def preflight_run(cfg, where: str = "run config") -> None:
     from training.configtools import to_container
 
     data = to_container(cfg)
-    problems = check_model(cfg.model.name, where) + check_data(data, where)
+    problems = check_model(cfg.model.name, where) + check_segment(data, where) + check_data(data, where)
     if cfg.mlflow.enabled:
         problems += check_tracking_uri(cfg.mlflow.tracking_uri, where)
     if cfg.launcher.executor == "slurm":
@@ -203,7 +219,8 @@ def preflight_run(cfg, where: str = "run config") -> None:
 
 def preflight_tune(spec) -> None:
     """All checks of a tune file: its base config's data, the model names (base, or every choice of a
-    `model.name` space axis) and the search's MLflow store."""
+    `model.name` space axis), the training crop for each of them (base, or every choice of a
+    `data.segment_samples` axis) and the search's MLflow store."""
     from orchestrator.mlflow_sweep import absolute_tracking_uri
     from training.config import load_run_config
     from training.configtools import to_container
@@ -212,9 +229,17 @@ def preflight_tune(spec) -> None:
     problems = []
     kind, args = spec.space.get("model.name", (None, []))
     names = [str(a) for a in args] if kind in ("choice", "grid_search") else [cfg.model.name]
+    data = to_container(cfg)
+    kind, args = spec.space.get("data.segment_samples", (None, []))
+    if kind is None:
+        segments = [data["data"]["segment_samples"]]
+    else:  # a range axis (randint, ...) is not checked
+        segments = list(args) if kind in ("choice", "grid_search") else []
     for name in names:
         problems += check_model(name, spec.source)
-    problems += check_data(to_container(cfg), spec.source)
+        for seg in segments:
+            problems += check_segment(data, spec.source, name, seg)
+    problems += check_data(data, spec.source)
     if not spec.mlflow.get("server"):
         problems += check_tracking_uri(absolute_tracking_uri(spec.mlflow.get("tracking_uri"), spec.search_dir),
                                        spec.source)

@@ -324,8 +324,16 @@ def resume_sweep(sweep: str | Path, *, root: str | Path = "runs", out: Printer =
 # ------------------------------------------------------------------------------------ status / cancel
 
 
+def shown_state(state: str, progress_state: str | None) -> str:
+    """A cell's state as ``status`` shows it: the ledger state, with ``(evaluating)`` for a running cell
+    whose progress.json says ``evaluating`` (the end-of-run evaluation on the test sets,
+    training.evaluation.final_eval)."""
+    return f"{state} (evaluating)" if state == "running" and progress_state == "evaluating" else state
+
+
 def sweep_status(sweep: str | Path, *, root: str | Path = "runs") -> list[dict]:
-    """One row per cell: id, state, step, max_steps, best_pesq, job_id, attempts, mlflow_run_id."""
+    """One row per cell: id, state (the ledger's), progress_state (progress.json's: running, preempted,
+    evaluating, done), step, max_steps, best_pesq, job_id, attempts, mlflow_run_id, reason."""
     sweep_dir = resolve_sweep_dir(sweep, root)
     ledger = Ledger(sweep_dir)
     with ledger.locked() as data:
@@ -335,8 +343,9 @@ def sweep_status(sweep: str | Path, *, root: str | Path = "runs") -> list[dict]:
     for cid, rec in sorted(data["cells"].items(), key=lambda kv: kv[1]["index"]):
         prog = base.read_progress(sweep_dir / rec["workdir"])
         rows.append({
-            "cell": cid, "state": rec["state"], "step": prog.get("step"), "max_steps": prog.get("max_steps"),
-            "best_pesq": prog.get("best_pesq"), "job_id": rec.get("job_id"), "attempts": rec.get("attempts", 0),
+            "cell": cid, "state": rec["state"], "progress_state": prog.get("state"), "step": prog.get("step"),
+            "max_steps": prog.get("max_steps"), "best_pesq": prog.get("best_pesq"),
+            "job_id": rec.get("job_id"), "attempts": rec.get("attempts", 0),
             "mlflow_run_id": rec.get("mlflow_run_id"), "reason": rec.get("reason"),
         })
     return rows
@@ -350,7 +359,8 @@ def format_status(rows: list[dict]) -> str:
         step = "-" if r["step"] is None else f"{r['step']}/{r['max_steps'] if r['max_steps'] is not None else '?'}"
         pesq = r["best_pesq"]
         pesq_s = f"{pesq:.3f}" if isinstance(pesq, (int, float)) else "-"
-        table.append((r["cell"], r["state"], step, pesq_s, r["job_id"] or "-", str(r["attempts"]),
+        state = shown_state(r["state"], r.get("progress_state"))
+        table.append((r["cell"], state, step, pesq_s, r["job_id"] or "-", str(r["attempts"]),
                       r["mlflow_run_id"] or "-"))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from orchestrator.sweeper import shown_state
 from training.preempt import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,10 @@ def test_preempted_during_evaluation_finishes_after_requeue(trained_run, tmp_pat
     while not (record.is_file() and len(json.loads(record.read_text())["testsets"]) == 1):
         assert p.poll() is None and time.time() < deadline, "evaluation did not reach the second test set"
         time.sleep(0.2)
+    # in the middle of the evaluation: what `orchestrate status` shows for a running cell at this point
+    prog = json.loads((run / "progress.json").read_text())
+    assert prog["state"] == "evaluating" and prog["step"] == prog["max_steps"] == 2
+    assert shown_state("running", prog["state"]) == "running (evaluating)"
     os.killpg(p.pid, signal.SIGUSR1)  # the whole process group, as SLURM signals every process of a step
     _, err = p.communicate(timeout=120)
     assert p.returncode == EXIT_PREEMPTED, err[-3000:]

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from training.model_names import PARAMS
+from training.model_names import DISCRIMINATOR_MIN_FRAMES, FRAMING, PARAMS, segment_problem
 from training.models import UnknownModelError, build_model, list_models, model_info
 from training.models.base import SpectralGenerator
+from training.stft import STFTSpec
 
 # The exact counts are stated once, in training/model_names.PARAMS; these tests build every model to
 # check them (the paper's rounded counts: tests/test_models_baselines.py, tests/test_fidelity_*).
@@ -23,8 +24,14 @@ def test_registry_lists_every_model():
 
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
 def test_exact_parameter_counts(name):
-    assert _n_params(build_model(name, seed=0)) == EXPECTED_PARAMS[name]
+    model = build_model(name, seed=0)
+    assert _n_params(model) == EXPECTED_PARAMS[name]
     assert model_info(name).params == EXPECTED_PARAMS[name]
+    if name in GENERATORS:  # the torch-free framing the pre-submit checks use is the built model's
+        f = FRAMING[name]
+        assert model.stft == model_info(name).stft == STFTSpec(f.n_fft, f.hop, f.win)
+        assert model.frame_multiple == f.frame_multiple
+        assert segment_problem(name, model.segment_samples, discriminator=True) is None  # the default crop
 
 
 def test_mpsenet_within_one_percent_of_paper():
@@ -133,6 +140,22 @@ def test_rwsa_needs_frame_multiple_of_4():
     model = build_model("rwsa-xs", seed=0)
     with pytest.raises(ValueError, match="multiple of 4"):
         model(*_spectra(model, 6))
+
+
+def test_fewest_frames_are_the_real_limits():
+    """`FRAMING[...].min_frames` and `DISCRIMINATOR_MIN_FRAMES` (training/model_names.py) are where the
+    layers stop working: RWSA at 4 frames (T/4 = 1 for the deformable convolutions), the discriminator at 15."""
+    rwsa = build_model("rwsa-xs", seed=0, hidden=4, num_blocks=1, level_heads=2, middle_heads=4)
+    need = FRAMING["rwsa-xs"].min_frames
+    assert need == 8 and rwsa(*_spectra(rwsa, need))[0].shape[2] == need
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        rwsa(*_spectra(rwsa, need - rwsa.frame_multiple))
+    D = build_model("metric-discriminator", seed=0).train()
+    for f in (201, 256):
+        x = torch.rand(2, f, DISCRIMINATOR_MIN_FRAMES)
+        assert D(x, x).shape == (2, 1)
+        with pytest.raises(RuntimeError):
+            D(x[..., :-1], x[..., :-1])
 
 
 @pytest.mark.parametrize("name", ["mambattention", "rwsa-xs"])

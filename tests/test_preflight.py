@@ -112,3 +112,73 @@ def test_train_and_tune_checked_before_work(journey_corpus, tmp_path, capsys):
     t.write_text((REPO / "sweeps/tune_demo.yaml").read_text().replace("model.name: rwsa-xs", "model.name: rwsa-xl"))
     assert main(["tune", str(t), f"data.train={journey_corpus / 'train'}", f"data.valid={journey_corpus / 'valid'}"]) == 2
     assert "unknown model 'rwsa-xl'" in capsys.readouterr().err
+
+
+def test_a_crop_the_model_cannot_take_is_refused(journey_corpus, tmp_path, capsys):
+    """data.segment_samples against the model (training.model_names.segment_problem): one line naming the
+    cell and the key, for sweep, train and tune; the rule is the trainer's own (same message in the job)."""
+    p = sweep(tmp_path, journey_corpus, overrides=[{"match": {"trainer.seed": 1},
+                                                    "set": {"data.segment_samples": 3600}}])
+    assert main(["sweep", str(p), "--dry-run", "--root", str(tmp_path / "r")]) == 2
+    assert problems(capsys.readouterr().err) == [
+        "cell s1: data.segment_samples=3600: rwsa-xs needs a crop whose STFT frame count (samples // 120 + 1 = 31) "
+        "is a multiple of 4; use e.g. 3240 or 3720"]
+    assert main(["sweep", str(p), "--dry-run", "--root", str(tmp_path / "r"), "data.segment_samples=3720"]) == 0
+    # shorter than the metric discriminator takes (16 frames); without it, down to the model's 8 frames
+    rc = main(["train", "semamba", f"data.train={journey_corpus / 'train'}", "data.valid=null",
+               "data.segment_samples=1499", "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "w").exists()
+    assert ("data.segment_samples=1499: semamba needs a crop of at least 1500 samples (16 STFT frames of hop 100, "
+            "for the metric discriminator: loss.discriminator=true); 1499 gives 15") in err
+    assert main(["sweep", str(p), "--dry-run", "--root", str(tmp_path / "r"), "data.segment_samples=840",
+                 "loss.discriminator=false"]) == 0
+    t = tmp_path / "tune.yaml"
+    t.write_text((REPO / "sweeps/tune_demo.yaml").read_text().replace("[3720, 7560]", "[3720, 7500]"))
+    capsys.readouterr()
+    assert main(["tune", str(t), f"data.train={journey_corpus / 'train'}", f"data.valid={journey_corpus / 'valid'}"]) == 2
+    assert "data.segment_samples=7500: rwsa-xs needs a crop whose STFT frame count" in capsys.readouterr().err
+
+
+def test_segment_rule_is_the_least_valid_crop_and_names_valid_lengths():
+    from training.model_names import FRAMING, segment_problem, shortest_crop
+
+    for name in ("rwsa-xs", "semamba"):
+        f = FRAMING[name]
+        for disc in (False, True):
+            ok = [n for n in range(1, 4000) if n > f.n_fft // 2 and (n // f.hop + 1) % f.frame_multiple == 0
+                  and n // f.hop + 1 >= max(f.min_frames, 16 if disc else 1)]
+            assert shortest_crop(name, disc) == ok[0]
+            assert [n for n in range(1, 4000) if segment_problem(name, n, disc) is None] == ok
+    assert segment_problem("rwsa-xs", 360) == ("data.segment_samples=360: rwsa-xs needs a crop of at least 840 "
+                                               "samples (8 STFT frames of hop 120); 360 gives 4")
+    assert segment_problem("semamba", 200) == ("data.segment_samples=200: semamba needs a crop of at least 201 "
+                                               "samples (more than half its 400-sample STFT window)")
+    assert segment_problem("rwsa-xs", 2000, True).endswith("use e.g. 1800 or 2280")
+    assert segment_problem("rwsa-xs", 1920, True).endswith("use e.g. 1800 or 2280")
+    assert segment_problem("metric-discriminator", 5) is None and segment_problem("rwsa-xl", 5) is None
+
+
+def test_shipped_sweeps_and_tune_file_pass_the_crop_check(tmp_path):
+    import yaml
+
+    from orchestrator.preflight import check_segment
+    from orchestrator.sweeper import plan_sweep
+
+    files = sorted((REPO / "sweeps").glob("*.yaml"))
+    checked = 0
+    for f in files:
+        if "space" in yaml.safe_load(f.read_text()):  # a tune file: its base with every crop choice
+            from orchestrator.tune import load_tune_spec
+            from training.config import load_run_config
+            from training.configtools import to_container
+
+            spec = load_tune_spec(f)
+            cfg = to_container(load_run_config(None, [], base=spec.base))
+            for seg in spec.space["data.segment_samples"][1]:
+                assert check_segment(cfg, f.name, segment=seg) == []
+            continue
+        for cell in plan_sweep(f, root=tmp_path, dry_run=True).cells:
+            assert check_segment(cell.config, f"{f.name} {cell.id}") == []
+            checked += 1
+    assert checked >= 40

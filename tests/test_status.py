@@ -86,3 +86,36 @@ def test_status_of_a_real_local_sweep(tmp_path, demo_data, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["eta_s"] == 0.0 and rows[0]["last_val_pesq"] == prog["last_val_pesq"]
     assert prog["last_val_step"] == 4
+
+
+def test_a_running_cell_in_its_end_of_run_evaluation_shows_evaluating(tmp_path, capsys):
+    """progress.json written by the trainer's writer, its state set by final_eval's own update (the real run
+    reaching that state is in test_final_eval); the ledger says running: status shows `running (evaluating)`."""
+    from orchestrator.launchers.local import progress_line
+    from orchestrator.ledger import Ledger, set_state
+    from orchestrator.sweeper import format_status, plan_sweep, shown_state, sweep_status, write_cells
+    from training.evaluation.final_eval import _update_progress
+
+    sweep = tmp_path / "ev.yaml"
+    sweep.write_text("name: ev\ngrid: {trainer.seed: [0, 1]}\nexecutor: local\n")
+    plan = plan_sweep(sweep, root=tmp_path / "runs", overrides=["mlflow.enabled=false"])
+    write_cells(plan, sweep, ["mlflow.enabled=false"])
+    sweep_dir = tmp_path / "runs" / "ev"
+    with Ledger(sweep_dir).locked() as data:
+        for rec in data["cells"].values():
+            set_state(rec, "running", job_id="local:1")
+        workdirs = {cid: sweep_dir / rec["workdir"] for cid, rec in data["cells"].items()}
+    for cid, wd in workdirs.items():
+        ProgressFile(wd, max_steps=4).update(4 if cid == "s0" else 2, "running")
+    _update_progress(workdirs["s0"], "evaluating")
+    rows = {r["cell"]: r for r in sweep_status(sweep_dir)}
+    assert rows["s0"]["state"] == "running" and rows["s0"]["progress_state"] == "evaluating"
+    assert rows["s1"]["progress_state"] == "running"
+    assert cli_main(["status", str(sweep_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("s0") and "  running (evaluating)  4/4  " in lines[1]
+    assert lines[2].startswith("s1") and "(evaluating)" not in lines[2] and " running " in lines[2]
+    assert lines[-1].endswith("; 2 running")
+    assert "  running (evaluating)  4/4  " in format_status(list(rows.values()))
+    assert progress_line(workdirs, 0, 2) == "[0/2 finished] s0 4/4 (evaluating); s1 2/4"
+    assert shown_state("done", "evaluating") == "done" and shown_state("running", None) == "running"

@@ -33,8 +33,8 @@ def sweep_file(tmp_path: Path, demo: Path, name: str, **extra) -> Path:
 
 
 def test_local_sweep_runs_resumes_only_failed_cells(tmp_path, demo_data, capsys):
-    # fails inside the job (17 STFT frames, not a multiple of 4), past the pre-submit checks
-    bad = {"match": {"trainer.seed": 1}, "set": {"data.segment_samples": 2000}}
+    # fails inside the job (a model option the model does not take), past the pre-submit checks
+    bad = {"match": {"trainer.seed": 1}, "set": {"model.options": {"hidden": 8, "num_blocks": 1, "no_such": 1}}}
     p = sweep_file(tmp_path, demo_data, "loc", overrides=[bad])
     root = str(tmp_path / "runs")
     assert cli_main(["sweep", str(p), "--root", root]) == 1  # one cell failed

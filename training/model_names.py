@@ -1,9 +1,16 @@
-"""The registry's model names and exact parameter counts, importable without torch (login-node checks:
-`orchestrator.preflight`, the cost planner).
+"""The registry's model names, exact parameter counts and STFT framing, importable without torch
+(login-node checks: `orchestrator.preflight`, the cost planner).
 
 `training.models.registry` refuses to import when its presets and this table disagree in names or
 order, and tests/test_models.py builds every model to check the counts, so they cannot drift apart.
+The models build their STFTSpec and frame multiple from `FRAMING_400` / `FRAMING_510`
+(training/models/dualpath.py, rwsa.py); tests/test_models.py checks `FRAMING` against every built model
+and that `min_frames` / `DISCRIMINATOR_MIN_FRAMES` are the real limits.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 PARAMS: dict[str, int] = {
     "semamba": 2_258_769,
@@ -27,3 +34,57 @@ PARAMS: dict[str, int] = {
 }
 DISCRIMINATOR_NAMES: tuple[str, ...] = ("metric-discriminator",)
 GENERATOR_NAMES: tuple[str, ...] = tuple(n for n in PARAMS if n not in DISCRIMINATOR_NAMES)
+
+
+@dataclass(frozen=True)
+class Framing:
+    """A generator's STFT (samples) and what the frame count ``T = samples // hop + 1`` (centered STFT) of
+    its input must be: a multiple of ``frame_multiple``, at least ``min_frames``."""
+
+    n_fft: int
+    hop: int
+    win: int
+    frame_multiple: int = 1
+    min_frames: int = 1
+
+
+FRAMING_400 = Framing(n_fft=400, hop=100, win=400)  # the dual-path models
+# RWSA-MambaUNet: T is halved twice (PixelUnshuffle); the deformable 3x3 convolutions need T/4 >= 2
+FRAMING_510 = Framing(n_fft=510, hop=120, win=510, frame_multiple=4, min_frames=8)
+FRAMING: dict[str, Framing] = {n: FRAMING_510 if n.startswith("rwsa") else FRAMING_400
+                               for n in GENERATOR_NAMES}
+DISCRIMINATOR_MIN_FRAMES = 16  # the metric discriminator's four stride-2 4x4 convolutions
+
+
+def shortest_crop(name: str, discriminator: bool = False) -> int:
+    """The fewest samples generator ``name`` trains on: more than n_fft / 2 (the centered STFT's reflect
+    padding), and a valid frame count of at least its ``min_frames`` (and of the metric discriminator's
+    when ``discriminator``: ``loss.discriminator``)."""
+    f = FRAMING[name]
+    reflect = f.n_fft // 2 + 1
+    frames = max(f.min_frames, DISCRIMINATOR_MIN_FRAMES if discriminator else 1, reflect // f.hop + 1)
+    frames = -(-frames // f.frame_multiple) * f.frame_multiple  # up to a valid frame count
+    return max((frames - 1) * f.hop, reflect)
+
+
+def segment_problem(name: str, samples: int, discriminator: bool = False) -> str | None:
+    """Why generator ``name`` cannot train on crops of ``samples`` (``data.segment_samples``), in one line;
+    None when it can (or when ``name`` is not a generator: the model check reports that)."""
+    f = FRAMING.get(name)
+    if f is None:
+        return None
+    frames, shortest = samples // f.hop + 1, shortest_crop(name, discriminator)
+    head = f"data.segment_samples={samples}: {name} needs a crop"
+    if samples < shortest:
+        if shortest == f.n_fft // 2 + 1:
+            return f"{head} of at least {shortest} samples (more than half its {f.n_fft}-sample STFT window)"
+        why = (", for the metric discriminator: loss.discriminator=true"
+               if discriminator and DISCRIMINATOR_MIN_FRAMES > f.min_frames else "")
+        need = shortest // f.hop + 1
+        return f"{head} of at least {shortest} samples ({need} STFT frames of hop {f.hop}{why}); {samples} gives {frames}"
+    if frames % f.frame_multiple:
+        lo = frames // f.frame_multiple * f.frame_multiple
+        near = [(t - 1) * f.hop for t in (lo, lo + f.frame_multiple) if (t - 1) * f.hop >= shortest]
+        return (f"{head} whose STFT frame count (samples // {f.hop} + 1 = {frames}) is a multiple of "
+                f"{f.frame_multiple}; use e.g. {' or '.join(map(str, near))}")
+    return None

@@ -6,8 +6,9 @@ line per window otherwise. Its window is part of each rank's checkpoint, so a re
 same numbers at the same steps as an uninterrupted one.
 
 `WORKDIR/progress.json` (rank 0, atomic, rewritten at the start, every log window, checkpoint, stop
-and end; read by `orchestrate status` through `progress_rate` / `progress_eta`):
-    {"step", "max_steps", "state": running|preempted|done, "best_pesq", "last_val_pesq",
+and end; its state set to `evaluating` during the end-of-run evaluation, training.evaluation.final_eval;
+read by `orchestrate status` through `progress_rate` / `progress_eta`):
+    {"step", "max_steps", "state": running|preempted|evaluating|done, "best_pesq", "last_val_pesq",
      "last_val_step", "updated" (unix s), "attempt_start_step",
      "window": [[unix s, step, session], ...]}   # the last WINDOW_POINTS samples, all attempts
 A session is one process lifetime (a start or a requeue); the rate is steps/s over the window's

@@ -22,6 +22,7 @@ from training.config import ConfigError, RunConfig, flatten, save_config, to_yam
 from training.evaluation.segment_eval import resolve_mode
 from training.loop import StepContext, train_step, validate
 from training.losses import LossWeights
+from training.model_names import segment_problem
 from training.preempt import EXIT_PREEMPTED
 from training.preempt import from_environment as preemption_from_environment
 from training.schedule import epoch_boundary, resolve_epoch_steps, train_clips
@@ -34,17 +35,12 @@ NUM_CLIPS = 3
 
 
 def resolve_segment(cfg: RunConfig, G) -> int:
-    """Training crop in samples: cfg.data.segment_samples or the model's; its frame count must be a
-    multiple of the model's `frame_multiple` (ConfigError naming the nearest valid lengths)."""
+    """Training crop in samples: cfg.data.segment_samples or the model's; one the model cannot take
+    (`training.model_names.segment_problem`, as the pre-submit checks) is a ConfigError naming valid lengths."""
     seg = cfg.data.segment_samples or G.segment_samples
-    mult, hop = getattr(G, "frame_multiple", 1), G.stft.hop
-    frames = seg // hop + 1
-    if frames % mult:
-        lo = max(mult, frames // mult * mult)
-        hi = lo + mult
-        raise ConfigError(
-            f"data.segment_samples: {seg} gives {frames} STFT frames, not a multiple of {mult} for "
-            f"{cfg.model.name}; use e.g. {(lo - 1) * hop} or {(hi - 1) * hop}", "data.segment_samples")
+    problem = segment_problem(cfg.model.name, seg, discriminator=cfg.loss.discriminator)
+    if problem:
+        raise ConfigError(problem, "data.segment_samples")
     return seg
 
 

@@ -8,16 +8,17 @@ import math
 
 from common.rundir import PROGRESS_FILE
 from orchestrator.ledger import Ledger
-from orchestrator.sweeper import resolve_sweep_dir, sweep_status
+from orchestrator.sweeper import resolve_sweep_dir, shown_state, sweep_status
 from training.progress import progress_eta, progress_rate, read_progress
 
 NAME = "status"
 HELP = "show a sweep's cells: state, step/total, steps/s, ETA, attempts, last/best val PESQ, and a total"
-DESCRIPTION = """Per cell: state, step/total, steps/s over the recent window (from the cell's
-progress.json, kept across requeues), ETA of the remaining compute (remaining steps / rate, through
-any number of requeues, queue waits not included), job attempts, last and best validation PESQ, job
-id, MLflow run. Last line: the sweep total (steps done, summed rate of the running cells, ETA of
-the remaining steps at that rate)."""
+DESCRIPTION = """Per cell: state ("running (evaluating)" while the trained run is evaluated on its
+test sets), step/total, steps/s over the recent window (from the cell's progress.json, kept across
+requeues), ETA of the remaining compute (remaining steps / rate, through any number of requeues,
+queue waits not included), job attempts, last and best validation PESQ, job id, MLflow run. Last
+line: the sweep total (steps done, summed rate of the running cells, ETA of the remaining steps at
+that rate)."""
 EPILOG = """examples:
   orchestrate status rwsa_sizes              # a sweep name under runs/
   orchestrate status runs/rwsa_sizes --json
@@ -72,7 +73,8 @@ def format_table(rows: list[dict]) -> str:
     table = [head]
     for r in rows:
         step = "-" if r["step"] is None else f"{r['step']}/{r['max_steps'] if r['max_steps'] is not None else '?'}"
-        table.append((r["cell"], r["state"], step, num(r.get("rate"), ".3g"), fmt_duration(r.get("eta_s")),
+        state = shown_state(r["state"], r.get("progress_state"))
+        table.append((r["cell"], state, step, num(r.get("rate"), ".3g"), fmt_duration(r.get("eta_s")),
                       str(r["attempts"]), num(r.get("last_val_pesq"), ".3f"), num(r["best_pesq"], ".3f"),
                       r["job_id"] or "-", r["mlflow_run_id"] or "-"))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]

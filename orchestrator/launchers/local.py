@@ -104,6 +104,8 @@ def progress_line(running: dict[str, Path], finished: int, total: int) -> str:
     for cid, cdir in running.items():
         p = base.read_progress(cdir)
         step = f"{p.get('step', 0)}/{p.get('max_steps', '?')}" if p else "starting"
+        if p.get("state") == "evaluating":  # the end-of-run evaluation on the test sets
+            step += " (evaluating)"
         parts.append(f"{cid} {step}")
     return f"[{finished}/{total} finished] " + ("; ".join(parts) if parts else "")
 

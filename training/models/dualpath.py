@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from training.model_names import FRAMING_400
 from training.models.base import SpectralGenerator
 from training.models.codec import DenseEncoder, MaskDecoder, PhaseDecoder
 from training.models.recurrent import BiRecurrent, LSTMBlock, MLSTMBlock
 from training.models.tf_blocks import AttentionModule, MambAttentionBlock, TSConformerBlock
 from training.stft import STFTSpec
 
-STFT_400 = STFTSpec(n_fft=400, hop=100, win=400)
+STFT_400 = STFTSpec(n_fft=FRAMING_400.n_fft, hop=FRAMING_400.hop, win=FRAMING_400.win)  # 400 / 100 / 400
 SEGMENT_2S = 32_000
 
 

@@ -13,7 +13,8 @@ Feature maps ``[B, C, T, F]``; widths ``[h, 2h, 3h]`` at ``[T, 128] -> [T/2, 64]
     -> mask decoder / phase decoder (PixelShuffle upsampling, F 128 -> 256)
 
 Encoder block i and decoder block i at levels 1 and 2 use the same 4-head attention module (RWSA).
-T must be a multiple of 4. Sizes: XS (h 16, n 2), S (16, 4), M (24, 4).
+T must be a multiple of 4 and at least 8 (training/model_names.FRAMING_510).
+Sizes: XS (h 16, n 2), S (16, 4), M (24, 4).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import math
 import torch
 import torch.nn as nn
 
+from training.model_names import FRAMING_510
 from training.models.base import SpectralGenerator
 from training.models.codec import DenseEncoder, MaskDecoder, PhaseDecoder
 from training.models.deform_conv import DeformConv2d
 from training.models.tf_blocks import AttentionModule, MambAttentionBlock
 from training.stft import STFTSpec
 
-STFT_510 = STFTSpec(n_fft=510, hop=120, win=510)
+STFT_510 = STFTSpec(n_fft=FRAMING_510.n_fft, hop=FRAMING_510.hop, win=FRAMING_510.win)  # 510 / 120 / 510
 SEGMENT_RWSA = 30_600
 
 
@@ -96,7 +98,7 @@ class RWSAMambaUNet(SpectralGenerator):
     :param share_resolution: encoder/decoder blocks at a level share attention (RWSA); False gives
         each decoder block its own. :param attention: False removes every MHA (TF-Mamba blocks only)."""
 
-    frame_multiple = 4
+    frame_multiple = FRAMING_510.frame_multiple  # 4: T is halved twice
 
     def __init__(self, hidden: int = 16, num_blocks: int = 4, share_resolution: bool = True,
                  attention: bool = True, level_heads: int = 4, middle_heads: int = 8):  # fmt: skip
