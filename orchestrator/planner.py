@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.model_names import PARAMS
+from training.model_names import GMACS_2S, PARAMS
 from training.progress import WINDOW_KEYS
 
 ASSUMED_MFU = 0.10  # Mamba scans, small convs, 4-16 channel attention heads: far below peak
@@ -39,7 +39,7 @@ STARTUP_S = 300
 VALID_SECONDS = 10.0
 # G-MACs per 2 s (training.models.flops full count) of the registered models with default options:
 # counting takes a forward pass per model (minutes on a busy CPU); tests/test_planner.py checks rwsa-xs
-KNOWN_GMACS = {"rwsa-xs": 25.237, "rwsa-s": 46.653, "rwsa-m": 83.158}
+KNOWN_GMACS = GMACS_2S  # every preset, so a login node plans without torch
 GFLOPS_CACHE: dict[str, float] = {}
 # parameter counts of the registered generators with default options (so `sweep --dry-run` needs no
 # torch on a login node) and of the discriminator; tests/test_planner.py checks every entry against the registry

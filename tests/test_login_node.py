@@ -47,6 +47,10 @@ def test_sweep_management_commands_do_not_import_torch(tmp_path):
     res = run_probe(["sweep", str(REPO / "sweeps/rwsa_sizes.yaml"), "--dry-run", "--root", str(tmp_path / "r")],
                     tmp_path)
     assert res == {"rc": 2, "heavy": []}, res
+    # the cost of the baselines (every model's compute from the torch-free table)
+    res = run_probe(["plan", str(REPO / "sweeps/baselines.yaml"), "--device", "h100", "--root", str(tmp_path / "r")],
+                    tmp_path)
+    assert res == {"rc": 0, "heavy": []}, res
 
 
 def test_status_and_cancel_of_a_sweep_do_not_import_torch(tmp_path):

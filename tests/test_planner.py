@@ -65,12 +65,15 @@ def test_measured_throughput_is_used_and_scaled(demo_data, tmp_path):
     assert c.source.startswith("measured") and c.data_bytes is None and c.chains == 1
 
 
-@pytest.mark.slow  # one forward of rwsa-xs with FLOP hooks: ~25 s CPU
+@pytest.mark.slow  # one 2 s forward per preset with FLOP hooks: ~75 s CPU
 def test_known_gmacs_match_the_flop_counter():
+    from training.model_names import GENERATOR_NAMES
     from training.models import build_model
     from training.models.flops import model_gflops
 
-    assert model_gflops(build_model("rwsa-xs"))["gflops"] == pytest.approx(planner.KNOWN_GMACS["rwsa-xs"], rel=1e-4)
+    assert set(planner.KNOWN_GMACS) == set(GENERATOR_NAMES)
+    for name, gmacs in planner.KNOWN_GMACS.items():
+        assert model_gflops(build_model(name))["gflops"] == pytest.approx(gmacs, rel=1e-4), name
 
 
 def test_sweep_dry_run_starts_with_the_plan(tmp_path, demo_data, capsys):

@@ -1,5 +1,5 @@
-"""The registry's model names, exact parameter counts and STFT framing, importable without torch
-(login-node checks: `orchestrator.preflight`, the cost planner).
+"""The registry's model names, exact parameter counts, compute per 2 s of audio and STFT framing,
+importable without torch (login-node checks: `orchestrator.preflight`, the cost planner).
 
 `training.models.registry` refuses to import when its presets and this table disagree in names or
 order, and tests/test_models.py builds every model to check the counts, so they cannot drift apart.
@@ -31,6 +31,15 @@ PARAMS: dict[str, int] = {
     "rwsa-s-unshared": 1_968_296,
     "rwsa-s-noattn": 1_887_016,
     "metric-discriminator": 181_650,
+}
+# G-MACs of one forward over 2 s of 16 kHz audio, full count (`training.models.flops`, every layer incl.
+# LSTM/mLSTM and attention), batch 1, default options; tests/test_planner.py (slow) recounts every entry.
+GMACS_2S: dict[str, float] = {
+    "semamba": 94.989, "mambattention": 106.182, "mambattention-attn-after": 106.182,
+    "mambattention-unshared": 106.182, "mambattention-ft": 106.182, "mpsenet": 84.576, "mpsenet-official": 84.576,
+    "lstm-senet": 86.729, "xlstm-senet": 136.932, "lstm-attention": 97.921, "lstm-attention-shared": 97.921,
+    "xlstm-attention": 148.124, "rwsa-xs": 25.237, "rwsa-s": 46.653, "rwsa-m": 83.158, "rwsa-s-unshared": 46.653,
+    "rwsa-s-noattn": 40.886,
 }
 DISCRIMINATOR_NAMES: tuple[str, ...] = ("metric-discriminator",)
 GENERATOR_NAMES: tuple[str, ...] = tuple(n for n in PARAMS if n not in DISCRIMINATOR_NAMES)
