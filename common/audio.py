@@ -87,7 +87,6 @@ def write_wav(path: str | Path, wav: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     return path
 
 
-
 def encode_flac(x: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
     """float32 [N] in [-1, 1] -> FLAC PCM_16 bytes (clipped to the 16-bit range)."""
     buf = io.BytesIO()

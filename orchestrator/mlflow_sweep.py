@@ -49,53 +49,53 @@ def client(uri: str, *, must_exist: bool = False):
     return MlflowClient(tracking_uri=uri)
 
 
-def search_all(client, experiment_ids: list[str], filter_string: str) -> list:
+def search_all(mc, experiment_ids: list[str], filter_string: str) -> list:
+    """Every run of ``experiment_ids`` that matches ``filter_string`` (all result pages)."""
     runs, token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+        page = mc.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
         runs.extend(page)
         token = page.token
         if not token:
             return runs
 
 
-def _experiment_ids(client, ref: SweepRef) -> list[str]:
+def _experiment_ids(mc, ref: SweepRef) -> list[str]:
     if ref.experiment:
-        exp = client.get_experiment_by_name(ref.experiment)
+        exp = mc.get_experiment_by_name(ref.experiment)
         if exp is None:
             raise UserError(f"--experiment {ref.experiment}: no such MLflow experiment at {ref.tracking_uri}")
         return [exp.experiment_id]
-    return [e.experiment_id for e in client.search_experiments()]
+    return [e.experiment_id for e in mc.search_experiments()]
 
 
-def find_sweep_runs(client, ref: SweepRef) -> tuple[str | None, list]:
+def find_sweep_runs(mc, ref: SweepRef) -> tuple[str | None, list]:
     """``(parent_run_id, child runs)`` of the sweep. The parent: the ledger's, else the newest run
     tagged ``se.kind=sweep, se.sweep=<name>``."""
     from mlflow.exceptions import MlflowException
 
     parent_id = ref.parent_run_id
+    name = ref.name.replace("'", "\\'")  # quoted in the filter strings
     exp_ids: list[str]
     if parent_id:
         try:
-            exp_ids = [client.get_run(parent_id).info.experiment_id]
+            exp_ids = [mc.get_run(parent_id).info.experiment_id]
         except MlflowException:
             log.warning("parent run %s (from the ledger) not found at %s", parent_id, ref.tracking_uri)
             parent_id = None
     if not parent_id:
-        exp_ids = _experiment_ids(client, ref)
+        exp_ids = _experiment_ids(mc, ref)
         if not exp_ids:
             return None, []
-        name = ref.name.replace("'", "\\'")
-        parents = search_all(client, exp_ids, f"tags.`se.kind` = 'sweep' and tags.`se.sweep` = '{name}'")
+        parents = search_all(mc, exp_ids, f"tags.`se.kind` = 'sweep' and tags.`se.sweep` = '{name}'")
         if parents:
             parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
             parent_id = parents[0].info.run_id
             exp_ids = [parents[0].info.experiment_id]
     if parent_id:
-        runs = search_all(client, exp_ids, f"tags.mlflow.parentRunId = '{parent_id}'")
+        runs = search_all(mc, exp_ids, f"tags.mlflow.parentRunId = '{parent_id}'")
     else:
-        name = ref.name.replace("'", "\\'")
-        runs = [r for r in search_all(client, exp_ids, f"tags.`se.sweep` = '{name}'")
+        runs = [r for r in search_all(mc, exp_ids, f"tags.`se.sweep` = '{name}'")
                 if r.data.tags.get("se.kind") != "sweep"]  # fmt: skip
     return parent_id, runs
 

@@ -23,18 +23,16 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from orchestrator.launchers import base
+from orchestrator.launchers import base, ray_train
 from orchestrator.launchers.local import LocalLauncher, record_end, record_start
 
 
 def _run_cell_process(cmd: list[str], cell_dir: str, env: dict, cwd: str) -> int:
     """Inside the Ray worker: run the cell's module command from the submitter's folder."""
-    from orchestrator.launchers.ray_train import _die_with_parent, write_pid
-
     with open(os.path.join(cell_dir, "launcher.log"), "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=cwd,
-                                preexec_fn=_die_with_parent)
-    write_pid(Path(cell_dir), 0, proc.pid)
+                                preexec_fn=ray_train.die_with_parent)
+    ray_train.write_pid(Path(cell_dir), 0, proc.pid)
     return proc.wait()
 
 
@@ -50,11 +48,9 @@ class _Interrupt:
         self.signalled: set = set()
 
     def relay(self) -> None:
-        from orchestrator.launchers.ray_train import signal_cell
-
         if self.stop:
             for cdir in self.running():
-                self.signalled |= signal_cell(cdir, signal.SIGTERM, skip=self.signalled)
+                self.signalled |= ray_train.signal_cell(cdir, signal.SIGTERM, skip=self.signalled)
 
     def on_sigint(self, signum, frame) -> None:
         if self.stop:
@@ -96,53 +92,41 @@ def run_ray(sweep_dir: Path, cells: list, *, out: Callable[[str], None] = print,
     pending = [x for x in pending if x not in ddp]
     current: list[Path] = []  # the DDP cell being fitted
     with _relay_interrupt(lambda: [d for _c, d in inflight.values()] + current, out) as interrupt:
-        _run_tasks(sweep_dir, pending, inflight, states, remote, env, max_parallel, interrupt, out)
-        for cell, cdir in ddp:
+        while (pending and not interrupt.stop) or inflight:  # the one-process cells as Ray tasks
+            while pending and len(inflight) < max_parallel and not interrupt.stop:
+                cell, cdir = pending.pop(0)
+                lc = cell.config["launcher"]
+                ray_train.clear_pids(cdir)
+                ref = remote.options(num_cpus=lc["cpus_per_task"], num_gpus=lc["gpus_per_node"]).remote(
+                    base.cell_command(cdir), str(cdir), env, os.getcwd())
+                record_start(sweep_dir, cell.id, cdir, f"ray:{ref.task_id().hex()[:12]}")
+                inflight[ref] = (cell, cdir)
+                out(f"started {cell.id} on Ray")
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
+            interrupt.relay()
+            for ref in done:
+                cell, cdir = inflight.pop(ref)
+                try:
+                    rc = int(ray.get(ref))
+                except ray.exceptions.RayError as e:
+                    out(f"{cell.id}: Ray task failed: {e}")
+                    rc = 1
+                states[cell.id] = record_end(sweep_dir, cell.id, cdir, rc)
+                out(f"{cell.id}: {states[cell.id]} (exit {rc})")
+        for cell, cdir in ddp:  # then the DDP cells, one at a time, as Ray Train groups
             if interrupt.stop:
                 break
-            from orchestrator.launchers.ray_train import fit_cell
-
             lc = cell.config["launcher"]
             record_start(sweep_dir, cell.id, cdir, f"ray:train-{cell.id}")
             out(f"started {cell.id} on Ray Train ({lc['nodes']} x {lc['nproc']} workers)")
             current[:] = [cdir]
-            rc = fit_cell(cdir, lc, cwd=os.getcwd(), env=env)
+            rc = ray_train.fit_cell(cdir, lc, cwd=os.getcwd(), env=env)
             current.clear()
             states[cell.id] = record_end(sweep_dir, cell.id, cdir, rc)
             out(f"{cell.id}: {states[cell.id]} (exit {rc})")
     if interrupt.stop:
         raise KeyboardInterrupt
     return 0 if all(s == "done" for s in states.values()) else 1
-
-
-def _run_tasks(sweep_dir, pending, inflight, states, remote, env, max_parallel, interrupt, out) -> None:
-    """The one-process cells as Ray tasks, at most ``max_parallel`` at a time, until all ended."""
-    import ray
-
-    from orchestrator.launchers.ray_train import clear_pids
-
-    while (pending and not interrupt.stop) or inflight:
-        while pending and len(inflight) < max_parallel and not interrupt.stop:
-            cell, cdir = pending.pop(0)
-            lc = cell.config["launcher"]
-            cmd = base.cell_command(cdir)
-            clear_pids(cdir)
-            ref = remote.options(num_cpus=lc["cpus_per_task"], num_gpus=lc["gpus_per_node"]).remote(
-                cmd, str(cdir), env, os.getcwd())
-            record_start(sweep_dir, cell.id, cdir, f"ray:{ref.task_id().hex()[:12]}")
-            inflight[ref] = (cell, cdir)
-            out(f"started {cell.id} on Ray")
-        done, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
-        interrupt.relay()
-        for ref in done:
-            cell, cdir = inflight.pop(ref)
-            try:
-                rc = int(ray.get(ref))
-            except ray.exceptions.RayError as e:
-                out(f"{cell.id}: Ray task failed: {e}")
-                rc = 1
-            states[cell.id] = record_end(sweep_dir, cell.id, cdir, rc)
-            out(f"{cell.id}: {states[cell.id]} (exit {rc})")
 
 
 class RayLauncher(LocalLauncher):

@@ -35,7 +35,7 @@ class WorkerFailed(RuntimeError):
     """A rank's training process died: Ray Train restarts the group (FailureConfig)."""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: SIGKILL when the Ray worker that started it dies (Linux prctl)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -69,7 +69,7 @@ def ddp_worker(config: dict) -> None:
            "LOCAL_RANK": str(local), "MASTER_ADDR": addr, "MASTER_PORT": str(port)}
     with open(cell_dir / "launcher.log", "ab") as logf:
         proc = subprocess.Popen(cell_command(cell_dir), stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                cwd=config["cwd"], preexec_fn=_die_with_parent)
+                                cwd=config["cwd"], preexec_fn=die_with_parent)
     write_pid(cell_dir, rank, proc.pid)
     pids = cell_dir / PID_DIR
     rc = proc.wait()
