@@ -30,15 +30,20 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
 fi
-# torch first, from the pinned CPU build; then the project with the same pins.
+# torch first, from the pinned CPU build; then the project with the same pins, with the dnsmos extra
+# (DNSMOS P.835 ONNX models in speechmos: Table II's metric, tested on generated speech).
 .venv/bin/pip install -q -c constraints.txt torch==2.13.0
-.venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+.venv/bin/pip install -q -c constraints.txt -e '.[dev,dnsmos]'
 # mamba-ssm + causal-conv1d (the cuda extra's pinned pair) as Python files only, no kernels:
 # tests/test_gpu_path.py runs the Mamba mixer's GPU branch on CPU with their reference functions.
 # (--no-build-isolation: their setup.py imports torch, packaging and wheel from this venv.)
 .venv/bin/pip install -q -c constraints.txt 'setuptools>=68' wheel packaging
 MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
   .venv/bin/pip install -q --no-build-isolation --no-deps mamba-ssm==2.2.6.post3 causal-conv1d==1.5.2
-# test-only reference for the composite measures (its numba/srmrpy imports are bypassed by the test)
+# test-only references for the composite measures: pysepm-evo (its numba/srmrpy imports are bypassed by
+# the test) and, unpacked outside site-packages, sonusai 0.15.9, whose calc_metric_spenh.py ships CMGAN's
+# compute_metrics functions (tests/test_fidelity_composite.py compiles only those; sonusai is never imported)
 .venv/bin/pip install -q --no-deps pysepm-evo==0.1.1
+[[ -f .venv/reference/sonusai/calc_metric_spenh.py ]] || \
+  .venv/bin/pip install -q --no-deps --target .venv/reference sonusai==0.15.9
 echo "[setup] ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

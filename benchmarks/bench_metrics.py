@@ -47,24 +47,27 @@ def main() -> None:
     import torch  # noqa: F401  (the trainer has torch loaded when it starts the pool)
     from test_metrics import noisy_version, speech_like
 
+    from training import worker_pool
+    from training.evaluation import measures
     from training.evaluation import metrics as M
+    from training.pesq_targets import PesqPool
 
     print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)
     for sec in (2.0, 3.0):
         c = speech_like(sec, seed=1)
         e = noisy_version(c, 0.002)
-        wall, cpu = _timed(lambda c=c, e=e: M.pesq_wb(c, e), args.reps)
+        wall, cpu = _timed(lambda c=c, e=e: measures.pesq_wb(c, e), args.reps)
         print(f"pesq {sec:.0f} s segment: {wall:.1f} ms wall, {cpu:.1f} ms CPU", flush=True)
 
     clean = np.stack([speech_like(2.0, seed=i) for i in range(8)])
     est = np.stack([noisy_version(c, 0.002, seed=i) for i, c in enumerate(clean)])
-    wall, cpu = _timed(lambda: M.PesqPool(0).normalized_pesq(clean, est), args.reps)
+    wall, cpu = _timed(lambda: PesqPool(0).normalized_pesq(clean, est), args.reps)
     print(f"pool serial (num_workers=0) batch 8 x 2 s: {wall:.0f} ms wall", flush=True)
     for method in args.methods:
-        M.pool_context = lambda method=method: mp.get_context(method)
+        worker_pool.pool_context = lambda method=method: mp.get_context(method)
         for k in args.workers:
             t0 = time.perf_counter()
-            pool = M.PesqPool(k)
+            pool = PesqPool(k)
             pool.normalized_pesq(clean[:1], est[:1])
             start = time.perf_counter() - t0
             wall, cpu = _timed(lambda pool=pool: pool.normalized_pesq(clean, est), args.reps)

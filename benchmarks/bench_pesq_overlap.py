@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from training.evaluation import metrics
-from training.evaluation.metrics import PesqPool
+from training import pesq_targets
 from training.loop import StepContext, train_step
 from training.losses import LossWeights
 from training.models.dualpath import STFT_400
+from training.pesq_targets import PesqPool
 
 
 class _Sleep(torch.autograd.Function):
@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="segment length (2 s: MambAttention)")
     ap.add_argument("--workers", type=int, default=2, help="PESQ worker processes (trainer.pesq_workers)")
     ap.add_argument("--model-ms", type=float, nargs="+", default=[30, 60, 120])
-    ap.add_argument("--niceness", type=int, default=metrics.PESQ_NICENESS,
+    ap.add_argument("--niceness", type=int, default=pesq_targets.PESQ_NICENESS,
                     help="CPU priority offset of the PESQ workers (0: same priority as the training loop)")
     args = ap.parse_args(argv)
-    metrics.PESQ_NICENESS = args.niceness
+    pesq_targets.PESQ_NICENESS = args.niceness
     alone, rows = run(args.model_ms, args.steps, args.batch, args.seconds, args.workers)
     print(f"PESQ targets vs step time: batch {args.batch} x {args.seconds:g} s, {args.workers} PESQ workers, "
           f"niceness {args.niceness}, {args.steps} steps; PESQ alone {1e3 * alone:.1f} ms per batch; host load {os.getloadavg()[0]:.1f} "

@@ -36,11 +36,11 @@ def child(model: str, batch: int, seconds: float, steps: int, threads: int, chec
     import numpy as np
     import torch
 
-    from training.evaluation.metrics import PesqPool
     from training.loop import StepContext, train_step
     from training.losses import LossWeights
     from training.models import build_model
     from training.models.tf_blocks import set_activation_checkpointing
+    from training.pesq_targets import PesqPool
 
     torch.set_num_threads(threads)
     seg = _segment(model, seconds)

@@ -52,10 +52,10 @@ def _sync(device: torch.device) -> None:
 
 # ----- 1. training step per model -----------------------------------------------------------------
 def part_step(device: torch.device, quick: bool, batch: int, steps: int, models: list[str] | None) -> list[tuple]:
-    from training.evaluation.metrics import PesqPool
     from training.loop import StepContext, train_step
     from training.losses import LossWeights
     from training.models import build_model, list_models, model_info
+    from training.pesq_targets import PesqPool
 
     names = models or (QUICK_MODELS if quick else [n for n in list_models() if model_info(n).kind == "generator"])
     rows = []

@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from common.atomic import atomic_write_bytes
+from common.errors import InputError
 
 SAMPLE_RATE = 16000
 FULL_SCALE = 32767 / 32768  # the largest 16-bit PCM sample as float
@@ -24,7 +25,7 @@ AUDIO_EXTENSIONS = (".aif", ".aifc", ".aiff", ".au", ".caf", ".flac", ".mp3", ".
                     ".sd2", ".snd", ".voc", ".w64", ".wav", ".wave")
 
 
-class AudioFileError(ValueError):
+class AudioFileError(InputError):
     """An audio file that cannot be read or written: one line naming the file."""
 
 

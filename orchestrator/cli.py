@@ -20,9 +20,9 @@ import logging
 import pkgutil
 import sys
 
+from common.errors import InputError
 from common.rundir import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from orchestrator import commands as _commands_pkg
-from orchestrator.errors import user_error_types
 
 # OSErrors that describe the machine or the user's paths, printed as one line (exit 2), not a traceback.
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the launchers have already asked running cells to checkpoint
         print("interrupted (run the same command again to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except user_error_types() as e:
+    except InputError as e:  # bad input of any package: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:  # the machine, not the code: full/read-only disk, a path that is a file, ...

@@ -64,6 +64,7 @@ class Row:
     stats: dict[tuple[str, str], Stat]  # (testset, metric) -> Stat
     seeds: list[str]
     noisy: bool = False
+    settings: dict[str, str] = field(default_factory=dict)  # the params that define the row (model.*, grid axes)
 
 
 @dataclass
@@ -110,7 +111,8 @@ def resolve_sweep(
     ml = ml if isinstance(ml, dict) else {}
     uri = tracking_uri or ml.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     parent = ml.get("parent_run_id") if isinstance(ml.get("parent_run_id"), str) else None
-    return SweepRef(name=name, tracking_uri=str(uri), parent_run_id=parent, experiment=experiment)
+    return SweepRef(name=name, tracking_uri=str(uri), parent_run_id=parent, experiment=experiment,
+                    server_dir=ml.get("server_dir") if uri == ml.get("tracking_uri") else None)
 
 
 # ---------------------------------------------------------------- building the table
@@ -182,7 +184,7 @@ def sweep_runs(sweep: str | os.PathLike, *, tracking_uri: str | None = None, exp
                root: str | os.PathLike = "runs") -> tuple[SweepRef, object, str | None, list]:
     """``(ref, client, parent_run_id, child runs)`` of a sweep, any status (for the curves)."""
     ref = resolve_sweep(sweep, tracking_uri=tracking_uri, experiment=experiment, root=root)
-    client = mlflow_sweep.client(ref.tracking_uri, must_exist=True)
+    client = mlflow_sweep.client(ref.tracking_uri, must_exist=True, server_dir=ref.server_dir)
     parent_id, runs = mlflow_sweep.find_sweep_runs(client, ref)
     return ref, client, parent_id, runs
 
@@ -245,7 +247,7 @@ def build_table(sweep: str, runs: list, *, metrics: list[str] | None = None,
                     if f"eval/{ts}/noisy/{m}" in r.data.metrics
                 )  # fmt: skip
         seeds = sorted(by_seed, key=lambda s: (len(s), s))
-        rows.append(Row(labels[key], _params_count(list(by_seed.values())), stats, seeds))
+        rows.append(Row(labels[key], _params_count(list(by_seed.values())), stats, seeds, settings=dict(key)))
     noisy = {k: summarize(v) for k, v in noisy_vals.items() if v}
     if noisy:
         rows.insert(0, Row(NOISY, None, noisy, [], noisy=True))
@@ -264,7 +266,7 @@ def compare_sweep(
 ) -> Table:
     """Find the sweep's runs and build its table. Raises UserError when no run has results."""
     ref = resolve_sweep(sweep, tracking_uri=tracking_uri, experiment=experiment, root=root)
-    client = mlflow_sweep.client(ref.tracking_uri, must_exist=True)
+    client = mlflow_sweep.client(ref.tracking_uri, must_exist=True, server_dir=ref.server_dir)
     parent_id, runs = mlflow_sweep.find_sweep_runs(client, ref)
     if not runs:
         raise UserError(f"sweep {ref.name}: no runs found at {ref.tracking_uri}")
@@ -394,10 +396,100 @@ def render_latex(table: Table) -> str:
 RENDERERS = {"md": render_md, "csv": render_csv, "json": render_json, "latex": render_latex}
 
 
-def render(table: Table, fmt: str = "md") -> str:
+# ---------------------------------------------------------------- the papers' layouts
+
+PAPER_MODEL_NAMES = {"xlstm-senet": "xLSTM-SENet", "lstm-senet": "LSTM-SENet", "semamba": "SEMamba",
+                     "mpsenet-official": "MP-SENet", "mpsenet": "MP-SENet (corrected)", "mambattention": "MambAttention",
+                     "xlstm-attention": "xLSTM-Attention", "lstm-attention": "LSTM-Attention"}
+TRAINING_DATA_NAMES = (("dns2020", "DNS 2020"), ("vb_demandex", "VB-DemandEx"))  # a data.train fragment -> name
+
+
+@dataclass(frozen=True)
+class PaperLayout:
+    """One of the papers' tables: column groups (a fragment of the logged test-set name -> the paper's
+    heading), the metrics under each, the row order, and whether rows name their training data."""
+
+    caption: str
+    groups: tuple[tuple[str, str], ...]
+    metrics: tuple[str, ...]
+    row_order: tuple[str, ...]
+    by_training_data: bool = False
+
+    def row_label(self, row: Row) -> str:
+        name = row.settings.get("model.name", row.model)
+        label = PAPER_MODEL_NAMES.get(name, name)
+        if self.by_training_data:
+            train = row.settings.get("data.train", "")
+            data = next((text for frag, text in TRAINING_DATA_NAMES if frag in train), train or "?")
+            label += f" ({data})"
+        return label
+
+
+PAPER_LAYOUTS = {
+    "mambattention_table2": PaperLayout(
+        "Table II (MambAttention, arXiv 2507.00966): DNSMOS on the DNS 2020 test sets",
+        (("no_reverb", "Without Reverb"), ("real_recordings", "Real Recordings"), ("with_reverb", "With Reverb")),
+        ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"),
+        ("MambAttention (DNS 2020)", "MambAttention (VB-DemandEx)"), by_training_data=True),
+    "mambattention_table5": PaperLayout(
+        "Table V (MambAttention, arXiv 2507.00966): speech enhancement on the DNS 2020 test set without reverb",
+        (("no_reverb", "DNS 2020 Without Reverb"),), ("pesq", "ssnr", "estoi", "si_sdr"),
+        ("xLSTM-SENet", "LSTM-SENet", "SEMamba", "MP-SENet", "MambAttention")),
+}
+LAYOUTS = ("auto", "generic", *PAPER_LAYOUTS)
+PAPER_LABELS = {"dnsmos_sig": "SIG", "dnsmos_bak": "BAK", "dnsmos_ovrl": "OVRL"}
+
+
+def paper_layout(table: Table, layout: str = "auto") -> PaperLayout | None:
+    """The paper layout to print ``table`` in: ``auto`` = the one named like the sweep, if any."""
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "generic":
+        return None
+    return PAPER_LAYOUTS.get(table.sweep if layout == "auto" else layout)
+
+
+def render_paper(table: Table, layout: PaperLayout) -> str:
+    """Markdown in the paper's layout: its column groups and order, its row names and order (rows the
+    paper does not have come after), two decimals, the noisy input first."""
+    cols = []
+    for frag, heading in layout.groups:
+        match = [ts for ts in table.testsets if frag in ts]
+        if len(match) > 1:  # e.g. "no_reverb" must not also match a "with_no_reverb"
+            match = [ts for ts in match if ts.split("/")[0].endswith(frag)] or match[:1]
+        for m in layout.metrics:
+            cols.append((match[0] if match else None, m, f"{heading} {PAPER_LABELS.get(m, METRIC_LABELS.get(m, m))}"))
+    rows = [r for r in table.rows if r.noisy]
+    models = sorted((r for r in table.rows if not r.noisy), key=lambda r: (
+        layout.row_order.index(layout.row_label(r)) if layout.row_label(r) in layout.row_order else len(layout.row_order),
+        layout.row_label(r)))
+    seeds = sorted({_row_n(r) for r in models})
+    lines = [f"{layout.caption}; sweep `{table.sweep}`, mean ± std over seeds (sample std, ddof=1), "
+             f"{'/'.join(map(str, seeds)) or '0'} seed(s) per row; `-` = no value.", "",
+             "| " + " | ".join(["Model", "Params"] + [c[2] for c in cols]) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(cols) + 1)) + "|"]
+    for row in rows + models:
+        n = _row_n(row)
+        cells = ["Noisy" if row.noisy else layout.row_label(row), _params_text(row.params)]
+        for ts, m, _ in cols:
+            stat = row.stats.get((ts, m)) if ts else None
+            if stat is None:
+                cells.append("-")
+            elif row.noisy:
+                cells.append(f"{stat.mean:.2f}")
+            else:
+                std = f"{stat.std:.2f}" if stat.std is not None else "-"
+                cells.append(f"{stat.mean:.2f} ± {std}" + (f" (n={stat.n})" if stat.n != n else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(table: Table, fmt: str = "md", layout: str = "generic") -> str:
+    """``table`` as text; with ``fmt`` md, ``layout`` (`paper_layout`) may choose a paper's layout."""
     if fmt not in RENDERERS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return RENDERERS[fmt](table)
+    chosen = paper_layout(table, layout) if fmt == "md" else None
+    return render_paper(table, chosen) if chosen else RENDERERS[fmt](table)
 
 
 def log_to_parent(table: Table) -> list[str]:

@@ -1,30 +1,14 @@
-"""Errors the CLI turns into a one-line message and exit code 2 (bad input, before any work).
+"""The orchestrator's user error: bad input to a command (a sweep file, a profile, a path, an argument).
 
-`training` and `sharding` never import `orchestrator`, so each raises its own ValueError subclass
-(`training.config.ConfigError`, `sharding.errors.SourceError`); the CLI treats all of them alike.
+A `common.errors.InputError`, like every package's own (`common.config.ConfigError`,
+`sharding.errors.SourceError`, ...): the CLI catches that one base class, prints the one-line message
+and exits 2.
 """
 
 from __future__ import annotations
 
+from common.errors import InputError
 
-class UserError(ValueError):
+
+class UserError(InputError):
     """Bad user input (config, path, argument): one line, names the file/key and what was expected."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Every exception type that means 'the user's input is wrong' (exit code 2)."""
-    import importlib
-
-    types: list[type[BaseException]] = [UserError]
-    for module, name in (
-        ("training.configtools", "ConfigError"),
-        ("common.audio", "AudioFileError"),
-        ("training.evaluation.testsets", "TestSetError"),
-        ("training.evaluation.metrics", "MetricError"),
-        ("sharding.errors", "SourceError"),
-    ):
-        try:
-            types.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 from training.evaluation.analysis import latent_vector, spectrogram_png, tsne_png
-from training.evaluation.inference import Enhancer, LoadedModel, load_generator
+from training.evaluation.inference import LoadedModel, load_generator
+from training.evaluation.protocol import enhancer_for
 from training.evaluation.testsets import open_testset
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def spectrogram_figures(checkpoint, testset: str, out_dir, *, keys: list[str] | 
     """One noisy/clean/enhanced PNG per chosen utterance (``keys``, else the first ``first``)."""
     loaded = load_generator(checkpoint)
     ts = open_testset(testset)
-    enhancer = Enhancer(loaded.model, loaded.config.eval.chunk_seconds, loaded.config.eval.overlap_seconds)
+    enhancer = enhancer_for(loaded.model, loaded.config)  # the run's protocol (eval.mode)
     wanted = set(keys) if keys else None
     paths: list[Path] = []
     found: set[str] = set()

@@ -5,8 +5,10 @@ schema-migration races; a single ``mlflow server`` on the login node serialises 
 or pools them (PostgreSQL), and proxies artifact uploads (``--serve-artifacts``) so jobs need no
 access to the artifact store. Layout of a server folder ``DIR``::
 
-    DIR/server.json    {"uri", "pid", "host", "port", "backend_store_uri", "artifacts_destination", ...}
-    DIR/server.pid     its process id (= its process group: the uvicorn workers too)
+    DIR/server.json    {"uri", "pid", "host", "port", "backend_store_uri", "artifacts_destination", ...,
+                        "identity": the process's identity (common/procid.py)}; kept after a stop, so
+                        the next start comes back on the recorded port when it is free
+    DIR/server.pid     its process id (= its process group: the uvicorn workers too), while it runs
     DIR/server.log     the server's stdout + stderr
     DIR/server.lock    held while a command checks for / starts the server
     DIR/mlflow.db      the default SQLite backend store
@@ -14,6 +16,9 @@ access to the artifact store. Layout of a server folder ``DIR``::
 
     uri = ensure_server("runs/sweep-a/mlflow")      # starts it once, reuses it afterwards
     stop_server("runs/sweep-a/mlflow")
+
+Nothing is ever signalled but the recorded process itself: its identity (boot, start time, command
+line) is checked first, so a stale pid that now names another process is left alone.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from common import procid
 from orchestrator.errors import UserError
+from training.tracking import ensure_sqlite_file, server_problem, unavailable_message
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ class ServerInfo:
     workers: int
     log_path: str
     started_at: float
+    identity: dict | None = None  # common.procid.identify(pid); None in files of older versions
 
 
 # ---------------------------------------------------------------- configuration
@@ -171,17 +179,26 @@ def default_backend_store_uri(dir: str | os.PathLike) -> str:
     return f"sqlite:///{Path(dir).resolve() / 'mlflow.db'}"
 
 
-def _check_backend(uri: str) -> str:
+def _check_backend(uri: str, *, create: bool = True) -> str:
     scheme = uri.split(":", 1)[0].split("+", 1)[0]
     if scheme not in ("sqlite", "postgresql", "mysql", "mssql"):
         raise UserError(
             f"mlflow server: --backend-store-uri must be sqlite:///PATH or postgresql://..., got {uri!r}"
         )
-    if scheme == "sqlite":
-        db = uri.split("sqlite:///", 1)[-1]
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        ensure_sqlite_file(uri)  # mode from the umask (SQLite alone would make it 0644)
     return uri
+
+
+def check_port(host: str, port: int | None) -> None:
+    """UserError (one line) for a port outside 1-65535 or one that is in use on ``host``."""
+    if port is None:
+        return
+    if not 1 <= int(port) <= 65535:
+        raise UserError(f"mlflow server: --port must be 1-65535, got {port}")
+    if not port_free(host, int(port)):
+        raise UserError(f"mlflow server: port {port} on {host} is in use; choose another --port "
+                        f"(or leave it out: a free one is picked)")
 
 
 # ---------------------------------------------------------------- health and state
@@ -216,7 +233,7 @@ def read_server(dir: str | os.PathLike) -> ServerInfo | None:
     path = Path(dir) / SERVER_JSON
     try:
         data = json.loads(path.read_text())
-        return ServerInfo(**{k: data[k] for k in ServerInfo.__dataclass_fields__})
+        return ServerInfo(**{k: data.get(k) if k == "identity" else data[k] for k in ServerInfo.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -224,9 +241,19 @@ def read_server(dir: str | os.PathLike) -> ServerInfo | None:
 def running_server(dir: str | os.PathLike) -> ServerInfo | None:
     """The server recorded in ``DIR`` if its process lives and ``/health`` answers, else None."""
     info = read_server(dir)
-    if info and _pid_alive(info.pid) and is_healthy(info.uri):
+    if info and is_server_process(info) and is_healthy(info.uri):
         return info
     return None
+
+
+def is_server_process(info: ServerInfo) -> bool:
+    """True when the recorded pid still is the server (its identity; for a record of an older
+    version without one: a live process whose command line is `mlflow server ... --port PORT`)."""
+    if info.identity is not None:
+        return procid.is_same(info.identity)
+    ident = procid.identify(info.pid)
+    cmd = f" {ident['cmdline']} " if ident else ""
+    return " mlflow server " in cmd and f" --port {info.port} " in cmd
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -243,9 +270,21 @@ def wait_healthy(uri: str, *, timeout_s: float = 120.0, proc: subprocess.Popen |
         if is_healthy(uri):
             return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with code {proc.returncode} before it was healthy")
+            raise ServerStartError(f"mlflow server exited with code {proc.returncode} before it answered at {uri}")
         time.sleep(0.5)
-    raise TimeoutError(f"mlflow server at {uri} not healthy after {timeout_s:.0f} s")
+    raise ServerStartError(f"mlflow server at {uri} did not answer within {timeout_s:.0f} s")
+
+
+class ServerStartError(UserError):
+    """The server did not come up (one line; the server's log says why)."""
+
+
+def _last_log_line(log_path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
 
 
 # ---------------------------------------------------------------- start / stop
@@ -281,9 +320,15 @@ def start_server(
     timeout_s: float = 120.0,
 ) -> ServerInfo:
     """Start ``mlflow server`` detached (own session, survives this process), wait until healthy,
-    record it in ``DIR/server.json``. Host: ``host`` or the profile's ``mlflow_host``; port: ``port``
-    or a free one. Raises ``RuntimeError``/``TimeoutError`` (server killed) when it does not come up."""
+    record it in ``DIR/server.json``. Host: ``host`` or the profile's ``mlflow_host``; port: ``port``,
+    else the port recorded in ``DIR/server.json`` by an earlier server on the same host when it is
+    free (a restarted server keeps its URI), else a free one. UserError (one line) for a bad or busy
+    port and for a server that does not come up (it is killed; ``DIR/server.log`` says why)."""
     d, host, backend, artifacts = _setup(dir, backend_store_uri, artifacts_destination, host, profile)
+    check_port(host, port)
+    previous = read_server(d)
+    if port is None and previous is not None and previous.host == host and port_free(host, previous.port):
+        port = previous.port
     port = port or free_port(host if host != "0.0.0.0" else "")
     cmd = server_command(
         backend_store_uri=backend, artifacts_destination=artifacts, host=host, port=port, workers=workers
@@ -296,52 +341,74 @@ def start_server(
             cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=server_env(), cwd=d, start_new_session=True,
         )  # fmt: skip
+    try:
+        wait_healthy(uri, timeout_s=timeout_s, proc=proc)
+    except BaseException as e:
+        _kill_group(proc.pid, timeout_s=10)
+        with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
+            proc.wait(timeout=1)
+        if isinstance(e, ServerStartError):
+            raise ServerStartError(f"{e}; {log_path}: {_last_log_line(log_path)}") from None
+        raise
     info = ServerInfo(
         uri=uri, pid=proc.pid, host=host, port=port, backend_store_uri=backend,
         artifacts_destination=artifacts, workers=workers, log_path=str(log_path), started_at=time.time(),
+        identity=procid.identify(proc.pid),  # after /health answered: the exec'd server, not our fork
     )  # fmt: skip
-    try:
-        wait_healthy(uri, timeout_s=timeout_s, proc=proc)
-    except BaseException:
-        _kill_group(proc.pid, timeout_s=10)
-        with contextlib.suppress(ChildProcessError):
-            proc.wait(timeout=1)
-        raise
     (d / SERVER_PID).write_text(f"{proc.pid}\n")
     _write_json_atomic(d / SERVER_JSON, asdict(info))
     return info
 
 
-def _kill_group(pid: int, *, timeout_s: float = 15.0) -> None:
-    """SIGTERM the server's process group (server, uvicorn workers), SIGKILL after ``timeout_s``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _kill_group(pid: int, *, timeout_s: float = 15.0, identity: dict | None = None) -> None:
+    """SIGTERM the server's process group (server, uvicorn workers), SIGKILL after ``timeout_s``.
+    With ``identity``, the first signal goes only if the leader still is that process; the group's
+    id cannot be reused while any member lives, so the SIGKILL reaches only its survivors."""
+    if identity is not None:
+        if not procid.signal_if_same(identity, signal.SIGTERM, group=True):
+            return
+    else:  # our own child, just started
         try:
-            os.killpg(pid, sig)
+            os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.2)
+    if _wait_group_gone(pid, timeout_s):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    _wait_group_gone(pid, timeout_s)
 
 
-def stop_server(dir: str | os.PathLike, *, timeout_s: float = 15.0) -> bool:
-    """Stop the server recorded in ``DIR`` (its whole process group); True if one was running."""
+def _wait_group_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.2)
+    return False
+
+
+def stop_server(dir: str | os.PathLike, *, timeout_s: float = 15.0) -> str:
+    """Stop the server recorded in ``DIR`` (its whole process group) after checking that the recorded
+    pid still is that server (:func:`is_server_process`). Returns "stopped", "not running" (nothing
+    recorded, or its process is gone) or "not the server" (the pid now names another process: nothing
+    is signalled). ``server.json`` stays (a later start reuses its port); ``server.pid`` goes."""
     info = read_server(dir)
     if info is None:
-        return False
-    was_alive = _pid_alive(info.pid)
-    if was_alive:
-        _kill_group(info.pid, timeout_s=timeout_s)
-    for name in (SERVER_JSON, SERVER_PID):
-        with contextlib.suppress(FileNotFoundError):
-            (Path(dir) / name).unlink()
-    return was_alive
+        return "not running"
+    outcome = "not running"
+    if is_server_process(info):
+        _kill_group(info.pid, timeout_s=timeout_s, identity=info.identity)
+        outcome = "stopped"
+    elif procid.identify(info.pid) is not None:
+        outcome = "not the server"
+    with contextlib.suppress(FileNotFoundError):
+        (Path(dir) / SERVER_PID).unlink()
+    return outcome
 
 
 @contextlib.contextmanager
@@ -360,18 +427,16 @@ def ensure_server(dir: str | os.PathLike, **options) -> str:
     """The URI of the server recorded in ``DIR``, starting one first if none answers.
 
     ``options`` are :func:`start_server`'s; they matter only when a server is started. A server
-    that died (crash, reboot) comes back on its recorded host and port when that port is free, so
-    its URI stays the same. Concurrent calls on one ``DIR`` start one server (file lock)."""
+    that died or was stopped comes back on its recorded host and port when that port is free, so its
+    URI stays the same. Concurrent calls on one ``DIR`` start one server (file lock)."""
+    return ensure_server_info(dir, **options).uri
+
+
+def ensure_server_info(dir: str | os.PathLike, **options) -> ServerInfo:
+    """:func:`ensure_server`, returning the whole record."""
     d = Path(dir)
     with _locked(d):
-        info = running_server(d)
-        if info is None:
-            previous = read_server(d)
-            host = options.get("host") or profile_mlflow_host(options.get("profile"))
-            if previous and not options.get("port") and previous.host == host and port_free(host, previous.port):
-                options = {**options, "host": host, "port": previous.port}
-            info = start_server(d, **options)
-    return info.uri
+        return running_server(d) or start_server(d, **options)
 
 
 def serve_foreground(
@@ -386,6 +451,7 @@ def serve_foreground(
 ) -> int:
     """Run the server in this terminal until Ctrl-C; returns its exit code."""
     d, host, backend, artifacts = _setup(dir, backend_store_uri, artifacts_destination, host, profile)
+    check_port(host, port)
     cmd = server_command(
         backend_store_uri=backend, artifacts_destination=artifacts, host=host, port=port, workers=workers
     )
@@ -405,24 +471,58 @@ def serve_foreground(
 # ---------------------------------------------------------------- the UI
 
 
+def start_advice(server_dir: str | os.PathLike | None) -> str:
+    """What to do about a sweep's server that does not answer: the exact command when its folder is known."""
+    folder = str(server_dir) if server_dir else "DIR"
+    return (f"start it with `orchestrate mlflow-server {folder} --background` (it comes back on its recorded "
+            f"port{'' if server_dir else '; DIR: the folder with its server.json'}), or retry later")
+
+
+def require_server(uri: str, server_dir: str | os.PathLike | None = None) -> None:
+    """UserError within a few seconds (one line: the server, how to start it) when the tracking server
+    ``uri`` does not answer; nothing for a database store."""
+    problem = server_problem(uri)
+    if problem:
+        raise UserError(unavailable_message(uri, problem, start_advice(server_dir)))
+
+
+def store_artifacts(store_uri: str) -> str | None:
+    """Where the artifacts of a SQLite store fronted by a tracking server are (``mlflow-artifacts:``
+    URIs in the store resolve against it): the artifact destination recorded by the server beside
+    it (``<db folder>/<db name>-server/``), else that folder's ``artifacts/``; None without one."""
+    if not store_uri.startswith("sqlite:///"):
+        return None
+    db = Path(store_uri[len("sqlite:///") :])
+    folder = db.parent / f"{db.stem}-server"
+    info = read_server(folder)
+    if info is not None:
+        return info.artifacts_destination
+    return str(folder / "artifacts") if (folder / "artifacts").is_dir() else None
+
+
 def ui_command(tracking_uri: str, *, host: str = DEFAULT_HOST, port: int = 5000) -> list[str] | None:
-    """``mlflow ui`` over a database store; None when ``tracking_uri`` is already a server (it
-    serves the UI itself)."""
+    """``mlflow ui`` over a database store (serving the artifacts its server wrote, if any); None when
+    ``tracking_uri`` is already a server (it serves the UI itself)."""
     if tracking_uri.startswith(("http://", "https://")):
         return None
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", _check_backend(tracking_uri),
-            "--host", host, "--port", str(port)]  # fmt: skip
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", _check_backend(tracking_uri, create=False),
+           "--host", host, "--port", str(port)]  # fmt: skip
+    artifacts = store_artifacts(tracking_uri)
+    return cmd + ["--artifacts-destination", artifacts] if artifacts else cmd
 
 
 def open_ui(tracking_uri: str, *, host: str = DEFAULT_HOST, port: int = 5000, timeout_s: float = 120.0,
-            out=print) -> int:  # fmt: skip
-    """Print the UI's URL; start ``mlflow ui`` on a database store and serve until Ctrl-C."""
-    cmd = ui_command(tracking_uri, host=host, port=port)
-    if cmd is None:
-        out(f"MLflow UI: {tracking_uri.rstrip('/')}  (served by the tracking server)")
-        return 0
+            out=print, server_dir: str | os.PathLike | None = None) -> int:  # fmt: skip
+    """Print the UI's URL; start ``mlflow ui`` on a database store and serve until Ctrl-C. A tracking
+    server that does not answer is a UserError naming it and how to start it (``server_dir``: its folder)."""
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).is_file():
         raise UserError(f"tracking URI {tracking_uri}: no such database file")
+    cmd = ui_command(tracking_uri, host=host, port=port)
+    if cmd is None:
+        require_server(tracking_uri, server_dir)
+        out(f"MLflow UI: {tracking_uri.rstrip('/')}  (served by the tracking server)")
+        return 0
+    check_port(host, port)
     url = f"http://{_connect_host(host)}:{port}"
     proc = subprocess.Popen(cmd, env=server_env())
     try:

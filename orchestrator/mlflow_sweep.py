@@ -34,19 +34,23 @@ class SweepRef:
     tracking_uri: str
     parent_run_id: str | None = None
     experiment: str | None = None
+    server_dir: str | None = None  # the sweep's own tracking server's folder (ledger), for "start it with ..."
 
 
-def client(uri: str, *, must_exist: bool = False):
-    """An ``MlflowClient`` for ``uri`` (telemetry off); ``must_exist``: a SQLite file that is not there is a
-    UserError (readers must not create an empty store)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
+def client(uri: str, *, must_exist: bool = False, server_dir: str | os.PathLike | None = None):
+    """An ``MlflowClient`` for ``uri`` whose calls give up within seconds (``training.tracking``'s rule).
+    ``must_exist`` (readers): a SQLite file that is not there, or a tracking server that does not answer,
+    is a UserError at once (one line; with ``server_dir``, the command that starts the server)."""
+    from orchestrator.mlflow_server import require_server
+    from training.tracking import mlflow_client
 
     if must_exist and uri.startswith(SQLITE):
         db = Path(uri[len(SQLITE) :])
         if not db.is_file():
             raise UserError(f"tracking URI {uri}: no such database file")
-    return MlflowClient(tracking_uri=uri)
+    if must_exist:
+        require_server(uri, server_dir)
+    return mlflow_client(uri)
 
 
 def search_all(mc, experiment_ids: list[str], filter_string: str) -> list:
@@ -146,8 +150,9 @@ def ensure_parent_run(tracking_uri: str, experiment: str, sweep_name: str, run_i
     :func:`store_lock`, so concurrent first-time sweeps share one store schema and one parent run."""
     from mlflow.exceptions import MlflowException
 
-    if tracking_uri.startswith(SQLITE):
-        Path(tracking_uri[len(SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
+    from training.tracking import ensure_sqlite_file
+
+    ensure_sqlite_file(tracking_uri)  # created under the umask, not SQLite's fixed 0644
     with store_lock(tracking_uri, sweep_dir):
         mc = client(tracking_uri)
         if run_id:
@@ -222,6 +227,17 @@ def ensure_sweep_server(store: str, sweep_dir: Path, *, host: str) -> tuple[str,
         raise UserError(f"mlflow server in {folder} serves {info.backend_store_uri}, not this sweep's store "
                         f"{store}; stop it (orchestrate mlflow-server {folder} --stop) or set mlflow.tracking_uri")
     return uri, folder
+
+
+def sweep_server_problem(ml: dict) -> str | None:
+    """One line when the tracking server a ledger's ``mlflow`` record names does not answer (which
+    server, how to start it), else None (it answers, or the sweep writes a store directly)."""
+    from orchestrator.mlflow_server import start_advice
+    from training.tracking import server_problem, unavailable_message
+
+    uri = ml.get("tracking_uri")
+    problem = server_problem(uri) if isinstance(uri, str) else None
+    return unavailable_message(uri, problem, start_advice(ml.get("server_dir"))) if problem else None
 
 
 def live_tracking_uri(ml: dict) -> str:

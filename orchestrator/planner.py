@@ -31,6 +31,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.progress import format_duration
+from orchestrator.sweeps.plan import read_manifest
 from training.model_names import GMACS_2S, PARAMS
 from training.progress import WINDOW_KEYS
 
@@ -66,6 +68,11 @@ MEASURED_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput
 TRAIN_KEYS = len(WINDOW_KEYS) + 4 + 9  # window averages, lr, 2 counters, steps/s, data/* counters
 VAL_KEYS = 6  # val/pesq, estoi, si_sdr, ssnr, best_pesq (+ noisy_* once)
 SYSTEM_KEYS = 10  # cpu, memory, disk, network; + GPU utilisation/memory per GPU when present
+# metric points/s one tracking server wrote with every point stored, per backend store, measured by
+# benchmarks/bench_mlflow_rate.py (docs/mlflow.md "How many points a server holds"); a plan above
+# MLFLOW_HEADROOM of its store's ceiling is told so, with the setting that fits
+STORE_CEILING_POINTS_S = {"sqlite": 3300.0, "postgresql": 4300.0}  # 2 shared cores, server and 15 writers
+MLFLOW_HEADROOM = 0.5
 
 
 @dataclass
@@ -126,62 +133,85 @@ def _params(name: str, options_json: str) -> int:
     return sum(p.numel() for p in build_model(name, **json.loads(options_json)).parameters())
 
 
-def _manifest(folder: str) -> dict | None:
-    try:
-        data = json.loads((Path(folder) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def cell_cost(cell_id: str, cfg: dict, *, device: str, signal_before_end_s: int = 300,
-              gmacs=model_gmacs) -> CellCost:
-    """The cost of one cell (a resolved run config as a dict) on `device` (a DEVICES key)."""
-    m, t, d, launcher = cfg["model"], cfg["trainer"], cfg["data"], cfg["launcher"]
-    name, opts = m["name"], dict(m.get("options") or {})
-    gpus = int(launcher.get("nodes") or 1) * int(launcher.get("gpus_per_node") or launcher.get("nproc") or 1)
+def cell_cost(cell_id: str, cfg, *, device: str, signal_before_end_s: int = 300, gmacs=model_gmacs,
+              manifest=read_manifest, measured: list[dict] | None = None) -> CellCost:
+    """The cost of one cell (a resolved RunConfig) on `device` (a DEVICES key). ``manifest(source, split)``
+    gives a split's `sharding.manifest.Manifest` (a `SweepPlan` reads each once); ``measured``:
+    `throughput_table()`."""
+    m, t, d, launcher = cfg.model, cfg.trainer, cfg.data, cfg.launcher
+    name, opts = m.name, dict(m.options or {})
+    gpus = launcher.nodes * (launcher.gpus_per_node or launcher.nproc)
     if device == "cpu":
-        gpus = int(launcher.get("nodes") or 1) * int(launcher.get("nproc") or 1)
-    seg = int(d.get("segment_samples") or 32000)
-    batch = int(d["batch_size"])
-    measured = [r for r in throughput_table() if r.get("model") == name and r.get("device") == device]
-    macs_2s = None
-    if measured:
-        r = measured[0]
+        gpus = launcher.nodes * launcher.nproc
+    seg = d.segment_samples or 32000
+    batch = d.batch_size
+    rows = [r for r in (throughput_table() if measured is None else measured)
+            if r.get("model") == name and r.get("device") == device]
+    if rows:
+        r = rows[0]
         rate = float(r["steps_per_s"]) * (r["batch"] * r["segment_samples"]) / (batch * seg)
         source = f"measured ({r['source']})"
         val_rate = None
     else:
         macs_2s = gmacs(name, opts) * 1e9
-        precision = "bf16" if t.get("precision") == "bf16" else "fp32"
-        passes = 4 if t.get("activation_checkpointing") else 3
+        precision = "bf16" if t.precision == "bf16" else "fp32"
+        passes = 4 if t.activation_checkpointing else 3
         step_flops = 2 * macs_2s * (seg / 32000) * batch * passes
         rate = gpus * DEVICES[device][precision] * ASSUMED_MFU / step_flops
         source = (f"FLOP estimate: {2 * macs_2s / 1e9:.1f} GFLOP per 2 s x {passes} passes, "
                   f"{DEVICES[device]['label']} {precision} peak x {ASSUMED_MFU:.0%} assumed utilisation")
         val_rate = gpus * DEVICES[device][precision] * ASSUMED_MFU / (2 * macs_2s)  # 2-s clips per s
-    steps = int(t["max_steps"])
+    steps = t.max_steps
     wall = steps / rate
-    if d.get("valid") and t.get("val_every"):
-        vman = _manifest(d["valid"])
-        n_val = int(d.get("valid_limit") or (vman or {}).get("num_samples") or 200)
-        secs = (vman["seconds"] / max(1, vman["num_samples"])) if vman else VALID_SECONDS
+    if d.valid and t.val_every:
+        vman = manifest(d.valid, "valid")
+        n_val = int(d.valid_limit or (vman.num_samples if vman else 0) or 200)
+        secs = (vman.seconds / max(1, vman.num_samples)) if vman and vman.seconds else VALID_SECONDS
         if val_rate is not None:
-            wall += (steps // int(t["val_every"])) * n_val * (secs / 2) / val_rate
-    job_s = int(launcher.get("time_min") or 0) * 60 - signal_before_end_s - STARTUP_S
+            wall += (steps // t.val_every) * n_val * (secs / 2) / val_rate
+    job_s = launcher.time_min * 60 - signal_before_end_s - STARTUP_S
     chains = math.ceil(wall / job_s) if job_s > 0 else 1
-    p = params(name, opts) + (params("metric-discriminator") if cfg.get("loss", {}).get("discriminator", True) else 0)
+    p = params(name, opts) + (params("metric-discriminator") if cfg.loss.discriminator else 0)
     ckpt_bytes = p * 4 * 3
-    keep = int(t.get("keep_last") or 1)
-    man = _manifest(d["train"])
-    data_bytes = sum(int(s.get("bytes", 0)) for s in man["shards"]) if man else None
-    data_steps = math.ceil(man["num_samples"] / batch) if man else None
-    sys_s = float(cfg.get("mlflow", {}).get("system_metrics_s") or 0)
-    pts = 3600 * rate * (TRAIN_KEYS / int(t.get("log_every") or 1)
-                         + (VAL_KEYS / int(t["val_every"]) if t.get("val_every") else 0))
+    keep = t.keep_last or 1
+    man = manifest(d.train, "train")
+    data_bytes = man.total_bytes if man else None
+    data_steps = math.ceil(man.num_samples / batch) if man else None
+    sys_s = float(cfg.mlflow.system_metrics_s or 0)
+    pts = 3600 * rate * (TRAIN_KEYS / (t.log_every or 1) + (VAL_KEYS / t.val_every if t.val_every else 0))
     pts += 3600 / sys_s * (SYSTEM_KEYS + 2 * gpus) if sys_s > 0 else 0
     return CellCost(cell_id, name, steps, rate, source, wall, gpus, wall * gpus / 3600, chains, job_s,
                     ckpt_bytes, keep, ckpt_bytes * keep + p * 4, data_bytes, data_steps, pts)
+
+
+def mlflow_rate_note(costs: list[CellCost], store: str | None) -> str | None:
+    """One line when the sweep's MLflow write rate (all cells running) exceeds MLFLOW_HEADROOM of what
+    its store held here (STORE_CEILING_POINTS_S), with the setting that fits; None when it fits or
+    the store is unknown (an http server fronting a store this plan cannot see)."""
+    kind = str(store or "").split(":", 1)[0].split("+", 1)[0]
+    ceiling = STORE_CEILING_POINTS_S.get(kind)
+    rate = sum(c.mlflow_points_per_h for c in costs) / 3600
+    if not ceiling or rate <= MLFLOW_HEADROOM * ceiling:
+        return None
+    fixes = []
+    pg = STORE_CEILING_POINTS_S["postgresql"]
+    if kind == "sqlite" and rate <= MLFLOW_HEADROOM * pg:
+        fixes.append("a PostgreSQL store (mlflow.tracking_uri=postgresql://USER@HOST/DB; the sweep's server "
+                     "fronts it; docs/mlflow.md)")
+    fixes.append(f"trainer.log_every x{math.ceil(rate / (MLFLOW_HEADROOM * ceiling))} (fewer, larger windows)")
+    return (f"MLflow: {rate:,.0f} points/s with all cells running is more than {MLFLOW_HEADROOM:.0%} of a {kind} "
+            f"store's measured ceiling ({ceiling:,.0f} points/s, benchmarks/bench_mlflow_rate.py); use "
+            + " or ".join(fixes))
+
+
+def plan_mlflow_rate_note(plan) -> str | None:
+    """`mlflow_rate_note` for a `SweepPlan` when every cell's throughput comes without a FLOP count
+    (registry presets, measured entries); None otherwise (a count is a forward pass per model:
+    minutes on a login node, too slow for `orchestrate sweep`; `orchestrate plan` says it)."""
+    if not plan.cells or not all(not c.config.model.options and c.config.model.name in KNOWN_GMACS
+                                 for c in plan.cells):
+        return None
+    return mlflow_rate_note(plan_costs(plan)[1], plan.tracking.store if plan.tracking else None)
 
 
 def device_for(profile_name: str | None, executor: str) -> str:
@@ -191,12 +221,13 @@ def device_for(profile_name: str | None, executor: str) -> str:
 
 
 def plan_costs(plan, device: str | None = None, gmacs=model_gmacs) -> tuple[str, list[CellCost]]:
-    """(device key, the cost of every cell) of a `sweeper.SweepPlan`."""
+    """(device key, the cost of every cell) of a `orchestrator.sweeps.plan.SweepPlan`."""
     prof = plan.profile
     device = device or device_for(prof.name if prof else None, plan.executor)
     sig = prof.signal_before_end_s if prof else 300
-    return device, [cell_cost(c.id, c.config, device=device, signal_before_end_s=sig, gmacs=gmacs)
-                    for c in plan.cells]
+    measured = throughput_table()
+    return device, [cell_cost(c.id, c.config, device=device, signal_before_end_s=sig, gmacs=gmacs,
+                              manifest=plan.manifest, measured=measured) for c in plan.cells]
 
 
 def _bytes(n: float | None) -> str:
@@ -209,18 +240,14 @@ def _bytes(n: float | None) -> str:
     return "-"
 
 
-def _dur(s: float) -> str:
-    h = s / 3600
-    return f"{h / 24:.1f} d" if h >= 48 else f"{h:.1f} h"
-
-
-def format_costs(name: str, device: str, costs: list[CellCost]) -> str:
-    """The plan as text: one line per cell, a total, and where the throughput came from."""
+def format_costs(name: str, device: str, costs: list[CellCost], store: str | None = None) -> str:
+    """The plan as text: one line per cell, a total, and where the throughput came from (and, for
+    the MLflow ``store``, whether it holds the sweep's write rate)."""
     head = ("cell", "model", "steps", "steps/s", "wall", "GPUs", "GPU-h", "chains", "ckpt (size x kept)",
             "data/pass", "MLflow pts/h")
     table = [head]
     for c in costs:
-        table.append((c.cell, c.model, f"{c.steps:,}", f"{c.steps_per_s:.3g}", _dur(c.wall_s), str(c.gpus),
+        table.append((c.cell, c.model, f"{c.steps:,}", f"{c.steps_per_s:.3g}", format_duration(c.wall_s), str(c.gpus),
                       f"{c.gpu_hours:,.0f}", str(c.chains),
                       f"{_bytes(c.ckpt_size)} x {c.ckpt_kept}+best",
                       _bytes(c.data_bytes), f"{c.mlflow_points_per_h:,.0f}"))
@@ -231,7 +258,7 @@ def format_costs(name: str, device: str, costs: list[CellCost]) -> str:
     tot_chains = sum(c.chains for c in costs)
     longest = max(costs, key=lambda c: c.wall_s)
     lines.append(f"total: {sum(c.steps for c in costs):,} steps, {tot_gpuh:,.0f} GPU-hours, {tot_chains} jobs "
-                 f"({tot_chains - len(costs)} requeues); longest cell {_dur(longest.wall_s)} wall "
+                 f"({tot_chains - len(costs)} requeues); longest cell {format_duration(longest.wall_s)} wall "
                  f"(all cells in parallel); checkpoints {_bytes(sum(c.ckpt_bytes for c in costs))}; "
                  f"MLflow {sum(c.mlflow_points_per_h for c in costs):,.0f} points/h with all cells running")
     if costs[0].job_s > 0:
@@ -242,4 +269,7 @@ def format_costs(name: str, device: str, costs: list[CellCost]) -> str:
         lines.append(f"throughput {src[0]}: {src[1]}")
     if any(c.data_bytes is None for c in costs):
         lines.append("data/pass: '-' where data.train has no manifest.json yet (build the shards first)")
+    note = mlflow_rate_note(costs, store)
+    if note:
+        lines.append(note)
     return "\n".join(lines)

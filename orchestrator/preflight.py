@@ -3,13 +3,16 @@
 Every problem is collected, then all are reported at once (``PreflightError``, a UserError: exit 2)
 before any side effect: nothing submitted, no ledger entry or sweep folder written. Checked:
 
-- every cell's run config validates (``orchestrator.sweep.expand`` with ``errors=``);
+- every cell's run config validates (`orchestrator.sweeps.plan.build_plan` keeps the invalid ones);
 - ``model.name`` is a registered generator (with the nearest name as a suggestion);
 - ``data.segment_samples`` is a crop the model can take (``training.model_names.segment_problem``:
   RWSA's frame count a multiple of 4, the shortest crop of the model and of the metric discriminator);
-- ``data.train`` / ``data.valid`` are shard folders with a readable ``manifest.json`` (or tars), and
+- ``data.train`` / ``data.valid`` are shard sources that resolve (a folder with a readable ``manifest.json``
+  or tars, a pattern, a URL: `sharding.shards.check_source`; a remote one's first shard answers), and
   every ``eval.testsets`` entry opens as a test set; paths under the sweep's ``data.out`` are skipped
   while that corpus is still to be built by the sweep;
+- each distinct value is checked once (a model name, a crop, a data folder shared by 1,000 cells is
+  one check), and a problem shared by many cells is one line naming them;
 - SLURM: no placeholder (``project_xxx``) left in the account or the container image / binds, and
   the profile's container image exists when one is set;
 - the MLflow tracking URI is usable: a SQLite store's folder can be created/written, an http(s)
@@ -58,16 +61,15 @@ def check_model(name: str, where: str) -> list[str]:
     return [f"{where}: model.name: unknown model {name!r}{hint}; known: {', '.join(known)}"]
 
 
-def check_segment(cfg: dict, where: str, name: str | None = None, segment=None) -> list[str]:
-    """``data.segment_samples`` (or ``segment``) against model ``name`` (default ``model.name``); cfg: a
-    RunConfig dict."""
+def check_segment(cfg, where: str, name: str | None = None, segment=None) -> list[str]:
+    """``data.segment_samples`` (or ``segment``) against model ``name`` (default ``model.name``) of a
+    RunConfig ``cfg``."""
     from training.model_names import segment_problem  # torch-free
 
-    seg = cfg["data"].get("segment_samples") if segment is None else segment
+    seg = cfg.data.segment_samples if segment is None else segment
     if not isinstance(seg, int) or isinstance(seg, bool):  # null: the model's own crop
         return []
-    name = name or cfg["model"]["name"]
-    problem = segment_problem(name, seg, discriminator=bool(cfg["loss"]["discriminator"]))
+    problem = segment_problem(name or cfg.model.name, seg, discriminator=bool(cfg.loss.discriminator))
     return [f"{where}: {problem}"] if problem else []
 
 
@@ -76,30 +78,47 @@ def _pending(path: str, pending_roots: Iterable[Path]) -> bool:
     return any(p == r or r in p.parents for r in pending_roots)
 
 
-def check_data(cfg: dict, where: str, pending_roots: Iterable[Path] = ()) -> list[str]:
-    """Shard folders of data.train / data.valid and the eval.testsets entries (cfg: a RunConfig dict)."""
+def check_data(cfg, where: str, pending_roots: Iterable[Path] = (), memo: dict | None = None) -> list[str]:
+    """Shard sources of data.train / data.valid and the eval.testsets entries of a RunConfig ``cfg``;
+    ``memo`` (shared by the calls of one check) opens each source once."""
+    pending_roots = [Path(r).resolve() for r in pending_roots]
+    memo = {} if memo is None else memo
+    problems = []
+    for key, path in (("train", cfg.data.train), ("valid", cfg.data.valid)):
+        if path and not _pending(path, pending_roots):
+            if (path, key) not in memo:
+                memo[path, key] = _split_problem(path, key)
+            problems += [f"{where}: data.{key}: {p}" for p in memo[path, key]]
+    for path in cfg.eval.testsets or []:
+        if not _pending(path, pending_roots):
+            if (path, "test") not in memo:
+                memo[path, "test"] = _testset_problem(path)
+            problems += [f"{where}: eval.testsets: {p}" for p in memo[path, "test"]]
+    return problems
+
+
+def _split_problem(path: str, split: str) -> tuple[str, ...]:
+    """Why a shard source (folder, pattern, URL) cannot be read (empty when it can)."""
     from sharding.errors import SourceError
-    from sharding.shards import list_shards, resolve_split_dir
+    from sharding.shards import check_source
+
+    try:
+        check_source(path, split)
+    except (SourceError, OSError) as e:
+        return (str(e),)
+    return ()
+
+
+def _testset_problem(path: str) -> tuple[str, ...]:
+    """Why a test set cannot be opened (empty when it can)."""
+    from sharding.errors import SourceError
     from training.evaluation.testsets import TestSetError, open_testset
 
-    pending_roots = [Path(r).resolve() for r in pending_roots]
-    problems = []
-    for key, split in (("train", "train"), ("valid", "valid")):
-        path = cfg["data"].get(key)
-        if not path or _pending(path, pending_roots):
-            continue
-        try:
-            list_shards(resolve_split_dir(path, split))
-        except (SourceError, OSError) as e:
-            problems.append(f"{where}: data.{key}: {e}")
-    for path in cfg["eval"].get("testsets") or []:
-        if _pending(path, pending_roots):
-            continue
-        try:
-            open_testset(path)
-        except (TestSetError, SourceError, OSError, ValueError) as e:
-            problems.append(f"{where}: eval.testsets: {e}")
-    return problems
+    try:
+        open_testset(path)
+    except (TestSetError, SourceError, OSError, ValueError) as e:
+        return (str(e),)
+    return ()
 
 
 def check_tracking_uri(uri: str | None, where: str) -> list[str]:
@@ -156,64 +175,46 @@ def check_slurm(profile, resources: dict, where: str) -> list[str]:
 # ----------------------------------------------------------------------------------- command checks
 
 
-def _cells(ids: list[str], total: int) -> str:
+def cells_text(ids: list[str], total: int) -> str:
+    """``cell x``, ``cells x, y``, or ``all N cells``: who a problem concerns."""
     if len(ids) == 1:
         return f"cell {ids[0]}"
     return f"all {total} cells" if len(ids) == total else f"cells {', '.join(ids)}"
 
 
-
-def preflight_sweep(sweep_file: str | Path, *, executor: str | None, root: str | Path,
-                    overrides: list[str]) -> list[str]:
-    """All checks of a sweep. Invalid cell configs raise PreflightError at once (nothing can be planned
-    then); the other problems are returned (the caller raises them, after a dry run's plan is shown)."""
-    from orchestrator.profiles import load_profile
-    from orchestrator.sweep import expand, load_sweep
-    from orchestrator.sweeper import plan_sweep
-
-    spec = load_sweep(sweep_file)
-    executor = executor or spec.executor
-    profile = load_profile(spec.profile) if executor == "slurm" else None
-    if profile is not None:
-        spec.resources = {**profile.defaults, **spec.resources}
-    errors: list[tuple[str, str]] = []
-    cells = expand(spec, overrides, errors=errors)
-    by_msg: dict[str, list[str]] = {}
-    for cid, msg in errors:  # one line per distinct error (an override breaks every cell alike)
-        by_msg.setdefault(msg, []).append(cid)
-    total = len(cells) + len({cid for cid, _ in errors})
-    raise_if([f"{_cells(ids, total)}: {msg}" for msg, ids in by_msg.items()])
-    pending = []
-    if spec.data and not list(Path(spec.data["out"]).glob("*/manifest.json")):
-        pending.append(Path(spec.data["out"]))  # the sweep builds it before any cell runs
-    problems: list[str] = []
+def check_plan(plan) -> list[str]:
+    """All checks of a `SweepPlan`. Invalid cell configs raise PreflightError at once (nothing can be
+    planned then); the other problems are returned (the caller raises them, after a dry run's plan is
+    shown). Each distinct model name, crop and data folder is checked once."""
+    plan.raise_cell_errors()
     per_cell: dict[str, list[str]] = {}  # problem -> cells (one line for a problem shared by many)
-    for cell in cells:
-        msgs = check_model(cell.config["model"]["name"], "") + check_segment(cell.config, "")
-        for msg in msgs + check_data(cell.config, "", pending):
+    checked: dict[tuple, list[str]] = {}
+    memo: dict = {}
+    for cell in plan.cells:
+        c = cell.config
+        key = (c.model.name, c.data.segment_samples, c.loss.discriminator, c.data.train, c.data.valid,
+               tuple(c.eval.testsets))
+        if key not in checked:
+            checked[key] = check_model(c.model.name, "") + check_segment(c, "") + check_data(c, "", plan.pending_data, memo)
+        for msg in checked[key]:
             per_cell.setdefault(msg.removeprefix(": "), []).append(cell.id)
-    for msg, ids in per_cell.items():
-        problems.append(f"{_cells(ids, len(cells))}: {msg}")
-    if profile is not None:
-        for account in sorted({c.config["launcher"].get("account") or "" for c in cells} - {""}):
-            problems += check_slurm(None, {"account": account}, spec.source)
-        problems += check_slurm(profile, {}, spec.source)
-    plan = plan_sweep(sweep_file, executor=executor, root=root, overrides=overrides, dry_run=True)
-    if plan.cells and plan.cells[0].config["mlflow"]["enabled"]:
-        problems += check_tracking_uri(plan.store, spec.source)
+    problems = [f"{cells_text(ids, len(plan.cells))}: {msg}" for msg, ids in per_cell.items()]
+    if plan.profile is not None:
+        for account in sorted({c.config.launcher.account or "" for c in plan.cells} - {""}):
+            problems += check_slurm(None, {"account": account}, plan.spec.source)
+        problems += check_slurm(plan.profile, {}, plan.spec.source)
+    if plan.tracking is not None:
+        problems += check_tracking_uri(plan.tracking.store, plan.spec.source)
     return list(dict.fromkeys(problems))
 
 
 def preflight_run(cfg, where: str = "run config") -> None:
     """All checks of one run config (`orchestrate train`)."""
-    from training.configtools import to_container
-
-    data = to_container(cfg)
-    problems = check_model(cfg.model.name, where) + check_segment(data, where) + check_data(data, where)
+    problems = check_model(cfg.model.name, where) + check_segment(cfg, where) + check_data(cfg, where)
     if cfg.mlflow.enabled:
         problems += check_tracking_uri(cfg.mlflow.tracking_uri, where)
     if cfg.launcher.executor == "slurm":
-        problems += check_slurm(None, data["launcher"], where)
+        problems += check_slurm(None, {"account": cfg.launcher.account}, where)
     raise_if(problems)
 
 
@@ -223,23 +224,21 @@ def preflight_tune(spec) -> None:
     `data.segment_samples` axis) and the search's MLflow store."""
     from orchestrator.mlflow_sweep import absolute_tracking_uri
     from training.config import load_run_config
-    from training.configtools import to_container
 
     cfg = load_run_config(None, [], base=spec.base)
     problems = []
     kind, args = spec.space.get("model.name", (None, []))
     names = [str(a) for a in args] if kind in ("choice", "grid_search") else [cfg.model.name]
-    data = to_container(cfg)
     kind, args = spec.space.get("data.segment_samples", (None, []))
     if kind is None:
-        segments = [data["data"]["segment_samples"]]
+        segments = [cfg.data.segment_samples]
     else:  # a range axis (randint, ...) is not checked
         segments = list(args) if kind in ("choice", "grid_search") else []
     for name in names:
         problems += check_model(name, spec.source)
         for seg in segments:
-            problems += check_segment(data, spec.source, name, seg)
-    problems += check_data(data, spec.source)
+            problems += check_segment(cfg, spec.source, name, seg)
+    problems += check_data(cfg, spec.source)
     if not spec.mlflow.get("server"):
         problems += check_tracking_uri(absolute_tracking_uri(spec.mlflow.get("tracking_uri"), spec.search_dir),
                                        spec.source)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from training.configtools import ConfigError, build_config, load_yaml, option
+from common.config import ConfigError, build_config, load_yaml, option
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "slurm"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -50,7 +50,12 @@ class ClusterProfile:
     master_addr: Optional[str] = option(None, "override MASTER_ADDR (default: first node of the job)")
     signal_before_end_s: int = option(300, "ask SLURM for SIGUSR2 this many seconds before the time limit")
     requeue: bool = option(True, "requeue the job when the run exits 75 (preempted / out of time)")
-    array_parallel: Optional[int] = option(None, "at most this many array tasks at once (--array=...%N)")
+    array_parallel: Optional[int] = option(
+        None, "at most this many array tasks at once (--array=...%N); a sweep's resources.max_parallel, if "
+        "smaller, wins")
+    max_array_size: Optional[int] = option(
+        None, "the cluster's MaxArraySize (tasks per job array; larger sweeps are split); null = ask "
+        "`scontrol show config`, else SLURM's default 1001")
     mlflow_host: Optional[str] = option(
         None, "address (of this, the submitting node) that the sweep's MLflow server binds and compute nodes "
         "reach; null = what the host name resolves to"
@@ -68,8 +73,9 @@ class ClusterProfile:
                     raise ConfigError(f"{section}.{k}: value may not contain '\"', '`', '\\' or newlines", f"{section}.{k}")
         if self.signal_before_end_s < 0:
             raise ConfigError("signal_before_end_s must be >= 0", "signal_before_end_s")
-        if self.cpu_bind_full_node_gpus is not None and self.cpu_bind_full_node_gpus <= 0:
-            raise ConfigError("cpu_bind_full_node_gpus must be > 0 or null", "cpu_bind_full_node_gpus")
+        for key in ("cpu_bind_full_node_gpus", "array_parallel", "max_array_size"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0 or null", key)
 
     def cpu_bind_for(self, gpus_per_node: int) -> Optional[str]:
         """The srun --cpu-bind of a job with `gpus_per_node` GPUs per node: per-GPU CPU masks are

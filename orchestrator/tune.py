@@ -39,7 +39,7 @@ from typing import Any
 from common.atomic import atomic_write_text
 from common.rundir import RUN_ID_FILE
 from orchestrator.errors import UserError
-from orchestrator.sweep import key_error, nest_dotted
+from orchestrator.sweeps.spec import key_error, nest_dotted
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def load_tune_spec(path: str | os.PathLike, overrides: list[str] | None = None) 
     """Read and check a tune file; every trial's config is validated here, before Ray starts.
 
     ``overrides`` (``key=value``) apply to the base config of every trial."""
-    from training.configtools import load_yaml, merge
+    from common.config import load_yaml, merge
 
     source = str(path)
     data = load_yaml(path)
@@ -198,7 +198,7 @@ def load_tune_spec(path: str | os.PathLike, overrides: list[str] | None = None) 
         if not ok:
             raise _err(source, key, f"invalid value {value!r}")
     if overrides:
-        from training.configtools import parse_overrides
+        from common.config import parse_overrides
 
         for key, value, _src in parse_overrides(overrides):
             spec.base = merge(spec.base, _nest({key: value}, source, "overrides"))
@@ -220,8 +220,8 @@ def search_space(spec: TuneSpec) -> dict:
 def trial_config(spec: TuneSpec, values: dict, *, trial_id: str, parent_run_id: str | None, tracking_uri: str,
                  experiment: str | None = None, cpus: float | None = None):  # fmt: skip
     """The trial's RunConfig: base <- sampled values <- naming and MLflow nesting (validated)."""
+    from common.config import merge
     from training.config import load_run_config
-    from training.configtools import merge
 
     cfg_dict = merge(spec.base, _nest(values, spec.source, "space"))
     cfg_dict = merge(cfg_dict, {

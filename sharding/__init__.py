@@ -6,7 +6,9 @@ Modules::
     writer.py       build(recipe, out_dir, options, executor=local|ray, num_workers=...) -> manifests;
                     index_shards(dir): manifests for webdataset.ShardWriter output
     executors.py    process pool, Ray tasks, the plan a SLURM array reads; build_job.py: one array task
-    stream.py       TrainStream (training batches), iter_utterances (validation/eval), list_shards
+    stream.py       TrainStream (training batches), iter_utterances (validation/eval), read_shard
+    shards.py       a source (folder, brace pattern, http(s)/s3 URL, pipe:) -> shards with sample counts
+    manifest.py     the one manifest.json reader; sources.py: remote bytes (retrying ShardStream)
     verify.py       verify(dir) -> VerifyReport, stats(dir) -> dict
     audio.py, mixing.py, loudness.py, tario.py, testing.py   audio I/O, mixers, BS.1770, tar I/O, fakes
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from common.errors import InputError
 
-class SourceError(ValueError):
+
+class SourceError(InputError):
     """Bad input for a recipe, writer or reader: one line naming the path/key and what was expected."""

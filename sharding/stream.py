@@ -2,32 +2,37 @@
 
 Training stream design (exact resume first):
 
+* Sources. ``data.train`` is any source `sharding.shards` resolves: a local folder, a brace pattern
+  of files or URLs, a folder URL (``http(s)://``, ``s3://``), ``pipe:`` commands. The sample counts
+  per shard (the manifest's) are all the plan below needs; no sample is read to make it.
 * Slots. Rank ``r`` with ``W = max(1, num_workers)`` loader workers owns slots ``j = r*W + w`` of
   ``J = world_size*W``. Each epoch ``e`` the shard list (repeated until it has at least ``J``
   entries) is permuted with a seed of (seed, e) -- resampled, different every epoch -- and slot
   ``j`` reads entries ``perm[j::J]`` (explicit split by node and worker; no shard read twice by
   two slots in one epoch unless there are fewer shards than slots).
-* Inside a shard the sample order is a seeded permutation; samples are fetched by seeking to their
-  members (headers are indexed once), so a slot's stream is a pure function of
-  (seed, slot, raw position ``p``). Random crops use a seed of (seed, slot, p).
+* Inside a shard the sample order is `shard_order`: a seeded shuffle buffer of ``shuffle_window``
+  samples over the file order (a uniform permutation when the shard is no larger). So a slot's
+  stream is a pure function of (seed, slot, raw position ``p``), and it can be produced two ways
+  with the same result (`read_shard`): local files by seeking to each sample (tar headers indexed
+  once), remote ones front to back through webdataset's tar reader, holding at most the window.
+  Random crops use a seed of (seed, slot, p).
 * A batch is the next ``batch_size`` good samples of one slot. With workers, torch's DataLoader
   returns worker batches round-robin (deterministic), each batch carries its slot's raw position,
-  and the state is {raw position per slot, batches consumed}: resuming restarts every slot at its
-  position and rotates the worker order, giving bitwise the batches of the uninterrupted stream
-  for the same (seed, rank, world_size, num_workers, batch_size, segment_samples).
+  and the state is {raw position per slot, batches consumed}: resuming replays the seeded shard
+  order to the position's shard and skips within it (seeking; or reading past the samples already
+  used, never decoding them) and rotates the worker order, giving bitwise the batches of the
+  uninterrupted stream for the same (seed, rank, world_size, num_workers, batch_size,
+  segment_samples, shuffle_window), whichever way the shards are read.
 * With ``num_workers=0`` batches are decoded in this process by a prefetch thread (same order).
 * The iterator is infinite, so every rank yields the same number of batches (no DDP hang);
   ``len(stream)`` is the nominal epoch (``epoch_batches``, default: train samples // (world*batch)).
-
-On-the-fly mixing (``remix=``): the clean crop of each sample is re-mixed with the noise
-(noisy - clean) of a random sample of a noise corpus (default: the same corpus) at an SNR drawn
-from the given range; its draws are seeded by (seed, slot, p) too, so resume stays exact.
 
 Bad input is skipped and counted, never fatal: a truncated shard or an undecodable sample
 (``skipped_corrupt``, warning naming shard and key), non-finite audio (``rejected_nonfinite``),
 all-zero clean (``rejected_silent``), wrong rate/channels (converted: ``converted``, or with
 ``on_mismatch="reject"``: ``rejected_format``). Only a slot that finds no good sample in a whole
-epoch raises SourceError.
+epoch raises SourceError, and so does a remote shard that cannot be read after retries
+(`sharding.sources.ShardReadError`: a dropped connection is never a short epoch).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 import queue
 import signal
 import threading
@@ -49,16 +55,20 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from common import faults
+from common.signals import STOP_SIGNALS
 from sharding.audio import SAMPLE_RATE, to_mono_16k
 from sharding.errors import SourceError
-from sharding.shards import ShardRef, list_shards, resolve_split_dir  # noqa: F401  (re-exported)
-from sharding.tario import TarIndex, index_tar, read_members
+from sharding.manifest import MANIFEST
+from sharding.shards import ShardRef, is_pattern, list_shards, open_source, resolve_split_dir  # noqa: F401
+from sharding.sources import ShardReadError, is_remote, local_path
+from sharding.tario import TarCorrupt, TarIndex, index_tar, read_members, read_sequential
 
 log = logging.getLogger(__name__)
 
-STAT_KEYS = ("samples", "skipped_corrupt", "rejected_nonfinite", "rejected_silent", "rejected_format", "converted",
-             "remixed", "remix_failed")
+STAT_KEYS = ("samples", "skipped_corrupt", "rejected_nonfinite", "rejected_silent", "rejected_format", "converted")
 AUDIO_EXTS = ("flac", "wav")
+SHUFFLE_WINDOW = 256  # samples a front-to-back reader may hold (~100 MB of 10-s FLAC pairs)
 
 
 _INDEX_CACHE: OrderedDict[str, TarIndex] = OrderedDict()
@@ -159,19 +169,106 @@ def _decode_crop(blobs: dict[str, bytes], seg: int, rng: np.random.Generator, on
     return noisy, clean, norm
 
 
+# ----------------------------------------------------------------- reading a shard
+def shard_order(n: int, window: int, seed: list[int]) -> np.ndarray:
+    """The order a slot reads a shard's ``n`` samples in (file indices): a seeded shuffle buffer of
+    ``window`` samples over the file order. At output ``t`` no sample beyond file index ``t + window - 1``
+    is needed, so a front-to-back reader holds at most ``window`` samples. ``n <= window``: a uniform
+    permutation (the same one as before the window existed)."""
+    rng = np.random.default_rng(seed)
+    if n <= window:
+        return rng.permutation(n)
+    u = rng.random(n)
+    buf, nxt, out = list(range(window)), window, np.empty(n, dtype=np.int64)
+    for t in range(n):
+        j = int(u[t] * len(buf))
+        out[t] = buf[j]
+        if nxt < n:
+            buf[j], nxt = nxt, nxt + 1
+        else:
+            buf[j] = buf[-1]
+            buf.pop()
+    return out
+
+
+Read = tuple[int, "str | None", "dict[str, bytes] | None", str]
+
+
+def read_shard(ref: ShardRef, order, reader: str = "auto") -> Iterator[Read]:
+    """Yield ``(file index, key, {ext: bytes}, "")`` for the samples of ``ref`` in ``order`` (file indices;
+    None: the manifest's samples in file order, or every sample there is when the count is unknown). A sample that is not there (a shard shorter than its manifest,
+    cut off or corrupt) comes as ``(i, None, None, why)``, an unreadable one as ``(i, key, None, why)``.
+
+    ``reader``: ``seek`` (local files: tar headers indexed once, members read by seeking), ``sequential``
+    (any source: front to back through webdataset, holding the samples ``order`` needs later -- at most
+    the shuffle window -- and reading past the others), ``auto`` (seek for local, sequential for remote).
+    Both give the same samples in the same order. A remote shard that cannot be read after retries
+    raises `ShardReadError` (never a silent short epoch)."""
+    if reader not in ("auto", "seek", "sequential"):
+        raise SourceError(f"reader: expected auto|seek|sequential, got {reader!r}")
+    if order is None and ref.samples >= 0:
+        order = range(ref.samples)
+    if reader == "seek" or (reader == "auto" and not ref.remote):
+        if ref.remote:
+            raise SourceError(f"{ref.path}: a remote shard is read sequentially, not by seeking")
+        return _seek_read(ref, order)
+    return _sequential_read(ref, order)
+
+
+def _seek_read(ref: ShardRef, order) -> Iterator[Read]:
+    idx = _index(ref.path)
+    keys = list(idx.samples)
+    lost = idx.error or "shard shorter than its manifest"
+    with _open_shard(ref.path) as f:  # one open per shard: metadata ops are dear on parallel FS
+        for which in range(len(keys)) if order is None else order:
+            which = int(which)
+            if which >= len(keys):
+                yield which, None, None, lost
+                continue
+            key = keys[which]
+            try:
+                blobs, why = (None, "shard unreadable") if f is None else (read_members(f, idx.samples[key]), "")
+            except (SourceError, OSError) as e:
+                blobs, why = None, str(e)
+            yield which, key, blobs, why
+
+
+def _sequential_read(ref: ShardRef, order) -> Iterator[Read]:
+    n = ref.samples
+    if order is None and n < 0:  # count unknown (a lone shard without manifest): all there is
+        try:
+            for i, key, blobs in read_sequential(ref.path, ref.bytes):
+                yield i, key, blobs, ""
+        except TarCorrupt as e:
+            log.warning("%s", e)
+        return
+    need = np.zeros(max(n, 0), dtype=bool)
+    need[np.asarray(order, dtype=np.int64)] = True
+    samples = read_sequential(ref.path, ref.bytes, want=lambda i: i < n and need[i])
+    held: dict[int, tuple[str, dict[str, bytes]]] = {}
+    done, lost = False, "shard shorter than its manifest"
+    try:
+        for which in order:
+            which = int(which)
+            while which not in held and not done:
+                try:
+                    i, key, blobs = next(samples)
+                    held[i] = (key, blobs)
+                except StopIteration:
+                    done = True
+                except TarCorrupt as e:
+                    done, lost = True, str(e)
+                    log.warning("%s", e)
+            if which in held:
+                key, blobs = held.pop(which)
+                yield which, key, blobs, ""
+            else:
+                yield which, None, None, lost
+    finally:
+        samples.close()
+
+
 # ----------------------------------------------------------------- slot streams
-@dataclass(frozen=True)
-class Remix:
-    """On-the-fly mixing: each clean crop gets the noise (noisy - clean) of a random sample of
-    ``noise_shards`` at an SNR drawn uniformly in [snr_db_min, snr_db_max] (crop-level power ratio),
-    with probability ``probability`` (else the stored pair is used)."""
-
-    noise_shards: tuple[ShardRef, ...]
-    snr_db_min: float = -5.0
-    snr_db_max: float = 15.0
-    probability: float = 1.0
-
-
 @dataclass(frozen=True)
 class StreamConfig:
     shards: tuple[ShardRef, ...]
@@ -180,8 +277,10 @@ class StreamConfig:
     seed: int
     num_slots: int
     on_mismatch: str
-    remix: Remix | None = None
     skip_bad: bool = True  # False: a broken sample raises SourceError instead of being skipped and counted
+    shuffle_window: int = SHUFFLE_WINDOW
+    reader: str = "auto"
+    slots_per_rank: int = 1  # loader workers per rank (max 1): slot j is rank j // this, worker j % this
 
 
 def epoch_assignment(cfg: StreamConfig, epoch: int, slot: int) -> list[int]:
@@ -207,41 +306,6 @@ def _locate(cfg: StreamConfig, slot: int, pos: int) -> tuple[int, int, int]:
         epoch += 1
 
 
-def _remix(cfg: StreamConfig, item: tuple[np.ndarray, np.ndarray, float], rng: np.random.Generator,
-           stats: Counter) -> tuple[np.ndarray, np.ndarray, float]:
-    """Replace the noise of ``item`` by another sample's noise at a random SNR (see ``Remix``)."""
-    r = cfg.remix
-    if rng.random() >= r.probability:
-        return item
-    counts = np.array([ref.samples for ref in r.noise_shards], dtype=np.float64)
-    ref = r.noise_shards[int(rng.choice(len(counts), p=counts / counts.sum()))]
-    idx = _index(ref.path)
-    keys = list(idx.samples)
-    snr = rng.uniform(r.snr_db_min, r.snr_db_max)
-    try:
-        if not keys:
-            raise BadSample("skipped_corrupt", "no readable sample")
-        key = keys[int(rng.integers(len(keys)))]
-        noisy, clean, _ = _decode_crop(read_members(ref.path, idx.samples[key]), cfg.segment_samples, rng,
-                                       cfg.on_mismatch, Counter())
-    except (BadSample, SourceError, OSError) as e:
-        stats["remix_failed"] += 1
-        log.warning("remix: noise from shard %s unusable (%s); stored pair kept", ref.path, e)
-        return item
-    noise = noisy - clean
-    clean = item[1]
-    p_clean, p_noise = float(np.mean(np.square(clean))), float(np.mean(np.square(noise)))
-    if p_noise <= 0 or p_clean <= 0:
-        stats["remix_failed"] += 1
-        return item
-    mixed = clean + noise * np.float32(np.sqrt(p_clean / (p_noise * 10 ** (snr / 10))))
-    peak = float(np.max(np.abs(mixed)))
-    scale = np.float32(0.99 / peak) if peak > 0.99 else np.float32(1.0)
-    stats["remixed"] += 1
-    mixed = (mixed * scale).astype(np.float32)
-    return mixed, (clean * scale).astype(np.float32), _inv_rms(mixed)  # no whole utterance: the crop's RMS
-
-
 @contextlib.contextmanager
 def _open_shard(path: str):
     """The open shard, or None (warned) when it cannot be opened -- its samples are then skipped."""
@@ -256,40 +320,33 @@ def _open_shard(path: str):
 
 
 def slot_samples(cfg: StreamConfig, slot: int, pos: int, stats: Counter) -> Iterator[tuple[int, Any]]:
-    """Yield (raw position after, (noisy, clean) or None for a skipped sample) from ``pos`` on, forever."""
+    """Yield (raw position after, (noisy, clean, norm) or None for a skipped sample) from ``pos`` on, forever."""
     epoch, k, offset = _locate(cfg, slot, pos)
     while True:
         ids = epoch_assignment(cfg, epoch, slot)
         for kk in range(k, len(ids)):
             ref = cfg.shards[ids[kk]]
-            order = np.random.default_rng([cfg.seed, epoch, ids[kk], slot, 0x0BDE]).permutation(ref.samples)
-            idx = _index(ref.path)
-            keys = list(idx.samples)
-            with _open_shard(ref.path) as f:  # one open per shard: metadata ops are dear on parallel FS
-                for off in range(offset, ref.samples):
-                    pos += 1
-                    which = int(order[off])
-                    key = keys[which] if which < len(keys) else f"#{which}"
-                    try:
-                        if f is None or which >= len(keys):
-                            raise BadSample("skipped_corrupt", "shard unreadable" if f is None else
-                                            "sample missing (shard shorter than its manifest)")
-                        blobs = read_members(f, idx.samples[key])
-                        rng = np.random.default_rng([cfg.seed, slot, pos, 0xC0])
-                        item = _decode_crop(blobs, cfg.segment_samples, rng, cfg.on_mismatch, stats)
-                        if cfg.remix is not None:
-                            item = _remix(cfg, item, np.random.default_rng([cfg.seed, slot, pos, 0x3E]), stats)
-                    except (BadSample, SourceError, OSError) as e:
-                        if not cfg.skip_bad and getattr(e, "kind", "") != "rejected_silent":  # a silent crop: not broken
-                            raise SourceError(f"{ref.path}: sample {key}: {e} (data.skip_bad=false: "
-                                              f"a bad sample stops the run)") from None
-                        kind = e.kind if isinstance(e, BadSample) else "skipped_corrupt"
-                        stats[kind] += 1
-                        log.warning("skipping sample %s of shard %s: %s", key, ref.path, e)
-                        yield pos, None
-                        continue
-                    stats["samples"] += 1
-                    yield pos, item
+            order = shard_order(ref.samples, cfg.shuffle_window, [cfg.seed, epoch, ids[kk], slot, 0x0BDE])
+            faults.point("stream.shard_open", rank=slot // cfg.slots_per_rank, worker=slot % cfg.slots_per_rank)
+            for which, key, blobs, why in read_shard(ref, order[offset:], cfg.reader):
+                pos += 1
+                name = key or f"#{which}"
+                try:
+                    if blobs is None:
+                        raise BadSample("skipped_corrupt", why if key else f"sample missing ({why})")
+                    rng = np.random.default_rng([cfg.seed, slot, pos, 0xC0])
+                    item = _decode_crop(blobs, cfg.segment_samples, rng, cfg.on_mismatch, stats)
+                except (BadSample, SourceError, OSError) as e:
+                    if not cfg.skip_bad and getattr(e, "kind", "") != "rejected_silent":  # a silent crop: not broken
+                        raise SourceError(f"{ref.path}: sample {name}: {e} (data.skip_bad=false: "
+                                          f"a bad sample stops the run)") from None
+                    kind = e.kind if isinstance(e, BadSample) else "skipped_corrupt"
+                    stats[kind] += 1
+                    log.warning("skipping sample %s of shard %s: %s", name, ref.path, e)
+                    yield pos, None
+                    continue
+                stats["samples"] += 1
+                yield pos, item
             offset = 0
         k = 0
         epoch += 1
@@ -318,42 +375,58 @@ def slot_batches(cfg: StreamConfig, slot: int, start: int) -> Iterator[dict[str,
             noisy, clean, norm = [], [], []
 
 
-def _remix_config(remix: dict[str, Any], shards: tuple[ShardRef, ...], split: str) -> Remix:
-    opts = dict(remix)
-    noise_dir = opts.pop("noise_dir", None)
-    unknown = sorted(set(opts) - {"snr_db_min", "snr_db_max", "probability"})
-    if unknown:
-        raise SourceError(f"remix: unknown key(s) {', '.join(unknown)}; valid: noise_dir, snr_db_min, "
-                          "snr_db_max, probability")
-    noise = tuple(list_shards(resolve_split_dir(noise_dir, split))) if noise_dir else shards
-    r = Remix(noise, **{k: float(v) for k, v in opts.items()})
-    if r.snr_db_min > r.snr_db_max or not 0 <= r.probability <= 1:
-        raise SourceError(f"remix: need snr_db_min <= snr_db_max and 0 <= probability <= 1, got {opts}")
-    return r
-
-
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
 def ignore_stop_signals(_worker_id: int | None = None) -> None:
     """Worker init: the main process owns the stop signals (preemption: checkpoint, exit 75). SLURM
     signals every process of a step, and a killed worker would crash the main process instead; a
     worker ends when the main process closes the loader or dies."""
-    for s in STOP_SIGNALS:
+    for s in (*STOP_SIGNALS, signal.SIGINT):
         signal.signal(s, signal.SIG_IGN)
 
 
+def preload_in_forkserver() -> None:
+    """Have multiprocessing's forkserver import this module (torch, soundfile, numpy) when it starts, so
+    DataLoader workers forked from it start in milliseconds and share those pages instead of importing
+    them again each (benchmarks/bench_corpus_index.py: 8 ranks x 4 workers). Call before the forkserver
+    starts (`training.run.start_mp_helpers` does; a later call changes nothing). Importing is safe to
+    fork from: no OpenMP thread exists until an operation runs."""
+    import multiprocessing
+
+    multiprocessing.set_forkserver_preload(["__main__", __name__])
+
+
+SOURCE_ENV = ("AWS_", "SE_SHARD_", "XDG_CACHE_HOME", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+              "https_proxy", "no_proxy")
+
+
 class _WorkerDataset(torch.utils.data.IterableDataset):
-    """DataLoader worker ``i`` streams slot ``base + (i + shift) % W`` from its saved position."""
+    """DataLoader worker ``i`` streams slot ``base + (i + shift) % W`` from its saved position, with this
+    process's source settings (S3 endpoint and credentials, proxies, retries) and fault points
+    (``SE_FAULTS``): a worker forked from a forkserver started earlier would otherwise see the
+    environment of that moment."""
 
     def __init__(self, cfg: StreamConfig, base: int, positions: list[int], shift: int):
         self.cfg, self.base, self.positions, self.shift = cfg, base, positions, shift
+        self.env = {k: v for k, v in os.environ.items() if k.startswith(SOURCE_ENV)}
+        self.fault_spec = os.environ.get(faults.ENV_VAR)
 
     def __iter__(self):
+        os.environ.update(self.env)
+        faults.configure(self.fault_spec)  # this process's SE_FAULTS, not the forkserver's
         info = torch.utils.data.get_worker_info()
         n = len(self.positions)
         w = ((info.id if info else 0) + self.shift) % n
-        return slot_batches(self.cfg, self.base + w, self.positions[w])
+        return _forward_errors(slot_batches(self.cfg, self.base + w, self.positions[w]))
+
+
+def _forward_errors(batches: Iterator[dict]) -> Iterator[dict]:
+    """In a worker: a SourceError becomes a last item the main process raises again as one line (torch
+    would re-raise it with the worker's traceback folded into the message)."""
+    try:
+        yield from batches
+    except SourceError as e:
+        yield {"_error": str(e), "_read": isinstance(e, ShardReadError)}
 
 
 class _ThreadPrefetch:
@@ -402,10 +475,11 @@ class _ThreadPrefetch:
 
 class TrainStream:
     """Infinite iterator of {"noisy", "clean": float32 Tensor[B, S], "norm": Tensor[B, 1]} training batches
-    (see module doc); ``norm`` = 1 / RMS of the whole noisy utterance (of the mixed crop when remixed),
-    the factor the loop scales noisy and clean by, as the authors do before cropping.
+    (see module doc); ``norm`` = 1 / RMS of the whole noisy utterance, the factor the loop scales noisy
+    and clean by, as the authors do before cropping.
 
-    :param shard_dir: corpus folder (its ``train/`` is used) or a split folder of shards.
+    :param source: a corpus folder (its ``split``), a split folder, a shard pattern, a folder URL or
+        ``pipe:`` commands (`sharding.shards`).
     :param num_workers: DataLoader worker processes (0: decode in this process, in a prefetch thread).
     :param prefetch_factor: batches decoded ahead per worker (0 with num_workers=0: no thread).
     :param epoch_batches: nominal batches per epoch (``len``); default train samples // (world*batch).
@@ -413,29 +487,33 @@ class TrainStream:
     :param skip_bad: False: an undecodable, incomplete (missing member), wrong-format or non-finite sample
         raises SourceError (stops the run) instead of being skipped and counted. A crop that happens to be
         silent is skipped and counted either way (the sample is not broken, the crop is just unusable).
-    :param remix: on-the-fly mixing, e.g. ``{"snr_db_min": -5, "snr_db_max": 15, "noise_dir": DIR,
-        "probability": 1.0}`` (noise = noisy - clean of random samples of ``noise_dir``, default this corpus).
+    :param shuffle_window: the in-shard shuffle buffer (`shard_order`); part of the resume identity.
+    :param reader: ``auto`` (local shards by seeking, remote ones front to back), ``seek`` or
+        ``sequential`` (`read_shard`; the batches are the same).
     """
 
-    def __init__(self, shard_dir: str | Path, *, segment_samples: int, batch_size: int, seed: int,
+    def __init__(self, source: str | Path, *, segment_samples: int, batch_size: int, seed: int,
                  rank: int, world_size: int, num_workers: int = 0, epoch_batches: int | None = None,
                  on_mismatch: str = "convert", split: str = "train", prefetch_factor: int = 2,
-                 remix: dict[str, Any] | None = None, skip_bad: bool = True):
+                 skip_bad: bool = True, shuffle_window: int = SHUFFLE_WINDOW, reader: str = "auto"):
         if not 0 <= rank < world_size:
             raise SourceError(f"rank {rank} not in [0, world_size={world_size})")
-        if segment_samples < 1 or batch_size < 1 or num_workers < 0:
-            raise SourceError("segment_samples and batch_size must be >= 1, num_workers >= 0")
+        if segment_samples < 1 or batch_size < 1 or num_workers < 0 or shuffle_window < 1:
+            raise SourceError("segment_samples, batch_size and shuffle_window must be >= 1, num_workers >= 0")
         if on_mismatch not in ("convert", "reject"):
             raise SourceError(f"on_mismatch: expected convert|reject, got {on_mismatch!r}")
-        shards = tuple(list_shards(resolve_split_dir(shard_dir, split), check_sizes=not skip_bad))
-        remix_cfg = _remix_config(remix, shards, split) if remix else None
+        if reader not in ("auto", "seek", "sequential"):
+            raise SourceError(f"reader: expected auto|seek|sequential, got {reader!r}")
+        src = open_source(source, split, check_sizes=not skip_bad)
+        if reader == "seek" and src.remote:
+            raise SourceError(f"{source}: remote shards are read sequentially (reader=auto|sequential)")
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.prefetch_factor = prefetch_factor
         self._w = max(1, num_workers)
-        self.cfg = StreamConfig(shards, segment_samples, batch_size, seed, world_size * self._w, on_mismatch,
-                                remix_cfg, skip_bad)
-        total = sum(s.samples for s in shards)
-        self.epoch_batches = epoch_batches or max(1, total // (world_size * batch_size))
+        self.cfg = StreamConfig(tuple(src.shards), segment_samples, batch_size, seed, world_size * self._w,
+                                on_mismatch, skip_bad, shuffle_window, reader, self._w)
+        self.num_samples = src.num_samples
+        self.epoch_batches = epoch_batches or max(1, self.num_samples // (world_size * batch_size))
         self._positions = [0] * self._w
         self._batches = 0
         self._stats_base: Counter = Counter()
@@ -458,6 +536,7 @@ class TrainStream:
         if self.num_workers == 0:
             gen = slot_batches(self.cfg, base, self._positions[0])
             return _ThreadPrefetch(gen, self.prefetch_factor) if self.prefetch_factor > 0 else gen
+        preload_in_forkserver()
         ds = _WorkerDataset(self.cfg, base, list(self._positions), shift)
         # forkserver, not fork: a parent that already ran OpenMP threads (torch) can
         # deadlock a forked worker. Workers re-import only what the dataset needs.
@@ -465,7 +544,11 @@ class TrainStream:
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                              prefetch_factor=self.prefetch_factor,
                                              multiprocessing_context=ctx, persistent_workers=False,
-                                             worker_init_fn=ignore_stop_signals)
+                                             worker_init_fn=ignore_stop_signals,
+                                             generator=torch.Generator().manual_seed(self.cfg.seed))
+        # Its own generator: the loader's base seed must not come from the global torch RNG, which a
+        # resumed run restores just before this lazy start (one extra draw there shifted every later
+        # dropout mask: resume was not exact with workers). The workers draw nothing from it.
         return iter(loader)
 
     def __next__(self) -> dict[str, torch.Tensor]:
@@ -475,6 +558,9 @@ class TrainStream:
             self._slot_stats = {}
             self._it = self._start()
         batch = next(self._it)
+        if "_error" in batch:
+            self.close()
+            raise (ShardReadError if batch["_read"] else SourceError)(batch["_error"])
         slot = int(batch.pop("_slot")) - self.rank * self._w
         self._positions[slot] = int(batch.pop("_pos"))
         self._slot_stats[slot] = batch.pop("_stats")
@@ -493,7 +579,7 @@ class TrainStream:
         c = self.cfg
         return {"seed": c.seed, "rank": self.rank, "world_size": self.world_size, "num_workers": self.num_workers,
                 "batch_size": c.batch_size, "segment_samples": c.segment_samples, "num_shards": len(c.shards),
-                "remix": c.remix is not None}
+                "shuffle_window": c.shuffle_window}
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": 1, **self._identity(), "batches": self._batches,
@@ -501,13 +587,13 @@ class TrainStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = self._identity()
-        diff = {k: (state.get(k, False if k == "remix" else None), v) for k, v in mine.items()
-                if state.get(k, False if k == "remix" else None) != v}
+        saved = {k: state.get(k, SHUFFLE_WINDOW if k == "shuffle_window" else None) for k in mine}  # older states
+        diff = {k: (saved[k], v) for k, v in mine.items() if saved[k] != v}
         if diff:
             raise SourceError(f"stream state does not match this stream (saved, now): {diff}")
         self._batches = int(state["batches"])
         self._positions = [int(p) for p in state["positions"]]
-        self._stats_base = Counter({k: v for k, v in state.get("stats", {}).items() if k != "batches"})
+        self._stats_base = Counter({k: v for k, v in state.get("stats", {}).items() if k in STAT_KEYS})
         self._slot_stats = {}
         self.close()  # restart lazily; drops any prefetched batches (and their workers)
 
@@ -524,41 +610,46 @@ class TrainStream:
 
 
 # ----------------------------------------------------------------- utterances
+def _utterance_shards(path: str | Path, split: str | None) -> list[ShardRef]:
+    """The shards of a split folder, a single shard, a corpus folder (+ ``split``, or its only split), or
+    any remote source (``split`` default ``test``)."""
+    spec = str(path)
+    if not is_remote(spec) and not is_pattern(spec):
+        local = Path(local_path(spec))
+        is_split = (local / MANIFEST).exists() or any(local.glob("*.tar"))
+        if split is None and not is_split and local.is_dir():
+            present = [s for s in ("train", "valid", "test") if (local / s).is_dir()]
+            if len(present) != 1:
+                raise SourceError(f"{local}: a corpus folder with splits {present}; pass a split folder or split=")
+            split = present[0]
+    return list_shards(spec, split=split or "test")
+
+
 def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | None = None,
                     on_mismatch: str = "convert", stats: Counter | None = None,
                     failures: list[tuple[str, str]] | None = None
                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield (key, noisy [N], clean [N]) full-length float32 16 kHz, in shard then file order.
 
-    ``path``: a split folder, a single ``.tar`` shard, or a corpus folder together with ``split``.
-    Bad samples are skipped with a warning and counted in ``stats`` (if given); ``failures`` (if given)
-    receives ``("<shard>:<key>", reason)`` for each, and ``("<shard>", reason)`` for the samples a shard
-    holds fewer than its manifest lists (truncated or corrupt tar).
+    ``path``: a split folder, a single ``.tar`` shard, a corpus folder together with ``split``, or any
+    source `TrainStream` takes. Bad samples are skipped with a warning and counted in ``stats`` (if
+    given); ``failures`` (if given) receives ``("<shard>:<key>", reason)`` for each, and ``("<shard>",
+    reason)`` for the samples a shard holds fewer than its manifest lists (truncated or corrupt tar).
     """
-    path = Path(path)
     stats = stats if stats is not None else Counter()
-    if path.is_file():
-        refs = [ShardRef(str(path), -1)]
-    else:
-        is_split = (path / "manifest.json").exists() or any(path.glob("*.tar"))
-        if split is None and not is_split and path.is_dir():
-            present = [s for s in ("train", "valid", "test") if (path / s).is_dir()]
-            if len(present) != 1:
-                raise SourceError(f"{path}: a corpus folder with splits {present}; pass a split folder or split=")
-            split = present[0]
-        refs = list_shards(resolve_split_dir(path, split or "test"))
     n = 0
-    for ref in refs:
-        shard = ref.path
-        idx = _index(shard)
-        if failures is not None and ref.samples > len(idx.samples) and (limit is None or n < limit):
-            failures.append((Path(shard).name, f"{ref.samples - len(idx.samples)} of {ref.samples} samples "
-                             f"listed in the manifest are unreadable ({idx.error or 'truncated/corrupt shard'})"))
-        for key, members in idx.samples.items():
+    for ref in _utterance_shards(path, split):
+        name = ref.path.rsplit("/", 1)[-1]
+        missing, lost = 0, ""
+        for _, key, blobs, why in read_shard(ref, None):
             if limit is not None and n >= limit:
                 return
+            if key is None:
+                missing, lost = missing + 1, why
+                continue
             try:
-                blobs = read_members(shard, members)
+                if blobs is None:
+                    raise BadSample("skipped_corrupt", why)
                 noisy = _decode_full(blobs[_field(blobs, "noisy")], on_mismatch, stats)
                 clean = _decode_full(blobs[_field(blobs, "clean")], on_mismatch, Counter())
                 m = min(len(noisy), len(clean))
@@ -566,10 +657,13 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
                 _check(noisy, clean)
             except (BadSample, SourceError, OSError) as e:
                 stats[e.kind if isinstance(e, BadSample) else "skipped_corrupt"] += 1
-                log.warning("skipping sample %s of shard %s: %s", key, shard, e)
+                log.warning("skipping sample %s of shard %s: %s", key, ref.path, e)
                 if failures is not None:
-                    failures.append((f"{Path(shard).name}:{key}", " ".join(str(e).split())))
+                    failures.append((f"{name}:{key}", " ".join(str(e).split())))
                 continue
             stats["samples"] += 1
             n += 1
             yield key, noisy, clean
+        if missing and failures is not None:
+            failures.append((name, f"{missing} of {ref.samples} samples listed in the manifest are unreadable "
+                                   f"({lost or 'truncated/corrupt shard'})"))

@@ -5,11 +5,14 @@ Writing: ``write_tar(path, samples)`` writes ``{"__key__": str, ext: bytes, ...}
 uid/gid 0, no user names, mode 0644), to a temporary name, fsync, rename -- so a rebuilt shard
 has the same bytes and a killed job never leaves a cut-off shard under the final name.
 
-Reading in order: ``iter_samples(path)`` is webdataset's tar expansion and key grouping
-(``tariterators.tarfile_samples``). Random access, which the exact-resume sampler needs (a sample
-by index, after a restart, without reading what precedes it) and webdataset does not offer:
-``index_tar(path)`` walks the 512-byte headers itself (no data read), tolerates truncation and
-returns the samples it could fully locate; ``read_members`` fetches one sample's bytes by seeking.
+Reading in order (any source: local, http(s), s3, ``pipe:``): ``read_sequential(location)`` is
+webdataset's tar reader and key grouping (``tariterators.tar_file_iterator`` + ``group_by_keys``)
+over a retrying `sharding.sources.ShardStream`; it numbers samples in file order and skips (reads
+past, never copies) the ones the caller does not want -- how a resumed stream gets to its sample
+without seeking. ``iter_samples`` / ``count_samples`` build on it. Random access on local files
+(faster resume, no read-through): ``index_tar(path)`` walks the 512-byte headers itself (no data
+read), tolerates truncation and returns the samples it could fully locate; ``read_members`` fetches
+one sample's bytes by seeking.
 """
 
 from __future__ import annotations
@@ -55,11 +58,10 @@ def write_tar(path: str | Path, samples: Iterable[dict]) -> int:
 
 
 def iter_samples(path: str | Path) -> Iterator[dict]:
-    """The samples of one shard in file order, ``{"__key__": key, ext: bytes, ...}`` (webdataset)."""
-    from webdataset import tariterators
-
-    for sample in tariterators.tarfile_samples([{"url": str(path)}]):
-        yield {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}
+    """The samples of one shard (path or URL) in file order, ``{"__key__": key, ext: bytes, ...}``
+    (webdataset's reader, `read_sequential`)."""
+    for _, key, blobs in read_sequential(str(path)):
+        yield {"__key__": key, **blobs}
 
 
 @dataclass
@@ -128,3 +130,62 @@ def read_members(source, members: dict[str, tuple[int, int]]) -> dict[str, bytes
             raise SourceError(f"{getattr(source, 'name', source)}: member .{ext} at {off} is cut off")
         out[ext] = data
     return out
+
+
+class TarCorrupt(SourceError):
+    """A shard's tar stream broke off or is malformed; the samples before the break were delivered."""
+
+
+class _Selector:
+    """webdataset ``select_files`` predicate numbering the samples in file order: members of samples
+    ``want(i)`` rejects are skipped by the tar reader (read past, never copied)."""
+
+    def __init__(self, want):
+        self.want, self.count, self.index = want, 0, {}
+        self._last, self._keep = None, False
+
+    def __call__(self, fname: str) -> bool:
+        key, _ = split_name(fname)
+        if key != self._last:
+            self._last, self.count = key, self.count + 1
+            self._keep = bool(self.want(self.count - 1))
+            if self._keep:
+                self.index[key] = self.count - 1
+        return self._keep
+
+
+def read_sequential(location: str, size: int | None = None, want=lambda i: True, info: dict | None = None
+                    ) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+    """(file index, key, {ext: bytes}) of the samples ``want(i)`` accepts, front to back, through
+    webdataset's tar reader (``tar_file_iterator`` + ``group_by_keys``) over a `sources.ShardStream`
+    (retried on dropped connections, else `ShardReadError`). A tar that breaks off or is malformed raises
+    TarCorrupt after the samples before the break. ``info`` receives ``samples`` (seen) and ``bytes`` (read)."""
+    from webdataset import tariterators
+
+    from sharding.sources import ShardReadError, open_shard
+
+    sel = _Selector(want)
+    stream = open_shard(location, size)
+    try:
+        files = ({**f, "__url__": location} for f in tariterators.tar_file_iterator(stream, select_files=sel))
+        for sample in tariterators.group_by_keys(files):
+            i = sel.index.pop(sample["__key__"], None)
+            if i is not None:
+                yield i, sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
+    except ShardReadError as e:  # webdataset appends the stream's repr to the message: keep our line
+        raise ShardReadError(str(e).split(" @ <")[0]) from None
+    except (tarfile.TarError, ValueError, OSError, EOFError) as e:
+        why = " ".join(str(e).split(" @ <")[0].split())
+        raise TarCorrupt(f"{location}: tar broken after {sel.count} samples ({why})") from None
+    finally:
+        if info is not None:
+            info.update(samples=sel.count, bytes=stream.raw.pos)
+        stream.close()
+
+
+def count_samples(location: str) -> tuple[int, int]:
+    """(samples, bytes) of a shard read through once (no member copied); SourceError when it is broken."""
+    info: dict = {}
+    for _ in read_sequential(location, want=lambda i: False, info=info):
+        pass
+    return info["samples"], info["bytes"]

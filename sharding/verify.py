@@ -12,9 +12,10 @@ import numpy as np
 
 from sharding.audio import SAMPLE_RATE, decode_audio
 from sharding.errors import SourceError
+from sharding.manifest import MANIFEST, ShardEntry, find_manifest
 from sharding.recipes.base import SPLITS
 from sharding.tario import index_tar, read_members
-from sharding.writer import MANIFEST, _sha256
+from sharding.writer import _sha256
 
 
 @dataclass
@@ -71,18 +72,6 @@ def _check_sample(blobs: dict[str, bytes]) -> str | None:
     return None
 
 
-def _read_manifest(path: Path) -> tuple[list[dict], str | None]:
-    """(shard entries, None), or ([], one-line problem) for a manifest that is not valid JSON of shards."""
-    try:
-        shards = json.loads(path.read_text())["shards"]
-        if not (isinstance(shards, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str)
-                                                 for s in shards)):
-            raise TypeError("'shards' is not a list of {name, ...}")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return [], f"{path}: not a valid manifest ({type(e).__name__}: {' '.join(str(e).split())})"
-    return shards, None
-
-
 def verify(root: str | Path, *, decode: bool = True) -> VerifyReport:
     """Check manifests, sizes, sha256 and sample counts; decode every sample unless ``decode=False``."""
     report = VerifyReport(str(root))
@@ -90,30 +79,34 @@ def verify(root: str | Path, *, decode: bool = True) -> VerifyReport:
         counts = {"shards": 0, "samples": 0, "bad_samples": 0}
         report.splits[split] = counts
         manifest_path = d / MANIFEST
-        if not manifest_path.exists():
-            report.problems.append(f"{manifest_path}: missing")
-            shards = [{"name": p.name} for p in sorted(d.glob("*.tar"))]
+        unlisted = [ShardEntry(p.name, -1) for p in sorted(d.glob("*.tar"))]
+        try:
+            manifest = find_manifest(manifest_path)
+        except SourceError as e:
+            report.problems.append(str(e))
+            manifest = None
+            shards = unlisted
         else:
-            shards, problem = _read_manifest(manifest_path)
-            if problem:
-                report.problems.append(problem)
-                shards = [{"name": p.name} for p in sorted(d.glob("*.tar"))]
-            listed = {s["name"] for s in shards}
-            for extra in sorted(p.name for p in d.glob("*.tar") if p.name not in listed):
-                report.problems.append(f"{d / extra}: not listed in {MANIFEST}")
+            if manifest is None:
+                report.problems.append(f"{manifest_path}: missing")
+                shards = unlisted
+            else:
+                shards = manifest.shards
+                listed = {s.name for s in shards}
+                report.problems += [f"{d / s.name}: not listed in {MANIFEST}" for s in unlisted if s.name not in listed]
         for s in shards:
-            path = d / s["name"]
+            path = d / s.name
             counts["shards"] += 1
             if not path.exists():
                 report.problems.append(f"{path}: missing")
                 continue
-            if "sha256" in s and _sha256(path) != s["sha256"]:
+            if s.sha256 and _sha256(path) != s.sha256:
                 report.problems.append(f"{path}: sha256 differs from {MANIFEST}")
             idx = index_tar(path)
             if idx.truncated:
                 report.problems.append(f"{path}: truncated/corrupt ({idx.error})")
-            if "samples" in s and len(idx.samples) != s["samples"]:
-                report.problems.append(f"{path}: {len(idx.samples)} samples, {MANIFEST} says {s['samples']}")
+            if s.samples >= 0 and len(idx.samples) != s.samples:
+                report.problems.append(f"{path}: {len(idx.samples)} samples, {MANIFEST} says {s.samples}")
             counts["samples"] += len(idx.samples)
             if not decode:
                 continue
@@ -149,13 +142,12 @@ def stats(root: str | Path, *, snr_bin_db: float = 5.0) -> dict[str, Any]:
             if meta.get("noise_type"):
                 noise_types[str(meta["noise_type"])] += 1
         try:
-            manifest = json.loads((d / MANIFEST).read_text()) if (d / MANIFEST).exists() else {}
-        except ValueError:
-            manifest = {}
-        manifest = manifest if isinstance(manifest, dict) else {}
+            manifest = find_manifest(d / MANIFEST)
+        except SourceError:
+            manifest = None
         out[split] = {
             "clips": clips, "hours": round(seconds / 3600, 4), "shards": len(list(d.glob("*.tar"))),
-            "recipe": manifest.get("recipe"),
+            "recipe": manifest.recipe if manifest else None,
             "snr_histogram": dict(sorted(snr_hist.items(), key=lambda kv: float(kv[0][1:].split(",")[0]))),
             "num_speakers": len(speakers), "speakers": dict(speakers.most_common()),
             "noise_types": dict(noise_types.most_common()),

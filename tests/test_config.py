@@ -8,9 +8,9 @@ from typing import Literal, Optional
 
 import pytest
 
+from common.config import build_config, option
 from orchestrator.cli import main
 from training.config import ConfigError, RunConfig, load_run_config, save_config
-from training.configtools import build_config, option
 
 
 def test_defaults_are_the_papers_settings():

@@ -101,10 +101,10 @@ def _fixed_batch(corpus: Path) -> dict[str, torch.Tensor]:
 
 
 def _steps(batch: dict[str, torch.Tensor], world_size: int, num_steps: int = 2) -> dict[str, torch.Tensor]:
-    from training.evaluation.metrics import PesqPool
     from training.loop import StepContext, train_step
     from training.losses import LossWeights
     from training.models import build_model
+    from training.pesq_targets import PesqPool
 
     torch.set_num_threads(1)
     G = build_model(TINY_MODEL["name"], seed=0, **TINY_MODEL["options"])

@@ -20,10 +20,10 @@ def _bn_buffers(m: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    from training.evaluation.metrics import PesqPool
     from training.loop import StepContext, train_step
     from training.losses import LossWeights
     from training.models import build_model
+    from training.pesq_targets import PesqPool
 
     torch.set_num_threads(1)
     distributed.init(distributed.DistEnv(rank=rank, world_size=2, master_port=port), torch.device("cpu"))

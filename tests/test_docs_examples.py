@@ -78,6 +78,8 @@ EXAMPLES: dict[str, tuple] = {
     "orchestrate resume /scratch/me/runs/baselines": (SKIP, CLUSTER),
     # ---- compare
     "orchestrate compare runs/rwsa_sizes": (SKIP, CLUSTER),
+    "orchestrate compare runs/mambattention_table2": (SKIP, CLUSTER + "; tests/test_fidelity_tables.py: golden"),
+    "orchestrate compare runs/mambattention_table5 --layout generic": (SKIP, CLUSTER),
     "orchestrate compare runs/rwsa_sizes --plot": (SKIP, CLUSTER + "; tests/test_figures.py plots a real local sweep"),
     "orchestrate evaluate --noisy-only --testset data/ears_wham_v2_official/test": (SKIP, PLACEHOLDER),
     "orchestrate plan sweeps/rwsa_sizes.yaml": (RUN, [], 0),
@@ -96,7 +98,8 @@ EXAMPLES: dict[str, tuple] = {
         (SKIP, PLACEHOLDER),
     "orchestrate enhance runs/demo/cells/rwsa-xs_s0 noisy.wav --out enhanced/": (RUN, [], 0),
     "orchestrate enhance runs/x/checkpoints/best ~/recordings/ --out enhanced/ --keep-rate": (SKIP, PLACEHOLDER),
-    "orchestrate enhance CKPT long_meeting.flac --out out/ --chunk-seconds 10 --overlap-seconds 0": (SKIP, PLACEHOLDER),
+    "orchestrate enhance CKPT long_meeting.flac --out out/ --mode chunked --chunk-seconds 10 --overlap-seconds 0":
+        (SKIP, PLACEHOLDER),
     "orchestrate analyze spectrogram runs/demo/cells/rwsa-xs_s0 --testset data/demo/test --files 3 --out figs/":
         (RUN, ["--no-mlflow"], 0),
     "orchestrate analyze spectrogram CKPT --testset ~/vbdx_test --keys p232_001,p257_010 --out figs/": (SKIP, PLACEHOLDER),
@@ -107,6 +110,7 @@ EXAMPLES: dict[str, tuple] = {
     "orchestrate report efficiency --models rwsa-xs,mambattention --testset data/demo/test --limit 20":
         (RUN, ["--limit", "1", "--models", "rwsa-xs"], 0),  # mambattention alone took 45 s of CI on 2 cores
     "orchestrate report efficiency --models runs/demo/cells/rwsa-xs_s0 --json": (RUN, ["--clips", "1"], 0),
+    "orchestrate report efficiency --sweep runs/demo": (RUN, [], 0),
     # ---- models / config
     "orchestrate models": (RUN, ["--no-time", "--names", "rwsa-xs"], 0),  # all 11 models' FLOPs: minutes
     "orchestrate models --names rwsa-xs,mambattention": (RUN, ["--no-time"], 0),

@@ -1,22 +1,34 @@
-"""CSIG / CBAK / COVL (Hu & Loizou 2008): LLR, WSS and segSNR against an independent implementation
-(the ``pysepm-evo`` package, test-only, installed without its dependencies by .ci/setup.sh; its
-numba JIT and its reverberation module are bypassed: only its plain-numpy quality measures run),
-the regression and its clipping, and the metrics plumbing."""
+"""CSIG / CBAK / COVL (Hu & Loizou 2008) as the VoiceBank literature computes them: equal to the reference
+script (CMGAN's / MP-SENet's ``compute_metrics``) on the same files of generated speech, run from the
+copy the ``sonusai`` package ships (test-only: .ci/setup.sh unpacks it into .venv/reference, outside
+site-packages, without its dependencies); LLR,
+WSS and segSNR against a second implementation (``pysepm-evo``, same install; its numba JIT and its
+reverberation module are bypassed: only its plain-numpy quality measures run), with the reference's
+WSS scaling made explicit; the regression and its clipping, and the metrics plumbing."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 import importlib.util
+import math
 import os
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
-from training.evaluation.composite import composite, composite_from_parts, llr, wss
+from common.audio import read_audio
+from sharding.recipes.synth import Voice, make_noise, procedural_speech
+from training.evaluation.composite import WSS_SCALE, composite, composite_from_parts, llr, wss
 from training.evaluation.metrics import compute_metrics, pesq_wb, ssnr
+
+REFERENCE_SCRIPT = "sonusai==0.15.9"  # .ci/setup.sh: pip install --no-deps --target .venv/reference
+REFERENCE_DIR = Path(sys.prefix) / "reference"  # outside site-packages: never imported, no resolver noise
 
 
 @functools.cache
@@ -43,6 +55,81 @@ def _pysepm_quality():
     return importlib.import_module("pysepm_evo.qualityMeasures")
 
 
+@functools.cache
+def _reference_script() -> types.SimpleNamespace:
+    """CMGAN's ``compute_metrics`` (as MP-SENet copies it) from ``sonusai/calc_metric_spenh.py``: its
+    functions ``wss``, ``llr``, ``lpcoeff``, ``snr`` (the same syntax trees as MP-SENet's
+    cal_metrics/compute_metrics.py, up to two local imports and an ``int()`` around ``math.floor``) and
+    ``calc_speech_metrics`` (the same regression), executed from the installed file. The module itself
+    imports plotting and mixture code, so only these definitions are compiled; the reference's import of
+    its own PESQ wrapper is replaced by the call it makes (``pesq(16000, reference, hypothesis, 'wb')``)."""
+    path = REFERENCE_DIR / "sonusai" / "calc_metric_spenh.py"
+    if not path.is_file():
+        pytest.fail(f"{path}: the reference script is not installed (.ci/setup.sh: pip install --no-deps "
+                    f"--target .venv/reference {REFERENCE_SCRIPT})")
+    wanted = {"wss", "llr", "lpcoeff", "snr", "calc_speech_metrics"}
+    tree = ast.parse(path.read_text())
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    assert {d.name for d in defs} == wanted, f"{path}: not the expected reference functions"
+    for d in defs:  # drop `from sonusai.metrics import calc_pesq`: provided below
+        d.body = [b for b in d.body if not (isinstance(b, ast.ImportFrom) and (b.module or "").startswith("sonusai"))]
+    from pesq import pesq
+
+    namespace = {"np": np, "math": math, "calc_pesq": lambda hypothesis, reference: pesq(16000, reference, hypothesis,
+                                                                                         "wb")}
+    exec(compile(ast.Module(body=defs, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
+    return types.SimpleNamespace(**{k: namespace[k] for k in wanted})
+
+
+def _generated_speech_files(folder: Path, n: int = 4) -> list[tuple[Path, Path]]:
+    """(clean, processed) 16-bit WAV pairs of procedural speech, 3 s each, with processed = clean plus a
+    generated noise at 5..20 dB SNR (the kinds of files the tables score). The clean speech gets a -80 dB
+    floor as recordings have: digital silence makes the LPC of both scripts undefined (LLR NaN/inf, CSIG
+    and COVL clipped to 1)."""
+    pairs = []
+    for i in range(n):
+        rng = np.random.default_rng(100 + i)
+        clean = procedural_speech(rng, Voice.from_id(i), 48000) + 1e-4 * rng.standard_normal(48000)
+        noise = make_noise(rng, ("babble", "hum", "pink", "babble")[i % 4], 48000)
+        noise *= np.sqrt(np.mean(clean**2) / np.mean(noise**2)) * 10 ** (-(5 + 5 * i) / 20)
+        paths = folder / f"clean{i}.wav", folder / f"processed{i}.wav"
+        for path, x in zip(paths, (clean, clean + noise)):
+            sf.write(path, np.clip(x, -1, 1), 16000, subtype="PCM_16")
+        pairs.append(paths)
+    return pairs
+
+
+def test_composite_equals_the_reference_script_on_the_same_files(tmp_path):
+    """Both read the same files as float in [-1, 1] (the reference's cal_metrics reads with librosa, ours
+    with common.audio), so the reference's WSS divides float samples by 32768 (module docstring)."""
+    ref = _reference_script()
+    unclipped = 0
+    for clean_path, processed_path in _generated_speech_files(tmp_path):
+        clean, processed = sf.read(clean_path, dtype="float32")[0], sf.read(processed_path, dtype="float32")[0]
+        pesq_r, csig_r, cbak_r, covl_r, ssnr_r = ref.calc_speech_metrics(processed, clean)
+        ours = compute_metrics(read_audio(clean_path), read_audio(processed_path),
+                               metrics=("pesq", "csig", "cbak", "covl", "ssnr")).values
+        assert ours["pesq"] == pytest.approx(pesq_r, abs=1e-6)
+        assert ours["ssnr"] == pytest.approx(ssnr_r, abs=1e-6)
+        assert (ours["csig"], ours["cbak"], ours["covl"]) == pytest.approx((csig_r, cbak_r, covl_r), abs=1e-6)
+        unclipped += all(1.0 < ours[k] < 5.0 for k in ("csig", "cbak", "covl"))
+    assert unclipped >= 3  # the regression itself is compared, not only its clipping
+
+
+def test_wss_scaling_is_the_reference_scripts():
+    """The reference script divides each float frame by 32768 before its 1e-10 energy floor (it was written
+    for int16 samples); pysepm-evo does not scale. So our WSS on x equals pysepm's on x / 32768, the
+    reference's on x, and differs from the unscaled measure on the same input."""
+    qm, ref = _pysepm_quality(), _reference_script()
+    clean, enh = _pair(4, noise=0.1)
+    ours = wss(clean, enh)
+    assert WSS_SCALE == 1 / 32768
+    assert ours == pytest.approx(qm.wss(clean * WSS_SCALE, enh * WSS_SCALE, 16000), rel=1e-9)
+    d = np.sort(ref.wss(clean, enh, 16000))
+    assert ours == pytest.approx(float(np.mean(d[: round(len(d) * 0.95)])), rel=1e-9)
+    assert abs(ours - qm.wss(clean, enh, 16000)) > 0.5  # the scaling matters on float input
+
+
 def _pair(seed=0, n=32000, noise=0.05):
     rng = np.random.default_rng(seed)
     t = np.arange(n) / 16000
@@ -56,7 +143,7 @@ def test_components_match_an_independent_implementation(seed, noise):
     qm = _pysepm_quality()
     clean, enh = _pair(seed, noise=noise)
     assert llr(clean, enh) == pytest.approx(qm.llr(clean, enh, 16000, used_for_composite=True), rel=1e-9)
-    assert wss(clean, enh) == pytest.approx(qm.wss(clean, enh, 16000), rel=1e-9)
+    assert wss(clean, enh) == pytest.approx(qm.wss(clean * WSS_SCALE, enh * WSS_SCALE, 16000), rel=1e-9)
     assert ssnr(clean, enh) == pytest.approx(qm.SNRseg(clean, enh, 16000), abs=1e-6)
 
 

@@ -1,5 +1,6 @@
 """The RWSA evaluation protocol (whole-utterance RMS normalisation, non-overlapping segments, the last
-aligned to the end) against a direct loop over the segments, and the mode choice."""
+aligned to the end and kept whole, the one before trimmed: the authors' seam) against a direct loop over
+the segments and an index map of the authors' rule, and the mode choice."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluation.segment_eval import SegmentEnhancer, enhance_segments, resolve_mode, segment_starts
+from training.evaluation.protocol import resolve_mode
+from training.evaluation.segment_eval import SegmentEnhancer, enhance_segments, segment_plan
 from training.models import build_model
 from training.stft import mag_pha_istft, mag_pha_stft
 
@@ -15,11 +17,48 @@ TINY = {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}
 SEG = 1800  # 16 frames of hop 120: a valid RWSA length (the real one is 30,600 = 256 frames)
 
 
-def test_segment_starts():
-    assert segment_starts(30_600, 30_600) == [0]
-    assert segment_starts(100, 30_600) == [0]
-    assert segment_starts(61_200, 30_600) == [0, 30_600]
-    assert segment_starts(70_000, 30_600) == [0, 30_600, 39_400]  # last aligned to the end
+def test_segment_plan():
+    assert segment_plan(30_600, 30_600) == [(0, 30_600)]
+    assert segment_plan(100, 30_600) == [(0, 100)]
+    assert segment_plan(61_200, 30_600) == [(0, 30_600), (30_600, 30_600)]
+    # 70,000 = 2 x 30,600 + 8,800: the end-aligned segment is kept whole, the one before keeps 8,800
+    assert segment_plan(70_000, 30_600) == [(0, 30_600), (30_600, 8_800), (39_400, 30_600)]
+    with pytest.raises(ValueError, match="segment"):
+        segment_plan(10, 0)
+
+
+def authors_source_starts(n: int, seg: int) -> np.ndarray:
+    """For each output sample, the input start of the segment that produced it, by the authors' rule
+    (RWSA-MambaUNet inference.py, process_audio_segment, written out here): n // seg plain segments, and
+    when n % seg = r > 0 one more taken from the last seg samples; the plain segment before it is cut to
+    its first r output samples and the end-aligned one is appended whole."""
+    if n <= seg:
+        return np.zeros(n, dtype=np.int64)
+    k, r = divmod(n, seg)
+    pieces = [(i * seg, seg) for i in range(k)]
+    if r:
+        pieces[-1] = ((k - 1) * seg, r)
+        pieces.append((n - seg, seg))
+    return np.concatenate([np.full(length, start) for start, length in pieces])
+
+
+class _Unused(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+@pytest.mark.parametrize("n", [25, 30, 7, 41, 59])
+def test_index_map_follows_the_authors_seam(n):
+    """Feed the sample indices through a "model" that returns each segment minus its first input sample:
+    output sample j is then j minus the start of the segment that produced it, which must be the authors'."""
+    seg = 10
+    x = np.arange(1, n + 1, dtype=np.float32)
+    out = enhance_segments(_Unused(), x, seg, batch=2, forward=lambda segs: segs - segs[:, :1])
+    source = np.arange(n) - np.rint(out).astype(np.int64)
+    np.testing.assert_array_equal(source, authors_source_starts(n, seg) if n > seg else np.zeros(n, np.int64))
+    if n == 25:  # the map the closing note shows: segments at 0, 10 and 15; 10 keeps 5 samples, 15 all 10
+        assert source.tolist() == [0] * 10 + [10] * 5 + [15] * 10
 
 
 def test_matches_a_direct_loop_over_segments():
@@ -35,14 +74,11 @@ def test_matches_a_direct_loop_over_segments():
     n = len(wav)
     starts = list(range(0, n - SEG, SEG)) + [n - SEG]
     expected = np.zeros(n, np.float32)
-    covered = 0
     with torch.no_grad():
-        for s in starts:
+        for s in starts:  # in order: the end-aligned last segment overwrites the overlap (the authors' seam)
             mag, pha, _ = mag_pha_stft(x[None, s : s + SEG], G.stft)
             mag, pha, _ = G(mag, pha)
-            y = mag_pha_istft(mag, pha, G.stft, length=SEG)[0].numpy()
-            expected[covered : s + SEG] = y[covered - s :]
-            covered = s + SEG
+            expected[s : s + SEG] = mag_pha_istft(mag, pha, G.stft, length=SEG)[0].numpy()
     expected /= np.float32(norm)
     assert got.shape == wav.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())

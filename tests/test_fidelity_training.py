@@ -11,10 +11,10 @@ import torch
 
 from sharding.stream import TrainStream
 from sharding.tario import write_tar
-from training.evaluation.metrics import PesqPool
 from training.loop import StepContext, train_step
 from training.losses import LossWeights
 from training.models import build_model
+from training.pesq_targets import PesqPool
 from training.stft import mag_pha_stft
 
 TINY = {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}
@@ -92,3 +92,29 @@ def test_metric_loss_gradient_stays_out_of_the_phase_path():
     mag = [p.grad for p in ctx.generator.mask_decoder.parameters()]
     assert all(g is None or not g.any() for g in pha)
     assert any(g is not None and g.abs().sum() > 0 for g in mag)
+
+
+def test_mpsenet_official_discriminator_sees_the_restft_magnitude():
+    """The official MP-SENet train.py feeds D |STFT(iSTFT(G))|^0.3 of the enhanced waveform (for D's update
+    and G's metric loss), not the generator's magnitude; the corrected `mpsenet` keeps the generator's."""
+    from training.stft import mag_pha_istft
+
+    batch = _batch()
+    for name, restft in (("mpsenet-official", True), ("mpsenet", False)):
+        torch.manual_seed(0)
+        G = build_model(name, seed=0, channels=8, num_blocks=1, n_head=2)
+        D = build_model("metric-discriminator", seed=1)
+        opt = lambda m: torch.optim.AdamW(m.parameters(), lr=5e-4)  # noqa: E731
+        ctx = StepContext(G, D, opt(G), opt(D), G.stft, LossWeights(), torch.device("cpu"), 1, PesqPool(0),
+                          pesq_overlap=False)
+        g_out, d_in = [], []
+        G.register_forward_hook(lambda m, a, out, g_out=g_out: g_out.append((out[0].detach(), out[1].detach())) and None)
+        D.register_forward_hook(lambda m, a, out, d_in=d_in: d_in.append(a[1].detach()) and None)
+        train_step(ctx, batch)
+        mag, pha = g_out[0]
+        restft_mag, _, _ = mag_pha_stft(mag_pha_istft(mag, pha, G.stft, length=1800), G.stft)
+        assert (restft_mag - mag).abs().max() > 1e-2  # the two candidates differ: the check can fail
+        fake = d_in[1:]  # (clean, clean) first (pesq_overlap=False: D's update), then (clean, est) twice
+        assert len(fake) == 2
+        want = restft_mag if restft else mag
+        assert all(torch.allclose(b, want, atol=1e-5) for b in fake), name

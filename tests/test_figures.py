@@ -24,7 +24,7 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    from orchestrator.evaluation import evaluate
+    from orchestrator.evaluate_and_enhance import evaluate
     from sharding.recipes.demo import prepare_demo
 
     tmp = tmp_path_factory.mktemp("figures")

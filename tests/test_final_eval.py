@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from orchestrator.sweeper import shown_state
+from common.progress import shown_state
 from training.preempt import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_preempted_during_evaluation_finishes_after_requeue(trained_run, tmp_pat
     run, uri, corpus, run_id = copy_run(trained_run, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = rerun_cmd(run, uri, corpus / "test", corpus / "valid")
-    p = subprocess.Popen(cmd, cwd=ROOT, env={**env, "SE_EVAL_TEST_PAUSE": "1.5"}, stdout=subprocess.DEVNULL,
+    p = subprocess.Popen(cmd, cwd=ROOT, env={**env, "SE_FAULTS": "eval.utterance=pause:1.5"}, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     record = run / "eval" / "final.json"
     deadline = time.time() + 240

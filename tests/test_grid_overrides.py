@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.errors import UserError
-from orchestrator.sweep import expand, load_sweep
+from orchestrator.sweeps.plan import expand
+from orchestrator.sweeps.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,14 +27,14 @@ def test_list_replaces_an_axis_and_grid_adds_one():
     spec = load_sweep(REPO / "sweeps/rwsa_sizes.yaml")
     cells = expand(spec, ["trainer.seed=[7,8]", "trainer.max_steps=10"])
     assert [c.id for c in cells] == ["rwsa-xs_s7", "rwsa-xs_s8", "rwsa-s_s7", "rwsa-s_s8", "rwsa-m_s7", "rwsa-m_s8"]
-    assert [c.config["trainer"]["seed"] for c in cells] == [7, 8] * 3
-    assert {c.config["trainer"]["max_steps"] for c in cells} == {10}
+    assert [c.config.trainer.seed for c in cells] == [7, 8] * 3
+    assert {c.config.trainer.max_steps for c in cells} == {10}
     cells = expand(spec, ["grid.model.name=[rwsa-s]", "grid.optim.lr=[0.001,0.0005]"])
     assert len(cells) == 10 and cells[0].id == "rwsa-s_s0_lr0.001"
-    assert {(c.config["model"]["name"], c.config["optim"]["lr"]) for c in cells} == {("rwsa-s", 0.001), ("rwsa-s", 0.0005)}
+    assert {(c.config.model.name, c.config.optim.lr) for c in cells} == {("rwsa-s", 0.001), ("rwsa-s", 0.0005)}
     # a list-typed config key that is not an axis stays a plain value
     cells = expand(spec, ["eval.testsets=[a,b]"])
-    assert len(cells) == 15 and cells[0].config["eval"]["testsets"] == ["a", "b"]
+    assert len(cells) == 15 and cells[0].config.eval.testsets == ["a", "b"]
 
 
 def test_named_variant_axis_cannot_be_replaced_from_the_command_line():

@@ -108,9 +108,9 @@ def _orchestrate(env: dict, *args: str) -> str:
 
 
 def _rows(sweep_dir: Path) -> dict:
-    from orchestrator.sweeper import sweep_status
+    from orchestrator.sweeps.status import status_rows
 
-    return {r["cell"]: r for r in sweep_status(sweep_dir)}
+    return {r["cell"]: r for r in status_rows(sweep_dir)}
 
 
 def _wait(sweep_dir: Path, cond, timeout_s: float, what: str) -> dict:

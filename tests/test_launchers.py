@@ -5,6 +5,7 @@ preemption, scancel, DDP) is in tests/test_slurm_sweep.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,16 +65,15 @@ def test_run_cell_gathers_every_rank_and_records_sigterm(tmp_path):
 
 def test_state_watcher_reads_sacct_and_squeue_formats(tmp_path):
     """submitit's parser over both answers: sacct (clusters with accounting) and the squeue fallback."""
-    from orchestrator.launchers.slurm import _watcher
+    from orchestrator.launchers.slurm import read_states
 
-    w = _watcher()
     sacct = "JobID|State|NodeList\n12_[2-3%4]|PENDING|None\n12_0|COMPLETED|node1\n12_0.batch|COMPLETED|node1\n" \
             "12_1|CANCELLED by 0|node2\n"
-    info = w.read_info(sacct)
+    info = read_states(sacct)
     assert {k: v["State"] for k, v in info.items()} == {"12_2": "PENDING", "12_3": "PENDING", "12_0": "COMPLETED",
                                                         "12_1": "CANCELLED by 0"}
     squeue = "JOBID|STATE|REASON\n12_0|RUNNING|None\n12_1|PENDING|Priority\n"
-    info = w.read_info(squeue.encode())
+    info = read_states(squeue.encode())
     assert info["12_1"] == {"JobID": "12_1", "State": "PENDING", "Reason": "Priority"}
     assert info["12_0"]["State"] == "RUNNING"
 
@@ -98,3 +98,37 @@ def test_slurm_refresh_maps_scheduler_states(tmp_path, monkeypatch):
     cells["c0"]["state"] = "running"
     slurm.SlurmLauncher(tmp_path).refresh(data)
     assert cells["c0"]["state"] == "running"
+
+
+LIGHT_PROBE = r"""
+import json, sys
+class Blocked:  # what the SLURM task wrapper must never import (the training process imports them itself)
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "omegaconf", "yaml", "numpy", "submitit", "ray", "mlflow"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+sys.meta_path.insert(0, Blocked())
+from orchestrator.launchers.slurm_task import run_cell
+try:
+    rc = run_cell(sys.argv[1])
+except SystemExit as e:
+    rc = e.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "omegaconf", "yaml", "numpy", "submitit"})
+print(json.dumps({"rc": rc, "heavy": heavy}))
+"""
+
+
+def test_slurm_task_wrapper_runs_without_omegaconf_or_torch(tmp_path):
+    """The wrapper each SLURM task runs (`slurm_task.run_cell`), imported and run with torch, omegaconf,
+    yaml, numpy and submitit blocked: it starts the cell's training process (here a config refused
+    before any work: exit 2) and writes the exit code and attempts.log as on a cluster."""
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "config.yaml").write_text("trainer: {max_steps: zero}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    r = subprocess.run([sys.executable, "-c", LIGHT_PROBE, str(cell)], cwd=REPO, capture_output=True, text=True,
+                       timeout=180, env={**env, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"rc": 2, "heavy": []}
+    assert base.read_exit_code(cell) == 2 and base.count_attempts(cell) == 1
+    assert "end 0 rc=2" in (cell / "attempts.log").read_text()

@@ -10,7 +10,7 @@ import pytest
 from orchestrator.errors import UserError
 from orchestrator.launchers import base
 from orchestrator.ledger import Ledger, new_cell_record, set_state
-from orchestrator.sweeper import refresh
+from orchestrator.sweeps.status import refresh
 
 
 def _bump(sweep_dir: str, n: int) -> None:
@@ -77,10 +77,13 @@ def test_refresh_reads_the_cells_own_files(tmp_path):
 
 
 def test_progress_is_read_defensively(tmp_path):
-    assert base.read_progress(tmp_path) == {}
-    (tmp_path / base.PROGRESS_FILE).write_text('{"step": 3, "max_st')  # torn write
-    assert base.read_progress(tmp_path) == {}
-    (tmp_path / base.PROGRESS_FILE).write_text("[1, 2]")
-    assert base.read_progress(tmp_path) == {}
-    (tmp_path / base.PROGRESS_FILE).write_text('{"step": 3, "max_steps": 10, "best_pesq": 1.5}')
-    assert base.read_progress(tmp_path)["step"] == 3
+    from common.progress import read_progress
+    from common.rundir import PROGRESS_FILE
+
+    assert read_progress(tmp_path) == {}
+    (tmp_path / PROGRESS_FILE).write_text('{"step": 3, "max_st')  # torn write
+    assert read_progress(tmp_path) == {}
+    (tmp_path / PROGRESS_FILE).write_text("[1, 2]")
+    assert read_progress(tmp_path) == {}
+    (tmp_path / PROGRESS_FILE).write_text('{"step": 3, "max_steps": 10, "best_pesq": 1.5}')
+    assert read_progress(tmp_path)["step"] == 3 == read_progress(tmp_path / PROGRESS_FILE)["step"]

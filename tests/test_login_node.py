@@ -54,13 +54,12 @@ def test_sweep_management_commands_do_not_import_torch(tmp_path):
 
 
 def test_status_and_cancel_of_a_sweep_do_not_import_torch(tmp_path):
-    from orchestrator.sweeper import plan_sweep, write_cells
+    from orchestrator.sweeps.plan import build_plan
+    from orchestrator.sweeps.run import write_cells
 
     sweep = tmp_path / "s.yaml"
     sweep.write_text("name: login\ngrid: {trainer.seed: [0, 1]}\nexecutor: slurm\nprofile: local\n")
-    overrides = ["mlflow.enabled=false"]
-    plan = plan_sweep(sweep, root=tmp_path / "runs", overrides=overrides)
-    write_cells(plan, sweep, overrides)
+    write_cells(build_plan(sweep, root=tmp_path / "runs", overrides=["mlflow.enabled=false"]))
     sweep_dir = str(tmp_path / "runs" / "login")
     assert run_probe(["status", sweep_dir], tmp_path) == {"rc": 0, "heavy": []}
     assert run_probe(["cancel", sweep_dir, "s1"], tmp_path) == {"rc": 0, "heavy": []}

@@ -1,4 +1,5 @@
-"""Metrics: equality with the libraries, closed-form cases, NaN handling, parallel scoring, PesqPool."""
+"""Metrics: equality with the libraries, closed-form cases, NaN handling, parallel scoring (the discriminator's
+PESQ targets: tests/test_pesq_targets.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from pesq import pesq
 from pystoi import stoi
 
+from training.evaluation import measures
 from training.evaluation import metrics as M
+from training.pesq_targets import PesqPool
 
 SR = 16000
 
@@ -62,9 +65,9 @@ def test_si_sdr_closed_form_with_orthogonal_error():
     e = n - (n @ s) / (s @ s) * s  # e is orthogonal to s, so alpha = 1 for s + e
     e *= 0.3
     expected = 10 * math.log10((s @ s) / (e @ e))
-    assert M.si_sdr(s, s + e) == pytest.approx(expected, abs=1e-9)
+    assert measures.si_sdr(s, s + e) == pytest.approx(expected, abs=1e-9)
     # scale invariance: scaling the estimate does not change the score
-    assert M.si_sdr(s, 7.0 * (s + e)) == pytest.approx(expected, abs=1e-9)
+    assert measures.si_sdr(s, 7.0 * (s + e)) == pytest.approx(expected, abs=1e-9)
     # and the formula through compute_metrics (float64 inputs)
     assert M.compute_metrics(s, s + e, metrics=["si_sdr"]).values["si_sdr"] == pytest.approx(expected, abs=1e-9)
 
@@ -93,8 +96,8 @@ def _ssnr_oracle(clean, enh, sr=SR):
 def test_ssnr_matches_definition_loop(pair):
     clean, enh = (x.astype(np.float64) for x in pair)
     expected, frames = _ssnr_oracle(clean, enh)
-    assert frames == int(len(clean) / 120 - 4) == M.ssnr_frames(clean, enh).size
-    assert M.ssnr(clean, enh) == pytest.approx(expected, abs=1e-9)
+    assert frames == int(len(clean) / 120 - 4) == measures.ssnr_frames(clean, enh).size
+    assert measures.ssnr(clean, enh) == pytest.approx(expected, abs=1e-9)
 
 
 def test_ssnr_of_a_long_file_is_computed_in_blocks():
@@ -103,18 +106,18 @@ def test_ssnr_of_a_long_file_is_computed_in_blocks():
     e = s + rng.standard_normal(s.size) * np.repeat(rng.uniform(0.01, 3.0, s.size // 1600), 1600)
     expected, frames = _ssnr_oracle(s, e)
     assert frames == 5329
-    assert M.ssnr(s, e) == pytest.approx(expected, abs=1e-9)
+    assert measures.ssnr(s, e) == pytest.approx(expected, abs=1e-9)
 
 
 def test_ssnr_constant_snr_and_clip_bounds():
     rng = np.random.default_rng(0)
     s = rng.standard_normal(16000)  # energy in every frame
     # enhanced = 0.9 s -> error 0.1 s in every frame -> 20 dB in every frame
-    assert M.ssnr(s, 0.9 * s) == pytest.approx(20.0, abs=1e-6)
-    assert M.ssnr(s, s) == pytest.approx(35.0)  # upper clip
-    assert M.ssnr(s, -10 * s) == pytest.approx(-10.0)  # 10log10(1/121) = -20.8 -> lower clip
-    assert M.ssnr(np.arange(900.0), np.arange(900.0)) == pytest.approx(35.0)  # 900/120 - 4 = 3 frames
-    assert math.isnan(M.ssnr(np.ones(500), np.ones(500)))  # fewer than one frame
+    assert measures.ssnr(s, 0.9 * s) == pytest.approx(20.0, abs=1e-6)
+    assert measures.ssnr(s, s) == pytest.approx(35.0)  # upper clip
+    assert measures.ssnr(s, -10 * s) == pytest.approx(-10.0)  # 10log10(1/121) = -20.8 -> lower clip
+    assert measures.ssnr(np.arange(900.0), np.arange(900.0)) == pytest.approx(35.0)  # 900/120 - 4 = 3 frames
+    assert math.isnan(measures.ssnr(np.ones(500), np.ones(500)))  # fewer than one frame
 
 
 def test_silent_reference_gives_nan_with_reasons_and_is_counted(pair):
@@ -150,7 +153,7 @@ def test_short_and_mismatched_inputs_fail_per_metric_not_per_call(pair):
     assert all("length mismatch" in r for r in res.errors.values())
     # a few samples of iSTFT slack are cut, not refused
     res = M.compute_metrics(clean, np.concatenate([enh, np.zeros(37, np.float32)]), metrics=["si_sdr"])
-    assert res.values["si_sdr"] == pytest.approx(M.si_sdr(clean, enh), abs=1e-9)
+    assert res.values["si_sdr"] == pytest.approx(measures.si_sdr(clean, enh), abs=1e-9)
 
 
 def test_other_sample_rate_is_resampled(pair):
@@ -182,7 +185,7 @@ def test_reference_free_rows_and_dnsmos_availability(pair):
     clean, enh = pair
     res = M.compute_metrics(None, enh, metrics=M.ALL_METRICS)
     assert not set(res.values) & set(M.REFERENCE_METRICS)  # not applicable, not failed
-    if M.dnsmos_available():
+    if measures.dnsmos_available():
         from speechmos import dnsmos
 
         direct = dnsmos.run(enh, SR)
@@ -209,7 +212,7 @@ def test_evaluate_pairs_parallel_equals_serial_in_order():
         assert a["errors"] == b["errors"]
         for m in M.DEFAULT_METRICS:
             assert a[m] == pytest.approx(b[m], nan_ok=True)
-    with M.PesqPool(num_workers=2) as pool:  # validation reusing the discriminator's pool
+    with PesqPool(num_workers=2) as pool:  # validation reusing the discriminator's pool
         reused = M.evaluate_pairs(pairs[:2], metrics=["pesq"], executor=pool.executor, progress=False)
         assert pool.executor is not None and not pool.executor._shutdown_thread  # still usable
         assert pool.normalized_pesq(pairs[0][1][None], pairs[0][2][None])[1].tolist() == [True]
@@ -219,55 +222,15 @@ def test_evaluate_pairs_parallel_equals_serial_in_order():
     assert pesqs == sorted(pesqs, reverse=True)
 
 
-def test_pesq_pool_matches_serial_and_isolates_failures():
-    clean = np.stack([speech_like(2.0, seed=20 + i) for i in range(5)])
-    est = np.stack([noisy_version(c, 0.0005 * (i + 1), seed=i) for i, c in enumerate(clean)])
-    clean[3] = 0.0  # silent crop: PESQ fails for this segment only
-    expected = [pesq(SR, c, e, "wb") if i != 3 else math.nan for i, (c, e) in enumerate(zip(clean, est))]
-    expected = (np.asarray(expected) - 1.0) / 3.5
-    with M.PesqPool(num_workers=2) as pool:
-        scores, ok = pool.normalized_pesq(clean, est)
-        assert ok.tolist() == [True, True, True, False, True]
-        assert scores.dtype == np.float32 and scores.shape == (5,)
-        np.testing.assert_allclose(scores[ok], expected[ok], atol=1e-6)
-        assert math.isnan(scores[3])
-        job = pool.submit(clean[:2], est[:2])  # asynchronous form
-        np.testing.assert_allclose(job.result()[0], expected[:2], atol=1e-6)
-        with pytest.raises(M.MetricError, match=r"\[B, N\]"):
-            pool.normalized_pesq(clean, est[:, :100])
-    assert pool._pool is None
-    serial_scores, serial_ok = M.PesqPool(num_workers=0).normalized_pesq(clean, est)
-    np.testing.assert_array_equal(serial_ok, ok)
-    np.testing.assert_allclose(serial_scores, scores, atol=1e-7, equal_nan=True)
+def test_measures_composite_and_metrics_import_in_one_direction_without_torch():
+    """measures <- composite <- metrics (no cycle), and none of them, nor the PESQ-target pool the
+    discriminator uses, loads torch: their worker processes start quickly."""
+    import subprocess
+    import sys
 
-
-def test_pesq_pool_survives_a_killed_worker():
-    import os
-    import signal
-    import time
-
-    clean = np.stack([speech_like(2.0, seed=40 + i) for i in range(2)])
-    est = np.stack([noisy_version(c, 0.001, seed=i) for i, c in enumerate(clean)])
-    with M.PesqPool(num_workers=2) as pool:
-        expected, _ = pool.normalized_pesq(clean, est)
-        for pid in list(pool.executor._processes):  # as the OOM killer would
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
-        scores, ok = pool.normalized_pesq(clean, est)  # scored anyway, the pool is restarted
-        assert ok.all() and np.allclose(scores, expected)
-        scores, ok = pool.normalized_pesq(clean, est)
-        assert ok.all() and np.allclose(scores, expected)
-        assert len(pool.executor._processes) > 0
-
-
-def test_pesq_pool_workers_run_below_the_training_loop_priority():
-    """The discriminator's PESQ workers are niced (PESQ_NICENESS) so they never take CPU from the
-    process feeding the GPU; measured by benchmarks/bench_pesq_overlap.py (1.15 -> 1.05 x at 60 ms)."""
-    import os
-
-    base = os.nice(0)
-    with M.PesqPool(num_workers=1) as pool:
-        assert pool.executor.submit(os.nice, 0).result() == min(19, base + M.PESQ_NICENESS)
-    with M.PesqPool(num_workers=0) as pool:  # in-process scoring does not renice the trainer
-        pool.normalized_pesq(np.zeros((1, 16000), np.float32) + 0.1, np.zeros((1, 16000), np.float32) + 0.1)
-    assert os.nice(0) == base
+    code = ("import sys; import training.evaluation.composite as c; "
+            "assert 'training.evaluation.metrics' not in sys.modules, 'composite imports metrics'; "
+            "import training.evaluation.metrics, training.pesq_targets; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "ok", r.stderr

@@ -48,8 +48,9 @@ def _writer(uri: str, experiment_id: str, parent_id: str, index: int, barrier, o
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mlflow")
-    info = ms.start_server(d, workers=2, timeout_s=180)
+    """A sweep's layout: the store runs/x/mlflow.db, the server folder runs/x/mlflow-server/."""
+    d = tmp_path_factory.mktemp("sweep") / "mlflow-server"
+    info = ms.start_server(d, backend_store_uri=f"sqlite:///{d.parent / 'mlflow.db'}", workers=2, timeout_s=180)
     try:
         yield d, info
     finally:
@@ -142,8 +143,82 @@ def test_cli_status_and_stop(server, capsys):
     with pytest.raises(ProcessLookupError):
         os.killpg(info.pid, 0)  # the uvicorn workers went with it
     assert not ms.is_healthy(info.uri)
-    assert not (d / "server.json").exists() and not (d / "server.pid").exists()
+    assert not (d / "server.pid").exists()
+    assert ms.read_server(d) == info  # kept: a later start comes back on its port
     assert cli.main(["mlflow-server", str(d), "--status"]) == 1
+
+
+def _timed_cli(args: list[str], capsys) -> tuple[int, float, str]:
+    t0 = time.monotonic()
+    rc = cli.main(args)
+    return rc, time.monotonic() - t0, capsys.readouterr().err.strip()
+
+
+def test_a_stopped_server_is_named_at_once_by_ui_compare_status(server, tmp_path, capsys):
+    """After `mlflow-server --stop`: ui, compare and status of the sweep fail within seconds with one
+    line naming the server and the command that starts it (exit 2)."""
+    import json
+
+    d, info = server
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    ml = {"tracking_uri": info.uri, "store": info.backend_store_uri, "server_dir": str(d), "parent_run_id": None}
+    (sweep / "ledger.json").write_text(json.dumps({"sweep": "s", "executor": "slurm", "cells": {}, "mlflow": ml}))
+    for args in (["ui", "--sweep", str(sweep)], ["compare", str(sweep), "--no-log"], ["status", str(sweep)]):
+        rc, took, err = _timed_cli(args, capsys)
+        assert rc == 2 and took < 10, (args, rc, took)
+        line = err.splitlines()[-1]
+        assert line.startswith("error: MLflow tracking server " + info.uri) and "does not answer" in line, err
+        assert f"`orchestrate mlflow-server {d} --background`" in line
+    rc, took, err = _timed_cli(["ui", "--tracking-uri", info.uri], capsys)
+    assert rc == 2 and took < 10 and "orchestrate mlflow-server DIR --background" in err
+
+
+def test_background_restart_on_the_recorded_port_and_stop_never_signals_a_stranger(server, capsys):
+    import json
+    import signal
+    import subprocess
+
+    d, first = server  # stopped by test_cli_status_and_stop
+    assert cli.main(["mlflow-server", str(d), "--background", "--timeout", "180"]) == 0
+    assert capsys.readouterr().out.strip() == first.uri  # the same URI: running jobs reconnect
+    second = ms.running_server(d)
+    assert second is not None and second.pid != first.pid and second.identity["pid"] == second.pid
+    # the server dies and its pid is taken by another process: --stop must leave that one alone
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record = json.loads((d / "server.json").read_text())
+        (d / "server.json").write_text(json.dumps({**record, "pid": stranger.pid,
+                                                   "identity": {**record["identity"], "pid": stranger.pid}}))
+        assert cli.main(["mlflow-server", str(d), "--stop"]) == 0
+        assert f"names pid {stranger.pid}, which is another process now" in capsys.readouterr().out
+        assert stranger.poll() is None
+        old = {k: v for k, v in record.items() if k != "identity"}  # a record of an older version
+        (d / "server.json").write_text(json.dumps({**old, "pid": stranger.pid}))
+        assert ms.stop_server(d) == "not the server" and stranger.poll() is None
+        (d / "server.json").write_text(json.dumps(record))
+        assert ms.stop_server(d, timeout_s=10) == "stopped"
+        assert not ms._pid_alive(second.pid) and stranger.poll() is None
+    finally:
+        stranger.send_signal(signal.SIGKILL)
+        stranger.wait()
+        if ms._pid_alive(second.pid):
+            os.killpg(second.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0", "busy"])
+def test_a_bad_or_busy_port_is_one_line_before_anything_starts(tmp_path, capsys, port):
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        value = str(squatter.getsockname()[1]) if port == "busy" else port
+        for mode in (["--background"], []):
+            rc, took, err = _timed_cli(["mlflow-server", str(tmp_path / "m"), "--port", value, *mode], capsys)
+            assert rc == 2 and took < 5 and len(err.splitlines()) == 1, (rc, took, err)
+            assert ("is in use" if port == "busy" else "--port must be 1-65535") in err
+    assert not (tmp_path / "m" / "server.log").exists()  # nothing was started
 
 
 def test_profile_mlflow_host_is_read_defensively(tmp_path):
@@ -179,25 +254,50 @@ def test_server_command_shape():
         ms.start_server("/tmp/unused-mlflow-dir", backend_store_uri="file:///tmp/mlruns")
 
 
+def test_process_identity_is_checked_before_any_signal():
+    import signal
+    import subprocess
+
+    from common import procid
+
+    child = subprocess.Popen(["sleep", "300"])
+    try:
+        me = procid.identify(child.pid)
+        assert me["pid"] == child.pid and me["cmdline"] == "sleep 300" and procid.is_same(me)
+        for field, value in (("start_ticks", me["start_ticks"] + 1), ("cmdline", "sleep 30"), ("boot_id", "x")):
+            assert not procid.is_same({**me, field: value})
+            assert not procid.signal_if_same({**me, field: value}, signal.SIGKILL) and child.poll() is None
+        assert not procid.signal_if_same(None) and not procid.signal_if_same({"pid": "x"})
+        assert procid.signal_if_same(me, signal.SIGTERM)
+        assert child.wait(timeout=10) == -signal.SIGTERM
+        assert not procid.is_same(me) and not procid.signal_if_same(me)  # gone (and reaped)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 @pytest.mark.slow
-def test_ui_serves_a_sweeps_sqlite_store(tmp_path):
-    """`orchestrate ui --sweep DIR` starts `mlflow ui` on the ledger's store and prints the URL."""
+def test_ui_serves_a_sweeps_sqlite_store_and_its_artifacts(server):
+    """`orchestrate ui --sweep DIR` of a sweep whose server is stopped... is refused (above); on the
+    sweep's SQLite store itself it starts `mlflow ui`, prints the URL and serves the artifacts the
+    server wrote (beside the store, in its folder), e.g. the writers' notes/writer.txt."""
     import json
     import signal
+    import sqlite3
     import subprocess
     import sys
     import urllib.request
 
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    MlflowClient(tracking_uri=uri).create_experiment("ui-demo", artifact_location=(tmp_path / "a").as_uri())
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    (sweep / "ledger.json").write_text(json.dumps({"sweep": "s", "mlflow": {"tracking_uri": uri}, "cells": {}}))
+    d, info = server
+    store = info.backend_store_uri
+    db = store[len("sqlite:///") :]
+    run_id = sqlite3.connect(db).execute(
+        "select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'se.cell' limit 1"
+    ).fetchone()[0]
     port = ms.free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", "--sweep", str(sweep), "--port", str(port)],
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", store, "--port", str(port)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
         start_new_session=True,
     )  # fmt: skip
@@ -210,7 +310,9 @@ def test_ui_serves_a_sweeps_sqlite_store(tmp_path):
         )  # fmt: skip
         with urllib.request.urlopen(req, timeout=30) as r:
             names = {e["name"] for e in json.loads(r.read())["experiments"]}
-        assert "ui-demo" in names
+        assert "concurrency" in names
+        with urllib.request.urlopen(f"{url}/get-artifact?path=notes/writer.txt&run_uuid={run_id}", timeout=30) as r:
+            assert r.status == 200 and r.read().decode().startswith("writer ")
         deadline = time.monotonic() + 30
         line = ""
         while "MLflow UI:" not in line and time.monotonic() < deadline:
@@ -225,6 +327,31 @@ def test_ui_serves_a_sweeps_sqlite_store(tmp_path):
             proc.wait(timeout=10)
 
 
-def test_ui_of_a_tracking_server_only_prints_its_url(capsys):
-    assert cli.main(["ui", "--tracking-uri", "http://login1:5055/"]) == 0
-    assert "MLflow UI: http://login1:5055" in capsys.readouterr().out
+def test_ui_command_serves_the_artifacts_of_the_server_beside_the_store(server):
+    d, info = server
+    cmd = ms.ui_command(info.backend_store_uri)
+    assert cmd[cmd.index("--artifacts-destination") + 1] == info.artifacts_destination == str(d / "artifacts")
+
+
+def test_ui_of_a_tracking_server_only_prints_its_url(server, capsys):
+    d, info = server
+    live = ms.ensure_server_info(d, timeout_s=180)  # running again, or started on the recorded port
+    try:
+        assert cli.main(["ui", "--tracking-uri", live.uri + "/"]) == 0
+        assert f"MLflow UI: {live.uri}" in capsys.readouterr().out
+    finally:
+        ms.stop_server(d, timeout_s=10)
+
+
+def test_sqlite_stores_follow_the_umask(tmp_path):
+    """The server's default store and a sweep's direct store: 0664 under umask 002 (SQLite alone: 0644)."""
+    from orchestrator.mlflow_sweep import ensure_parent_run
+
+    old = os.umask(0o002)
+    try:
+        ms._setup(tmp_path / "srv", None, None, None, None)
+        ensure_parent_run(f"sqlite:///{tmp_path / 'direct' / 'mlflow.db'}", "e", "s")
+    finally:
+        os.umask(old)
+    for db in (tmp_path / "srv" / "mlflow.db", tmp_path / "direct" / "mlflow.db"):
+        assert oct(db.stat().st_mode & 0o777) == "0o664", db

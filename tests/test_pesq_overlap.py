@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.evaluation.metrics import PesqPool
 from training.loop import StepContext, train_step
 from training.losses import LossWeights
 from training.models import build_model
+from training.pesq_targets import PesqPool
 
 TINY = {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}
 

@@ -9,11 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from common.config import build_config
 from orchestrator import planner
 from orchestrator.cli import main as cli_main
-from orchestrator.sweeper import plan_sweep
+from orchestrator.sweeps.plan import build_plan
+from training.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_config(sections: dict) -> RunConfig:
+    """A RunConfig with ``sections`` over the defaults (what a sweep cell carries)."""
+    return build_config(RunConfig, [("test", sections)])
 
 
 def test_cell_cost_formulas(demo_data):
@@ -22,7 +29,7 @@ def test_cell_cost_formulas(demo_data):
            "data": {"train": str(demo_data / "train"), "valid": None, "segment_samples": 32000, "batch_size": 8},
            "launcher": {"nodes": 2, "gpus_per_node": 4, "nproc": 4, "time_min": 600},
            "mlflow": {"system_metrics_s": 10}, "loss": {"discriminator": True}}
-    c = planner.cell_cost("x", cfg, device="a100", signal_before_end_s=300, gmacs=lambda name, opts: 10.0)
+    c = planner.cell_cost("x", run_config(cfg), device="a100", signal_before_end_s=300, gmacs=lambda name, opts: 10.0)
     rate = 8 * 19.5e12 * planner.ASSUMED_MFU / (2 * 10e9 * 1.0 * 8 * 3)
     assert c.steps_per_s == pytest.approx(rate) and c.gpus == 8
     assert c.wall_s == pytest.approx(100_000 / rate) and c.gpu_hours == pytest.approx(c.wall_s * 8 / 3600)
@@ -42,14 +49,14 @@ def test_rwsa_sizes_on_lumi_says_how_many_48_hour_chains(capsys):
     assert cli_main(["plan", str(ROOT / "sweeps" / "rwsa_sizes.yaml")]) == 0
     out = capsys.readouterr().out
     assert "15 cells on AMD MI250X GCD" in out and "FLOP estimate" in out
-    plan = plan_sweep(ROOT / "sweeps" / "rwsa_sizes.yaml", dry_run=True)
+    plan = build_plan(ROOT / "sweeps" / "rwsa_sizes.yaml")
     device, costs = planner.plan_costs(plan)
     assert device == "mi250x-gcd" and len(costs) == 15
     job_s = 2880 * 60 - plan.profile.signal_before_end_s - planner.STARTUP_S  # the 48-hour limit
     for c in costs:
         assert c.gpus == 8 and c.steps == 950_000 and c.chains == math.ceil(c.wall_s / job_s) >= 1
         row = next(line for line in out.splitlines() if line.startswith(c.cell + " "))
-        assert row.split()[8] == str(c.chains)  # the chains column (wall time is two words)
+        assert row.split()[7] == str(c.chains)  # the chains column
     by_model = {c.model: c for c in costs}
     assert by_model["rwsa-m"].steps_per_s < by_model["rwsa-s"].steps_per_s < by_model["rwsa-xs"].steps_per_s
     assert "cells need" in out and "chained jobs each" in out and "GPU-hours" in out
@@ -57,10 +64,10 @@ def test_rwsa_sizes_on_lumi_says_how_many_48_hour_chains(capsys):
 
 def test_measured_throughput_is_used_and_scaled(demo_data, tmp_path):
     cfg = {"model": {"name": "rwsa-xs", "options": {}},
-           "trainer": {"max_steps": 100, "val_every": 0, "log_every": 10, "keep_last": 1},
+           "trainer": {"max_steps": 100, "val_every": 0, "log_every": 10, "keep_last": 2},
            "data": {"train": str(tmp_path / "none"), "valid": None, "segment_samples": 15300, "batch_size": 4},
-           "launcher": {"nodes": 1, "nproc": 1, "time_min": 0}, "mlflow": {}, "loss": {"discriminator": False}}
-    c = planner.cell_cost("x", cfg, device="cpu", gmacs=lambda *a: pytest.fail("measured: no FLOP count"))
+           "launcher": {"nodes": 1, "nproc": 1, "time_min": 1}, "mlflow": {}, "loss": {"discriminator": False}}
+    c = planner.cell_cost("x", run_config(cfg), device="cpu", gmacs=lambda *a: pytest.fail("measured: no FLOP count"))
     assert c.steps_per_s == pytest.approx(1 / 46.5 * (8 * 30600) / (4 * 15300))
     assert c.source.startswith("measured") and c.data_bytes is None and c.chains == 1
 

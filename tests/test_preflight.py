@@ -48,7 +48,7 @@ def test_every_problem_listed_at_once_and_nothing_submitted(journey_corpus, tmp_
         got = problems(err)
         assert len(got) == 3, err
         assert any("cell s1: model.name: unknown model 'rwsa-xl' (did you mean 'rwsa-xs'?)" in g for g in got)
-        assert any(g.startswith("all 2 cells: data.valid:") and "manifest.json: not a shard manifest" in g
+        assert any(g.startswith("all 2 cells: data.valid:") and "manifest.json: not a valid manifest" in g
                    for g in got)
         assert any(g.startswith("all 2 cells: eval.testsets:") and "no_such_testset" in g for g in got)
         assert not root.exists()  # no sweep folder, no ledger
@@ -64,11 +64,12 @@ def test_invalid_cell_configs_all_reported(tmp_path, capsys):
 
 
 def test_existing_ledger_untouched_on_refusal(journey_corpus, tmp_path, capsys):
-    from orchestrator.sweeper import plan_sweep, write_cells
+    from orchestrator.sweeps.plan import build_plan
+    from orchestrator.sweeps.run import write_cells
 
     root = tmp_path / "r"
     p = sweep(tmp_path, journey_corpus)
-    write_cells(plan_sweep(p, root=root), p, [])  # the sweep folder and ledger as the sweeper writes them
+    write_cells(build_plan(p, root=root))  # the sweep folder and ledger as a run writes them
     ledger = root / "pre" / "ledger.json"
     before = ledger.read_bytes(), sorted(str(x.relative_to(root)) for x in root.rglob("*"))
     assert main(["sweep", str(p), "--root", str(root), "model.name=mambatention"]) == 2
@@ -163,7 +164,7 @@ def test_shipped_sweeps_and_tune_file_pass_the_crop_check(tmp_path):
     import yaml
 
     from orchestrator.preflight import check_segment
-    from orchestrator.sweeper import plan_sweep
+    from orchestrator.sweeps.plan import build_plan
 
     files = sorted((REPO / "sweeps").glob("*.yaml"))
     checked = 0
@@ -171,14 +172,13 @@ def test_shipped_sweeps_and_tune_file_pass_the_crop_check(tmp_path):
         if "space" in yaml.safe_load(f.read_text()):  # a tune file: its base with every crop choice
             from orchestrator.tune import load_tune_spec
             from training.config import load_run_config
-            from training.configtools import to_container
 
             spec = load_tune_spec(f)
-            cfg = to_container(load_run_config(None, [], base=spec.base))
+            cfg = load_run_config(None, [], base=spec.base)
             for seg in spec.space["data.segment_samples"][1]:
                 assert check_segment(cfg, f.name, segment=seg) == []
             continue
-        for cell in plan_sweep(f, root=tmp_path, dry_run=True).cells:
+        for cell in build_plan(f, root=tmp_path).cells:
             assert check_segment(cell.config, f"{f.name} {cell.id}") == []
             checked += 1
     assert checked >= 40

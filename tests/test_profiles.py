@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.config import ConfigError
 from orchestrator.profiles import list_profiles, load_profile
-from training.configtools import ConfigError
 
 
 def test_shipped_profiles_load():

@@ -41,7 +41,9 @@ def ray_cluster(monkeypatch):
 def test_ddp_cell_on_two_ray_nodes_resumes_after_a_worker_is_killed(ray_cluster, demo_data, tmp_path):
     import ray
 
-    from orchestrator.sweeper import run_sweep, sweep_status
+    from orchestrator.sweeps.plan import build_plan
+    from orchestrator.sweeps.run import run_sweep
+    from orchestrator.sweeps.status import status_rows
     from training.config import load_run_config
     from training.run import spawn
 
@@ -71,11 +73,11 @@ def test_ddp_cell_on_two_ray_nodes_resumes_after_a_worker_is_killed(ray_cluster,
     t0 = time.monotonic()
     killer = threading.Thread(target=kill_rank1_after_a_checkpoint, daemon=True)
     killer.start()
-    assert run_sweep(sweep, root=tmp_path / "runs", out=print) == 0
+    assert run_sweep(build_plan(sweep, root=tmp_path / "runs"), out=print) == 0
     killer.join(timeout=5)
     ray_s = time.monotonic() - t0
     assert killed, "the worker was never killed"
-    (row,) = sweep_status(tmp_path / "runs" / "rt")
+    (row,) = status_rows(tmp_path / "runs" / "rt")
     assert row["state"] == "done" and row["step"] == 6
     log0 = (cell / "logs" / "rank-0.log").read_text()
     assert "resumed from" in log0, log0[-2000:]  # the restarted group resumed from a checkpoint

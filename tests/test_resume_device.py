@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from training import distributed, seeding
+from training.build import build_trainer
 from training.checkpoint import load_file
 from training.config import load_run_config
 from training.trainer import Trainer
@@ -29,7 +30,7 @@ def _cfg(corpus, steps: int):
 
 
 def _trainer(corpus, wd, steps: int) -> Trainer:
-    t = Trainer(_cfg(corpus, steps), wd, distributed.DistEnv())
+    t = build_trainer(_cfg(corpus, steps), wd, distributed.DistEnv(), torch.device("cpu"))
     t.resume()
     t.open_tracker()
     return t
@@ -45,19 +46,19 @@ def test_resume_with_a_non_cpu_device_restores_weights_rng_and_loader(demo_corpu
     folder = wd / "checkpoints" / "step-000002"
     saved_rank = load_file(folder / "rank-0.pt")
 
-    second = Trainer(_cfg(demo_corpus, 4), wd, distributed.DistEnv())
+    second = build_trainer(_cfg(demo_corpus, 4), wd, distributed.DistEnv(), torch.device("cpu"))
     try:
         torch.manual_seed(12345)  # something else than the saved stream
         second.device = torch.device("meta")  # stands for cuda:N: any map_location but the CPU crashed
         assert second.resume() == 2
         assert torch.equal(torch.get_rng_state(), saved_rank["rng"]["torch"])
         state = load_file(folder / "state.pt")
-        for k, v in second.G.state_dict().items():
+        for k, v in second.parts.generator.state_dict().items():
             assert v.device.type == "cpu" and torch.equal(v, state["generator"][k]), k
         # the optimizer moments follow the parameters' device, not the file's
-        for st in second.opt_g.state.values():
+        for st in second.parts.opt_g.state.values():
             assert st["exp_avg"].device.type == "cpu"
-        assert second.stream.state_dict() == saved_rank["loader"]
+        assert second.parts.stream.state_dict() == saved_rank["loader"]
     finally:
         second.close()
 

@@ -5,6 +5,7 @@ that is a file or a full disk end in one line and exit 2 -- real training runs (
 from __future__ import annotations
 
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -42,13 +43,13 @@ def _best_step(root) -> int:
 
 
 @pytest.mark.parametrize("mode,point", [("exchange", "written"), ("exchange", "swapped"), ("rename", "written"),
-                                        ("rename", "moved-old"), ("rename", "moved-new")])
+                                        ("rename", "moved_old"), ("rename", "moved_new")])
 def test_best_survives_a_kill_at_every_point(tmp_path, mode, point):
     root = tmp_path / "ck"
     CheckpointManager(root).save_best({"step": 1, "generator": {"w": torch.full((4,), 1.0)}})
-    r = subprocess.run([sys.executable, "-c", SAVE_BEST, str(root), mode], env=env(SE_BEST_TEST_EXIT=point),
+    r = subprocess.run([sys.executable, "-c", SAVE_BEST, str(root), mode], env=env(SE_FAULTS=f"best.{point}=kill"),
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 137, r.stderr  # died at that point, like SIGKILL (no cleanup ran)
+    assert r.returncode == -signal.SIGKILL, r.stderr  # SIGKILLed at that point (no cleanup ran)
     # a reader (enhance/evaluate) finds a complete best at once, even before any repair
     assert _best_step(root) in (1, 2)
     # the next start repairs: best/ itself complete, leftovers gone
@@ -56,7 +57,7 @@ def test_best_survives_a_kill_at_every_point(tmp_path, mode, point):
     assert (root / "best" / MARKER).is_file()
     assert sorted(p.name for p in root.iterdir()) == ["best"]
     expected = 1 if point == "written" else 2  # once the new copy is in place, it is the one kept
-    if mode == "rename" and point == "moved-old":
+    if mode == "rename" and point == "moved_old":
         expected = 2  # the complete new copy (.tmp-best) is preferred over the old one
     assert _best_step(root) == expected
 

@@ -15,7 +15,7 @@ import yaml
 from robustness_helpers import ROOT, corpus, env, error_lines, run, tiny_config, train_cmd, write_config  # noqa: F401
 
 from common.runlock import LOCK_FILE, is_locked
-from orchestrator.launchers.local import cell_alive
+from orchestrator.launchers.cell_loop import cell_alive
 
 HOLD = "import sys, time\nfrom common.runlock import RunLock\nRunLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(600)\n"
 
@@ -98,7 +98,7 @@ def test_a_ledger_of_the_wrong_shape_is_one_line(tmp_path, capsys):
 def test_claim_leaves_a_cell_another_sweep_finished_meanwhile(tmp_path):
     """The race of two concurrent `sweep` commands: B planned s0 as pending, A finished it before B
     reached it; B must not train it a second time (seen in CI: two `start` lines for one cell)."""
-    from orchestrator.launchers.local import claim
+    from orchestrator.launchers.cell_loop import claim
     from orchestrator.ledger import Ledger, new_cell_record, set_state
 
     cell_dir = tmp_path / "cells" / "s0"

@@ -59,8 +59,10 @@ def test_config_accepts_null_auto_or_integer():
 
 def test_trainer_decays_once_per_derived_epoch(demo_corpus, tmp_path):
     """The real Trainer, 13 steps of a tiny model at global batch 2 on 24 clips: one decay at step 12."""
+    import torch
+
     from training import distributed
-    from training.trainer import Trainer
+    from training.build import build_trainer
 
     cfg = load_run_config(None, [
         "model.name=rwsa-xs", "model.options={hidden: 4, num_blocks: 1, level_heads: 2, middle_heads: 4}",
@@ -68,9 +70,9 @@ def test_trainer_decays_once_per_derived_epoch(demo_corpus, tmp_path):
         "trainer.max_steps=13", "trainer.ckpt_every=100", "trainer.log_every=100", "trainer.pesq_workers=0",
         "trainer.num_threads=1", "loss.discriminator=false", "mlflow.enabled=false",
     ])
-    tr = Trainer(cfg, tmp_path / "run", distributed.DistEnv())
+    tr = build_trainer(cfg, tmp_path / "run", distributed.DistEnv(), torch.device("cpu"))
     try:
-        assert tr.epoch_steps == 12
+        assert tr.parts.epoch_steps == 12
         tr.open_tracker()
         seen: dict[int, float] = {}
 
@@ -79,17 +81,17 @@ def test_trainer_decays_once_per_derived_epoch(demo_corpus, tmp_path):
                 self.inner = inner
 
             def __next__(self):
-                seen[tr.step + 1] = tr.opt_g.param_groups[0]["lr"]
+                seen[tr.step + 1] = tr.parts.opt_g.param_groups[0]["lr"]
                 return next(self.inner)
 
             def __getattr__(self, name):
                 return getattr(self.inner, name)
 
-        tr.stream = Recording(tr.stream)
+        tr.parts.stream = Recording(tr.parts.stream)
         assert tr.fit() == 0
         # the LR in force while taking step s is the one after s-1 steps
         assert seen == {s: pytest.approx(lr_at(s - 1, 5e-4, 0.99, 12), rel=1e-12) for s in range(1, 14)}
-        assert tr.opt_g.param_groups[0]["lr"] == pytest.approx(lr_at(13, 5e-4, 0.99, 12), rel=1e-12)
+        assert tr.parts.opt_g.param_groups[0]["lr"] == pytest.approx(lr_at(13, 5e-4, 0.99, 12), rel=1e-12)
         assert math.isclose(seen[13], 5e-4 * 0.99)
     finally:
         tr.close()

@@ -69,9 +69,9 @@ def orchestrate(cluster: SlurmCluster, *args: str) -> str:
 
 
 def status(sweep_dir: Path) -> dict[str, dict]:
-    from orchestrator.sweeper import sweep_status
+    from orchestrator.sweeps.status import status_rows
 
-    return {r["cell"]: r for r in sweep_status(sweep_dir)}
+    return {r["cell"]: r for r in status_rows(sweep_dir)}
 
 
 # Waits are generous: on a loaded 2-core CI machine a tiny job's start-up (imports, kernel cache)
@@ -225,3 +225,57 @@ def test_time_limit_signal_chains_through_a_requeue(cluster, demo_data, tmp_path
     out = next((sweep_dir / "logs").glob("*_0_log.out")).read_text()
     assert f"requeueing {task}" in out
     assert ledger(sweep_dir)["cells"]["s0"]["job_ids"] == [task]  # requeued, not resubmitted
+
+
+def test_max_array_size_is_the_clusters(cluster):
+    """Without the profile's max_array_size, sweeps split at what the cluster's controller says."""
+    from orchestrator.launchers import slurm
+    from orchestrator.profiles import ClusterProfile
+
+    said = cluster.run("scontrol", "show", "config")
+    slurm._cluster_max_array_size.cache_clear()
+    try:
+        assert slurm.max_array_size(ClusterProfile()) == slurm.parse_max_array_size(said) == 1001  # SLURM's default
+    finally:
+        slurm._cluster_max_array_size.cache_clear()
+
+
+def _attempt_spans(cell: Path) -> list[tuple[str, str]]:
+    """(start, end) timestamps of each attempt in a cell's attempts.log."""
+    starts, ends = [], []
+    for line in (cell / "attempts.log").read_text().splitlines():
+        stamp, word = line.split()[:2]
+        (starts if word == "start" else ends).append(stamp)
+    return list(zip(starts, ends))
+
+
+@pytest.mark.slow  # ~2.5 min on a busy machine: three cells one after another; CI checks the text (test_sweep.py)
+def test_max_parallel_holds_across_arrays_on_the_cluster(cluster, demo_data, tmp_path):
+    """`resources.max_parallel: 1` on a 3-cell sweep whose arrays hold at most 2 tasks (the profile's
+    max_array_size): two arrays, the second waiting for the first; never more than one cell runs,
+    though the cluster has room for all three (2 nodes x 2 CPUs, 1 CPU a cell)."""
+    profile = tmp_path / "small.yaml"
+    profile.write_text((REPO / "slurm" / "local.yaml").read_text() + "max_array_size: 2\n")
+    sweep = write_sweep(tmp_path, "lim", tiny_base(demo_data, 2), {"trainer.seed": [0, 1, 2]},
+                        profile=str(profile), resources={"max_parallel": 1, "cpus_per_task": 1})
+    out = orchestrate(cluster, "sweep", str(sweep), "--root", str(tmp_path / "runs"))
+    sweep_dir = tmp_path / "runs" / "lim"
+    assert out.count("submitted job array") == 2, out
+    first, second = sorted((sweep_dir / "slurm").glob("submit-*.sbatch"))
+    array = ledger(sweep_dir)["cells"]["s0"]["job_id"].split("_")[0]
+    assert "#SBATCH --array=0-1%1" in first.read_text()
+    assert f"#SBATCH --dependency=afterany:{array}" in second.read_text()
+    jobs = {rec["job_id"] for rec in ledger(sweep_dir)["cells"].values()}
+    most = 0
+    deadline = time.monotonic() + 360 * WAIT_SCALE
+    while time.monotonic() < deadline:
+        running = cluster.run("squeue", "-h", "-r", "-t", "RUNNING", "-o", "%i").split()
+        most = max(most, len(jobs & set(running)))
+        if all(r["state"] == "done" for r in status(sweep_dir).values()):
+            break
+        assert not any(r["state"] in ("failed", "cancelled") for r in status(sweep_dir).values()), status(sweep_dir)
+        time.sleep(0.5)
+    assert all(r["state"] == "done" for r in status(sweep_dir).values()), status(sweep_dir)
+    assert most == 1
+    spans = sorted(span for c in ("s0", "s1", "s2") for span in _attempt_spans(sweep_dir / "cells" / c))
+    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one after another

@@ -7,9 +7,10 @@ import os
 
 import pytest
 
+from common.progress import format_duration, progress_eta, progress_rate, read_progress, shown_state
 from orchestrator.cli import main as cli_main
-from orchestrator.commands.status import fmt_duration, total
-from training.progress import ProgressFile, progress_eta, progress_rate, read_progress
+from orchestrator.sweeps.status import total
+from training.progress import ProgressFile
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -48,8 +49,9 @@ def test_total_and_durations():
             {"state": "running", "step": 0, "max_steps": 100, "rate": 3.0},
             {"state": "done", "step": 100, "max_steps": 100, "rate": None}]
     assert total(rows) == {"steps": 150, "max_steps": 300, "rate": 5.0, "eta_s": 150 / 5.0}
-    assert fmt_duration(59) == "0m59s" and fmt_duration(3 * 3600 + 120) == "3h02m"
-    assert fmt_duration(2 * 86400 + 5 * 3600) == "2d05h" and fmt_duration(None) == "-"
+    assert format_duration(59) == "0m59s" and format_duration(3 * 3600 + 120) == "3h02m"
+    assert format_duration(2 * 86400 + 5 * 3600) == "2d05h" and format_duration(None) == "-"
+    assert format_duration(float("inf")) == "-" and format_duration(-3) == "0m00s"
 
 
 def test_status_of_a_real_local_sweep(tmp_path, demo_data, capsys):
@@ -91,15 +93,16 @@ def test_status_of_a_real_local_sweep(tmp_path, demo_data, capsys):
 def test_a_running_cell_in_its_end_of_run_evaluation_shows_evaluating(tmp_path, capsys):
     """progress.json written by the trainer's writer, its state set by final_eval's own update (the real run
     reaching that state is in test_final_eval); the ledger says running: status shows `running (evaluating)`."""
-    from orchestrator.launchers.local import progress_line
+    from orchestrator.launchers.cell_loop import progress_line
     from orchestrator.ledger import Ledger, set_state
-    from orchestrator.sweeper import format_status, plan_sweep, shown_state, sweep_status, write_cells
+    from orchestrator.sweeps.plan import build_plan
+    from orchestrator.sweeps.run import write_cells
+    from orchestrator.sweeps.status import format_table, status_rows
     from training.evaluation.final_eval import _update_progress
 
     sweep = tmp_path / "ev.yaml"
     sweep.write_text("name: ev\ngrid: {trainer.seed: [0, 1]}\nexecutor: local\n")
-    plan = plan_sweep(sweep, root=tmp_path / "runs", overrides=["mlflow.enabled=false"])
-    write_cells(plan, sweep, ["mlflow.enabled=false"])
+    write_cells(build_plan(sweep, root=tmp_path / "runs", overrides=["mlflow.enabled=false"]))
     sweep_dir = tmp_path / "runs" / "ev"
     with Ledger(sweep_dir).locked() as data:
         for rec in data["cells"].values():
@@ -108,7 +111,7 @@ def test_a_running_cell_in_its_end_of_run_evaluation_shows_evaluating(tmp_path, 
     for cid, wd in workdirs.items():
         ProgressFile(wd, max_steps=4).update(4 if cid == "s0" else 2, "running")
     _update_progress(workdirs["s0"], "evaluating")
-    rows = {r["cell"]: r for r in sweep_status(sweep_dir)}
+    rows = {r["cell"]: r for r in status_rows(sweep_dir)}
     assert rows["s0"]["state"] == "running" and rows["s0"]["progress_state"] == "evaluating"
     assert rows["s1"]["progress_state"] == "running"
     assert cli_main(["status", str(sweep_dir)]) == 0
@@ -116,6 +119,6 @@ def test_a_running_cell_in_its_end_of_run_evaluation_shows_evaluating(tmp_path, 
     assert lines[1].startswith("s0") and "  running (evaluating)  4/4  " in lines[1]
     assert lines[2].startswith("s1") and "(evaluating)" not in lines[2] and " running " in lines[2]
     assert lines[-1].endswith("; 2 running")
-    assert "  running (evaluating)  4/4  " in format_status(list(rows.values()))
+    assert "  running (evaluating)  4/4  " in format_table(list(rows.values()))
     assert progress_line(workdirs, 0, 2) == "[0/2 finished] s0 4/4 (evaluating); s1 2/4"
     assert shown_state("done", "evaluating") == "done" and shown_state("running", None) == "running"

@@ -13,8 +13,10 @@ import yaml
 from orchestrator.cli import main as cli_main
 from orchestrator.errors import UserError
 from orchestrator.launchers.slurm import SlurmLauncher
-from orchestrator.sweep import expand, load_sweep
-from orchestrator.sweeper import launcher_for, plan_cells, plan_sweep
+from orchestrator.sweeps.plan import build_plan, expand
+from orchestrator.sweeps.run import launcher_for, plan_cells
+from orchestrator.sweeps.spec import load_sweep
+from training.config import load_run_config, to_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_lumi.txt"
@@ -63,16 +65,16 @@ executor: local
     assert [c.id for c in cells] == ["rwsa-xs_s0", "rwsa-xs_s1", "rwsa-xs_s2", "rwsa-s_s0", "rwsa-s_s1"]
     assert [c.index for c in cells] == [0, 1, 2, 3, 4]
     xs, s = cells[0].config, cells[4].config
-    assert (xs["model"]["name"], xs["trainer"]["seed"], xs["data"]["batch_size"], xs["trainer"]["max_steps"]) == (
+    assert (xs.model.name, xs.trainer.seed, xs.data.batch_size, xs.trainer.max_steps) == (
         "rwsa-xs", 0, 4, 10)
-    assert (s["model"]["name"], s["trainer"]["seed"], s["data"]["batch_size"], s["trainer"]["max_steps"]) == (
+    assert (s.model.name, s.trainer.seed, s.data.batch_size, s.trainer.max_steps) == (
         "rwsa-s", 1, 2, 20)
-    assert xs["launcher"]["nproc"] == 2 and xs["launcher"]["time_min"] == 30 and xs["launcher"]["executor"] == "local"
-    assert xs["mlflow"]["run_name"] == "rwsa-xs_s0"
-    assert xs["mlflow"]["tags"] == {"se.sweep": "t", "se.cell": "rwsa-xs_s0"}
+    assert xs.launcher.nproc == 2 and xs.launcher.time_min == 30 and xs.launcher.executor == "local"
+    assert xs.mlflow.run_name == "rwsa-xs_s0"
+    assert xs.mlflow.tags == {"se.sweep": "t", "se.cell": "rwsa-xs_s0"}
     # command-line overrides apply to every cell, after the sweep's own values
     cells2 = expand(load_sweep(p), ["data.batch_size=8"])
-    assert {c.config["data"]["batch_size"] for c in cells2} == {8}
+    assert {c.config.data.batch_size for c in cells2} == {8}
 
 
 def test_named_variants_and_base_file(tmp_path):
@@ -88,9 +90,10 @@ grid:
 """)
     cells = expand(load_sweep(p))
     assert [c.id for c in cells] == ["default_lo", "default_hi", "after_lo", "after_hi"]
-    assert cells[0].config["model"]["name"] == "semamba" and cells[0].config["trainer"]["max_steps"] == 7
-    assert cells[3].config["model"] == {"name": "mambattention-attn-after", "options": {"attn_position": "after"}}
-    assert cells[3].config["optim"]["lr"] == pytest.approx(1e-3)
+    assert cells[0].config.model.name == "semamba" and cells[0].config.trainer.max_steps == 7
+    assert (cells[3].config.model.name, cells[3].config.model.options) == ("mambattention-attn-after",
+                                                                           {"attn_position": "after"})
+    assert cells[3].config.optim.lr == pytest.approx(1e-3)
     assert cells[3].values == {"variant": "after", "lr": "hi"}
 
 
@@ -157,7 +160,7 @@ def test_dry_run_rwsa_sizes_on_lumi_is_a_valid_sbatch_script(tmp_path, capsys):
     assert argv[-6] == "/scratch/project_xxx/containers/se-orchestrator-rocm.sif" and argv[-5] == "python"
     assert argv[-1] == folder and argv[-4:-1] == ["-u", "-m", "submitit.core._submit"]
     # the cells travel to the job as pickled arguments of slurm_task.run_cell, not as shell words
-    plan = plan_sweep(REPO / "sweeps/rwsa_sizes.yaml", root=root, dry_run=True)
+    plan = build_plan(REPO / "sweeps/rwsa_sizes.yaml", root=root)
     dirs, envs, requeue = launcher_for(plan).task_arguments(plan_cells(plan))
     assert dirs[14] == f"{root.resolve()}/rwsa_sizes/cells/rwsa-m_s4" and requeue == [True] * 15
     # every task sees the job's GCDs and picks local rank mod count (no per-task ROCR_VISIBLE_DEVICES)
@@ -171,7 +174,7 @@ grid: {trainer.seed: [0, 1]}
 resources: {partition: "gpu; rm -rf /", account: "a b'c", qos: "$(id)"}
 profile: local
 """)
-    plan = plan_sweep(p, root=tmp_path / "r", dry_run=True)
+    plan = build_plan(p, root=tmp_path / "r")
     ((cells, script),) = slurm_scripts(plan)
     d = parse_sbatch(script)
     assert d["partition"] == "gpu; rm -rf /" and d["account"] == "a b'c" and d["qos"] == "$(id)"
@@ -184,7 +187,7 @@ grid: {model.name: [rwsa-xs, rwsa-m], trainer.seed: [0, 1]}
 overrides: [{match: {model.name: rwsa-m}, set: {launcher.time_min: 600}}]
 profile: local
 """)
-    plan = plan_sweep(p, root=tmp_path / "r", dry_run=True)
+    plan = build_plan(p, root=tmp_path / "r")
     scripts = slurm_scripts(plan)
     assert [[c.id for c in cells] for cells, _ in scripts] == [["rwsa-xs_s0", "rwsa-xs_s1"], ["rwsa-m_s0", "rwsa-m_s1"]]
     assert parse_sbatch(scripts[0][1])["array"] == "0-1%2" and parse_sbatch(scripts[1][1])["array"] == "0-1%2"
@@ -201,7 +204,7 @@ grid: {trainer.seed: [0, 1]}
 resources: {nodes: 2, qos: null}
 profile: lumi
 """)
-    plan = plan_sweep(p, root="/scratch/p/runs", dry_run=True)
+    plan = build_plan(p, root="/scratch/p/runs")
     launcher = SlurmLauncher(plan.sweep_dir, job_name="rwsa_sizes", profile=plan.profile)
     launcher.folder = Path("/scratch/p/runs/rwsa_sizes/logs")
     cwd = os.getcwd()
@@ -224,7 +227,7 @@ def test_profile_without_requeue_or_signal(tmp_path):
     prof = tmp_path / "p.yaml"
     prof.write_text("name: p\nrequeue: false\nsbatch_extra: ['--exclusive', '--constraint=mi250']\n")
     p = write(tmp_path, f"name: x\ngrid: {{trainer.seed: [0]}}\nprofile: {prof}\n")
-    ((_, script),) = slurm_scripts(plan_sweep(p, root=tmp_path / "r", dry_run=True))
+    ((_, script),) = slurm_scripts(build_plan(p, root=tmp_path / "r"))
     d = parse_sbatch(script)
     assert "no-requeue" in d and "requeue" not in d and "exclusive" in d and d["constraint"] == "mi250"
     assert "`" not in script
@@ -233,24 +236,24 @@ def test_profile_without_requeue_or_signal(tmp_path):
 def test_shipped_sweeps_expand(tmp_path):
     sizes = {}
     for name in ("baselines", "demo", "mambattention_ablations", "rwsa_sizes"):  # tune_*.yaml: orchestrate tune
-        plan = plan_sweep(REPO / "sweeps" / f"{name}.yaml", root=tmp_path, dry_run=True)
+        plan = build_plan(REPO / "sweeps" / f"{name}.yaml", root=tmp_path)
         sizes[plan.spec.name] = len(plan.cells)
         for c in plan.cells:
-            assert yaml.safe_load(yaml.safe_dump(c.config)) == c.config
+            assert load_run_config(None, base=yaml.safe_load(to_yaml(c.config))) == c.config
     assert sizes == {"baselines": 15, "demo": 2, "mambattention_ablations": 25, "rwsa_sizes": 15}
-    abl = plan_sweep(REPO / "sweeps/mambattention_ablations.yaml", root=tmp_path, dry_run=True)
-    models = {c.config["model"]["name"] for c in abl.cells}
+    abl = build_plan(REPO / "sweeps/mambattention_ablations.yaml", root=tmp_path)
+    models = {c.config.model.name for c in abl.cells}
     assert models == {"mambattention", "mambattention-attn-after", "mambattention-unshared", "semamba",
                       "mambattention-ft"}
     from training.models import list_models
 
     for name in ("rwsa_sizes", "baselines"):
-        plan = plan_sweep(REPO / f"sweeps/{name}.yaml", root=tmp_path, dry_run=True)
-        assert all(c.config["model"]["name"] in list_models() for c in plan.cells)
-    sizes_plan = plan_sweep(REPO / "sweeps/rwsa_sizes.yaml", root=tmp_path, dry_run=True)
-    assert {c.config["trainer"]["max_steps"] for c in sizes_plan.cells} == {950000}
-    base_plan = plan_sweep(REPO / "sweeps/baselines.yaml", root=tmp_path, dry_run=True)
-    assert {c.config["trainer"]["max_steps"] for c in base_plan.cells} == {550000}
+        plan = build_plan(REPO / f"sweeps/{name}.yaml", root=tmp_path)
+        assert all(c.config.model.name in list_models() for c in plan.cells)
+    sizes_plan = build_plan(REPO / "sweeps/rwsa_sizes.yaml", root=tmp_path)
+    assert {c.config.trainer.max_steps for c in sizes_plan.cells} == {950000}
+    base_plan = build_plan(REPO / "sweeps/baselines.yaml", root=tmp_path)
+    assert {c.config.trainer.max_steps for c in base_plan.cells} == {550000}
 
 
 def test_overrides_may_follow_options(tmp_path, capsys):
@@ -263,4 +266,58 @@ def test_overrides_may_follow_options(tmp_path, capsys):
 def test_time_limit_shorter_than_twice_the_signal_is_refused(tmp_path):
     p = write(tmp_path, "name: x\ngrid: {trainer.seed: [0]}\nresources: {time_min: 15}\nprofile: lumi\n")
     with pytest.raises(UserError, match=r"resources.time_min=15 leaves no time to train.*'lumi' signals 600 s"):
-        slurm_scripts(plan_sweep(p, root=tmp_path / "r", dry_run=True))
+        slurm_scripts(build_plan(p, root=tmp_path / "r"))
+
+
+GOLDEN_LIMIT = Path(__file__).parent / "golden" / "sbatch_max_parallel.txt"
+
+
+def _limit_scripts(tmp_path, max_parallel: int | None, array_parallel: int = 3) -> list[tuple[list, str]]:
+    """A 5-cell SLURM sweep on a cluster whose MaxArraySize is 2 (the profile says so): its scripts."""
+    prof = tmp_path / f"small_{array_parallel}.yaml"
+    prof.write_text(f"name: small\ndefaults: {{partition: debug, time_min: 30, mem_gb: 2, cpus_per_task: 1}}\n"
+                    f"array_parallel: {array_parallel}\nmax_array_size: 2\nmaster_addr: 127.0.0.1\npython: /opt/venv/bin/python\n")
+    res = f"resources: {{max_parallel: {max_parallel}}}\n" if max_parallel else ""
+    p = write(tmp_path, f"name: lim\ngrid: {{trainer.seed: [0, 1, 2, 3, 4]}}\nprofile: {prof}\n{res}", "lim.yaml")
+    plan = build_plan(p, root="/scratch/p/runs")
+    launcher = launcher_for(plan)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        return [([c.id for c, _ in cells], text.replace(f"--chdir={tmp_path}", "--chdir=/scratch/p/se-orchestrator"))
+                for cells, text in launcher.render(plan_cells(plan))]
+    finally:
+        os.chdir(cwd)
+
+
+def test_max_parallel_is_the_array_limit_and_arrays_split_at_max_array_size(tmp_path):
+    """`resources.max_parallel: N` is every array's %N (the smaller of it and the profile's array_parallel);
+    MaxArraySize splits the cells into several arrays, each waiting for the one before it (afterany), so
+    at most N cells of the sweep run at once. Golden: tests/golden/sbatch_max_parallel.txt."""
+    scripts = _limit_scripts(tmp_path, max_parallel=2)
+    assert [cells for cells, _ in scripts] == [["s0", "s1"], ["s2", "s3"], ["s4"]]
+    d = [parse_sbatch(text) for _, text in scripts]
+    assert [x.get("array") for x in d] == ["0-1%2", "0-1%2", None]  # one cell: a plain job
+    assert [x.get("dependency") for x in d] == [None, "afterany:<array 0>", "afterany:<array 1>"]
+    text = "".join(f"# array {k}: {' '.join(cells)}\n{script}" for k, (cells, script) in enumerate(scripts))
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN_LIMIT.write_text(text)
+    assert text == GOLDEN_LIMIT.read_text(), "sbatch scripts changed: rerun with UPDATE_GOLDEN=1 and review the diff"
+    # the profile's array_parallel, when smaller, wins
+    assert [parse_sbatch(t).get("array") for _, t in _limit_scripts(tmp_path, 2, array_parallel=1)][:2] == [
+        "0-1%1", "0-1%1"]
+    # without a sweep limit: the same split, arrays independent (the profile's %N per array)
+    free = [parse_sbatch(t) for _, t in _limit_scripts(tmp_path, None)]
+    assert [x.get("array") for x in free] == ["0-1%2", "0-1%2", None] and not any("dependency" in x for x in free)
+
+
+def test_max_array_size_from_the_profile_or_scontrol_text():
+    """MaxArraySize: the profile's when set, else what `scontrol show config` says (its text parsed here;
+    the real cluster's answer: tests/test_slurm_sweep.py)."""
+    from orchestrator.launchers.slurm import max_array_size, parse_max_array_size
+    from orchestrator.profiles import ClusterProfile
+
+    text = "Configuration data as of 2026-01-01T00:00:00\nMailProg                = /bin/true\n" \
+           "MaxArraySize            = 64\nMaxJobCount             = 10000\n"
+    assert parse_max_array_size(text) == 64 and parse_max_array_size("MaxJobCount = 5\n") is None
+    assert max_array_size(ClusterProfile(max_array_size=5)) == 5

@@ -11,7 +11,7 @@ import pytest
 from conftest import write_sweep
 
 from orchestrator.cli import main as cli_main
-from orchestrator.sweeper import sweep_status
+from orchestrator.sweeps.status import status_rows
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -38,7 +38,7 @@ def test_local_sweep_runs_resumes_only_failed_cells(tmp_path, demo_data, capsys)
     p = sweep_file(tmp_path, demo_data, "loc", overrides=[bad])
     root = str(tmp_path / "runs")
     assert cli_main(["sweep", str(p), "--root", root]) == 1  # one cell failed
-    rows = {r["cell"]: r for r in sweep_status(tmp_path / "runs" / "loc")}
+    rows = {r["cell"]: r for r in status_rows(tmp_path / "runs" / "loc")}
     assert rows["s0"]["state"] == "done" and rows["s0"]["step"] == 3 and rows["s0"]["mlflow_run_id"]
     assert rows["s1"]["state"] == "failed"
     ledger = json.loads((tmp_path / "runs/loc/ledger.json").read_text())
@@ -87,7 +87,7 @@ def test_ray_executor_runs_a_cell(tmp_path, demo_data, monkeypatch):
         import ray
 
         ray.shutdown()
-    (row,) = sweep_status(tmp_path / "runs" / "ray1")
+    (row,) = status_rows(tmp_path / "runs" / "ray1")
     assert row["state"] == "done" and row["step"] == 3 and row["job_id"].startswith("ray:")
 
 
@@ -98,7 +98,7 @@ def test_local_executor_ddp_with_nproc(tmp_path, demo_data, capsys):
     p = sweep_file(tmp_path, demo_data, "lddp", grid={"trainer.seed": [0]}, resources={"nproc": 2})
     assert cli_main(["sweep", str(p), "--root", str(tmp_path / "runs")]) == 0
     assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m training.run" in capsys.readouterr().out
-    (row,) = sweep_status(tmp_path / "runs" / "lddp")
+    (row,) = status_rows(tmp_path / "runs" / "lddp")
     assert row["state"] == "done" and row["step"] == 3
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs/lddp/mlflow.db'}")
     run = client.get_run(row["mlflow_run_id"])

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,9 @@ from orchestrator import mlflow_server as ms
 from orchestrator.errors import UserError
 from orchestrator.launchers import slurm as slurm_launcher
 from orchestrator.mlflow_sweep import live_tracking_uri, wants_server
-from orchestrator.sweep import load_sweep
-from orchestrator.sweeper import plan_sweep, run_sweep
+from orchestrator.sweeps.plan import build_plan
+from orchestrator.sweeps.run import describe, run_sweep
+from orchestrator.sweeps.spec import load_sweep
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -61,6 +61,11 @@ def servers(tmp_path):
             os.killpg(info.pid, signal.SIGKILL)
 
 
+def sweep(path: Path, root: Path, overrides: list[str] | None = None, out=lambda _: None) -> int:
+    """``orchestrate sweep PATH --root ROOT [overrides]`` as the library runs it."""
+    return run_sweep(build_plan(path, root=root, overrides=overrides), out=out)
+
+
 def script_cells(cells: list[Path]) -> list[Path]:
     """The cell folders a submitted job array runs."""
     return cells
@@ -91,7 +96,7 @@ def test_slurm_sweep_starts_a_server_and_cells_log_into_it(tmp_path, sbatch, ser
     p = write_sweep(tmp_path, "srv")
     root = tmp_path / "runs"
     out: list[str] = []
-    assert run_sweep(p, root=root, out=out.append) == 0
+    assert sweep(p, root, out=out.append) == 0
     sweep_dir = (root / "srv").resolve()
     folder = sweep_dir / "mlflow-server"
     info = ms.running_server(folder)
@@ -119,13 +124,13 @@ def test_slurm_sweep_starts_a_server_and_cells_log_into_it(tmp_path, sbatch, ser
 
     # the same command again (resume) reuses the running server
     out.clear()
-    assert run_sweep(p, root=root, out=out.append) == 0
+    assert sweep(p, root, out=out.append) == 0
     assert ms.read_server(folder).pid == info.pid and ledger(sweep_dir)["mlflow"]["tracking_uri"] == info.uri
     assert "0 to submit" in "\n".join(out) and len(sbatch) == 1
 
     # a sweep pointed at a server (here on the command line) uses it and starts none
     given = write_sweep(tmp_path, "given")
-    assert run_sweep(given, root=root, overrides=[f"mlflow.tracking_uri={info.uri}"], out=out.append) == 0
+    assert sweep(given, root, [f"mlflow.tracking_uri={info.uri}"], out=out.append) == 0
     gdir = (root / "given").resolve()
     assert not (gdir / "mlflow-server").exists() and ledger(gdir)["mlflow"]["tracking_uri"] == info.uri
     run_id = log_like_a_cell(script_cells(sbatch[-1])[0])
@@ -136,21 +141,19 @@ def test_slurm_sweep_starts_a_server_and_cells_log_into_it(tmp_path, sbatch, ser
 def _kill(info: ms.ServerInfo) -> None:
     """A crash: the server's process group dies, server.json stays behind."""
     os.killpg(info.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while ms._pid_alive(info.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    assert ms._wait_group_gone(info.pid, 20)  # the uvicorn workers too: they hold the port
 
 
 def test_dead_server_comes_back_and_started_cells_follow_it(tmp_path, sbatch, servers):
     p = write_sweep(tmp_path, "crash")
     root = tmp_path / "runs"
-    assert run_sweep(p, root=root, out=lambda _: None) == 0
+    assert sweep(p, root) == 0
     sweep_dir = (root / "crash").resolve()
     folder = sweep_dir / "mlflow-server"
     first = ms.read_server(folder)
     _kill(first)
     # restarted on its recorded port: same URI, the submitted cells' configs stay valid
-    assert run_sweep(p, root=root, out=lambda _: None) == 0
+    assert sweep(p, root) == 0
     second = ms.running_server(folder)
     assert second is not None and second.pid != first.pid and second.uri == first.uri
     _kill(second)
@@ -159,7 +162,7 @@ def test_dead_server_comes_back_and_started_cells_follow_it(tmp_path, sbatch, se
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", second.port))
         squatter.listen()
-        assert run_sweep(p, root=root, out=lambda _: None) == 0
+        assert sweep(p, root) == 0
     third = ms.running_server(folder)
     assert third is not None and third.uri != second.uri
     # a ledger pointing at a dead server: `status` closes the parent run through the store itself
@@ -173,10 +176,10 @@ def test_dead_server_comes_back_and_started_cells_follow_it(tmp_path, sbatch, se
 
 def test_local_ray_and_opted_out_sweeps_keep_their_store(tmp_path, monkeypatch):
     root = tmp_path / "runs"
-    local = plan_sweep(write_sweep(tmp_path, "loc", executor="local"), root=root)
-    assert local.tracking_uri == f"sqlite:///{(root / 'loc' / 'mlflow.db').resolve()}" and local.server_dir is None
-    off = plan_sweep(write_sweep(tmp_path, "off", mlflow={"server": False}), root=root)
-    assert off.tracking_uri.startswith("sqlite:///") and off.server_dir is None
+    local = build_plan(write_sweep(tmp_path, "loc", executor="local"), root=root).tracking
+    assert local.uri == f"sqlite:///{(root / 'loc' / 'mlflow.db').resolve()}" and local.server_dir is None
+    off = build_plan(write_sweep(tmp_path, "off", mlflow={"server": False}), root=root).tracking
+    assert off.uri.startswith("sqlite:///") and off.server_dir is None
     assert not list(root.rglob("mlflow-server"))
     assert wants_server("sqlite:////x.db", None, "slurm") and not wants_server("sqlite:////x.db", None, "ray")
     assert wants_server("sqlite:////x.db", True, "local") and not wants_server("http://h:1", True, "slurm")
@@ -187,14 +190,40 @@ def test_local_ray_and_opted_out_sweeps_keep_their_store(tmp_path, monkeypatch):
         load_sweep(write_sweep(tmp_path, "bad", mlflow={"server": "yes"}))
 
 
-def test_slurm_without_a_reachable_address_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+def test_slurm_without_a_reachable_address_is_refused_before_any_work(tmp_path, monkeypatch):
     prof = tmp_path / "far_profile.yaml"
     prof.write_text("name: far\ndefaults: {time_min: 30}\n")  # no mlflow_host
     monkeypatch.setattr(ms, "reachable_host", lambda: None)  # the host name resolves to loopback
     p = write_sweep(tmp_path, "far", profile=str(prof))
     with pytest.raises(UserError, match="set mlflow_host in the cluster profile"):
-        plan_sweep(p, root=tmp_path / "runs")
-    assert not (tmp_path / "runs" / "far" / "mlflow-server").exists()
+        sweep(p, tmp_path / "runs")
+    assert not (tmp_path / "runs" / "far").exists()  # nothing written
     # a dry run starts nothing and says what the real run will do
-    assert run_sweep(p, root=tmp_path / "runs", dry_run=True, out=print) == 0
-    assert "# mlflow: tracking server in" in capsys.readouterr().out
+    assert any(line.startswith("# mlflow: tracking server in") for line in describe(build_plan(p, root=tmp_path / "runs")))
+
+
+def test_plan_and_sweep_say_when_the_store_cannot_hold_the_mlflow_rate(tmp_path, sbatch, servers, monkeypatch):
+    """`orchestrate plan` compares the sweep's MLflow rate with its store's measured ceiling
+    (planner.STORE_CEILING_POINTS_S, benchmarks/bench_mlflow_rate.py) and names the setting that fits;
+    a SLURM sweep says it before anything is submitted."""
+    from orchestrator import planner
+    from orchestrator.commands.plan import cost_text
+
+    rwsa = str(Path(__file__).resolve().parents[1] / "sweeps" / "rwsa_sizes.yaml")
+    sqlite, pg = planner.STORE_CEILING_POINTS_S["sqlite"], planner.STORE_CEILING_POINTS_S["postgresql"]
+    assert sqlite > 0 and pg > 0
+    planned = cost_text(build_plan(rwsa, root=tmp_path / "runs"))
+    rate = float(planned.split("MLflow ")[-1].split(" points/h")[0].replace(",", "")) / 3600
+    fits = rate <= planner.MLFLOW_HEADROOM * sqlite
+    assert ("of a sqlite store's measured ceiling" in planned) == (not fits) and fits  # rwsa_sizes fits
+    heavy = cost_text(build_plan(rwsa, overrides=["trainer.log_every=1"], root=tmp_path / "runs"))  # 10x the windows
+    note = heavy.splitlines()[-1]
+    assert note.startswith("MLflow: ") and "of a sqlite store's measured ceiling" in note and "trainer.log_every x" in note
+    factor = int(note.split("trainer.log_every x")[1].split()[0])
+    assert factor >= 2
+    # a SLURM sweep: the same line before the job array goes out
+    monkeypatch.setitem(planner.STORE_CEILING_POINTS_S, "sqlite", 1e-3)
+    out: list[str] = []
+    assert sweep(write_sweep(tmp_path, "busy"), tmp_path / "runs", out=out.append) == 0
+    line = next(i for i, s in enumerate(out) if "sqlite store's measured ceiling" in s)
+    assert line < next(i for i, s in enumerate(out) if "submitted" in s) and len(sbatch) == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import sweeper
 from orchestrator.launchers import slurm as slurm_launcher
+from orchestrator.sweeps.status import refresh
 
 
 @pytest.mark.parametrize(
@@ -26,5 +26,5 @@ def test_exit_code_file_gives_the_cell_state(tmp_path, monkeypatch, exit_file, s
     cell.mkdir(parents=True)
     (cell / "exit_code").write_text(exit_file)
     data = {"executor": "slurm", "cells": {"s1": {"state": "running", "job_id": "12_1", "workdir": "cells/s1"}}}
-    sweeper.refresh(tmp_path, data)
+    refresh(tmp_path, data)
     assert data["cells"]["s1"]["state"] == state

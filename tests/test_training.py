@@ -157,7 +157,7 @@ def test_sigterm_at_random_step_then_resume_is_bitwise_identical(setup, straight
 def test_sigkill_inside_checkpoint_save_resumes_from_previous(setup, straight):
     tmp, db, cfg = setup
     wd = tmp / "killed"
-    p = start(cfg, wd, SE_CKPT_TEST_PAUSE="8:300")
+    p = start(cfg, wd, SE_FAULTS="checkpoint.files_written=pause:300@step=8")  # a window for the kill
     wait_for(wd / "checkpoints" / ".tmp-step-000008" / "state.pt", p)
     p.kill()
     p.wait()

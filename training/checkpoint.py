@@ -16,8 +16,16 @@ fsyncs and renames the folder to `step-N` and fsyncs `root`. Folders without the
 
 `best/` is swapped in atomically (see `save_best`); a kill inside it never loses the previous best.
 
-`SE_CKPT_TEST_PAUSE=STEP:SECONDS` (tests only): in the save of step STEP, sleep SECONDS after the
-files are written and before the marker/rename, so a test can SIGKILL a run in the middle of a save.
+What goes into the files: `RunState`, the run's parts by name (each with `state_dict()` /
+`load_state_dict()`, the torchtitan/DCP `Stateful` shape: models, optimizers, schedulers, stream, RNG,
+counters, meter, tracker, ...), written by `save_state` and restored by `restore`. A part's file key is
+its name; the parts named in `RunState.flat` keep their fields at the top level of the file (`step`,
+`best_pesq`, `mlflow_run_id`, ...: where the format has always had them), so checkpoints written before
+the parts owned their state restore unchanged (tests/test_checkpoint_compat.py).
+
+Fault points (`common.faults`): `checkpoint.files_written` (a rank's files written, before the
+marker), `checkpoint.saved`, and `best.written` / `best.swapped` / `best.moved_old` / `best.moved_new`
+inside `save_best`.
 """
 
 from __future__ import annotations
@@ -27,28 +35,25 @@ import os
 import pickle
 import re
 import shutil
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import yaml
 
+from common import faults
 from common.atomic import atomic_torch_save, atomic_write_text, exchange_paths
 from common.atomic import fsync_dir as _fsync_dir
+from common.config import ConfigError
 from training import distributed
-from training.configtools import ConfigError
 
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 STATE = "state.pt"
 _STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def _test_exit(point: str) -> None:
-    """`SE_BEST_TEST_EXIT=POINT` (tests only): die like SIGKILL at that point of `save_best`."""
-    if os.environ.get("SE_BEST_TEST_EXIT") == point:
-        os._exit(137)
 
 
 def best_dir(root: Path) -> Path | None:
@@ -117,6 +122,55 @@ def _plain(d: dict) -> str:
     return yaml.safe_dump(d, sort_keys=True)
 
 
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class NoState:
+    """An absent part (a run without a discriminator): saved as {}, nothing restored."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Facts(NoState):
+    """Fields written for the files' readers and never restored (resolved config, world size, digest)."""
+
+    def __init__(self, fields: Callable[[], dict]):
+        self.fields = fields
+
+    def state_dict(self) -> dict:
+        return self.fields()
+
+
+@dataclass
+class RunState:
+    """A run's parts by name: `shared` ones in `state.pt` (written by rank 0, restored on every rank),
+    `per_rank` ones in `rank-R.pt`; the names in `flat` spread their fields over the file's top level."""
+
+    shared: dict[str, Stateful]
+    per_rank: dict[str, Stateful]
+    flat: frozenset[str] = field(default_factory=frozenset)
+
+    def collect(self, parts: dict[str, Stateful]) -> dict:
+        out: dict = {}
+        for name, part in parts.items():
+            if name in self.flat:
+                out.update(part.state_dict())
+            else:
+                out[name] = part.state_dict()
+        return out
+
+    def restore(self, parts: dict[str, Stateful], stored: dict) -> None:
+        for name, part in parts.items():  # a part newer than the file (counters, meter) starts from {}
+            part.load_state_dict(stored if name in self.flat else stored.get(name, {}))
+
+
 class CheckpointManager:
     """Save/load `step-N` checkpoints for one rank of a (possibly distributed) run."""
 
@@ -174,10 +228,7 @@ class CheckpointManager:
         atomic_torch_save(per_rank, tmp / f"rank-{self.rank}.pt")
         if self.rank == 0:
             atomic_torch_save(shared, tmp / STATE)
-        pause_step, _, pause_s = os.environ.get("SE_CKPT_TEST_PAUSE", "").partition(":")
-        if pause_step and int(pause_step) == step:
-            log.warning("SE_CKPT_TEST_PAUSE: pausing %s s inside the save of step %d", pause_s, step)
-            time.sleep(float(pause_s))
+        faults.point("checkpoint.files_written", step=step, rank=self.rank)
         distributed.barrier()
         if self.rank == 0:
             _fsync_dir(tmp)
@@ -190,6 +241,7 @@ class CheckpointManager:
                 os.replace(tmp, final)
             _fsync_dir(self.root)
             self._prune()
+            faults.point("checkpoint.saved", step=step, rank=self.rank)
         distributed.barrier()
         return final
 
@@ -219,10 +271,11 @@ class CheckpointManager:
         tmp.mkdir(parents=True)
         atomic_torch_save(shared, tmp / STATE)
         _fsync_dir(tmp)
-        _write_marker(tmp, int(shared.get("step", 0)))
-        _test_exit("written")
+        step = int(shared.get("step", 0))
+        _write_marker(tmp, step)
+        faults.point("best.written", step=step)
         if best.exists() and exchange_paths(tmp, best):
-            _test_exit("swapped")
+            faults.point("best.swapped", step=step)
             _fsync_dir(self.root)
             shutil.rmtree(tmp, ignore_errors=True)  # now the previous best
             return best
@@ -230,9 +283,9 @@ class CheckpointManager:
             if old.exists():
                 shutil.rmtree(old)
             os.replace(best, old)
-            _test_exit("moved-old")
+            faults.point("best.moved_old", step=step)
         os.replace(tmp, best)
-        _test_exit("moved-new")
+        faults.point("best.moved_new", step=step)
         _fsync_dir(self.root)
         shutil.rmtree(old, ignore_errors=True)
         return best
@@ -263,7 +316,35 @@ class CheckpointManager:
             return best
         return None
 
+    def save_state(self, step: int, state: RunState) -> Path:
+        """Collective: `save` the parts of `state` (the shared ones collected on rank 0 only)."""
+        shared = state.collect(state.shared) if self.rank == 0 else {}
+        return self.save(step, shared, state.collect(state.per_rank))
+
     # ----- load ------------------------------------------------------------------------------
+    def restore(self, state: RunState) -> int:
+        """Collective: rank 0 removes incomplete checkpoints, then every rank restores `state` from the
+        newest complete one; returns its step (0 when there is none: nothing restored).
+
+        Loaded to CPU whatever device wrote it: the RNG states must arrive as CPU tensors, and the
+        models' and optimizers' `load_state_dict` move the rest onto this run's device. The per-rank
+        parts are restored only from a checkpoint of as many ranks as this run has; otherwise data
+        order and RNG restart (a warning: not an exact resume)."""
+        self.clean_incomplete()
+        distributed.barrier()
+        folder = self.latest()
+        if folder is None:
+            return 0
+        shared, mine = self.load(folder, map_location="cpu")
+        state.restore(state.shared, shared)
+        if mine is not None and int(shared["world_size"]) == self.world_size:
+            state.restore(state.per_rank, mine)
+        else:
+            log.warning("checkpoint %s was written by %s ranks, this run has %d: data order and RNG restart "
+                        "(not an exact resume)", folder.name, shared["world_size"], self.world_size)
+        log.info("resumed from %s (step %d)", folder, int(shared["step"]))
+        return int(shared["step"])
+
     def load(self, folder: Path, map_location="cpu") -> tuple[dict, dict | None]:
         """(shared state, this rank's state or None when the checkpoint has no file for it)."""
         shared = load_file(folder / STATE, map_location)

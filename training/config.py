@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from training.configtools import (
+from common.atomic import atomic_write_text
+from common.config import (
     ConfigError,
-    atomic_write_text,
     build_config,
     field_help,
     flatten,
@@ -67,8 +67,9 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    train: str = option("data/demo/train", "training shard split folder (manifest.json + shard-*.tar)")
-    valid: Optional[str] = option("data/demo/valid", "validation shard split folder; null disables validation")
+    train: str = option("data/demo/train", "training shards: a split folder (manifest.json + shard-*.tar), a brace "
+                       "pattern, an http(s):// or s3:// folder URL, pipe: commands (docs/contracts.md)")
+    valid: Optional[str] = option("data/demo/valid", "validation shards (any data.train source); null disables validation")
     segment_samples: Optional[int] = option(None, "training crop length in samples at 16 kHz; null = the model's")
     batch_size: int = option(8, "GLOBAL batch size, split evenly over the ranks")
     num_workers: int = option(0, "data loader worker processes per rank")
@@ -176,7 +177,9 @@ class LauncherConfig:
     account: Optional[str] = option(None, "SLURM account")
     qos: Optional[str] = option(None, "SLURM QOS")
     profile: str = option("local", "cluster profile: a name under slurm/ or a YAML path")
-    max_parallel: int = option(1, "cells run at once by the local executor")
+    max_parallel: Optional[int] = option(
+        None, "a sweep's cells running at once, every executor (SLURM: the job array's %N, the smaller of it "
+        "and the profile's array_parallel); null = local/Ray one at a time, SLURM the profile's limit")
 
     def __post_init__(self):
         _positive(self, "nproc", "nodes", "cpus_per_task", "mem_gb", "time_min", "max_parallel")

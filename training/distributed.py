@@ -170,7 +170,7 @@ def pick_device(requested: str, env: DistEnv, gpus_per_node: int = 0) -> torch.d
 
     A GPU request without a visible GPU is a ConfigError naming the reason, never a silent CPU run:
     `requested` "cuda[:N]", or "auto" with `gpus_per_node` > 0 (the launcher asked for GPUs)."""
-    from training.configtools import ConfigError
+    from common.config import ConfigError
 
     wants_gpu = requested.startswith("cuda") or (requested == "auto" and gpus_per_node > 0)
     if wants_gpu and not torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""One optimisation step (`train_step`) and one validation pass (`validate`).
+"""One optimisation step: `train_step(ctx, batch)` (validation: `training.validation`).
 
 Step: scale noisy/clean by the batch's ``norm`` (1 / RMS of the whole noisy utterance, as the authors
 normalise before cropping; without it, the crop's noisy RMS); STFT; G forward; iSTFT; the PESQ targets
@@ -33,12 +33,24 @@ from training.stft import STFTSpec, mag_pha_istft, mag_pha_stft
 
 log = logging.getLogger(__name__)
 
-VAL_METRICS = ("pesq", "estoi", "si_sdr", "ssnr")
+
+class StepCounters(dict):
+    """Steps skipped for a non-finite loss or gradient, PESQ targets that failed: counted over the run,
+    on every rank alike (a part of the checkpoint)."""
+
+    def __init__(self):
+        super().__init__(nonfinite_skipped=0, pesq_failed=0)
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.update(state)
 
 
 @dataclass
 class StepContext:
-    """Everything `train_step` needs; built once by the Trainer."""
+    """Everything `train_step` needs; built once per run (`training.build`)."""
 
     generator: torch.nn.Module
     discriminator: torch.nn.Module | None
@@ -48,11 +60,11 @@ class StepContext:
     weights: LossWeights
     device: torch.device
     world_size: int = 1
-    pesq_pool: object | None = None  # training.evaluation.metrics.PesqPool
+    pesq_pool: object | None = None  # training.pesq_targets.PesqPool
     grad_clip: float | None = None
     bf16: bool = False
     pesq_overlap: bool = True
-    counters: dict = field(default_factory=lambda: {"nonfinite_skipped": 0, "pesq_failed": 0})
+    counters: StepCounters = field(default_factory=StepCounters)
 
     def autocast(self):
         if self.bf16:
@@ -105,17 +117,20 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, fl
         mag, pha, com = G(noisy_mag, noisy_pha)
     mag, pha, com = mag.float(), pha.float(), com.float()
     est = mag_pha_istft(mag, pha, spec, length=n)
-    _, _, rec_com = mag_pha_stft(est, spec)  # consistency target; D sees the generator's `mag` (authors')
+    rec_mag, _, rec_com = mag_pha_stft(est, spec)  # rec_com: the consistency target
+    # what D sees of the estimate: the generator's `mag` (MP-SENet lineage as MambAttention/SEMamba/RWSA run it),
+    # or |STFT(est)|^0.3 for a generator marked as the official MP-SENet train.py runs it (docs/fidelity.md)
+    d_mag = rec_mag if getattr(G, "discriminator_input", "generator") == "restft" else mag
     out: dict[str, float] = {}
     job = ctx.pesq_pool.submit(clean.detach().cpu().numpy(), est.detach().cpu().numpy()) if D is not None else None
     g_terms = dict(clean_wav=clean, clean_mag=clean_mag, clean_pha=clean_pha, clean_com=clean_com,
                    est_wav=est, est_mag=mag, est_pha=pha, est_com=com, rec_com=rec_com)
     stepped_d = True
     if D is not None and not ctx.pesq_overlap:
-        stepped_d = _discriminator_update(ctx, job, clean_mag, mag, out)
-    stepped_g = _generator_update(ctx, g_terms, clean_mag, mag, out)
+        stepped_d = _discriminator_update(ctx, job, clean_mag, d_mag, out)
+    stepped_g = _generator_update(ctx, g_terms, clean_mag, d_mag, out)
     if D is not None and ctx.pesq_overlap:
-        stepped_d = _discriminator_update(ctx, job, clean_mag, mag, out)
+        stepped_d = _discriminator_update(ctx, job, clean_mag, d_mag, out)
     distributed.average_batchnorm_stats(G)  # same running statistics on every rank (MP-SENet's BatchNorm)
     if not stepped_g or not stepped_d:
         ctx.counters["nonfinite_skipped"] += 1
@@ -164,73 +179,3 @@ def _generator_update(ctx: StepContext, terms: dict, clean_mag, est_mag, out: di
             D.requires_grad_(True)
     out.update(loss_g=float(loss_g.detach()), grad_norm=gn_g, **{k: float(v) for k, v in parts.items()})
     return stepped_g
-
-
-# ----- validation ---------------------------------------------------------------------------------
-@torch.no_grad()
-def enhance_utterance(G: torch.nn.Module, noisy: np.ndarray, device: torch.device, bf16: bool = False,
-                      segment: int | None = None) -> np.ndarray:
-    """Full-utterance inference with the model's own `enhance` (RMS normalisation, any length), or with
-    `segment` the RWSA authors' segment protocol (`training.evaluation.segment_eval.enhance_segments`)."""
-    from training.evaluation.segment_eval import enhance_segments
-
-    x = torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32)).to(device)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with ctx:
-        y = G.enhance(x) if segment is None else enhance_segments(G, x, segment)
-    return y.float().cpu().numpy()
-
-
-def validate(
-    G: torch.nn.Module,
-    utterances,
-    *,
-    device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    keep_clips: int = 0,
-    with_noisy: bool = False,
-    bf16: bool = False,
-    segment: int | None = None,
-) -> tuple[dict[str, float], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]:
-    """Mean PESQ/ESTOI/SI-SDR/SSNR over `utterances` ((key, noisy, clean) of all ranks; this rank
-    enhances every `world_size`-th) and, with `with_noisy`, of the unprocessed input
-    (`noisy_<metric>`); `segment`: enhance as `enhance_utterance` does with it. Returns (metrics incl. `n`,
-    up to `keep_clips` (key, noisy, clean, enhanced))."""
-    from training.evaluation.metrics import evaluate_pairs
-
-    was_training = G.training
-    G.eval()
-    pairs, noisy_pairs, clips = [], [], []
-    try:
-        for i, (key, noisy, clean) in enumerate(utterances):
-            if i % world_size != rank:
-                continue
-            enh = enhance_utterance(G, noisy, device, bf16, segment)
-            pairs.append((key, clean, enh))
-            if with_noisy:
-                noisy_pairs.append((key, clean, noisy))
-            if len(clips) < keep_clips:
-                clips.append((key, noisy, clean, enh))
-    finally:
-        G.train(was_training)
-    rows = evaluate_pairs(pairs + noisy_pairs, num_workers=num_workers, metrics=VAL_METRICS, progress=False)
-    sums = torch.zeros(2 * len(VAL_METRICS) * 2 + 1, dtype=torch.float64)
-    for j, row in enumerate(rows):
-        off = 0 if j < len(pairs) else 2 * len(VAL_METRICS)
-        for m_i, m in enumerate(VAL_METRICS):
-            v = row.get(m, math.nan)
-            if isinstance(v, float) and math.isfinite(v):
-                sums[off + 2 * m_i] += v
-                sums[off + 2 * m_i + 1] += 1
-    sums[-1] = len(pairs)
-    sums = distributed.all_reduce(sums.to(device)).cpu()
-    out = {"n": float(sums[-1])}
-    for prefix, off in (("", 0), ("noisy_", 2 * len(VAL_METRICS))):
-        if prefix and not with_noisy:
-            continue
-        for m_i, m in enumerate(VAL_METRICS):
-            s, c = float(sums[off + 2 * m_i]), float(sums[off + 2 * m_i + 1])
-            out[prefix + m] = s / c if c else math.nan
-    return out, clips

@@ -8,7 +8,8 @@ Generator (weights from `LossConfig`, paper defaults in brackets):
   + phase [0.3]·(IP + GD + IAF) + consistency [0.1]·2·MSE(com, STFT(iSTFT(com)))
   + metric [0.05]·MSE(D(clean, est), 1).
 Discriminator: MSE(D(clean, clean), 1) + MSE(D(clean, est), PESQ_norm) over the segments whose
-PESQ succeeded (a failed segment is dropped from the fake term, not the whole batch).
+PESQ succeeded (a failed segment is dropped from the fake term, not the whole batch); the PESQ targets
+are scored by `training.pesq_targets.PesqPool`.
 In D(clean, est) the estimate is the generator's compressed magnitude output itself (as the authors'
 code: not |STFT(iSTFT(.))|^0.3), so the metric term's gradient reaches only the magnitude path.
 """

@@ -17,9 +17,8 @@ import time
 import torch
 
 from common.rundir import EXIT_PREEMPTED  # noqa: F401 (re-exported)
+from common.signals import STOP_SIGNALS
 from training import distributed
-
-SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ class Preemption:
         self._previous: dict[int, object] = {}
 
     def install(self) -> Preemption:
-        for s in SIGNALS:
+        for s in STOP_SIGNALS:
             try:
                 self._previous[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread: signals cannot be handled here

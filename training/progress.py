@@ -1,13 +1,13 @@
 """Console progress, windowed training metrics, `progress.json`, validation artifacts, end-of-run summary.
 
-`Meter` averages step metrics over `trainer.log_every` steps (over all ranks), logs them to the
-tracker and the console: a tqdm bar (step, loss, steps/s, ETA) on an interactive terminal, a log
+`Meter` averages step metrics over `trainer.log_every` steps (over all ranks) for the tracker and
+shows them on the console: a tqdm bar (step, loss, steps/s, ETA) on an interactive terminal, a log
 line per window otherwise. Its window is part of each rank's checkpoint, so a resumed run logs the
 same numbers at the same steps as an uninterrupted one.
 
 `WORKDIR/progress.json` (rank 0, atomic, rewritten at the start, every log window, checkpoint, stop
 and end; its state set to `evaluating` during the end-of-run evaluation, training.evaluation.final_eval;
-read by `orchestrate status` through `progress_rate` / `progress_eta`):
+read by `orchestrate status` through `common.progress`, the format's one reader):
     {"step", "max_steps", "state": running|preempted|evaluating|done, "best_pesq", "last_val_pesq",
      "last_val_step", "updated" (unix s), "attempt_start_step",
      "window": [[unix s, step, session], ...]}   # the last WINDOW_POINTS samples, all attempts
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.progress import format_duration, read_progress
 from common.rundir import PROGRESS_FILE
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class ProgressFile:
     """Writer of `WORKDIR/progress.json` (see module docstring); keeps the previous attempts' window."""
 
     def __init__(self, workdir: Path, max_steps: int):
-        from training.checkpoint import atomic_write_text
+        from common.atomic import atomic_write_text
 
         self._write = atomic_write_text
         self.path, self.max_steps = Path(workdir) / PROGRESS_FILE, int(max_steps)
@@ -70,61 +71,27 @@ class ProgressFile:
         self._write(self.path, json.dumps(data) + "\n")
 
 
-def read_progress(path: Path) -> dict:
-    """A progress.json as a dict ({} when absent or unreadable)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def progress_rate(progress: dict) -> float | None:
-    """Steps/s over the recent window (same-session sample pairs only); None without two samples."""
-    window = progress.get("window") or []
-    steps = seconds = 0.0
-    for a, b in zip(window, window[1:]):
-        try:
-            if a[2] == b[2] and b[0] > a[0]:
-                steps, seconds = steps + (b[1] - a[1]), seconds + (b[0] - a[0])
-        except (TypeError, IndexError):
-            return None
-    return steps / seconds if seconds > 0 and steps > 0 else None
-
-
-def progress_eta(progress: dict) -> float | None:
-    """Seconds of compute left (remaining steps / `progress_rate`); 0 when done; None when unknown."""
-    step, total = progress.get("step"), progress.get("max_steps")
-    if not isinstance(step, int) or not isinstance(total, int):
-        return None
-    if step >= total or progress.get("state") == "done":
-        return 0.0
-    rate = progress_rate(progress)
-    return (total - step) / rate if rate else None
-
-
-def _fmt_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 class Meter:
-    """Windowed metric averages + console progress for one Trainer (see module docstring)."""
+    """Windowed averages of the step metrics + console progress of one rank (see module docstring).
 
-    def __init__(self, trainer, total: int, start: int):
-        self.tr, self.total = trainer, total
+    Given values only: `update(metrics)` after each step, `log(step, extras, data_stats)` at the end
+    of a window. `state_dict()` is the open window (a part of each rank's checkpoint)."""
+
+    def __init__(self, total: int, device, *, is_main: bool, name: str):
+        self.total, self.device, self.is_main, self.name = int(total), device, is_main, name
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self._t = time.time()
         self._steps = 0
         self.bar = None
-        if trainer.env.is_main and sys.stderr.isatty():
+
+    def start(self, step: int) -> None:
+        """Begin timing at `step`; on rank 0 at an interactive terminal, show the bar from there."""
+        self._t, self._steps = time.time(), 0
+        if self.is_main and sys.stderr.isatty() and self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc=trainer.cfg.name, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=self.total, initial=step, desc=self.name, unit="step", dynamic_ncols=True)
 
     def state_dict(self) -> dict:
         return {"sums": dict(self.sums), "counts": dict(self.counts)}
@@ -144,32 +111,29 @@ class Meter:
             self.bar.update(1)
             self.bar.set_postfix(loss_g=f"{metrics.get('loss_g', math.nan):.3f}", refresh=False)
 
-    def log(self) -> dict[str, float]:
-        """Collective: average the window over ranks, log it at the current step, reset the window."""
+    def log(self, step: int, extras: dict[str, float], data_stats: dict[str, float]) -> dict[str, float]:
+        """Collective: the window averaged over ranks (`train/<key>`), then `extras` as given, the
+        `data_stats` counts summed over ranks (`data/<key>`) and `train/steps_per_s` of this rank; a
+        console line on rank 0 without a bar. Resets the window."""
         import torch  # here, not at import: `orchestrate status` reads progress files on a torch-less login node
 
         from training import distributed
 
-        tr = self.tr
         vec = torch.tensor([x for k in WINDOW_KEYS for x in (self.sums.get(k, 0.0), self.counts.get(k, 0))],
-                           dtype=torch.float64, device=tr.device)
-        stats = tr.stream.stats()
-        stat_keys = sorted(k for k in stats if k != "batches")
-        svec = torch.tensor([stats[k] for k in stat_keys], dtype=torch.float64, device=tr.device)
+                           dtype=torch.float64, device=self.device)
+        stat_keys = sorted(data_stats)
+        svec = torch.tensor([data_stats[k] for k in stat_keys], dtype=torch.float64, device=self.device)
         vec, svec = distributed.all_reduce(vec).cpu(), distributed.all_reduce(svec).cpu()
         out = {f"train/{k}": float(vec[2 * i] / vec[2 * i + 1]) for i, k in enumerate(WINDOW_KEYS) if vec[2 * i + 1] > 0}
-        out["train/lr"] = tr.opt_g.param_groups[0]["lr"]
-        out["train/pesq_failed"] = float(tr.ctx.counters["pesq_failed"])
-        out["train/nonfinite_skipped"] = float(tr.ctx.counters["nonfinite_skipped"])
+        out |= extras
         out |= {f"data/{k}": float(v) for k, v in zip(stat_keys, svec.tolist())}
         now = time.time()
         rate = self._steps / max(now - self._t, 1e-9)
-        tr.tracker.log(out, tr.step)
-        tr.tracker.log({"train/steps_per_s": rate}, tr.step)
-        if tr.env.is_main and self.bar is None:
-            eta = (self.total - tr.step) / rate if rate > 0 else math.inf
-            log.info("step %d/%d  loss_g %.4f  loss_d %.4f  %.2f steps/s  ETA %s", tr.step, self.total,
-                     out.get("train/loss_g", math.nan), out.get("train/loss_d", math.nan), rate, _fmt_eta(eta))
+        out["train/steps_per_s"] = rate
+        if self.is_main and self.bar is None:
+            eta = (self.total - step) / rate if rate > 0 else math.inf
+            log.info("step %d/%d  loss_g %.4f  loss_d %.4f  %.2f steps/s  ETA %s", step, self.total,
+                     out.get("train/loss_g", math.nan), out.get("train/loss_d", math.nan), rate, format_duration(eta))
         self.sums, self.counts, self._t, self._steps = {}, {}, now, 0
         return out
 
@@ -213,14 +177,16 @@ def write_clip_artifacts(clips, folder: Path) -> list[Path]:
     return written
 
 
-def summary_text(tr, start_step: int) -> str:
-    """The one-screen end-of-run summary."""
-    cfg, val, noisy = tr.cfg, tr.last_val, tr.noisy_val or {}
+def summary_text(cfg, *, world_size: int, device, step: int, start_step: int, segment: int,
+                 val: dict[str, float], noisy: dict[str, float], best_pesq: float, best_step: int,
+                 counters: dict[str, int], data_stats: dict[str, float], checkpoints: Path,
+                 run_id: str | None) -> str:
+    """The one-screen end-of-run summary of run `cfg` (a RunConfig) from the values given."""
     lines = [
         "=" * 72,
-        f"run {cfg.name}: {cfg.model.name}, seed {cfg.trainer.seed}, {tr.env.world_size} rank(s) on {tr.device}",
-        f"steps {tr.step}/{cfg.trainer.max_steps} ({tr.step - start_step} this session), "
-        f"segment {tr.segment} samples, global batch {cfg.data.batch_size}",
+        f"run {cfg.name}: {cfg.model.name}, seed {cfg.trainer.seed}, {world_size} rank(s) on {device}",
+        f"steps {step}/{cfg.trainer.max_steps} ({step - start_step} this session), "
+        f"segment {segment} samples, global batch {cfg.data.batch_size}",
     ]
     if val:
         lines.append(f"{'validation':<12}" + "".join(f"{m:>10}" for m in ("pesq", "estoi", "si_sdr", "ssnr")))
@@ -230,10 +196,10 @@ def summary_text(tr, start_step: int) -> str:
         lines.append(f"{'  enhanced':<12}" + "".join(f"{val.get(m, math.nan):>10.3f}"
                                                       for m in ("pesq", "estoi", "si_sdr", "ssnr")))
     lines += [
-        f"best PESQ {tr.best_pesq:.3f} at step {tr.best_step}" if math.isfinite(tr.best_pesq) else "no validation",
-        f"skipped: non-finite steps {tr.ctx.counters['nonfinite_skipped']}, PESQ targets failed "
-        f"{tr.ctx.counters['pesq_failed']}, data {dict((k, v) for k, v in tr.stream.stats().items() if k != 'batches')}",
-        f"checkpoints {tr.ckpt.root}  MLflow run {tr.tracker.run_id or '-'}",
+        f"best PESQ {best_pesq:.3f} at step {best_step}" if math.isfinite(best_pesq) else "no validation",
+        f"skipped: non-finite steps {counters['nonfinite_skipped']}, PESQ targets failed "
+        f"{counters['pesq_failed']}, data {data_stats}",
+        f"checkpoints {checkpoints}  MLflow run {run_id or '-'}",
         "=" * 72,
     ]
     return "\n".join(lines)

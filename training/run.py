@@ -24,21 +24,16 @@ import sys
 import time
 from pathlib import Path
 
+from common.errors import InputError
 from common.rundir import CHECKPOINTS_DIR, CONFIG_FILE, EXIT_OK
 from common.rundir import EXIT_BAD_INPUT as EXIT_BAD_CONFIG
+from common.signals import STOP_SIGNALS
 from training import distributed
-from training.config import ConfigError, RunConfig, load_run_config, save_config
+from training.config import RunConfig, load_run_config, save_config
 from training.preempt import EXIT_PREEMPTED
 
 log = logging.getLogger("training.run")
 
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from sharding.errors import SourceError
-    from training.models import UnknownModelError
-
-    return ConfigError, SourceError, UnknownModelError
 
 
 def train(cfg: RunConfig, workdir: Path, on_validation=None) -> int:
@@ -75,9 +70,9 @@ def _workdir_problem(workdir: Path) -> str | None:
 def _lock_run_folder(cfg: RunConfig, workdir: Path, rank: int):
     """Rank 0: the run folder's lock (one trainer per folder) and a resumable newest checkpoint
     (readable, same model); None after logging a one-line error. Other ranks: a no-op lock."""
+    from common.config import to_container
     from common.runlock import RunLock, RunLockError
     from training.checkpoint import CheckpointError, check_resume
-    from training.configtools import to_container
 
     lock = RunLock(workdir)
     if rank != 0:
@@ -97,23 +92,35 @@ def _lock_run_folder(cfg: RunConfig, workdir: Path, rank: int):
 
 
 def _train_and_evaluate(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, on_validation=None) -> int:
+    try:  # once per run: training and the evaluation after it run on the same device
+        device = distributed.pick_device(cfg.trainer.device, env, cfg.launcher.gpus_per_node)
+    except InputError as e:
+        log.error("error: %s", e)
+        return EXIT_BAD_CONFIG
+    if cfg.eval.testsets:  # a metric the end-of-job evaluation cannot compute here fails now, not after training
+        from training.evaluation.evaluate import unavailable_metrics_problem
+
+        problem = unavailable_metrics_problem(cfg.eval.metrics)
+        if problem:
+            log.error("error: eval.metrics: %s", problem)
+            return EXIT_BAD_CONFIG
     if env.is_main and cfg.eval.testsets:  # installed first: the trainer's handler restores it, no gap
         from training.preempt import from_environment
 
         stop = from_environment(cfg.trainer.time_limit_margin_s).install()
         try:
-            code = _train(cfg, workdir, env, on_validation)
+            code = _train(cfg, workdir, env, device, on_validation)
             if code != EXIT_OK:
                 return code
             from training.evaluation.final_eval import evaluate_after_training
 
-            return evaluate_after_training(cfg, workdir, distributed.pick_device(cfg.trainer.device, env), stop)
-        except _user_errors() as e:
+            return evaluate_after_training(cfg, workdir, device, stop)
+        except InputError as e:
             log.error("error: evaluation after training: %s", e)
             return EXIT_BAD_CONFIG
         finally:
             stop.uninstall()
-    return _train(cfg, workdir, env, on_validation)
+    return _train(cfg, workdir, env, device, on_validation)
 
 
 def start_mp_helpers() -> None:
@@ -123,28 +130,28 @@ def start_mp_helpers() -> None:
     import multiprocessing as mp
     from multiprocessing import forkserver, resource_tracker
 
-    from training.preempt import SIGNALS
-
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
     try:
         resource_tracker.ensure_running()
         if "forkserver" in mp.get_all_start_methods():
+            from sharding.stream import preload_in_forkserver
+
+            preload_in_forkserver()  # DataLoader workers then start without importing torch again
             forkserver.ensure_running()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
 
 
-def _train(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, on_validation=None) -> int:
-    from training.trainer import Trainer
+def _train(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, device, on_validation=None) -> int:
+    from training.build import build_trainer
 
     try:
         start_mp_helpers()
-        device = distributed.pick_device(cfg.trainer.device, env)
         distributed.init(env, device)
-        trainer = Trainer(cfg, workdir, env)
+        trainer = build_trainer(cfg, workdir, env, device)
         trainer.on_validation = on_validation
-    except _user_errors() as e:
+    except InputError as e:
         log.error("error: %s", e)
         distributed.shutdown()
         return EXIT_BAD_CONFIG
@@ -152,13 +159,13 @@ def _train(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, on_validatio
     try:
         try:
             trainer.resume()
-        except _user_errors() as e:
+        except InputError as e:
             log.error("error: %s", e)
             return EXIT_BAD_CONFIG
         trainer.open_tracker()
         try:
             code = trainer.fit()
-        except _user_errors() as e:  # e.g. a bad sample with data.skip_bad=false
+        except InputError as e:  # e.g. a bad sample with data.skip_bad=false
             log.error("error: %s", e)
             return EXIT_BAD_CONFIG
         except OSError as e:
@@ -226,7 +233,7 @@ def spawn(cfg: RunConfig, workdir: Path, nproc: int) -> int:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
     try:
         codes: list[int | None] = [None] * nproc
         while any(c is None for c in codes):
@@ -265,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         config = workdir / CONFIG_FILE
     try:
         cfg = load_run_config(config, args.overrides)
-    except ConfigError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     return train(cfg, workdir)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from training.configtools import ConfigError
+from common.config import ConfigError
 
 AUTO = "auto"
 
@@ -30,10 +30,11 @@ def epoch_boundary(step: int, epoch_steps: int) -> bool:
 
 
 def train_clips(train: str | Path) -> int:
-    """Training clips of a shard split (or corpus folder holding ``train/``), from its manifest."""
-    from sharding.stream import list_shards, resolve_split_dir
+    """Training clips of a shard source (a split folder, a corpus folder holding ``train/``, a pattern or
+    URL: `sharding.shards`), from its manifest."""
+    from sharding.shards import open_source
 
-    return sum(s.samples for s in list_shards(resolve_split_dir(train, "train")))
+    return open_source(train, "train").num_samples
 
 
 def resolve_epoch_steps(setting: int | str | None, num_clips: int | None, global_batch: int) -> int:

@@ -1,5 +1,7 @@
 """Seeding and RNG state capture/restore (python, numpy, torch, CUDA) in `weights_only`-safe form.
 
+`GlobalRNG()` is the same pair as a checkpoint part (`state_dict` / `load_state_dict`).
+
 `rng_state()` returns only tensors, lists, tuples, ints, floats and strings, so a checkpoint holding
 it loads with `torch.load(weights_only=True)`. Every tensor in it is a CPU tensor (the generators'
 states are CPU ByteTensors even for CUDA devices); `set_rng_state` accepts them from any device
@@ -76,3 +78,13 @@ def set_rng_state(state: dict) -> None:
                     len(cuda), count, min(count, len(cuda)))
     for index, s_ in enumerate(cuda[:count]):
         torch.cuda.set_rng_state(_cpu_bytes(s_), index)
+
+
+class GlobalRNG:
+    """The process's global RNGs as a checkpoint part (`rng_state` / `set_rng_state`)."""
+
+    def state_dict(self) -> dict:
+        return rng_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_state(state)

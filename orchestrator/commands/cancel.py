@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.cliutil import trailing_positionals
-from orchestrator.sweeper import cancel_sweep
+from orchestrator.sweeps.run import cancel_sweep
 
 NAME = "cancel"
 HELP = "cancel a sweep's queued or running cells (all, or the named ones)"

@@ -23,12 +23,17 @@ EPILOG = """examples:
   orchestrate compare demo --format json > demo.json       # [{model, testset, metric, mean, std, n}]
   orchestrate compare demo --experiment demo --format csv -o demo.csv
   orchestrate compare runs/rwsa_sizes --plot                # + compare.png, curves_*.png in runs/rwsa_sizes
+  orchestrate compare runs/mambattention_table2             # Table II as the paper lays it out
+  orchestrate compare runs/mambattention_table5 --layout generic
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="sweep folder (with ledger.json), or sweep name (tag se.sweep)")
     p.add_argument("--format", choices=cmp.FORMATS, default="md", help="output format (default md)")
+    p.add_argument("--layout", choices=cmp.LAYOUTS, default="auto",
+                   help="md only: auto = the paper's layout for a paper sweep that has one (Tables II and V: "
+                        "its column groups, row names and order), else generic (the flat table)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the ledger's, $MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", help="look only in this MLflow experiment")
     p.add_argument("--metrics", help="comma-separated metric keys (default: pesq,ssnr,estoi,si_sdr + any other)")
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         include_unfinished=args.include_unfinished,
         root=args.root,
     )
-    text = cmp.render(table, args.format)
+    text = cmp.render(table, args.format, args.layout)
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training.evaluation.protocol import MODES
+
 NAME = "enhance"
 HELP = "enhance audio files or folders with a checkpoint"
 EPILOG = """examples:
   orchestrate enhance runs/demo/cells/rwsa-xs_s0 noisy.wav --out enhanced/
   orchestrate enhance runs/x/checkpoints/best ~/recordings/ --out enhanced/ --keep-rate
-  orchestrate enhance CKPT long_meeting.flac --out out/ --chunk-seconds 10 --overlap-seconds 0   # the papers' cuts
-Any sample rate or channel count is read (mixed to mono, resampled to 16 kHz); output is 16-bit WAV at
-16 kHz (or at the input rate with --keep-rate). Long audio is enhanced in overlapping chunks with a
-cross-fade, so memory stays flat; the real-time factor is printed at the end.
+  orchestrate enhance CKPT long_meeting.flac --out out/ --mode chunked --chunk-seconds 10 --overlap-seconds 0
+Files are enhanced as the run was validated and tested: its eval.mode (auto = the RWSA authors' 30,600-
+sample segments for rwsa-* models, else chunks of eval.chunk_seconds cross-faded over eval.overlap_seconds;
+docs/fidelity.md), overridden by --mode/--chunk-seconds/--overlap-seconds. Memory stays flat in the audio
+length. Any sample rate or channel count is read (mixed to mono, resampled to 16 kHz); output is 16-bit
+WAV at 16 kHz (or at the input rate with --keep-rate); the real-time factor is printed at the end.
 Folders are walked for every audio extension soundfile reads (wav, flac, ogg/opus, mp3, aiff, ...) and
 keep their subfolders under --out; inputs that would share an output name (a.wav and a.flac) are written
 as a.wav.wav and a.flac.wav; an output that would replace an input is refused (exit 2). Audio shorter
@@ -28,21 +32,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run directory, checkpoint directory or state.pt")
     p.add_argument("inputs", nargs="+", help="audio files or folders")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length (default 10)")
-    p.add_argument("--overlap-seconds", type=float, default=0.5, help="cross-fade overlap (default 0.5; 0 = plain cuts)")
+    p.add_argument("--mode", choices=MODES, help="how files are enhanced (default: the run config's eval.mode)")
+    p.add_argument("--chunk-seconds", type=float, help="chunk length, chunked mode (default: eval.chunk_seconds)")
+    p.add_argument("--overlap-seconds", type=float,
+                   help="cross-fade overlap, chunked mode (default: eval.overlap_seconds; 0 = plain cuts)")
     p.add_argument("--keep-rate", action="store_true", help="write at the input's sample rate")
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.evaluation import EXIT_SOME_FAILED, enhance_files
+    from orchestrator.evaluate_and_enhance import EXIT_SOME_FAILED, enhance_files
     from training.kernels import malloc_tuning
 
     malloc_tuning.tune()  # before the model's first forward pass
 
-    result = enhance_files(args.checkpoint, args.inputs, args.out, chunk_seconds=args.chunk_seconds,
-                           overlap_seconds=args.overlap_seconds, keep_rate=args.keep_rate)
-    print(f"enhanced {len(result['files'])} file(s), {result['seconds']:.1f} s of audio into {args.out}; "
-          f"real-time factor {result['rtf']:.3f}")
+    result = enhance_files(args.checkpoint, args.inputs, args.out, eval_mode=args.mode,
+                           chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+                           keep_rate=args.keep_rate)
+    print(f"enhanced {len(result['files'])} file(s), {result['seconds']:.1f} s of audio into {args.out} "
+          f"(mode {result['mode']}); real-time factor {result['rtf']:.3f}")
     for name, db in result["scaled"]:
         print(f"scaled {db:+.1f} dB to fit full scale: {name}")
     if result["failed"]:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from training.evaluation.protocol import MODES
+
 NAME = "evaluate"
 HELP = "score a checkpoint on test sets (per-file CSV, summary, MLflow)"
 EPILOG = """examples:
@@ -36,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="metric worker processes (default 2)")
     p.add_argument("--chunk-seconds", type=float, help="enhance in chunks of this length")
     p.add_argument("--overlap-seconds", type=float, help="chunk overlap (0 = the papers' plain 10 s cuts)")
-    p.add_argument("--mode", choices=("auto", "whole", "chunked", "rwsa_segments"),
+    p.add_argument("--mode", choices=MODES,
                    help="how files are enhanced (default: the run config's eval.mode; docs/fidelity.md)")
     p.add_argument("--limit", type=int, help="evaluate only the first N files")
     p.add_argument("--save-audio", action="store_true", help="also write the enhanced files")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         from orchestrator.errors import UserError
 
         raise UserError("evaluate: give a checkpoint (or --noisy-only)")
-    from orchestrator.evaluation import EXIT_SOME_FAILED, evaluate
+    from orchestrator.evaluate_and_enhance import EXIT_SOME_FAILED, evaluate
     from training.kernels import malloc_tuning
 
     malloc_tuning.tune()  # before the model's first forward pass
@@ -111,6 +113,13 @@ def _noisy_only(args: argparse.Namespace) -> int:
     from training.evaluation.paper_reference import comparison_text, noisy_summary, paper_row_for
 
     metrics = args.metrics.split(",") if args.metrics else ["pesq", "ssnr", "estoi", "si_sdr"]
+    from training.evaluation.evaluate import unavailable_metrics_problem
+
+    problem = unavailable_metrics_problem(metrics)
+    if problem:
+        from orchestrator.errors import UserError
+
+        raise UserError(f"--metrics: {problem}")
     summaries = [noisy_summary(t, metrics=metrics, num_workers=args.workers, limit=args.limit, name=args.name)
                  for t in args.testset]
     if args.json:

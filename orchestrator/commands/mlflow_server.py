@@ -19,9 +19,11 @@ EPILOG = """examples:
   orchestrate mlflow-server runs/mlflow --background --profile lumi --port 5055
   orchestrate mlflow-server runs/mlflow --backend-store-uri postgresql://u:p@db/mlflow --background
   orchestrate mlflow-server runs/mlflow --status                   # is it up? (exit 1 if not)
-  orchestrate mlflow-server runs/mlflow --stop
+  orchestrate mlflow-server runs/mlflow --stop                     # signals only the recorded server itself
   orchestrate mlflow-server runs/mlflow                            # foreground, Ctrl-C stops it
-files: DIR/server.json (uri, pid, ...), DIR/server.pid, DIR/server.log, DIR/mlflow.db (default store), DIR/artifacts/
+A stopped or crashed server started again with --background comes back on its recorded port when
+that port is free (running jobs reconnect to the same URI).
+files: DIR/server.json (uri, pid, identity, ...), DIR/server.pid, DIR/server.log, DIR/mlflow.db (default store), DIR/artifacts/
 """
 
 
@@ -31,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts-destination", help="artifact root the server writes (default: DIR/artifacts)")
     p.add_argument("--host", help="address to bind (default: the profile's mlflow_host, else 127.0.0.1)")
     p.add_argument("--profile", help="cluster profile (slurm/NAME.yaml or a path) holding mlflow_host")
-    p.add_argument("--port", type=int, help="port (default: 5000 in the foreground, a free one with --background)")
+    p.add_argument("--port", type=int, help="port 1-65535 (default: 5000 in the foreground; with --background the "
+                                            "recorded one when free, else a free one)")
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (>= 2; default 2)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /health (default 120)")
     mode = p.add_mutually_exclusive_group()
@@ -42,8 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.stop:
-        stopped = ms.stop_server(args.dir)
-        print("stopped" if stopped else f"no running server recorded in {args.dir}")
+        outcome = ms.stop_server(args.dir)
+        if outcome == "not the server":
+            info = ms.read_server(args.dir)
+            print(f"{args.dir}/server.json names pid {info.pid if info else '?'}, which is another process now "
+                  f"(the server is gone); nothing signalled")
+        else:
+            print("stopped" if outcome == "stopped" else f"no running server recorded in {args.dir}")
         return 0
     if args.status:
         info = ms.running_server(args.dir)
@@ -57,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     if args.background:
-        info = ms.running_server(args.dir) or ms.start_server(
-            args.dir, port=args.port, timeout_s=args.timeout, **options
-        )
+        info = ms.ensure_server_info(args.dir, port=args.port, timeout_s=args.timeout, **options)
         print(info.uri)
         return 0
-    return ms.serve_foreground(args.dir, port=args.port or 5000, **options)
+    return ms.serve_foreground(args.dir, port=5000 if args.port is None else args.port, **options)

@@ -33,15 +33,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default="runs", help="parent folder of the sweep folder (default: runs)")
 
 
-def plan_text(file, *, executor=None, overrides=None, root="runs", device=None) -> str:
+def cost_text(plan, device: str | None = None) -> str:
+    """The cost of a `SweepPlan` as text; a model the planner cannot size says why (the pre-submit
+    checks name the cell and key)."""
     from orchestrator.planner import format_costs, plan_costs
-    from orchestrator.sweeper import plan_sweep
 
-    plan = plan_sweep(file, executor=executor, root=root, overrides=list(overrides or []), dry_run=True)
-    device, costs = plan_costs(plan, device)
-    return format_costs(plan.spec.name, device, costs)
+    try:
+        device, costs = plan_costs(plan, device)
+    except ValueError as e:  # e.g. an unknown model
+        return f"cost plan unavailable: {e}"
+    return format_costs(plan.spec.name, device, costs, plan.tracking.store if plan.tracking else None)
 
 
 def run(args: argparse.Namespace) -> int:
-    print(plan_text(args.file, executor=args.executor, overrides=args.overrides, root=args.root, device=args.device))
+    from orchestrator.sweeps.plan import build_plan
+
+    plan = build_plan(args.file, executor=args.executor, root=args.root, overrides=args.overrides)
+    plan.raise_cell_errors()
+    print(cost_text(plan, args.device))
     return 0

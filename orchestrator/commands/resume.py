@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator.sweeper import resume_sweep
+from orchestrator.sweeps.run import resume_sweep
 
 NAME = "resume"
 HELP = "resume a sweep: resubmit its failed, cancelled and preempted cells"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.cliutil import trailing_positionals
-from orchestrator.sweeper import run_sweep
 
 NAME = "sweep"
 HELP = "run a grid of training runs (SLURM job array, local processes or Ray); rerun to resume"
@@ -42,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def grid_args(items: list[str]) -> list[str]:
-    """``--grid KEY=a,b`` -> the override ``grid.KEY=[a,b]`` (orchestrator.sweep.grid_overrides)."""
+    """``--grid KEY=a,b`` -> the override ``grid.KEY=[a,b]`` (orchestrator.sweeps.spec.grid_overrides)."""
     from orchestrator.errors import UserError
 
     out = []
@@ -55,21 +54,20 @@ def grid_args(items: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    args.overrides = [*args.overrides, *grid_args(args.grid)]
-    from orchestrator.preflight import preflight_sweep, raise_if
+    from orchestrator.preflight import check_plan, raise_if
+    from orchestrator.sweeps.plan import build_plan
+    from orchestrator.sweeps.run import describe, run_sweep
 
+    plan = build_plan(args.file, executor=args.executor, root=args.root,
+                      overrides=[*args.overrides, *grid_args(args.grid)])
     # every check before any side effect; a dry run shows its plan, then the problems (exit 2 too)
-    problems = preflight_sweep(args.file, executor=args.executor, root=args.root, overrides=args.overrides)
+    problems = check_plan(plan)
     if args.dry_run:
-        from orchestrator.commands.plan import plan_text  # the cost first (orchestrate plan)
+        from orchestrator.commands.plan import cost_text  # the cost first (orchestrate plan)
 
-        try:
-            head = plan_text(args.file, executor=args.executor, overrides=args.overrides, root=args.root)
-        except ValueError as e:  # e.g. an unknown model: the checks below name it
-            head = f"cost plan unavailable: {e}"
-        print("\n".join("# " + line for line in head.splitlines()))
-        rc = run_sweep(args.file, executor=args.executor, dry_run=True, root=args.root, overrides=args.overrides)
+        print("\n".join("# " + line for line in cost_text(plan).splitlines()))
+        print("\n".join(describe(plan)))
         raise_if(problems)
-        return rc
+        return 0
     raise_if(problems)
-    return run_sweep(args.file, executor=args.executor, root=args.root, overrides=args.overrides)
+    return run_sweep(plan)

@@ -1,10 +1,9 @@
 """What every launcher shares: the ``Launcher`` interface, the cell command, the exit-code contract,
-the cell's own files."""
+the cell's own files (their names: `common.rundir`; progress.json's reader: `common.progress`)."""
 
 from __future__ import annotations
 
 import abc
-import json
 import os
 import shlex
 import sys
@@ -12,17 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from common.atomic import atomic_write_text
 from common.rundir import (  # the run folder's contract
     ATTEMPTS_FILE,
     CONFIG_FILE,
     EXIT_CODE_FILE,
     EXIT_OK,
     EXIT_PREEMPTED,
-    PROGRESS_FILE,
     RUN_ID_FILE,
 )
 from orchestrator.ledger import ACTIVE, set_state
-from training.configtools import atomic_write_text
 
 
 def cell_command(cell_dir: str | Path, python: str | None = None, nproc: int = 1) -> list[str]:
@@ -81,15 +79,6 @@ def count_attempts(cell_dir: str | Path) -> int:
     return sum(1 for line in lines if " start " in line)
 
 
-def read_progress(cell_dir: str | Path) -> dict:
-    """The trainer's progress.json, or {} when absent/partial/garbled (read defensively)."""
-    try:
-        data = json.loads((Path(cell_dir) / PROGRESS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def read_run_id(cell_dir: str | Path) -> str | None:
     try:
         text = (Path(cell_dir) / RUN_ID_FILE).read_text().strip()
@@ -102,7 +91,7 @@ def read_run_id(cell_dir: str | Path) -> str | None:
 
 
 class Launcher(abc.ABC):
-    """Where a sweep's cells run. The sweeper hands it ``[(Cell, cell_dir), ...]`` and ledger data;
+    """Where a sweep's cells run. The sweep runner (`orchestrator.sweeps.run`) hands it ``[(Cell, cell_dir), ...]`` and ledger data;
     it knows nothing else about executors.
 
     ``submit`` starts the cells (SLURM: queues them and returns; local/Ray: runs them to the end,
@@ -122,7 +111,7 @@ class Launcher(abc.ABC):
 
     def describe(self, cells: list) -> list[str]:
         """The commands that would run (dry run); one line per cell by default."""
-        return [shlex.join(cell_command(cdir, nproc=cell.config["launcher"]["nproc"])) for cell, cdir in cells]
+        return [shlex.join(cell_command(cdir, nproc=cell.config.launcher.nproc)) for cell, cdir in cells]
 
     def recover(self, data: dict) -> None:  # noqa: B027 (optional hook)
         """Before a (re)run: mark cells the ledger calls active that cannot be running any more."""

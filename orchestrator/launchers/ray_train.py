@@ -79,20 +79,21 @@ def ddp_worker(config: dict) -> None:
         (pids / "exit_code").write_text(f"{rc}\n")
 
 
-def fit_cell(cell_dir: Path, launcher: dict, *, cwd: str, env: dict[str, str] | None = None) -> int:
-    """Run one DDP cell as a TorchTrainer group; returns its exit code (0, 75, 2 or 1 = failed)."""
+def fit_cell(cell_dir: Path, launcher, *, cwd: str, env: dict[str, str] | None = None) -> int:
+    """Run one DDP cell (``launcher``: its `LauncherConfig`) as a TorchTrainer group; returns its exit code
+    (0, 75, 2 or 1 = failed)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    workers = launcher["nodes"] * launcher["nproc"]
-    gpus = launcher["gpus_per_node"] > 0
-    resources = {"CPU": launcher["cpus_per_task"], **({"GPU": 1} if gpus else {})}
+    workers = launcher.nodes * launcher.nproc
+    gpus = launcher.gpus_per_node > 0
+    resources = {"CPU": launcher.cpus_per_task, **({"GPU": 1} if gpus else {})}
     trainer = TorchTrainer(
         ddp_worker,
         train_loop_config={"cell_dir": str(cell_dir), "cwd": cwd, "env": dict(env or {})},
         torch_config=TorchConfig(backend="gloo"),  # only the rendezvous; training picks its own backend
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker=resources,
-                                     placement_strategy="SPREAD" if launcher["nodes"] > 1 else "PACK"),
+                                     placement_strategy="SPREAD" if launcher.nodes > 1 else "PACK"),
         run_config=RunConfig(name="ray-train", storage_path=str(Path(cell_dir).resolve() / "ray"),
                              failure_config=FailureConfig(max_failures=MAX_FAILURES)),
     )

@@ -2,41 +2,53 @@
 
 Submission (``SlurmLauncher.submit``): cells that share their resources (``JOB_SHAPE``) become one
 ``SlurmExecutor.map_array`` of `slurm_task.run_cell` over their cell folders, so one sbatch script
-and one array (a single cell is a plain job: submitit submits one submission that way). The
-cluster profile maps onto submitit's parameters (``executor_parameters``): partition / account /
+and one array (a single cell is a plain job: submitit submits one submission that way), split into
+several arrays where the cluster's ``MaxArraySize`` demands (`max_array_size`: the profile's
+``max_array_size``, else ``scontrol show config``). The sweep's ``launcher.max_parallel: N`` is the
+array's ``%N`` (the smaller of it and the profile's ``array_parallel``); so that N holds for the whole
+sweep, each further array of the submission (and of a resubmission while earlier arrays still run)
+waits for the one before it (``--dependency=afterany:``). The cluster profile maps onto submitit's
+parameters (``executor_parameters``): partition / account /
 qos / time / memory, ``nodes × tasks_per_node`` tasks per cell, GPUs, ``--cpu-bind`` (srun),
 ``--signal=USR2@signal_before_end_s``, ``--requeue``, the profile's setup lines and exports before
 srun, and the container as submitit's python command (``python_command``). Everything submitit
 writes (the sbatch script, pickles, one log per task ``%A_%a_%t_log.out``) lives in
 ``SWEEP_DIR/logs``; a copy of each script as submitted in ``SWEEP_DIR/slurm/submit-NNN.sbatch``.
-``render`` gives the exact text submitit will submit (``--dry-run``, golden-tested).
+``render`` gives the exact text submitit will submit (``--dry-run``, golden-tested): `render_script`
+is the one place that calls submitit's private methods, tested against the oldest and newest
+submitit pyproject allows (tests/test_submitit_versions.py).
 
 Preemption / time limit / scancel: see `slurm_task` -- the project's handlers replace submitit's,
 every rank checkpoints at the same step, rank 0 requeues the same array task after every rank has
 exited 75.
 
-State (``refresh``): submitit's job watcher (sacct) -- or squeue where the cluster keeps no
-accounting (``sacct`` disabled; see ``QueueWatcher``) -- plus the exit-code file the job left.
+State (``refresh``): one ``sacct`` call for every active array -- or ``squeue`` where the cluster keeps
+no accounting (``sacct`` disabled) -- read by submitit's parser, plus the exit-code file the job left.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import getpass
 import os
+import re
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from common.atomic import atomic_write_text
 from orchestrator.errors import UserError
 from orchestrator.launchers import base
 from orchestrator.ledger import ACTIVE, Ledger, set_state
-from training.configtools import atomic_write_text
 
 # Launcher fields that shape a SLURM job; cells that differ in any of them go to separate arrays.
 JOB_SHAPE = ("nodes", "nproc", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min", "partition", "account", "qos")
 LOG_DIR, SCRIPT_DIR = "logs", "slurm"
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize (task ids 0..1000)
 
 
 class SlurmError(RuntimeError):
@@ -67,39 +79,72 @@ def python_command(profile) -> str:
     return shlex.join([*runner, c.image, py])
 
 
-def executor_parameters(launcher: dict, profile, job_name: str, *, chdir: str | None = None) -> dict:
-    """submitit ``SlurmExecutor.update_parameters`` keywords for one job shape (pure)."""
+def executor_parameters(launcher, profile, job_name: str, *, chdir: str | None = None) -> dict:
+    """submitit ``SlurmExecutor.update_parameters`` keywords for one job shape (pure); ``launcher``: a
+    `training.config.LauncherConfig`."""
     lc, prof = launcher, profile
-    if prof.signal_before_end_s * 2 > lc["time_min"] * 60:
+    if prof.signal_before_end_s * 2 > lc.time_min * 60:
         raise UserError(
-            f"resources.time_min={lc['time_min']} leaves no time to train: the profile {prof.name!r} signals "
+            f"resources.time_min={lc.time_min} leaves no time to train: the profile {prof.name!r} signals "
             f"{prof.signal_before_end_s} s before the limit (signal_before_end_s must be at most half the time limit)"
         )
     setup = [str(s) for s in prof.setup]
     setup += [f"export {k}={_dq(v)}" for k, v in prof.env.items()]
     if prof.master_addr:
         setup.append(f"export MASTER_ADDR={shlex.quote(prof.master_addr)}")
-    cpu_bind = prof.cpu_bind_for(int(lc["gpus_per_node"] or 0))
+    cpu_bind = prof.cpu_bind_for(lc.gpus_per_node)
     extra: dict = {"chdir": chdir or os.getcwd(), ("requeue" if prof.requeue else "no-requeue"): True}
     extra.update(_flag(x) for x in prof.sbatch_extra)
     params = dict(
-        job_name=job_name, nodes=int(lc["nodes"]), ntasks_per_node=int(lc["nproc"]),
-        cpus_per_task=int(lc["cpus_per_task"]), time=int(lc["time_min"]),
+        job_name=job_name, nodes=lc.nodes, ntasks_per_node=lc.nproc, cpus_per_task=lc.cpus_per_task,
+        time=lc.time_min,
         signal_delay_s=int(prof.signal_before_end_s), stderr_to_stdout=True, setup=setup,
         srun_args=([f"--cpu-bind={cpu_bind}"] if cpu_bind else []) + [str(a) for a in prof.srun_args],
         additional_parameters=extra,
         wckey=None,  # submitit's default "submitit" is refused where wckeys are enforced
     )
-    if lc["gpus_per_node"]:
-        params["gpus_per_node"] = int(lc["gpus_per_node"])
-    if lc["mem_gb"]:
-        params["mem"] = f"{int(lc['mem_gb'])}GB"
+    if lc.gpus_per_node:
+        params["gpus_per_node"] = lc.gpus_per_node
+    if lc.mem_gb:
+        params["mem"] = f"{lc.mem_gb}GB"
     for key in ("partition", "account", "qos"):
-        if lc.get(key):
-            params[key] = str(lc[key])
+        if getattr(lc, key):
+            params[key] = str(getattr(lc, key))
     if prof.array_parallel:
         params["array_parallelism"] = int(prof.array_parallel)
     return params
+
+
+def array_limit(profile, max_parallel: int | None) -> int | None:
+    """The array's ``%N``: the smaller of the sweep's ``launcher.max_parallel`` and the profile's
+    ``array_parallel`` (None: neither is set, submitit's default applies)."""
+    limits = [int(x) for x in (max_parallel, profile.array_parallel) if x]
+    return min(limits) if limits else None
+
+
+_SCONTROL_MAX_ARRAY = re.compile(r"^MaxArraySize\s*=\s*(\d+)", re.MULTILINE)
+
+
+def parse_max_array_size(scontrol_config: str) -> int | None:
+    """``MaxArraySize`` from the text of ``scontrol show config`` (None when it is not there)."""
+    m = _SCONTROL_MAX_ARRAY.search(scontrol_config)
+    return int(m.group(1)) if m else None
+
+
+@functools.cache
+def _cluster_max_array_size() -> int | None:
+    """The cluster's ``MaxArraySize`` (None when no controller answers); asked once per process."""
+    try:
+        r = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_max_array_size(r.stdout) if r.returncode == 0 else None
+
+
+def max_array_size(profile) -> int:
+    """Tasks one job array may hold (task ids 0..N-1): the profile's ``max_array_size``, else the
+    cluster's ``MaxArraySize`` (``scontrol show config``), else SLURM's default (1001)."""
+    return profile.max_array_size or _cluster_max_array_size() or DEFAULT_MAX_ARRAY_SIZE
 
 
 def _executor(folder: Path, profile, params: dict, *, render_only: bool = False):
@@ -119,7 +164,9 @@ def _executor(folder: Path, profile, params: dict, *, render_only: bool = False)
 
 def render_script(ex, n_tasks: int) -> str:
     """The sbatch text ``ex`` submits for ``n_tasks`` submissions (an array when > 1), exactly as
-    submitit writes it (its own ``_make_submission_file_text``)."""
+    submitit writes it. submitit has no public call for this text: this function alone uses its
+    private ``_make_submission_file_text`` and ``_submitit_command_str`` (tests/test_submitit_versions.py
+    renders it with the oldest and newest submitit pyproject allows)."""
     saved = dict(ex.parameters)
     if n_tasks > 1:
         ex.parameters["map_count"] = n_tasks
@@ -140,6 +187,21 @@ def map_array(ex, fn, *args) -> tuple[list[str], str]:
     return [j.job_id for j in jobs], jobs[0].paths.submission_file.read_text()
 
 
+@dataclass
+class ArrayJob:
+    """One sbatch submission: ``cells`` ``[(Cell, cell_dir)]`` (task i = cell i), its submitit
+    parameters, and the arrays it waits for (job ids; ``<array K>``: the K-th of the same submission)."""
+
+    cells: list
+    params: dict
+    after: list[str] = dataclasses.field(default_factory=list)
+
+    def parameters(self, after: Sequence[str] | None = None) -> dict:
+        """The submitit parameters, with ``--dependency=afterany:...`` on ``after`` (default: as planned)."""
+        after = self.after if after is None else after
+        return {**self.params, "dependency": "afterany:" + ":".join(after)} if after else dict(self.params)
+
+
 class SlurmLauncher(base.Launcher):
     name = "slurm"
     blocking = False
@@ -153,18 +215,31 @@ class SlurmLauncher(base.Launcher):
         self.folder = self.sweep_dir / LOG_DIR
 
     # -- what is submitted -----------------------------------------------------------------------
-    def groups(self, cells: list) -> list[tuple[list, dict]]:
-        """``[(cells, submitit parameters)]``, one per job shape, in cell order."""
-        groups: dict[tuple, list] = {}
+    def arrays(self, cells: list, after: Sequence[str] = ()) -> list[ArrayJob]:
+        """The job arrays of ``cells``, in cell order: one per job shape, split at the cluster's
+        ``max_array_size``. With a sweep limit (``launcher.max_parallel``) each array's ``%N`` is it
+        (or the profile's ``array_parallel``, the smaller), and each array waits for the one before it
+        and for ``after`` (arrays of the sweep still queued or running), so at most N cells run."""
+        shapes: dict[tuple, list] = {}
         for cell, cdir in cells:
-            groups.setdefault(tuple(cell.config["launcher"][k] for k in JOB_SHAPE), []).append((cell, cdir))
-        out = []
-        for members in groups.values():
+            shapes.setdefault(tuple(getattr(cell.config.launcher, k) for k in JOB_SHAPE), []).append((cell, cdir))
+        sweep_limit = min((c.config.launcher.max_parallel for c, _ in cells if c.config.launcher.max_parallel),
+                          default=None)
+        size = max_array_size(self.profile) if any(len(m) > 1 for m in shapes.values()) else 1
+        out: list[ArrayJob] = []
+        for members in shapes.values():
             try:
-                params = executor_parameters(members[0][0].config["launcher"], self.profile, self.job_name)
+                params = executor_parameters(members[0][0].config.launcher, self.profile, self.job_name)
             except UserError as e:
                 raise UserError(f"{self.source}: {e}") from None
-            out.append((members, params))
+            limit = array_limit(self.profile, sweep_limit)
+            if limit:
+                params["array_parallelism"] = limit
+            for i in range(0, len(members), size):
+                out.append(ArrayJob(members[i:i + size], dict(params)))
+        if sweep_limit:
+            for k, job in enumerate(out):
+                job.after = [f"<array {k - 1}>"] if k else list(after)
         return out
 
     def task_arguments(self, cells: list) -> tuple[list[str], list[dict], list[bool]]:
@@ -173,15 +248,17 @@ class SlurmLauncher(base.Launcher):
         return [str(cdir) for _, cdir in cells], [dict(self.profile.task_env)] * n, [bool(self.profile.requeue)] * n
 
     def render(self, cells: list) -> list[tuple[list, str]]:
-        """The sbatch scripts submitit will submit for ``cells``: ``[(cells, text)]``."""
-        return [(members, render_script(_executor(self.folder, self.profile, params, render_only=True), len(members)))
-                for members, params in self.groups(cells)]
+        """The sbatch scripts submitit will submit for ``cells``: ``[(cells, text)]`` (a dependency on
+        an array not submitted yet reads ``afterany:<array K>``)."""
+        return [(job.cells, render_script(_executor(self.folder, self.profile, job.parameters(), render_only=True),
+                                          len(job.cells)))
+                for job in self.arrays(cells)]
 
     def describe(self, cells: list) -> list[str]:
         lines = []
-        for members, script in self.render(cells):
-            lines.append(f"# job array of {len(members)} cells: " + ", ".join(f"[{i}] {c.id}" for i, (c, _) in
-                                                                         enumerate(members)))
+        for k, (members, script) in enumerate(self.render(cells)):
+            lines.append(f"# job array {k} of {len(members)} cells: " + ", ".join(
+                f"[{i}] {c.id}" for i, (c, _) in enumerate(members)))
             lines.append(script)
         return lines
 
@@ -193,22 +270,29 @@ class SlurmLauncher(base.Launcher):
         self.folder.mkdir(parents=True, exist_ok=True)
         script_dir = self.sweep_dir / SCRIPT_DIR
         script_dir.mkdir(parents=True, exist_ok=True)
-        for members, params in self.groups(cells):
+        running = sorted({r["job_id"].split("_")[0] for r in ledger.read()["cells"].values()
+                          if r["state"] in ACTIVE and r.get("job_id")})
+        submitted: list[str] = []
+        for job in self.arrays(cells, after=running):
+            params = job.parameters([submitted[int(a[len("<array "):-1])] if a.startswith("<") else a
+                                     for a in job.after])
             ex = _executor(self.folder, self.profile, params)
-            for _, cdir in members:
+            for _, cdir in job.cells:
                 base.clear_exit_code(cdir)
-            job_ids, script = map_array(ex, run_cell, *self.task_arguments(members))
+            job_ids, script = map_array(ex, run_cell, *self.task_arguments(job.cells))
             n = len(list(script_dir.glob("submit-*.sbatch")))
             path = script_dir / f"submit-{n:03d}.sbatch"
             atomic_write_text(path, script)
             with ledger.locked() as data:
-                for (c, _), job in zip(members, job_ids):
+                for (c, _), jid in zip(job.cells, job_ids):
                     rec = data["cells"][c.id]
-                    set_state(rec, "submitted", job_id=job, job_ids=[*rec.get("job_ids", []), job],
+                    set_state(rec, "submitted", job_id=jid, job_ids=[*rec.get("job_ids", []), jid],
                               submissions=rec.get("submissions", 0) + 1, exit_code=None, reason=None)
             array = job_ids[0].split("_")[0]
-            out(f"submitted job array {array} ({len(members)} cells: {', '.join(c.id for c, _ in members)}) "
-                f"from {path}")
+            submitted.append(array)
+            names = ", ".join(c.id for c, _ in job.cells[:10]) + (", ..." if len(job.cells) > 10 else "")
+            waits = f", after {', '.join(params['dependency'].split(':')[1:])}" if "dependency" in params else ""
+            out(f"submitted job array {array} ({len(job.cells)} cells: {names}{waits}) from {path}")
         return 0
 
     def refresh(self, data: dict) -> None:
@@ -285,44 +369,37 @@ def sacct_available() -> bool:
     return _SACCT_OK
 
 
-def _watcher():
-    """submitit's SLURM watcher; on a cluster without accounting it asks squeue instead."""
+def state_command(job_ids: Sequence[str]) -> list[str]:
+    """The one scheduler call that answers for every job: ``sacct`` on the arrays (as submitit asks),
+    or, where the cluster keeps no accounting, ``squeue`` in the same ``JobID|State|Reason`` shape
+    (a job that left the queue then has no state, and the cell's exit-code file decides)."""
+    if sacct_available():
+        arrays = sorted({str(j).split("_")[0] for j in job_ids})
+        return ["sacct", "-o", "JobID,State,NodeList", "--parsable2", *(x for a in arrays for x in ("-j", a))]
+    return ["squeue", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"]
+
+
+def read_states(text: str | bytes) -> dict[str, dict]:
+    """``{job_id: {"JobID", "State", ...}}`` from sacct's or squeue's answer (submitit's public parser,
+    which expands array ranges such as ``12_[2-3%4]``)."""
     from submitit.slurm.slurm import SlurmInfoWatcher
 
-    class QueueWatcher(SlurmInfoWatcher):
-        """``sacct -o JobID,State,NodeList`` as submitit does, or ``squeue`` in the same format
-        (JobID|State|Reason) when sacct is disabled: a job that left the queue then has no state,
-        and the cell's exit-code file decides."""
-
-        def _make_command(self):
-            cmd = super()._make_command()
-            if cmd is None or sacct_available():
-                return cmd
-            return ["squeue", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"]
-
-        def read_info(self, string):
-            text = string.decode() if isinstance(string, bytes) else string
-            if text.startswith("JOBID|"):
-                text = "JobID|State|Reason\n" + text.split("\n", 1)[1]
-            return super().read_info(text)
-
-    return QueueWatcher(delay_s=0)
+    text = text.decode() if isinstance(text, bytes) else text
+    if text.startswith("JOBID|"):  # squeue's header
+        text = "JobID|State|Reason\n" + text.split("\n", 1)[1]
+    return SlurmInfoWatcher(delay_s=0).read_info(text)
 
 
 def job_states(job_ids: Sequence[str]) -> dict[str, dict] | None:
-    """``{job_id: {"State": ..., ...}}`` from submitit's watcher (one scheduler call for all);
-    None when the call itself failed (conclude nothing)."""
-    w = _watcher()
-    for j in job_ids:
-        w.register_job(str(j))
-    cmd = w._make_command()
-    if cmd is None:
+    """``{job_id: {"State": ..., ...}}`` for ``job_ids`` (one scheduler call for all); None when the
+    call itself failed (conclude nothing)."""
+    if not job_ids:
         return {}
     try:
-        output = subprocess.check_output(cmd, stderr=subprocess.PIPE, timeout=60)
+        output = subprocess.check_output(state_command(job_ids), stderr=subprocess.PIPE, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
-    info = w.read_info(output)
+    info = read_states(output)
     return {str(j): info.get(str(j), {}) for j in job_ids}
 
 
@@ -342,6 +419,15 @@ def shard_build_resources(profile, given: dict) -> dict:
     return {**SHARD_RESOURCES, **fromprof, **given, "nodes": 1, "nproc": 1, "gpus_per_node": 0}
 
 
+def _shard_launcher(resources: dict):
+    """The shard build's job shape as a `LauncherConfig` (validated as a run config's ``launcher``)."""
+    from common.config import build_config
+    from training.config import LauncherConfig
+
+    keys = {f.name for f in dataclasses.fields(LauncherConfig)} - {"max_parallel"}
+    return build_config(LauncherConfig, [("--slurm", {k: v for k, v in resources.items() if k in keys})])
+
+
 def submit_shard_build(plan_path: Path, num_array: int, profile, resources: dict, *,
                        dry_run: bool = False) -> dict:
     """A shard build as submitit jobs with the cluster profile (container, setup, partition,
@@ -351,7 +437,7 @@ def submit_shard_build(plan_path: Path, num_array: int, profile, resources: dict
     from sharding.build_job import run_finalize, run_task
 
     folder = Path(plan_path).parent / "logs"
-    params = executor_parameters(resources, profile, "shard-build")
+    params = executor_parameters(_shard_launcher(resources), profile, "shard-build")
     params["array_parallelism"] = int(resources["max_parallel"])
     fparams = {**params, "job_name": "shard-finalize"}
     args = ([str(plan_path)] * num_array, list(range(num_array)))

@@ -18,8 +18,10 @@ until every rank has recorded one (they exit only after the checkpoint's final b
 job, which restarts the same array task. The task then exits with the run's code (SystemExit is
 not caught by submitit, so exit 75 reaches SLURM as is).
 
-Imports stdlib only (plus the constants of `base`) so the job starts fast and never imports torch
-outside the training process.
+Imports the standard library and the project's own small modules only (`common.atomic`,
+`common.rundir`, `common.signals`, `base.cell_command`): no omegaconf, no torch, so the job starts
+fast and never imports torch outside the training process (tests/test_launchers.py checks it with
+both blocked).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.launchers.base import ATTEMPTS_FILE, EXIT_CODE_FILE, EXIT_PREEMPTED, cell_command
-from training.configtools import atomic_write_text
+from common.atomic import atomic_write_text
+from common.rundir import ATTEMPTS_FILE, EXIT_CODE_FILE, EXIT_PREEMPTED
+from common.signals import STOP_SIGNALS
+from orchestrator.launchers.base import cell_command
 
-SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 RANK_WAIT_S = 120.0  # rank 0 waits this long for the other ranks' exit codes
 
 
@@ -47,7 +50,7 @@ class _Relay:
         self.received: list[int] = []
 
     def install(self) -> _Relay:
-        for s in SIGNALS:
+        for s in STOP_SIGNALS:
             signal.signal(s, self._handle)
         return self
 

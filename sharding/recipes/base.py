@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.config import ConfigError, build_config
 from sharding.errors import SourceError
 
 SPLITS = ("train", "valid", "test")
@@ -55,38 +56,14 @@ def options_to_dict(opts: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(opts)))
 
 
-def _convert(name: str, value: Any, typ: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    t = typ if isinstance(typ, type) else str(typ)
-    try:
-        if t in (bool, "bool"):
-            low = value.lower()
-            if low not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(value)
-            return low in ("1", "true", "yes")
-        if t in (int, "int"):
-            return int(value)
-        if t in (float, "float"):
-            return float(value)
-    except ValueError:
-        raise SourceError(f"option {name}: expected {getattr(t, '__name__', t)}, got {value!r}") from None
-    return value
-
-
 def parse_options(options_cls: type, options: dict[str, Any] | None, recipe: str) -> Any:
-    """Build ``options_cls`` from a dict (strings from ``key=value`` converted); unknown keys -> SourceError."""
-    options = dict(options or {})
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        valid = ", ".join(f"{n}={f.default!r}" for n, f in fields.items())
-        raise SourceError(f"recipe {recipe}: unknown option(s) {', '.join(unknown)}; valid: {valid}")
-    kwargs = {k: _convert(k, v, fields[k].type) for k, v in options.items()}
+    """Build ``options_cls`` from a dict (``key=value`` text converted) with the run configs' validator
+    (`common.config.build_config`); an unknown key, a wrong type or a rejected value -> SourceError
+    naming the recipe and the option."""
     try:
-        return options_cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise SourceError(f"recipe {recipe}: {e}") from None
+        return build_config(options_cls, [(f"recipe {recipe}", dict(options or {}))])
+    except ConfigError as e:
+        raise SourceError(str(e)) from None
 
 
 def check_range(name: str, lo: float, hi: float) -> None:

@@ -11,11 +11,16 @@ measures over ``int(len / hop - win / hop)`` frames (Loizou's count):
   ``log(a_e R_c a_e^T / a_c R_c a_c^T)`` with R_c the clean frame's autocorrelation (Toeplitz), not
   clipped (the composite's variant), mean over the 95 % lowest frames;
 - WSS: Klatt's weighted spectral slope over 25 critical bands (Gaussian filters), Kmax 20, Klocmax 1,
-  mean over the 95 % lowest frames;
-- segSNR: ``training.evaluation.metrics.ssnr`` (the same frames, clipped to [-10, 35] dB);
-- PESQ: wide-band (``training.evaluation.metrics.pesq_wb``), as in the common Python implementations used for
+  mean over the 95 % lowest frames. As the reference script of the VoiceBank literature (CMGAN's
+  ``compute_metrics``, copied by MP-SENet and its successors) computes it on float input in [-1, 1]:
+  each frame is scaled by ``WSS_SCALE`` = 1/32768 (that script was written for int16 samples) before the
+  band energies are floored at 1e-10 (-100 dB), so quiet bands hit the floor sooner than on int16 input;
+- segSNR: ``training.evaluation.measures.ssnr`` (the same frames, clipped to [-10, 35] dB);
+- PESQ: wide-band (``training.evaluation.measures.pesq_wb``), as in the common Python implementations used for
   VoiceBank-DEMAND tables (Loizou's MATLAB used narrow-band PESQ).
-Inputs: float mono clean and enhanced [N] at 16 kHz, equal lengths.
+Inputs: float mono clean and enhanced [N] at 16 kHz in [-1, 1], equal lengths.
+The numbers equal that reference script's to 1e-6 on the same files (tests/test_fidelity_composite.py
+runs it); LLR, WSS (with the scaling) and segSNR also equal ``pysepm-evo``'s.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import LinAlgError, solve_toeplitz
 
-from training.evaluation.metrics import SAMPLE_RATE, pesq_wb, ssnr, ssnr_window
+from training.evaluation.measures import SAMPLE_RATE, pesq_wb, ssnr, ssnr_window
 
 FRAME_S, ALPHA = 0.03, 0.95
+WSS_SCALE = 1 / 32768  # the reference script's frame scaling (int16 full scale), see the docstring
 # Critical bands (centre frequency, bandwidth in Hz) of Klatt's WSS as in Loizou's composite measure.
 _CENTRES = (50.0, 120.0, 190.0, 260.0, 330.0, 400.0, 470.0, 540.0, 617.372, 703.378, 798.717, 904.128, 1020.38,
             1148.30, 1288.72, 1442.54, 1610.70, 1794.16, 1993.93, 2211.08, 2446.71, 2701.97, 2978.04, 3276.17,
@@ -114,16 +120,16 @@ def _local_peaks(slope: np.ndarray, energy: np.ndarray) -> np.ndarray:
 
 
 def wss(clean: np.ndarray, enhanced: np.ndarray, sr: int = SAMPLE_RATE) -> float:
-    """Weighted spectral slope distance, mean over the 95 % lowest frames."""
+    """Weighted spectral slope distance (frames scaled by ``WSS_SCALE``), mean over the 95 % lowest frames."""
     kmax, klocmax = 20.0, 1.0
-    eps = np.finfo(np.float64).eps
-    fc, fe = _frames(np.asarray(clean, np.float64) + eps, sr), _frames(np.asarray(enhanced, np.float64) + eps, sr)
+    fc = _frames(np.asarray(clean, np.float64) * WSS_SCALE, sr)
+    fe = _frames(np.asarray(enhanced, np.float64) * WSS_SCALE, sr)
     n_fft = int(2 ** np.ceil(np.log2(2 * fc.shape[1])))
     filters = _critical_filters(n_fft // 2, sr)
 
-    def log_energy(f):  # [K, 25] dB, floored at -100
+    def log_energy(f):  # [K, 25] dB, energies floored at 1e-10
         spec = np.abs(np.fft.rfft(f, n_fft, axis=1))[:, : n_fft // 2] ** 2
-        return np.maximum(10 * np.log10(spec @ filters.T), -100.0)
+        return 10 * np.log10(np.maximum(spec @ filters.T, 1e-10))
 
     ec, ee = log_energy(fc), log_energy(fe)
     sc, se = np.diff(ec, axis=1), np.diff(ee, axis=1)

@@ -31,7 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_write_text
-from training.evaluation.metrics import DEFAULT_METRICS, check_metric_names, evaluate_pairs
+from training.evaluation.metrics import (
+    DEFAULT_METRICS,
+    DNSMOS_METRICS,
+    check_metric_names,
+    dnsmos_available,
+    evaluate_pairs,
+)
 from training.evaluation.testsets import TestSet
 
 EnhanceFn = Callable[[np.ndarray], np.ndarray]
@@ -40,6 +46,15 @@ log = logging.getLogger(__name__)
 
 def _file_name(testset_name: str) -> str:
     return testset_name.replace("/", "_").replace(" ", "_") or "testset"
+
+
+def unavailable_metrics_problem(metrics: Sequence[str]) -> str | None:
+    """One line naming the optional package a requested metric needs and how to install it; None when
+    every metric can be computed here. Checked before any work (job start, ``orchestrate evaluate``)."""
+    if any(m in DNSMOS_METRICS for m in check_metric_names(metrics)) and not dnsmos_available():
+        return ("dnsmos needs the optional DNSMOS models, not installed here: pip install 'se-orchestrator[dnsmos]' "
+                "(speechmos, onnxruntime, librosa)")
+    return None
 
 
 def evaluate_testset(

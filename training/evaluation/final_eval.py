@@ -17,18 +17,17 @@ evaluation stops, the MLflow run is marked KILLED and the run exits 75. The requ
 ``max_steps`` (no training step is run again) and evaluates only the test sets not in the record;
 a test set whose ``eval/<name>/n`` is already in MLflow at that step is not logged twice.
 
-``SE_EVAL_TEST_PAUSE=SECONDS`` (tests only): sleep that long before each utterance, so a test can
-signal the run in the middle of its evaluation.
+Fault point (`common.faults`): ``eval.utterance``, before each utterance (before the stop check).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
+from common import faults
 from common.rundir import EVAL_DIR, PROGRESS_FILE
 
 log = logging.getLogger(__name__)
@@ -46,13 +45,12 @@ def log_summary(tracking_uri: str, run_id: str, summary: dict, out_dir: Path, st
     metrics in one batch, then the CSV/JSON files as artifacts under ``eval/``. With ``once`` the
     metrics are skipped when ``eval/<name>/n`` is already logged at ``step``. Returns True when the
     metrics were logged."""
-    import mlflow
     from mlflow.entities import Metric
 
     from training.evaluation.evaluate import _file_name, mlflow_metrics
+    from training.tracking import mlflow_client
 
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)  # every call gives up within training.tracking.TIMEOUT_S
     metrics = mlflow_metrics(summary)
     n_key = f"eval/{summary['testset']}/n"
     logged = False
@@ -76,10 +74,11 @@ def _read_record(path: Path) -> dict:
 
 def _update_progress(workdir: Path, state: str) -> None:
     """Set ``state`` in ``WORKDIR/progress.json`` (written by the trainer), keeping its other fields."""
-    from training.configtools import atomic_write_text
+    from common.atomic import atomic_write_text
+    from common.progress import read_progress
 
     path = workdir / PROGRESS_FILE
-    data = _read_record(path)
+    data = read_progress(path)
     if data:
         data["state"] = state
         atomic_write_text(path, json.dumps(data) + "\n")
@@ -90,9 +89,10 @@ def evaluate_after_training(cfg, workdir: str | Path, device, stop) -> int:
 
     ``stop``: a ``training.preempt.Preemption`` (its ``local_request()`` is polled between utterances).
     Returns 0 when every test set is evaluated and logged, 75 when stopped, 2 for a bad test set."""
-    from training.configtools import atomic_write_text
+    from common.atomic import atomic_write_text
     from training.evaluation.evaluate import evaluate_testset
-    from training.evaluation.inference import Enhancer, load_generator
+    from training.evaluation.inference import load_generator
+    from training.evaluation.protocol import enhancer_for
     from training.evaluation.testsets import TestSetError, open_testset
     from training.preempt import EXIT_PREEMPTED
 
@@ -114,13 +114,10 @@ def evaluate_after_training(cfg, workdir: str | Path, device, stop) -> int:
         log.error("error: eval.testsets: %s", e)
         return 2
     run_id = loaded.mlflow_run_id if cfg.mlflow.enabled else None
-    enhancer = Enhancer(loaded.model, chunk_seconds=cfg.eval.chunk_seconds,
-                        overlap_seconds=cfg.eval.overlap_seconds, device=device)
-    pause = float(os.environ.get("SE_EVAL_TEST_PAUSE", "0") or 0)
+    enhancer = enhancer_for(loaded.model, cfg, device=device)  # eval.mode: as validation and `orchestrate evaluate`
 
     def enhance(noisy):
-        if pause:
-            time.sleep(pause)
+        faults.point("eval.utterance")
         reason = stop.local_request()
         if reason:
             raise EvaluationStopped(reason)
@@ -128,7 +125,8 @@ def evaluate_after_training(cfg, workdir: str | Path, device, stop) -> int:
 
     _update_progress(workdir, "evaluating")
     for path, ts in opened:
-        log.info("evaluating %s (step %d) on %s (%d files) on %s", ckpt, loaded.step, ts.name, len(ts), device)
+        log.info("evaluating %s (step %d) on %s (%d files) on %s, mode %s", ckpt, loaded.step, ts.name, len(ts),
+                 device, enhancer.mode)
         try:
             summary = evaluate_testset(enhance, ts, out_dir, metrics=cfg.eval.metrics,
                                        num_workers=cfg.eval.num_workers, progress=False)

@@ -15,6 +15,7 @@ a mapping (older checkpoints, hand-written ones) is accepted too.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,18 +117,22 @@ class Enhancer:
 
     Audio longer than ``chunk_seconds`` is processed chunk by chunk: with ``overlap_seconds > 0``
     chunks overlap and are cross-faded (overlap-add); with 0, the papers' plain cuts. Memory stays
-    flat in the audio length. ``rtf`` accumulates processing time / audio duration.
+    flat in the audio length. ``bf16``: the model runs under bfloat16 autocast. ``rtf`` accumulates
+    processing time / audio duration. Which enhancer a run uses: `training.evaluation.protocol.enhancer_for`.
     """
 
+    mode = "chunked"
+
     def __init__(self, model: torch.nn.Module, chunk_seconds: float = 10.0, overlap_seconds: float = 0.5,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", bf16: bool = False):
         if chunk_seconds <= 0 or overlap_seconds < 0 or overlap_seconds * 2 >= chunk_seconds:
             raise ConfigError(
                 f"chunking: expected chunk_seconds > 0 and 0 <= overlap_seconds < chunk_seconds/2, "
                 f"got {chunk_seconds}, {overlap_seconds}"
             )
-        self.model = model.eval()
+        self.model = model
         self.device = torch.device(device)
+        self.bf16 = bf16
         self.chunk = int(round(chunk_seconds * SAMPLE_RATE))
         self.overlap = int(round(overlap_seconds * SAMPLE_RATE))
         self.seconds_processed = 0.0
@@ -136,13 +141,24 @@ class Enhancer:
     def _enhance_chunk(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.enhance(x.to(self.device)).reshape(-1)
 
+    def _enhance(self, wav: np.ndarray) -> np.ndarray:
+        """The protocol itself, float32 [N] -> [N] (under inference mode and the precision context)."""
+        return enhance_long(self._enhance_chunk, wav, self.chunk, self.overlap, mode="ola" if self.overlap else "paper")
+
     def enhance(self, wav: np.ndarray) -> np.ndarray:
         """float32 [N] at 16 kHz → enhanced float32 [N]."""
         wav = np.ascontiguousarray(wav, dtype=np.float32)
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = enhance_long(self._enhance_chunk, wav, self.chunk, self.overlap,
-                               mode="ola" if self.overlap else "paper")
+        precision = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        was_training = self.model.training
+        # a model in training (validation) gets its mode back and no inference tensors (no_grad)
+        no_grad = torch.no_grad() if was_training else torch.inference_mode()
+        self.model.eval()
+        try:
+            with no_grad, precision:
+                out = self._enhance(wav)
+        finally:
+            self.model.train(was_training)
         self.seconds_processed += time.perf_counter() - t0
         self.seconds_audio += wav.shape[0] / SAMPLE_RATE
         return out

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common.audio import AUDIO_EXTENSIONS, AudioFileError, read_audio
+from common.errors import InputError
 
 # Paired files converted to 16 kHz may differ by resampling rounding; more than this is a data error.
 MAX_PAIR_MISMATCH = 160
@@ -28,7 +29,7 @@ SHARD_SPLITS = ("train", "valid", "test")
 _FILEID = re.compile(r"fileid_(\d+)")
 
 
-class TestSetError(ValueError):
+class TestSetError(InputError):
     """A test-set folder with a bad layout, unmatched names or an unreadable file (one line)."""
 
     __test__ = False  # not a pytest test class

@@ -81,9 +81,13 @@ def mpsenet_official(channels: int = 64, num_blocks: int = 4, n_head: int = 4) -
     """MP-SENet as the official code runs it: the Conformers' attention attends across the first axis
     of ``[B*F, T, C]`` / ``[B*T, F, C]`` (batch items and bins/frames), not along the sequence
     (``TSConformerBlock(across_batch=True)``). Same parameters as ``mpsenet`` (2,048,849); outputs
-    depend on the batch composition. Kept to reproduce the MambAttention paper's MP-SENet rows."""
-    return DualPathGenerator([TSConformerBlock(channels, n_head, across_batch=True) for _ in range(num_blocks)],
-                             channels)
+    depend on the batch composition. Kept to reproduce the MambAttention paper's MP-SENet rows. Trained as
+    the official ``train.py`` does: the metric discriminator sees the magnitude of the re-STFT of the
+    enhanced waveform (``discriminator_input = "restft"``, read by ``training.loop.train_step``)."""
+    g = DualPathGenerator([TSConformerBlock(channels, n_head, across_batch=True) for _ in range(num_blocks)],
+                          channels)
+    g.discriminator_input = "restft"
+    return g
 
 
 def _recurrent_generator(make, channels: int, num_blocks: int, attention: str | None, n_head: int,

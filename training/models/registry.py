@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from common.errors import InputError
 from training.model_names import PARAMS
 from training.models.discriminator import MetricDiscriminator
 from training.models.dualpath import (
@@ -29,7 +30,7 @@ from training.models.rwsa import SEGMENT_RWSA, STFT_510, rwsa
 from training.stft import STFTSpec
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InputError):
     """A model name or option that the registry does not know."""
 
 

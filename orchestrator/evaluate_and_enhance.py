@@ -1,8 +1,10 @@
-"""`orchestrate evaluate` and `orchestrate enhance` as library functions.
+"""The library functions behind `orchestrate evaluate` and `orchestrate enhance`.
 
 evaluate: checkpoint/run dir + test sets → per-file CSV + summary JSON under ``out_dir`` and the
 metrics logged to the run's MLflow run (``eval/NAME/...``, see docs/contracts.md).
 enhance: checkpoint + audio files/folders → 16 kHz (or input-rate) WAV files, with the real-time factor.
+Both enhance with the run's protocol (``eval.mode``, overridable): `training.evaluation.protocol.enhancer_for`,
+the function validation and the end-of-job evaluation use too.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from common.rundir import (
     EXIT_SOME_FAILED,  # noqa: F401 (re-exported)
 )
 from orchestrator.errors import UserError
-from training.evaluation.evaluate import evaluate_testset
-from training.evaluation.inference import Enhancer, LoadedModel, load_generator
+from training.evaluation.evaluate import evaluate_testset, unavailable_metrics_problem
+from training.evaluation.inference import LoadedModel, load_generator
 from training.evaluation.metrics import REFERENCE_METRICS, check_metric_names
-from training.evaluation.segment_eval import SegmentEnhancer, resolve_mode
+from training.evaluation.protocol import enhancer_for
 from training.evaluation.testsets import open_testset
+from training.tracking import require_tracking
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,8 @@ def evaluate(
     eval_mode: str | None = None,
 ) -> list[dict]:
     """Evaluate one checkpoint on each test set; returns the summaries (training.evaluation.evaluate format).
-    ``eval_mode`` (default: the run config's ``eval.mode``) picks how files are enhanced
-    (`training.evaluation.segment_eval`).
+    ``eval_mode``, ``chunk_seconds``, ``overlap_seconds`` (default: the run config's ``eval`` values) pick
+    how files are enhanced (`training.evaluation.protocol.enhancer_for`).
 
     UserError before any work for ``limit`` < 1, for a test set without clean references when every
     requested metric needs one, and for an ``out_dir`` that is a file.
@@ -70,17 +73,11 @@ def evaluate(
     loaded = load_generator(checkpoint)
     cfg = loaded.config
     metrics = check_metric_names(metrics or list(cfg.eval.metrics))
-    mode = resolve_mode(eval_mode or cfg.eval.mode, cfg.model.name, validation=False)
-    if mode == "rwsa_segments":
-        enhancer = SegmentEnhancer(loaded.model)
-    elif mode == "whole":
-        enhancer = Enhancer(loaded.model, chunk_seconds=1e9, overlap_seconds=0.0)
-    else:
-        enhancer = Enhancer(
-            loaded.model,
-            chunk_seconds=chunk_seconds if chunk_seconds is not None else cfg.eval.chunk_seconds,
-            overlap_seconds=overlap_seconds if overlap_seconds is not None else cfg.eval.overlap_seconds,
-        )
+    problem = unavailable_metrics_problem(metrics)
+    if problem:
+        raise UserError(f"--metrics: {problem}")
+    enhancer = enhancer_for(loaded.model, cfg, mode=eval_mode, chunk_seconds=chunk_seconds,
+                            overlap_seconds=overlap_seconds)
     if name is not None and len(testsets) > 1:
         raise UserError("--name: give one test set when naming it")
     opened = [open_testset(p, name=name) for p in testsets]  # fail on a bad folder before any work
@@ -88,6 +85,9 @@ def evaluate(
         if not ts.has_reference and all(m in REFERENCE_METRICS for m in metrics):
             raise UserError(f"{ts.path}: no clean/ references, and every metric asked for ({', '.join(metrics)}) "
                             f"needs one; add clean/ or ask for reference-free metrics (--metrics dnsmos)")
+    if log_mlflow and cfg.mlflow.enabled and loaded.mlflow_run_id:  # one line now, not a traceback minutes later
+        require_tracking(tracking_uri or cfg.mlflow.tracking_uri, run_id=loaded.mlflow_run_id,
+                         keys=[f"eval/{ts.name}/n" for ts in opened], opt_out="--no-mlflow")
     out_dir = Path(out_dir) if out_dir else _default_eval_dir(loaded)
     check_out_dir(out_dir)
     summaries = []
@@ -97,6 +97,7 @@ def evaluate(
         summary = evaluate_testset(enhancer.enhance, ts, out_dir, metrics=metrics, num_workers=num_workers,
                                    save_audio_dir=audio_dir, limit=limit)
         summary["rtf"] = enhancer.rtf
+        summary["mode"] = enhancer.mode
         summary["checkpoint"] = str(loaded.checkpoint)
         summary["step"] = loaded.step
         summaries.append(summary)
@@ -180,11 +181,13 @@ def enhance_files(
     inputs: list[str],
     out_dir: str | Path,
     *,
-    chunk_seconds: float = 10.0,
-    overlap_seconds: float = 0.5,
+    eval_mode: str | None = None,
+    chunk_seconds: float | None = None,
+    overlap_seconds: float | None = None,
     keep_rate: bool = False,
 ) -> dict:
-    """Enhance every audio file of ``inputs`` into ``out_dir`` (see ``_collect_inputs`` for the names).
+    """Enhance every audio file of ``inputs`` into ``out_dir`` (see ``_collect_inputs`` for the names) with
+    the run's protocol; ``eval_mode``, ``chunk_seconds``, ``overlap_seconds`` override the run config's.
 
     A file that cannot be read or enhanced (undecodable, NaN/Inf samples, ...) is reported and skipped;
     the others go on. Output louder than 16-bit full scale (a float input above 1.0) is scaled down to
@@ -195,7 +198,8 @@ def enhance_files(
     check_out_dir(out_dir)
     files = _collect_inputs(inputs, out_dir)
     loaded = load_generator(checkpoint)
-    enhancer = Enhancer(loaded.model, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
+    enhancer = enhancer_for(loaded.model, loaded.config, mode=eval_mode, chunk_seconds=chunk_seconds,
+                            overlap_seconds=overlap_seconds)
     written, failed, scaled = [], [], []
     for f, rel in files:
         target = out_dir / rel
@@ -228,4 +232,4 @@ def enhance_files(
         written.append(target)
         log.info("%s -> %s (%.1f s)", f, target, wav.shape[0] / 16000)
     return {"files": [str(p) for p in written], "failed": failed, "scaled": scaled,
-            "seconds": enhancer.seconds_audio, "rtf": enhancer.rtf}
+            "seconds": enhancer.seconds_audio, "rtf": enhancer.rtf, "mode": enhancer.mode}

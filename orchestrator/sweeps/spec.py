@@ -1,4 +1,4 @@
-"""Sweep files: load, validate, expand a grid into cells (each a fully resolved RunConfig).
+"""The sweep file: its format, read and checked once per command (`load_sweep` -> `SweepSpec`).
 
 A sweep file (``sweeps/*.yaml``)::
 
@@ -23,20 +23,19 @@ A sweep file (``sweeps/*.yaml``)::
                                          # + server: true|false (default: a tracking server for SLURM)
 
 Cell ids are readable and stable: ``rwsa-xs_s0`` (a string value as is, ``trainer.seed`` → ``s<N>``,
-a named variant → its name, other numbers/bools → ``<last key part><value>``).
+a named variant → its name, other numbers/bools → ``<last key part><value>``). The grid becomes
+cells in `orchestrator.sweeps.plan`.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config import ConfigError, load_yaml, merge, parse_overrides
 from orchestrator.errors import UserError
-from training.config import RunConfig
-from training.configtools import ConfigError, build_config, load_yaml, merge, parse_overrides, to_container
 
 TOP_KEYS = ("name", "base", "grid", "overrides", "exclude", "resources", "profile", "executor", "mlflow", "data")
 DATA_KEYS = ("recipe", "out", "options", "workers")
@@ -65,17 +64,6 @@ class SweepSpec:
     mlflow: dict = field(default_factory=dict)
     data: dict | None = None  # {"recipe", "out", "options", "workers"}: corpus built before any cell runs
     mlflow_server: bool | None = None  # `mlflow.server`: None = a tracking server for SLURM sweeps only
-
-
-@dataclass
-class Cell:
-    """One point of the grid: ``id`` (folder name), ``index`` (array task id), the grid values
-    (axis → value, a named variant's name for mapping axes) and the resolved config as a dict."""
-
-    id: str
-    index: int
-    values: dict[str, Any]
-    config: dict
 
 
 def key_error(source: str, key: str, msg: str) -> UserError:
@@ -279,66 +267,3 @@ def grid_overrides(spec: SweepSpec, overrides: list[str]) -> tuple[dict, list[st
 def _value_axes(spec: SweepSpec) -> set[str]:
     """Axes of plain values (a list in the sweep file), as opposed to named variants (a mapping)."""
     return {a for a, points in spec.grid.items() if all(sets == nest_dotted({a: v}, "", a) for _t, v, sets in points)}
-
-
-def _matches(match: dict, values: dict) -> bool:
-    return all(values.get(axis) == v for axis, v in match.items())
-
-
-def expand(spec: SweepSpec, overrides: list[str] | None = None, *, extra: dict | None = None,
-           errors: list[tuple[str, str]] | None = None) -> list[Cell]:
-    """The grid's cells in order (last axis fastest), exclusions dropped, each config resolved.
-
-    ``overrides`` (``key=value``, from the command line) apply to every cell after the sweep's own
-    settings; ``extra`` (nested dict: sweep-level values the orchestrator adds, e.g. the MLflow
-    parent run id) applies before them. Raises UserError/ConfigError naming file and key; with an
-    ``errors`` list, a cell whose config is invalid is left out and (cell id, error) appended instead
-    (so every cell's problem is reported at once).
-    """
-    grid, overrides = grid_overrides(spec, list(overrides or []))
-    axes = list(grid)
-    combos = itertools.product(*(grid[a] for a in axes)) if axes else [()]
-    shared = {"launcher": {**spec.resources, "profile": spec.profile, "executor": spec.executor}}
-    if spec.mlflow:
-        shared["mlflow"] = spec.mlflow
-    cells: list[Cell] = []
-    seen: dict[str, int] = {}
-    for combo in combos:
-        values = {a: value for a, (_tok, value, _s) in zip(axes, combo)}
-        if any(_matches(m, values) for m in spec.exclude):
-            continue
-        cid = "_".join(tok for tok, _v, _s in combo) or spec.name
-        seen[cid] = seen.get(cid, 0) + 1
-        if seen[cid] > 1:
-            cid = f"{cid}-{seen[cid]}"
-        grid_sets: dict = {}
-        for _tok, _v, sets in combo:
-            grid_sets = merge(grid_sets, sets)
-        cell_sets: dict = {}
-        for match, sets in spec.overrides:
-            if _matches(match, values):
-                cell_sets = merge(cell_sets, sets)
-        naming = {
-            "name": f"{spec.name}-{cid}",
-            "mlflow": {"run_name": cid, "tags": {"se.sweep": spec.name, "se.cell": cid}},
-        }
-        sources = [
-            (f"{spec.source} (base)", spec.base),
-            (f"{spec.source} (resources/profile/mlflow)", shared),
-            (f"{spec.source} (grid cell {cid})", grid_sets),
-            (f"{spec.source} (overrides for cell {cid})", cell_sets),
-            ("sweep naming", naming),
-        ]
-        if extra:
-            sources.append(("orchestrator", extra))
-        try:
-            cfg = build_config(RunConfig, sources, overrides)
-        except (ConfigError, UserError) as e:
-            if errors is None:
-                raise
-            errors.append((cid, str(e)))
-            continue
-        cells.append(Cell(id=cid, index=len(cells), values=values, config=to_container(cfg)))
-    if not cells and not errors:
-        raise key_error(spec.source, "exclude", "every cell of the grid is excluded")
-    return cells

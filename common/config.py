@@ -1,22 +1,28 @@
 """Typed configuration from YAML + ``key=value`` overrides, validated against dataclasses.
 
-The generic machinery behind every config of the project (runs, sweeps, cluster profiles, recipe
-options). A config source is a YAML file, a dict, or a list of dotted overrides; OmegaConf merges
-them and resolves ``${...}`` interpolation; the resulting plain dict is checked against a dataclass
-schema here, so every error is one line naming the source, the key path and what was expected,
-with a close-match suggestion for misspelt keys::
+The one validator of every config of the project (run configs, cluster profiles, recipe options;
+sweep and tune files build run configs through it). A config source is a YAML file, a dict, or a
+list of dotted overrides; they are merged in order, ``${...}`` interpolation is resolved (OmegaConf,
+only when a value uses it), and the plain dict is checked against a dataclass schema here, so every
+error is one line naming the source, the key path and what was expected, with a close-match
+suggestion for misspelt keys::
 
     config.yaml: unknown key 'trainer.max_step' (did you mean 'trainer.max_steps'?)
     override 'trainer.max_steps=ten': trainer.max_steps expects an integer, got 'ten'
 
 Fields may use: bool, int, float, str, Optional[X], Literal[...], list[X], dict[str, X], Any and
-nested dataclasses. A field's help text lives in ``metadata["help"]`` (see :func:`field_help`).
+nested dataclasses. Text that spells a number or a boolean (``"7"``, ``"1e-3"``, ``"true"``: what a
+``key=value`` command line gives) is accepted for an int, float or bool field. A field's help text
+lives in ``metadata["help"]`` (see :func:`field_help`). ``ConfigError`` is a
+`common.errors.InputError` (exit 2).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import os
 import re
 import types
@@ -25,15 +31,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from common.atomic import atomic_write_text  # noqa: F401  (re-exported: callers import it from here)
+from common.errors import InputError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config value or key is wrong. The message is one line: source, key path, expectation.
 
     ``key_path`` is the dotted key the error is about, when there is one.
@@ -51,10 +55,16 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a dataclass (``typing.get_type_hints`` is slow: once per class)."""
+    return typing.get_type_hints(cls)
+
+
 def field_help(cls: type) -> dict[str, str]:
     """Dotted key → help text for every leaf field of a dataclass schema."""
     out: dict[str, str] = {}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
@@ -69,6 +79,9 @@ def field_help(cls: type) -> dict[str, str]:
 
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML mapping; errors name the file."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -154,11 +167,13 @@ class _Mismatch(Exception):
 
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_INT_RE = re.compile(r"[-+]?\d+")
+_BOOL_TEXT = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 def _defaults(cls: type) -> dict:
     """The schema's default values as a dict (required fields left out)."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
@@ -174,8 +189,8 @@ def _defaults(cls: type) -> dict:
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against type ``tp``; return it converted (int→float, dict→dataclass)."""
     origin = get_origin(tp)
-    if tp is Any:
-        return value
+    if tp is Any:  # a copy: configs never share a mutable value with their sources (or each other)
+        return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -191,16 +206,20 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
+            return _BOOL_TEXT[value.strip().lower()]
         raise _Mismatch
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+            return int(value)
         raise _Mismatch
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string; key=value text
         raise _Mismatch
     if tp is str:
         if isinstance(value, str):
@@ -236,7 +255,7 @@ def _coerce_item(value: Any, tp: Any, path: str) -> Any:
 
 
 def _build(cls: type[T], data: dict, prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
@@ -303,17 +322,36 @@ def build_config(
     parsed = parse_overrides(list(overrides or []))
     for key, value, _text in parsed:
         _set_path(merged, key, value)
+    resolved = _resolve(merged, sources, parsed) if _interpolates(merged) else merged
     try:
-        resolved = OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
+        return _build(schema, resolved or {})
+    except ConfigError as e:
+        raise ConfigError(_locate_source(e, sources, parsed), e.key_path) from None
+
+
+def _interpolates(value: Any) -> bool:
+    """Whether any string in ``value`` (nested dicts/lists) holds a ``${...}`` interpolation."""
+    if isinstance(value, str):
+        return "${" in value
+    if isinstance(value, dict):
+        return any(_interpolates(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_interpolates(v) for v in value)
+    return False
+
+
+def _resolve(merged: dict, sources: list[tuple[str, dict]], parsed: list[tuple[str, Any, str]]) -> dict:
+    """``${...}`` interpolation resolved by OmegaConf; errors name the override or file that used it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
     except OmegaConfBaseException as e:
         msg = str(e).strip().splitlines()[0]
         culprits = [text for _k, _v, text in parsed if "${" in text]
         where = f"override '{culprits[-1]}': " if culprits else (f"{sources[-1][0]}: " if sources else "")
         raise ConfigError(f"{where}cannot resolve interpolation: {msg}") from None
-    try:
-        return _build(schema, resolved or {})
-    except ConfigError as e:
-        raise ConfigError(_locate_source(e, sources, parsed), e.key_path) from None
 
 
 def to_container(cfg: Any) -> dict:

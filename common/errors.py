@@ -1,0 +1,14 @@
+"""The one base class of user errors: bad input, told in one line, exit code 2.
+
+Every package raises its own subclass (`common.config.ConfigError`, `orchestrator.errors.UserError`,
+`sharding.errors.SourceError`, `common.audio.AudioFileError`, the test-set, metric and model-name
+errors of `training`); the CLI (`orchestrator.cli`) and the training entry point (`training.run`)
+catch this class alone, print ``error: <message>`` and exit 2 (`common.rundir.EXIT_BAD_INPUT`).
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad user input (a config key, a path, an argument, a data file): the message is one line that
+    names the file/key and what was expected."""

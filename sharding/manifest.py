@@ -1,0 +1,111 @@
+"""The one reader of a split's ``manifest.json`` (torch-free): local path or URL, validated into a `Manifest`.
+
+Format ``se-shards/1`` (producer: `sharding.writer`): ``{"format", "split", "recipe", "options",
+"sample_rate", "fields", "shards": [{"name", "samples", "bytes", "seconds", "sha256", ...}],
+"num_samples", "seconds"}``. One entry per shard, never per clip: a 1.08 M-clip corpus in 10,000
+shards is a ~2.5 MB file (benchmarks/bench_corpus_index.py). ``name`` is a file name beside the
+manifest, or an absolute location (``https://...``, ``s3://...``, ``pipe:...``, ``/path``) for a
+manifest that lists shards stored elsewhere (`sharding.shards` counting a source without a manifest).
+Only ``name`` and ``samples`` are required per shard; older manifests read the same.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sharding.errors import SourceError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard as the manifest lists it (``bytes``/``seconds``/``sha256`` None when not recorded)."""
+
+    name: str
+    samples: int
+    bytes: int | None = None
+    seconds: float | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class Manifest:
+    """A parsed manifest; ``where`` is the path or URL it was read from, ``data`` the whole JSON object."""
+
+    where: str
+    shards: list[ShardEntry]
+    data: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    @property
+    def seconds(self) -> float | None:
+        secs = [s.seconds for s in self.shards]
+        return None if any(s is None for s in secs) else float(sum(secs))
+
+    @property
+    def total_bytes(self) -> int | None:
+        sizes = [s.bytes for s in self.shards]
+        return None if any(b is None for b in sizes) else int(sum(sizes))
+
+    @property
+    def recipe(self) -> str | None:
+        return self.data.get("recipe")
+
+
+def _entry(s: Any) -> ShardEntry:
+    if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"]:
+        raise TypeError(f"shard entry {str(s)[:80]!r} has no 'name'")
+    samples = s.get("samples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise TypeError(f"shard {s['name']}: 'samples' must be a count, got {samples!r}")
+    size = s.get("bytes")
+    seconds = s.get("seconds")
+    return ShardEntry(s["name"], samples, size if isinstance(size, int) and not isinstance(size, bool) else None,
+                      float(seconds) if isinstance(seconds, int | float) and not isinstance(seconds, bool) else None,
+                      s.get("sha256") if isinstance(s.get("sha256"), str) else None)
+
+
+def parse_manifest(raw: bytes | str, where: str) -> Manifest:
+    """Validate ``raw`` JSON; SourceError (one line naming ``where``) when it is not a shard manifest."""
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
+            raise TypeError("expected an object with a 'shards' list")
+        shards = [_entry(s) for s in data["shards"]]
+    except (ValueError, TypeError) as e:
+        raise SourceError(f"{where}: not a valid manifest ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    return Manifest(where, shards, data)
+
+
+def read_manifest(location: str | Path) -> Manifest:
+    """The manifest at a local path or a URL (``http(s)://``, ``s3://``); SourceError when missing or invalid."""
+    found = find_manifest(location)
+    if found is None:
+        raise SourceError(f"{location}: no such manifest")
+    return found
+
+
+def find_manifest(location: str | Path) -> Manifest | None:
+    """Like `read_manifest`, but None when nothing is there (an invalid one still raises)."""
+    from sharding.sources import fetch
+
+    where = str(location)
+    raw = fetch(where)
+    return None if raw is None else parse_manifest(raw, where)
+
+
+def shard_location(manifest: Manifest, name: str) -> str:
+    """Where a listed shard is: ``name`` beside the manifest, or ``name`` itself when absolute."""
+    from sharding.sources import is_remote, join
+
+    if is_remote(name) or name.startswith("/"):
+        return name
+    return join(manifest.where.rsplit("/", 1)[0] if is_remote(manifest.where) else str(Path(manifest.where).parent),
+                name)
