@@ -47,7 +47,7 @@ import signal
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 STAT_KEYS = ("samples", "skipped_corrupt", "rejected_nonfinite", "rejected_silent", "rejected_format", "converted")
 AUDIO_EXTS = ("flac", "wav")
 SHUFFLE_WINDOW = 256  # samples a front-to-back reader may hold (~100 MB of 10-s FLAC pairs)
+WHOLE_SHARD = 2**31 - 1  # the window of states written before it existed: a whole-shard permutation
 
 
 _INDEX_CACHE: OrderedDict[str, TarIndex] = OrderedDict()
@@ -586,8 +587,13 @@ class TrainStream:
                 "positions": list(self._positions), "stats": self.stats()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume where ``state`` (a `state_dict`) was taken. A state written before the in-shard window
+        existed resumes with the whole-shard permutation it was written with (so an old run's order,
+        and its checkpoints from here on, stay what they were)."""
+        if "shuffle_window" not in state:
+            self.cfg = replace(self.cfg, shuffle_window=WHOLE_SHARD)
         mine = self._identity()
-        saved = {k: state.get(k, SHUFFLE_WINDOW if k == "shuffle_window" else None) for k in mine}  # older states
+        saved = {k: state.get(k, WHOLE_SHARD if k == "shuffle_window" else None) for k in mine}
         diff = {k: (saved[k], v) for k, v in mine.items() if saved[k] != v}
         if diff:
             raise SourceError(f"stream state does not match this stream (saved, now): {diff}")

@@ -48,20 +48,28 @@ def assert_close_tensors(a, b, where: str) -> None:
         assert a == b, (where, a, b)
 
 
-def assert_same_checkpoint(old: Path, new: Path, *, numpy_rng: bool) -> None:
+def assert_same_checkpoint(old: Path, new: Path, *, numpy_rng: bool, pending: bool = True) -> None:
     """`new` holds what the old trainer wrote in `old` (see the module docstring for the tolerances);
     numpy's RNG only with `numpy_rng` (pystoi draws from it in every validation, and a session's first
-    validation also scores the noisy input; nothing in training draws from it)."""
+    validation also scores the noisy input; nothing in training draws from it). ``pending=False``: the
+    tracker's unconfirmed points are not compared (with a live store they depend on when its background
+    sender last returned; the caller checks the store instead)."""
     old_state, new_state = load_file(old / "state.pt"), load_file(new / "state.pt")
     assert sorted(new_state) == sorted(old_state)  # the same format
-    for key in ("step", "epoch", "best_step", "world_size", "counters", "pending_metrics"):
+    for key in ("step", "epoch", "best_step", "world_size", "counters") + (("pending_metrics",) if pending else ()):
         assert new_state[key] == old_state[key], key
     assert new_state["best_pesq"] == pytest.approx(old_state["best_pesq"], abs=1e-9)
     for key in ("generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d"):
         assert_close_tensors(new_state[key], old_state[key], key)
     old_rank, new_rank = load_file(old / "rank-0.pt"), load_file(new / "rank-0.pt")
     assert sorted(new_rank) == sorted(old_rank)
-    assert new_rank["loader"] == old_rank["loader"]  # the exact data position
+    # the exact data position; the stream's state changed by design since: `remix` (always False) and its
+    # counters went with on-the-fly mixing, `shuffle_window` came with sequential reading (an old state resumes with
+    # the whole-shard permutation it was written with: tests/test_stream.py)
+    old_loader = {k: v for k, v in old_rank["loader"].items() if k != "remix"}
+    old_loader["stats"] = {k: v for k, v in old_loader["stats"].items() if not k.startswith("remix")}
+    new_loader = {k: v for k, v in new_rank["loader"].items() if k != "shuffle_window"}
+    assert new_loader == old_loader
     assert new_rank["meter"].keys() == old_rank["meter"].keys()
     assert_close_tensors(new_rank["meter"], old_rank["meter"], "meter")
     for gen in ("python", "torch", "numpy") if numpy_rng else ("python", "torch"):  # integers: exact
@@ -104,10 +112,12 @@ def test_checkpoint_of_the_previous_trainer_resumes_exactly(corpus, tmp_path, mo
     db = tmp_path / "mlflow.db"
     assert train(load_run_config(run_config_file(tmp_path, corpus, 3, db)), run) == 0
 
-    assert_same_checkpoint(FIXTURE / "step-000002", run / "checkpoints" / "step-000002", numpy_rng=False)
+    assert_same_checkpoint(FIXTURE / "step-000002", run / "checkpoints" / "step-000002", numpy_rng=False,
+                           pending=False)
     assert (run / "checkpoints" / "step-000003" / "COMPLETE").is_file()  # and it trains on
 
     expected = json.loads((FIXTURE / "expected.json").read_text())["train_window"]
+    expected = {k: v for k, v in expected.items() if not k.startswith("data/remix")}  # gone with remixing
     client = MlflowClient(f"sqlite:///{db}")
     run_id = (run / "mlflow_run_id").read_text().strip()
     logged = {k: [m.value for m in client.get_metric_history(run_id, k) if m.step == 2] for k in expected}

@@ -263,3 +263,21 @@ def test_starting_workers_leaves_the_global_torch_rng_alone(corpus):
     finally:
         s.close()
     assert torch.equal(after, before)
+
+
+def test_a_state_from_before_the_window_resumes_with_the_whole_shard_order(corpus):
+    """A checkpoint written before `shuffle_window` existed (no such key) read each shard in a whole-shard
+    permutation; it resumes in that order, whatever window this stream was built with (here 2, smaller
+    than the 6-sample shards, so the orders differ), and keeps it in its later states."""
+    from sharding.stream import WHOLE_SHARD
+
+    old = make(corpus, shuffle_window=WHOLE_SHARD)
+    take(old, 2)
+    state = old.state_dict()
+    del state["shuffle_window"]
+    expected = take(old, 4)
+    new = make(corpus, shuffle_window=2)
+    new.load_state_dict(state)
+    assert same(take(new, 4), expected)
+    assert new.state_dict()["shuffle_window"] == WHOLE_SHARD
+    assert not same(take(make(corpus, shuffle_window=2), 6), take(make(corpus, shuffle_window=WHOLE_SHARD), 6))
