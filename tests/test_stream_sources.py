@@ -192,14 +192,18 @@ def test_bad_shards_read_sequentially_match_the_seek_path(tmp_path):
 
 
 def test_preflight_accepts_remote_sources_and_names_an_unreachable_one(served, tmp_path):
-    from orchestrator.planner import _manifest
     from orchestrator.preflight import check_data
+    from orchestrator.sweeps.plan import read_manifest
 
     corpus, url = served
-    cfg = {"data": {"train": url, "valid": f"{url}/train/shard-{{000000..000001}}.tar"}, "eval": {"testsets": []}}
+    from training.config import load_run_config
+
+    cfg = load_run_config(base={"data": {"train": url, "valid": f"{url}/train/shard-{{000000..000001}}.tar"},
+                                "eval": {"testsets": []}})
     assert check_data(cfg, "cell a") == []
-    assert _manifest(url, "train").num_samples == 24
-    dead = {"data": {"train": "http://127.0.0.1:9/c/train", "valid": f"{url}/nope"}, "eval": {"testsets": []}}
+    assert read_manifest(url, "train").num_samples == 24  # the cost plan counts it too
+    dead = load_run_config(base={"data": {"train": "http://127.0.0.1:9/c/train", "valid": f"{url}/nope"},
+                                 "eval": {"testsets": []}})
     problems = check_data(dead, "cell a")
     assert len(problems) == 2 and all("\n" not in p for p in problems)
     assert "data.train: http://127.0.0.1:9/c/train/manifest.json: not reachable (" in problems[0]
