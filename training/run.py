@@ -126,11 +126,14 @@ def _train_and_evaluate(cfg: RunConfig, workdir: Path, env: distributed.DistEnv,
 def start_mp_helpers() -> None:
     """Start multiprocessing's resource tracker and forkserver now, with the stop signals ignored: they
     inherit SIG_IGN (as do the DataLoader and PESQ workers forked from the forkserver), so USR1/USR2/TERM
-    sent to every process of a SLURM step (or a process group) leaves them alive. Main thread only."""
+    sent to every process of a SLURM step (or a process group) leaves them alive. Outside the main
+    thread (a Ray Tune trial) the handlers cannot be changed: the helpers start with the process's own."""
     import multiprocessing as mp
+    import threading
     from multiprocessing import forkserver, resource_tracker
 
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS} if in_main else {}
     try:
         resource_tracker.ensure_running()
         if "forkserver" in mp.get_all_start_methods():
