@@ -68,3 +68,31 @@ def test_group_signal_with_workers_checkpoints_and_exits_75(journey_corpus, tmp_
     assert progress["state"] == "preempted" and 2 <= progress["step"] < 400
     step = progress["step"]
     assert (work / "checkpoints" / f"step-{step:06d}" / "COMPLETE").is_file()
+
+
+def test_a_process_left_with_live_data_workers_still_exits(tmp_path):
+    """The workers ignore SIGTERM (above), and multiprocessing ends daemonic children at exit with
+    SIGTERM and then waits: a process that exits with a stream's workers still running (a crash, a
+    caller that never closed it) would wait forever. It exits at once, its workers gone."""
+    script = f"""
+import os, sys
+from sharding.recipes.demo import prepare_demo
+from sharding.stream import TrainStream
+from training.run import start_mp_helpers
+prepare_demo({str(tmp_path / 'c')!r}, speech="procedural", train_clips=6, valid_clips=2, test_clips=2,
+             shard_samples=3, min_seconds=0.6, max_seconds=0.8)
+start_mp_helpers()
+s = TrainStream({str(tmp_path / 'c')!r}, segment_samples=4000, batch_size=2, seed=0, rank=0, world_size=1,
+                num_workers=1)
+next(iter(s))
+import multiprocessing as mp
+print("workers", [p.pid for p in mp.active_children()], flush=True)
+"""  # noqa: E501
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert time.monotonic() - t0 < 100
+    pids = [int(p) for p in done.stdout.split("[", 1)[1].split("]")[0].split(",") if p.strip()]
+    assert pids  # there was a live worker at exit
+    assert not any(Path(f"/proc/{p}").exists() for p in pids)

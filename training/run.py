@@ -13,6 +13,7 @@ the same command.
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import gc
 import logging
@@ -123,6 +124,21 @@ def _train_and_evaluate(cfg: RunConfig, workdir: Path, env: distributed.DistEnv,
     return _train(cfg, workdir, env, device, on_validation)
 
 
+_exit_kill_registered = False
+
+
+def kill_daemonic_children() -> None:
+    """SIGKILL the daemonic multiprocessing children still alive (DataLoader and PESQ workers). They
+    ignore the stop signals (`start_mp_helpers`), so multiprocessing's own exit step, which ends them
+    with SIGTERM and then waits for them, would wait forever for one a crash or a caller left running.
+    Registered at exit by `start_mp_helpers` (it runs before multiprocessing's step)."""
+    import multiprocessing as mp
+
+    for p in mp.active_children():
+        if p.daemon:
+            p.kill()
+
+
 def start_mp_helpers() -> None:
     """Start multiprocessing's resource tracker and forkserver now, with the stop signals ignored: they
     inherit SIG_IGN (as do the DataLoader and PESQ workers forked from the forkserver), so USR1/USR2/TERM
@@ -132,6 +148,10 @@ def start_mp_helpers() -> None:
     import threading
     from multiprocessing import forkserver, resource_tracker
 
+    global _exit_kill_registered
+    if not _exit_kill_registered:
+        atexit.register(kill_daemonic_children)
+        _exit_kill_registered = True
     in_main = threading.current_thread() is threading.main_thread()
     old = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS} if in_main else {}
     try:
