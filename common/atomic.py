@@ -76,7 +76,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     """Call ``write(f)`` on a binary temp file beside ``path``, then fsync, chmod to the umask, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    short = os.fsdecode(os.fsencode(path.name)[:200])  # the temp name must fit too (255 bytes) for a long name
+    fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             recorder = _WriteErrors(f, path)

@@ -27,8 +27,9 @@ Training stream design (exact resume first):
 * The iterator is infinite, so every rank yields the same number of batches (no DDP hang);
   ``len(stream)`` is the nominal epoch (``epoch_batches``, default: train samples // (world*batch)).
 
-Bad input is skipped and counted, never fatal: a truncated shard or an undecodable sample
-(``skipped_corrupt``, warning naming shard and key), non-finite audio (``rejected_nonfinite``),
+Bad input is skipped and counted, never fatal: a truncated shard, an undecodable sample or one
+whose key fails the path-safety rule (`common.safe_names`) (``skipped_corrupt``, warning naming
+shard and key), non-finite audio (``rejected_nonfinite``),
 all-zero clean (``rejected_silent``), wrong rate/channels (converted: ``converted``, or with
 ``on_mismatch="reject"``: ``rejected_format``). Only a slot that finds no good sample in a whole
 epoch raises SourceError, and so does a remote shard that cannot be read after retries
@@ -56,6 +57,7 @@ import soundfile as sf
 import torch
 
 from common import faults
+from common.safe_names import name_problem
 from common.signals import STOP_SIGNALS
 from sharding.audio import SAMPLE_RATE, to_mono_16k
 from sharding.errors import SourceError
@@ -211,8 +213,17 @@ def read_shard(ref: ShardRef, order, reader: str = "auto") -> Iterator[Read]:
     if reader == "seek" or (reader == "auto" and not ref.remote):
         if ref.remote:
             raise SourceError(f"{ref.path}: a remote shard is read sequentially, not by seeking")
-        return _seek_read(ref, order)
-    return _sequential_read(ref, order)
+        return _safe_keys(_seek_read(ref, order))
+    return _safe_keys(_sequential_read(ref, order))
+
+
+def _safe_keys(reads: Iterator[Read]) -> Iterator[Read]:
+    """A sample whose key fails the path-safety rule (`common.safe_names`: absolute, ``..``, empty) comes
+    as unreadable, ``(i, key, None, why)``: its bytes are never handed on, so no caller can write a file
+    named after it outside its folder."""
+    for which, key, blobs, why in reads:
+        bad = name_problem(key) if key is not None else None
+        yield (which, key, None, f"member name {key!r}: {bad}") if bad else (which, key, blobs, why)
 
 
 def _seek_read(ref: ShardRef, order) -> Iterator[Read]:
