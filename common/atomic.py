@@ -111,8 +111,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    """Write ``text`` (UTF-8) to ``path`` atomically. Undecodable bytes a name carried in (a file or tar
+    member name that is not UTF-8, read with ``surrogateescape``) are written back as they were; any
+    other lone surrogate as its ``\\udXXX`` escape, never a UnicodeEncodeError."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "backslashreplace")
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:

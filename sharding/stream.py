@@ -48,7 +48,7 @@ import signal
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -645,19 +645,22 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
     ``path``: a split folder, a single ``.tar`` shard, a corpus folder together with ``split``, or any
     source `TrainStream` takes. Bad samples are skipped with a warning and counted in ``stats`` (if
     given); ``failures`` (if given) receives ``("<shard>:<key>", reason)`` for each, and ``("<shard>",
-    reason)`` for the samples a shard holds fewer than its manifest lists (truncated or corrupt tar).
+    reason)`` when a shard holds fewer samples than its manifest lists (truncated or corrupt tar) or more
+    (a wrong manifest). Every sample a shard holds is read, whatever count the manifest claims.
     """
     stats = stats if stats is not None else Counter()
     n = 0
     for ref in _utterance_shards(path, split):
         name = ref.path.rsplit("/", 1)[-1]
-        missing, lost = 0, ""
-        for _, key, blobs, why in read_shard(ref, None):
+        seen, lost = 0, ""
+        # every sample there is, whatever the manifest claims (a count of 10**12 must not loop): compared after
+        for _, key, blobs, why in read_shard(replace(ref, samples=-1), None):
             if limit is not None and n >= limit:
                 return
             if key is None:
-                missing, lost = missing + 1, why
+                lost = why
                 continue
+            seen += 1
             try:
                 if blobs is None:
                     raise BadSample("skipped_corrupt", why)
@@ -675,6 +678,11 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
             stats["samples"] += 1
             n += 1
             yield key, noisy, clean
-        if missing and failures is not None:
-            failures.append((name, f"{missing} of {ref.samples} samples listed in the manifest are unreadable "
-                                   f"({lost or 'truncated/corrupt shard'})"))
+        if failures is not None and 0 <= ref.samples != seen:
+            if seen < ref.samples:
+                lost = lost or (_index(ref.path).error if not ref.remote else "")
+                failures.append((name, f"{ref.samples - seen} of {ref.samples} samples listed in the manifest are "
+                                       f"unreadable ({lost or 'truncated/corrupt shard'})"))
+            else:
+                failures.append((name, f"holds {seen} samples but the manifest lists {ref.samples}: the manifest "
+                                       f"is wrong; rebuild it (orchestrate shard index)"))

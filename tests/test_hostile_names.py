@@ -160,3 +160,18 @@ def test_enhance_reports_or_enhances_every_odd_entry(trained_run, tmp_path, caps
     assert "enhanced 4 file(s)" in printed.out
     failed = [ln.strip() for ln in printed.err.splitlines() if ln.startswith("  ")]
     assert failed == [f"{src / 'gone.wav'}: dangling symlink (its target {tmp_path / 'nowhere.wav'} does not exist)"]
+
+
+@pytest.mark.parametrize("listed, reason", [
+    (10**12, "999999999998 of 1000000000000 samples listed in the manifest are unreadable (truncated/corrupt shard)"),
+    (1, "holds 2 samples but the manifest lists 1: the manifest is wrong; rebuild it (orchestrate shard index)"),
+])
+def test_manifest_with_a_wrong_sample_count_is_a_failure(trained_run, tmp_path, capsys, listed, reason):  # noqa: F811
+    ts = shard_testset(tmp_path / "ts", ["u0", "u1"], {"shards": [{"name": "shard-000000.tar", "samples": listed}]})
+    code = main(["evaluate", str(trained_run), "--testset", str(ts), "--out", str(tmp_path / "rep"), "--no-mlflow",
+                 "--workers", "0", "--metrics", "si_sdr", "--json"])
+    # before: 10**12 looped on (one "missing" per listed sample); 1 evaluated 1 of 2 with exit 0
+    assert code == 3
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["n"], summary["scored"] + summary["excluded"]) == (3, 2)
+    assert summary["problems"][-1] == {"key": "shard-000000.tar", "status": "failed", "reason": reason}

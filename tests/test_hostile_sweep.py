@@ -93,3 +93,33 @@ def test_cancel_signals_only_the_cells_own_processes(tmp_path, capsys):
         for p in (stranger, old_stranger, own_old, own):
             p.kill()
             p.wait()
+
+
+def test_ray_rank_signals_check_the_recorded_identity(tmp_path):
+    from orchestrator.launchers import ray_train
+
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    own = subprocess.Popen(["sleep", "62"], start_new_session=True)
+    try:
+        time.sleep(0.2)
+        pids = tmp_path / ray_train.PID_DIR
+        pids.mkdir()
+        me = procid.identify(stranger.pid)
+        was = {**me, "start_ticks": me["start_ticks"] - 500}  # the rank that had this pid before
+        (pids / "0.pid").write_text(f"node-a {stranger.pid}\n{json.dumps(was)}\n")
+        (pids / "1.pid").write_text(f"node-a {own.pid}\n{json.dumps(procid.identify(own.pid))}\n")
+        (pids / "2.pid").write_text("node-b 12345\n")  # a pid file of an older version: no identity
+        recs = ray_train.read_pid_records(tmp_path)
+        assert recs == {0: ("node-a", stranger.pid, was), 1: ("node-a", own.pid, procid.identify(own.pid)),
+                        2: ("node-b", 12345, None)}
+        assert ray_train.read_pid_files(tmp_path) == {0: ("node-a", stranger.pid), 1: ("node-a", own.pid),
+                                                      2: ("node-b", 12345)}
+        for _node, pid, ident in recs.values():
+            if ident is not None:
+                ray_train._kill(pid, signal.SIGTERM, ident)
+        assert stranger.poll() is None  # before: os.kill(pid) whoever had it
+        assert _gone(own) and own.returncode == -signal.SIGTERM
+    finally:
+        for p in (stranger, own):
+            p.kill()
+            p.wait()
