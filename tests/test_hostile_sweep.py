@@ -123,3 +123,15 @@ def test_ray_rank_signals_check_the_recorded_identity(tmp_path):
         for p in (stranger, own):
             p.kill()
             p.wait()
+
+
+def test_a_ledger_cell_folder_outside_the_sweep_is_one_line(tmp_path, capsys):
+    sweep_dir = _sweep(tmp_path)
+    path = sweep_dir / "ledger.json"
+    data = json.loads(path.read_text())
+    data["cells"]["s1"]["workdir"] = "../../elsewhere"
+    path.write_text(json.dumps(data))
+    assert main(["status", str(sweep_dir)]) == 2  # before: the cell's files were read from tmp/elsewhere
+    assert capsys.readouterr().err.strip() == (
+        f"error: {path}: cell 's1': workdir '../../elsewhere': expected a relative name inside the folder, got one "
+        "with a '..' component")
