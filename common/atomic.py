@@ -76,7 +76,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     """Call ``write(f)`` on a binary temp file beside ``path``, then fsync, chmod to the umask, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    short = os.fsdecode(os.fsencode(path.name)[:200])  # the temp name must fit too (255 bytes) for a long name
+    fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             recorder = _WriteErrors(f, path)
@@ -110,8 +111,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    """Write ``text`` (UTF-8) to ``path`` atomically. Undecodable bytes a name carried in (a file or tar
+    member name that is not UTF-8, read with ``surrogateescape``) are written back as they were; any
+    other lone surrogate as its ``\\udXXX`` escape, never a UnicodeEncodeError."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "backslashreplace")
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:

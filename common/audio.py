@@ -8,6 +8,7 @@ encode/decode FLAC bytes for shards.
 from __future__ import annotations
 
 import io
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def to_mono_16k(x: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndar
 def audio_info(path: str | Path) -> sf._SoundFileInfo:
     """Header of an audio file (samplerate, channels, frames); AudioFileError when it is not audio."""
     try:
-        return sf.info(str(path))
+        return sf.info(os.fsencode(path))  # bytes: a name that is not valid UTF-8 opens too
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioFileError(f"{path}: cannot decode audio ({' '.join(str(e).split())})") from None
 
@@ -55,7 +56,7 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
 def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Any soundfile-readable file -> float32 mono [N] at ``sr`` Hz; AudioFileError names a bad file."""
     try:
-        x, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        x, file_sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioFileError(f"{path}: cannot decode audio ({' '.join(str(e).split())})") from None
     if x.shape[0] == 0:

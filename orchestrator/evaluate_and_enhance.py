@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -122,26 +123,65 @@ def _log_to_mlflow(loaded: LoadedModel, summary: dict, out_dir: Path, tracking_u
     log_summary(tracking_uri or cfg.mlflow.tracking_uri, loaded.mlflow_run_id, summary, out_dir, loaded.step)
 
 
-def _collect_inputs(inputs: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(input file, output path relative to ``out_dir``) for every input; UserError before any work.
+def _walk_audio(folder: Path, out_dir: Path) -> tuple[list[Path], list[tuple[str, str]], set[Path]]:
+    """(audio files under ``folder``, (path, reason) of audio names that cannot be read, folders read).
 
-    A folder is walked for ``AUDIO_EXTENSIONS`` (skipping ``out_dir`` when it lies inside) and keeps its
-    subfolders (``DIR/sub/a.wav`` -> ``OUT/sub/a.wav``); a named file goes to ``OUT/<stem>.wav``. Inputs
-    that would share an output (``a.wav`` and ``a.flac``) are written as ``<name>.wav`` (``a.wav.wav``,
-    ``a.flac.wav``); an output that would replace an input is refused.
+    Symlinked subfolders are followed (each real folder once: a link loop ends there); ``out_dir`` is
+    skipped when it lies inside; a link whose target is missing is reported, never skipped silently."""
+    out_real = os.path.realpath(out_dir)
+    files: list[Path] = []
+    broken: list[tuple[str, str]] = []
+    folders: set[Path] = set()
+    seen: set[str] = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen or real == out_real or real.startswith(out_real + os.sep):
+            dirs[:] = []
+            continue
+        seen.add(real)
+        folders.add(Path(real))
+        for name in sorted(names):
+            f = Path(top) / name
+            if f.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            if f.is_file():
+                files.append(f)
+            elif f.is_symlink():
+                broken.append((str(f), f"{f}: dangling symlink (its target {os.readlink(f)} does not exist)"))
+            else:
+                broken.append((str(f), f"{f}: not a regular file"))
+        dirs.sort()
+    return sorted(files), broken, folders
+
+
+def _collect_inputs(inputs: list[str], out_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """((input file, output path relative to ``out_dir``) for every input, (path, reason) of the audio
+    names found that cannot be read); UserError before any work.
+
+    A folder is walked for ``AUDIO_EXTENSIONS`` (`_walk_audio`: symlinked subfolders followed, dangling
+    links reported, ``out_dir`` skipped when it lies inside) and keeps its subfolders (``DIR/sub/a.wav``
+    -> ``OUT/sub/a.wav``); a named file goes to ``OUT/<stem>.wav``. Inputs that would share an output
+    (``a.wav`` and ``a.flac``) are written as ``<name>.wav`` (``a.wav.wav``, ``a.flac.wav``); an output
+    that would replace an input is refused, and so is one that would replace an existing file in a
+    folder the inputs are read from (``--out`` = the input's folder holding an unrelated ``rec.wav``).
     """
-    out_resolved = out_dir.resolve()
     found: list[tuple[Path, Path]] = []
+    broken: list[tuple[str, str]] = []
+    read_from: set[Path] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
-                           and out_resolved not in f.resolve().parents)
-            if not files:
+            files, bad, folders = _walk_audio(p, out_dir)
+            if not files and not bad:
                 raise UserError(f"{p}: folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
             found.extend((f, f.relative_to(p)) for f in files)
+            broken += bad
+            read_from |= folders
         elif p.is_file():
             found.append((p, Path(p.name)))
+            read_from.add(p.resolve().parent)
+        elif p.is_symlink():
+            broken.append((str(p), f"{p}: dangling symlink (its target {os.readlink(p)} does not exist)"))
         else:
             raise UserError(f"{p}: no such file or folder")
     by_target: dict[Path, list[int]] = {}
@@ -162,7 +202,10 @@ def _collect_inputs(inputs: list[str], out_dir: Path) -> list[tuple[Path, Path]]
         if target in inputs_resolved:
             raise UserError(f"--out {out_dir}: would overwrite the input {inputs_resolved[target]}; "
                             f"choose an output folder that is not the input's")
-    return pairs
+        if target.parent in read_from and os.path.lexists(target):
+            raise UserError(f"--out {out_dir}: would overwrite {out_dir / rel}, an existing file in the folder "
+                            f"{f} is read from; choose an output folder that is not the input's")
+    return pairs, broken
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -189,18 +232,18 @@ def enhance_files(
     """Enhance every audio file of ``inputs`` into ``out_dir`` (see ``_collect_inputs`` for the names) with
     the run's protocol; ``eval_mode``, ``chunk_seconds``, ``overlap_seconds`` override the run config's.
 
-    A file that cannot be read or enhanced (undecodable, NaN/Inf samples, ...) is reported and skipped;
-    the others go on. Output louder than 16-bit full scale (a float input above 1.0) is scaled down to
+    A file that cannot be read or enhanced (undecodable, NaN/Inf samples, a dangling symlink, a name too
+    long for its output, ...) is reported and skipped; the others go on. Output louder than 16-bit full scale (a float input above 1.0) is scaled down to
     fit, with a warning, instead of being clipped. Returns ``{"files": [written], "failed": [(input,
     reason)], "scaled": [(input, gain_db)], "seconds", "rtf"}``.
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
-    files = _collect_inputs(inputs, out_dir)
+    files, broken = _collect_inputs(inputs, out_dir)
     loaded = load_generator(checkpoint)
     enhancer = enhancer_for(loaded.model, loaded.config, mode=eval_mode, chunk_seconds=chunk_seconds,
                             overlap_seconds=overlap_seconds)
-    written, failed, scaled = [], [], []
+    written, failed, scaled = [], list(broken), []
     for f, rel in files:
         target = out_dir / rel
         try:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from common.atomic import atomic_write_text
+from common.safe_names import check_name
 from orchestrator.errors import UserError
 
 STATES = ("pending", "submitted", "running", "done", "failed", "cancelled", "preempted")
@@ -71,6 +72,7 @@ class Ledger:
                 raise UserError(f"{self.path}: cell {cid!r}: state {rec.get('state')!r} is not one of {', '.join(STATES)}")
             if not isinstance(rec.get("workdir"), str):
                 raise UserError(f"{self.path}: cell {cid!r}: 'workdir' must be a folder path string")
+            check_name(rec["workdir"], f"{self.path}: cell {cid!r}", "workdir", folder=True, error=UserError)
         if "mlflow" in data and not isinstance(data["mlflow"], dict):
             raise UserError(f"{self.path}: 'mlflow' must be a mapping")
         return data

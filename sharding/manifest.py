@@ -3,10 +3,13 @@
 Format ``se-shards/1`` (producer: `sharding.writer`): ``{"format", "split", "recipe", "options",
 "sample_rate", "fields", "shards": [{"name", "samples", "bytes", "seconds", "sha256", ...}],
 "num_samples", "seconds"}``. One entry per shard, never per clip: a 1.08 M-clip corpus in 10,000
-shards is a ~2.5 MB file (benchmarks/bench_corpus_index.py). ``name`` is a file name beside the
-manifest, or an absolute location (``https://...``, ``s3://...``, ``pipe:...``, ``/path``) for a
-manifest that lists shards stored elsewhere (`sharding.shards` counting a source without a manifest).
-Only ``name`` and ``samples`` are required per shard; older manifests read the same.
+shards is a ~2.5 MB file (benchmarks/bench_corpus_index.py). ``name`` is a file name inside the
+manifest's folder (``shard-000000.tar``, ``sub/shard.tar``); a name that is absolute, has a ``..``
+component, is empty or is a location (``https://...``, ``pipe:...``) is refused with one line (the
+path-safety rule, `common.safe_names`: a downloaded manifest cannot make a reader open files elsewhere
+or run a command). Only the manifests this system caches for sources without one (`sharding.shards`,
+``locations=True``) list absolute locations. ``samples`` must be a count >= 0. Only ``name`` and
+``samples`` are required per shard; older manifests read the same.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.safe_names import check_name
 from sharding.errors import SourceError
 
 MANIFEST = "manifest.json"
@@ -39,6 +43,7 @@ class Manifest:
     where: str
     shards: list[ShardEntry]
     data: dict[str, Any] = field(default_factory=dict, repr=False)
+    locations: bool = False  # names may be absolute locations (a cached manifest of this system's own)
 
     @property
     def num_samples(self) -> int:
@@ -72,8 +77,9 @@ def _entry(s: Any) -> ShardEntry:
                       s.get("sha256") if isinstance(s.get("sha256"), str) else None)
 
 
-def parse_manifest(raw: bytes | str, where: str) -> Manifest:
-    """Validate ``raw`` JSON; SourceError (one line naming ``where``) when it is not a shard manifest."""
+def parse_manifest(raw: bytes | str, where: str, *, locations: bool = False) -> Manifest:
+    """Validate ``raw`` JSON; SourceError (one line naming ``where``) when it is not a shard manifest or
+    lists a shard outside its folder (``locations``: names may be absolute locations, see the module doc)."""
     try:
         data = json.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
@@ -81,7 +87,15 @@ def parse_manifest(raw: bytes | str, where: str) -> Manifest:
         shards = [_entry(s) for s in data["shards"]]
     except (ValueError, TypeError) as e:
         raise SourceError(f"{where}: not a valid manifest ({type(e).__name__}: {' '.join(str(e).split())})") from None
-    return Manifest(where, shards, data)
+    if not locations:
+        from sharding.sources import is_remote
+
+        for i, s in enumerate(shards):
+            check_name(s.name, where, f"shards[{i}].name", error=SourceError)
+            if is_remote(s.name):
+                raise SourceError(f"{where}: shards[{i}].name {s.name[:100]!r}: expected a shard file name inside "
+                                  f"the manifest's folder, got a location")
+    return Manifest(where, shards, data, locations)
 
 
 def read_manifest(location: str | Path) -> Manifest:
@@ -102,10 +116,12 @@ def find_manifest(location: str | Path) -> Manifest | None:
 
 
 def shard_location(manifest: Manifest, name: str) -> str:
-    """Where a listed shard is: ``name`` beside the manifest, or ``name`` itself when absolute."""
+    """Where a listed shard is: ``name`` inside the manifest's folder, or (a manifest read with
+    ``locations``) ``name`` itself when it is an absolute location."""
     from sharding.sources import is_remote, join
 
-    if is_remote(name) or name.startswith("/"):
+    if manifest.locations and (is_remote(name) or name.startswith("/")):
         return name
+    check_name(name, manifest.where, "shard name", error=SourceError)
     return join(manifest.where.rsplit("/", 1)[0] if is_remote(manifest.where) else str(Path(manifest.where).parent),
                 name)

@@ -252,5 +252,5 @@ def _counted(spec: str, urls: list[str]) -> dict[str, tuple[int, int | None]]:
                     "num_samples": sum(s["samples"] for s in shards)}
             atomic_write_bytes(path, json.dumps(blob, indent=1).encode())
             log.warning("%s: counted %d samples in %.1f s", spec, blob["num_samples"], time.monotonic() - t0)
-    m = parse_manifest(path.read_bytes(), str(path))
+    m = parse_manifest(path.read_bytes(), str(path), locations=True)
     return {s.name: (s.samples, s.bytes) for s in m.shards}

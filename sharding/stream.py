@@ -27,8 +27,9 @@ Training stream design (exact resume first):
 * The iterator is infinite, so every rank yields the same number of batches (no DDP hang);
   ``len(stream)`` is the nominal epoch (``epoch_batches``, default: train samples // (world*batch)).
 
-Bad input is skipped and counted, never fatal: a truncated shard or an undecodable sample
-(``skipped_corrupt``, warning naming shard and key), non-finite audio (``rejected_nonfinite``),
+Bad input is skipped and counted, never fatal: a truncated shard, an undecodable sample or one
+whose key fails the path-safety rule (`common.safe_names`) (``skipped_corrupt``, warning naming
+shard and key), non-finite audio (``rejected_nonfinite``),
 all-zero clean (``rejected_silent``), wrong rate/channels (converted: ``converted``, or with
 ``on_mismatch="reject"``: ``rejected_format``). Only a slot that finds no good sample in a whole
 epoch raises SourceError, and so does a remote shard that cannot be read after retries
@@ -56,6 +57,7 @@ import soundfile as sf
 import torch
 
 from common import faults
+from common.safe_names import name_problem
 from common.signals import STOP_SIGNALS
 from sharding.audio import SAMPLE_RATE, to_mono_16k
 from sharding.errors import SourceError
@@ -212,8 +214,17 @@ def read_shard(ref: ShardRef, order, reader: str = "auto") -> Iterator[Read]:
     if reader == "seek" or (reader == "auto" and not ref.remote):
         if ref.remote:
             raise SourceError(f"{ref.path}: a remote shard is read sequentially, not by seeking")
-        return _seek_read(ref, order)
-    return _sequential_read(ref, order)
+        return _safe_keys(_seek_read(ref, order))
+    return _safe_keys(_sequential_read(ref, order))
+
+
+def _safe_keys(reads: Iterator[Read]) -> Iterator[Read]:
+    """A sample whose key fails the path-safety rule (`common.safe_names`: absolute, ``..``, empty) comes
+    as unreadable, ``(i, key, None, why)``: its bytes are never handed on, so no caller can write a file
+    named after it outside its folder."""
+    for which, key, blobs, why in reads:
+        bad = name_problem(key) if key is not None else None
+        yield (which, key, None, f"member name {key!r}: {bad}") if bad else (which, key, blobs, why)
 
 
 def _seek_read(ref: ShardRef, order) -> Iterator[Read]:
@@ -640,19 +651,22 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
     ``path``: a split folder, a single ``.tar`` shard, a corpus folder together with ``split``, or any
     source `TrainStream` takes. Bad samples are skipped with a warning and counted in ``stats`` (if
     given); ``failures`` (if given) receives ``("<shard>:<key>", reason)`` for each, and ``("<shard>",
-    reason)`` for the samples a shard holds fewer than its manifest lists (truncated or corrupt tar).
+    reason)`` when a shard holds fewer samples than its manifest lists (truncated or corrupt tar) or more
+    (a wrong manifest). Every sample a shard holds is read, whatever count the manifest claims.
     """
     stats = stats if stats is not None else Counter()
     n = 0
     for ref in _utterance_shards(path, split):
         name = ref.path.rsplit("/", 1)[-1]
-        missing, lost = 0, ""
-        for _, key, blobs, why in read_shard(ref, None):
+        seen, lost = 0, ""
+        # every sample there is, whatever the manifest claims (a count of 10**12 must not loop): compared after
+        for _, key, blobs, why in read_shard(replace(ref, samples=-1), None):
             if limit is not None and n >= limit:
                 return
             if key is None:
-                missing, lost = missing + 1, why
+                lost = why
                 continue
+            seen += 1
             try:
                 if blobs is None:
                     raise BadSample("skipped_corrupt", why)
@@ -670,6 +684,11 @@ def iter_utterances(path: str | Path, limit: int | None = None, *, split: str | 
             stats["samples"] += 1
             n += 1
             yield key, noisy, clean
-        if missing and failures is not None:
-            failures.append((name, f"{missing} of {ref.samples} samples listed in the manifest are unreadable "
-                                   f"({lost or 'truncated/corrupt shard'})"))
+        if failures is not None and 0 <= ref.samples != seen:
+            if seen < ref.samples:
+                lost = lost or (_index(ref.path).error if not ref.remote else "")
+                failures.append((name, f"{ref.samples - seen} of {ref.samples} samples listed in the manifest are "
+                                       f"unreadable ({lost or 'truncated/corrupt shard'})"))
+            else:
+                failures.append((name, f"holds {seen} samples but the manifest lists {ref.samples}: the manifest "
+                                       f"is wrong; rebuild it (orchestrate shard index)"))

@@ -23,16 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.atomic import atomic_write, atomic_write_bytes  # noqa: F401  (re-exported)
+from common.safe_names import check_name
 from sharding.errors import SourceError
 
 BLOCK = 512
 
 
 def check_sample(sample: dict) -> str:
-    """Validate a sample dict for writing; returns its key."""
+    """Validate a sample dict for writing; returns its key (the path-safety rule, `common.safe_names`,
+    and no '.' or '/': a key is one member-name stem)."""
     key = sample.get("__key__")
-    if not isinstance(key, str) or not key or "." in key or "/" in key:
-        raise ValueError(f"sample key must be a non-empty str without '.' or '/', got {key!r}")
+    check_name(key, "sample", "key", error=SourceError)
+    if "." in key or "/" in key:
+        raise SourceError(f"sample: key {key!r}: expected no '.' or '/' (one member-name stem)")
     for ext, value in sample.items():
         if ext != "__key__" and not isinstance(value, bytes | bytearray):
             raise ValueError(f"sample {key}: field {ext!r} must be bytes, got {type(value).__name__}")
@@ -59,8 +62,10 @@ def write_tar(path: str | Path, samples: Iterable[dict]) -> int:
 
 def iter_samples(path: str | Path) -> Iterator[dict]:
     """The samples of one shard (path or URL) in file order, ``{"__key__": key, ext: bytes, ...}``
-    (webdataset's reader, `read_sequential`)."""
+    (webdataset's reader, `read_sequential`); SourceError for a key that fails the path-safety rule
+    (`common.safe_names`: absolute, ``..``, empty)."""
     for _, key, blobs in read_sequential(str(path)):
+        check_name(key, str(path), "member name", error=SourceError)
         yield {"__key__": key, **blobs}
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from common.safe_names import name_problem
 from sharding.audio import SAMPLE_RATE, decode_audio
 from sharding.errors import SourceError
 from sharding.manifest import MANIFEST, ShardEntry, find_manifest
@@ -108,6 +109,8 @@ def verify(root: str | Path, *, decode: bool = True) -> VerifyReport:
             if s.samples >= 0 and len(idx.samples) != s.samples:
                 report.problems.append(f"{path}: {len(idx.samples)} samples, {MANIFEST} says {s.samples}")
             counts["samples"] += len(idx.samples)
+            report.problems += [f"{path} {key!r}: member name: {why}" for key in idx.samples
+                                if (why := name_problem(key))]
             if not decode:
                 continue
             for key, members in idx.samples.items():

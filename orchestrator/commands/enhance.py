@@ -20,7 +20,9 @@ length. Any sample rate or channel count is read (mixed to mono, resampled to 16
 WAV at 16 kHz (or at the input rate with --keep-rate); the real-time factor is printed at the end.
 Folders are walked for every audio extension soundfile reads (wav, flac, ogg/opus, mp3, aiff, ...) and
 keep their subfolders under --out; inputs that would share an output name (a.wav and a.flac) are written
-as a.wav.wav and a.flac.wav; an output that would replace an input is refused (exit 2). Audio shorter
+as a.wav.wav and a.flac.wav; an output that would replace an input, or an existing file in a folder the
+inputs are read from (--out = the input's folder), is refused (exit 2). Symlinked subfolders are
+followed; a dangling symlink is reported as a failed file. Audio shorter
 than 25 ms is zero-padded for the model and cropped back. Output louder than full scale (a float input
 above 1.0) is scaled down to fit, with a warning, never clipped.
 Exit codes: 0 every file enhanced; 2 bad input (nothing done); 3 some files failed (NaN/Inf samples,

@@ -108,6 +108,7 @@ class Launcher(abc.ABC):
         self.job_name = job_name
         self.profile = profile
         self.source = source  # the sweep file, for error messages
+        self.notes: list[str] = []  # one line each: what `cancel` left alone and why
 
     def describe(self, cells: list) -> list[str]:
         """The commands that would run (dry run); one line per cell by default."""
@@ -126,7 +127,8 @@ class Launcher(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, records: list[dict]) -> list[str]:
-        """Stop the active cells of ``records``; returns the job ids signalled."""
+        """Stop the active cells of ``records``; returns the job ids signalled (what it refused to signal:
+        one line each in ``notes``)."""
 
     # shared by the implementations
     def cell_dir(self, rec: dict) -> Path:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import procid
 from common.progress import read_progress, shown_state
 from orchestrator.launchers import base
 from orchestrator.ledger import ACTIVE, Ledger, set_state
@@ -44,6 +45,7 @@ class Running:
     cell_dir: Path
     handle: Any
     job_id: str
+    identity: dict | None = None  # `common.procid.identify` of a local process (recorded as the ledger's ``process``)
 
 
 # ------------------------------------------------------------------------------ the ledger's side
@@ -92,6 +94,8 @@ def cell_alive(rec: dict, cell_dir: Path) -> bool:
         return False
     if kind == "local-claim":
         return True
+    if isinstance(rec.get("process"), dict):  # recorded identity: pid, boot, start time, command line
+        return procid.is_same(rec["process"])
     cmd = _cmdline(pid)
     return not cmd or str(cell_dir) in cmd or Path(cell_dir).name in cmd
 
@@ -112,14 +116,16 @@ def claim(sweep_dir: Path, cell_id: str, cell_dir: Path) -> str | None:
     return None
 
 
-def record_start(sweep_dir: Path, cell_id: str, cell_dir: Path, job_id: str) -> None:
+def record_start(sweep_dir: Path, cell_id: str, cell_dir: Path, job_id: str, identity: dict | None = None) -> None:
+    """The ledger's record of a started cell: ``job_id`` and, for a local process, ``process`` (its
+    identity, `common.procid`: what `LocalLauncher.cancel` checks before any signal)."""
     base.clear_exit_code(cell_dir)
     _attempt_line(cell_dir, f"start {job_id}")
     with Ledger(sweep_dir).locked() as data:
         rec = data["cells"][cell_id]
         set_state(rec, "running", job_id=job_id, job_ids=[*rec.get("job_ids", []), job_id],
                   submissions=rec.get("submissions", 0) + 1, attempts=rec.get("attempts", 0) + 1,
-                  exit_code=None, reason=None)
+                  exit_code=None, reason=None, process=identity)
 
 
 def record_end(sweep_dir: Path, cell_id: str, cell_dir: Path, rc: int) -> str:
@@ -233,7 +239,7 @@ def run_cells(sweep_dir: Path, cells: list, backend: Backend, *, out: Callable[[
                     total -= 1
                     continue
                 r = backend.start(cell, cdir)
-                record_start(sweep_dir, cell.id, cdir, r.job_id)
+                record_start(sweep_dir, cell.id, cdir, r.job_id, r.identity)
                 running.append(r)
                 out(backend.describe(r))
             for r, rc in backend.ended(list(running), poll_s):

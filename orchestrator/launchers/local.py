@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import procid
 from orchestrator.launchers import base
 from orchestrator.launchers.cell_loop import Backend, Running, cell_alive, run_cells
 from orchestrator.ledger import ACTIVE, set_state
@@ -30,7 +31,8 @@ class LocalBackend(Backend):
         cmd = base.cell_command(cell_dir, nproc=cell.config.launcher.nproc)
         with open(cell_dir / "launcher.log", "ab") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        return Running(cell, cell_dir, proc, f"local:{proc.pid}")
+        # Popen returns after the exec: the identity holds the training command, not this fork
+        return Running(cell, cell_dir, proc, f"local:{proc.pid}", procid.identify(proc.pid))
 
     def describe(self, r: Running) -> str:
         return f"started {r.cell.id} (pid {r.handle.pid}): {' '.join(r.handle.args)}"
@@ -43,7 +45,9 @@ class LocalBackend(Backend):
         for r in running:
             if (r.handle.pid, sig) not in self.signalled:
                 self.signalled.add((r.handle.pid, sig))
-                try:
+                if r.handle.poll() is not None:  # ended (and reaped now): its pid may be anyone's
+                    continue
+                try:  # not reaped, so the pid is still our child's: its group is the cell's
                     os.killpg(r.handle.pid, sig)
                 except ProcessLookupError:
                     pass
@@ -66,13 +70,33 @@ class LocalLauncher(base.Launcher):
         self.refresh_from_exit_codes(data)
 
     def cancel(self, records: list[dict]) -> list[str]:
+        """SIGTERM to the process group of each active ``local:<pid>`` cell, only after checking that the
+        pid still is the cell's process: its recorded identity (``process``: boot id, start time, command
+        line; `common.procid`), or, in a ledger written before identities were recorded, a command line
+        that is the cell's training command. Any other process is left alone, one line in ``notes``."""
         done = []
         for rec in records:
             job = rec.get("job_id") or ""
-            if rec["state"] in ACTIVE and job.startswith("local:"):  # the run's process group
-                try:
-                    os.killpg(int(job.split(":")[1]), signal.SIGTERM)
-                    done.append(job)
-                except (ProcessLookupError, ValueError):
-                    pass
+            kind, _, pid = job.partition(":")
+            if rec["state"] not in ACTIVE or kind != "local" or not pid.isdigit():
+                continue
+            ident = rec.get("process") if isinstance(rec.get("process"), dict) else self._old_record(rec, int(pid))
+            if ident is not None and int(ident.get("pid", -1)) == int(pid) and procid.signal_if_same(
+                    ident, signal.SIGTERM, group=True):
+                done.append(job)
+                continue
+            now = procid.identify(int(pid))
+            if now is not None:
+                self.notes.append(f"{job}: pid {pid} is not this cell's training process any more (it runs "
+                                  f"`{now['cmdline'][:80]}`): not signalled")
         return done
+
+    def _old_record(self, rec: dict, pid: int) -> dict | None:
+        """A ledger without ``process``: the live pid's identity when its command line is this cell's
+        training command (`base.cell_command`: ``training.run ... --workdir CELL``), else None."""
+        now = procid.identify(pid)
+        cmd = f" {now['cmdline']} " if now else ""
+        cell_dir = str(self.cell_dir(rec))
+        ok = " training.run " in cmd and (f" --workdir {cell_dir} " in cmd
+                                          or f" --workdir {os.path.abspath(cell_dir)} " in cmd)
+        return now if ok else None

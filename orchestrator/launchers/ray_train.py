@@ -18,12 +18,15 @@ the exit code reaches the ledger as with the other launchers.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import socket
 import subprocess
 from pathlib import Path
 
+from common import procid
+from common.atomic import atomic_write_text
 from common.rundir import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED
 from orchestrator.launchers.base import cell_command
 
@@ -113,24 +116,33 @@ def fit_cell(cell_dir: Path, launcher, *, cwd: str, env: dict[str, str] | None =
 
 
 def write_pid(cell_dir: Path, rank: int, pid: int) -> None:
-    """Inside a Ray worker: record the training process of ``rank`` and the Ray node it runs on."""
+    """Inside a Ray worker: record the training process of ``rank``, the Ray node it runs on and, on a
+    second line, its identity (`common.procid`, JSON), which every signal checks first."""
     import ray
 
     folder = Path(cell_dir) / PID_DIR
     folder.mkdir(exist_ok=True)
-    (folder / f"{rank}.pid").write_text(f"{ray.get_runtime_context().get_node_id()} {pid}\n")
+    ident = json.dumps(procid.identify(pid))  # Popen returned after the exec: the training command
+    atomic_write_text(folder / f"{rank}.pid", f"{ray.get_runtime_context().get_node_id()} {pid}\n{ident}\n")
+
+
+def read_pid_records(cell_dir: Path) -> dict[int, tuple[str, int, dict | None]]:
+    """``{rank: (ray node id, pid, identity or None)}`` of the training processes the workers started."""
+    out = {}
+    for f in (Path(cell_dir) / PID_DIR).glob("*.pid"):  # (exit_code is rank 0's outcome)
+        try:
+            first, _, rest = f.read_text().partition("\n")
+            node, pid = first.split()
+            ident = json.loads(rest) if rest.strip() else None
+            out[int(f.stem)] = (node, int(pid), ident if isinstance(ident, dict) else None)
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def read_pid_files(cell_dir: Path) -> dict[int, tuple[str, int]]:
     """``{rank: (ray node id, pid)}`` of the training processes the workers started."""
-    out = {}
-    for f in (Path(cell_dir) / PID_DIR).glob("*.pid"):  # (exit_code is rank 0's outcome)
-        try:
-            node, pid = f.read_text().split()
-            out[int(f.stem)] = (node, int(pid))
-        except ValueError:
-            continue
-    return out
+    return {rank: (node, pid) for rank, (node, pid, _ident) in read_pid_records(cell_dir).items()}
 
 
 def read_pids(cell_dir: Path) -> dict[int, int]:
@@ -138,7 +150,12 @@ def read_pids(cell_dir: Path) -> dict[int, int]:
     return {rank: pid for rank, (_node, pid) in read_pid_files(cell_dir).items()}
 
 
-def _kill(pid: int, sig: int) -> None:
+def _kill(pid: int, sig: int, identity: dict | None = None) -> None:
+    """Signal a rank's training process, on its node, only while it still is that process (its recorded
+    identity; a pid file without one, from an older version: the pid as before)."""
+    if identity is not None:
+        procid.signal_if_same(identity, sig)
+        return
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -161,13 +178,14 @@ def signal_cell(cell_dir: Path, sig: int = signal.SIGTERM, skip: set | None = No
     here = ray.get_runtime_context().get_node_id()
     remote = ray.remote(_kill).options(num_cpus=0)
     waits = []
-    procs = {x for x in read_pid_files(cell_dir).values() if x not in (skip or set())}
+    records = {(node, pid): ident for node, pid, ident in read_pid_records(cell_dir).values()}
+    procs = {x for x in records if x not in (skip or set())}
     for node, pid in procs:
         if node == here:
-            _kill(pid, sig)
+            _kill(pid, sig, records[node, pid])
         else:
             strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-            waits.append(remote.options(scheduling_strategy=strategy).remote(pid, int(sig)))
+            waits.append(remote.options(scheduling_strategy=strategy).remote(pid, int(sig), records[node, pid]))
     if waits:
         ray.get(waits, timeout=30)
     return procs

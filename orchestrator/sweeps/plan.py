@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, build_config, merge, parse_overrides
+from common.safe_names import check_name
 from orchestrator.errors import UserError
 from orchestrator.preflight import cells_text, raise_if
 from orchestrator.profiles import ClusterProfile, load_profile
@@ -195,6 +196,7 @@ def expand(spec: SweepSpec, overrides: list[str] | None = None, *, executor: str
         seen[cid] = seen.get(cid, 0) + 1
         if seen[cid] > 1:
             cid = f"{cid}-{seen[cid]}"
+        check_name(cid, spec.source, "cell id", folder=True, error=UserError)  # a folder of its own: cells/<id>
         grid_sets: dict = {}
         for _tok, _v, sets in combo:
             grid_sets = merge(grid_sets, sets)

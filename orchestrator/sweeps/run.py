@@ -246,10 +246,13 @@ def cancel_sweep(sweep: str | Path, cells: list[str] | None = None, *, root: str
         if unknown:
             raise UserError(f"{sweep_dir}: no cell {unknown[0]!r} (cells: {', '.join(data['cells'])})")
         records = [data["cells"][cid] for cid in cells or data["cells"]]
-        tasks = launchers.get(launchers.executor_of(data), sweep_dir).cancel(records)
+        launcher = launchers.get(launchers.executor_of(data), sweep_dir)
+        tasks = launcher.cancel(records)
         for rec in records:
             if rec["state"] in ACTIVE:
                 set_state(rec, "cancelled", reason="orchestrate cancel")
+    for note in launcher.notes:
+        out(note)
     shown = " ".join(tasks[:20]) + (f" ... (+{len(tasks) - 20} more)" if len(tasks) > 20 else "")
     out(f"cancelled {len(tasks)} job(s): {shown or '-'}")
     return 0

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, load_yaml, merge, parse_overrides
+from common.safe_names import name_problem
 from orchestrator.errors import UserError
 
 TOP_KEYS = ("name", "base", "grid", "overrides", "exclude", "resources", "profile", "executor", "mlflow", "data")
@@ -94,6 +95,15 @@ def _token(axis: str, value: Any) -> str:
     return text or "x"
 
 
+def _check_token(token: str, source: str, key: str, what: str) -> str:
+    """A grid point's token names cell folders (``cells/<id>``): the path-safety rule (`common.safe_names`),
+    so ``.`` and ``..`` never make a cell run in the sweep folder or above it."""
+    why = name_problem(token, folder=True)
+    if why:
+        raise key_error(source, key, f"{what} would name the cell folder {token!r}: {why}")
+    return token
+
+
 def _parse_grid(grid: Any, source: str) -> dict[str, list[tuple[str, Any, dict]]]:
     if grid is None:
         return {}
@@ -116,7 +126,8 @@ def _parse_grid(grid: Any, source: str) -> dict[str, list[tuple[str, Any, dict]]
                 raise key_error(source, key, "expected a non-empty list of values")
             if len(set(map(repr, values))) != len(values):
                 raise key_error(source, key, f"duplicate values in {values}")
-            out[axis] = [(_token(axis, v), v, nest_dotted({axis: v}, source, key)) for v in values]
+            out[axis] = [(_check_token(_token(axis, v), source, key, f"value {v!r}"), v, nest_dotted({axis: v}, source, key))
+                         for v in values]
         else:
             raise key_error(source, key, f"expected a list of values or a mapping of named variants, got {values!r}")
     return out

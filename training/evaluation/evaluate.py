@@ -15,7 +15,10 @@ Summary (also the return value)::
      "problems": [{"key", "status", "reason"}, ...]}                      # every excluded/failed file
 
 One bad file never stops the others; the caller reports ``failed_files`` (``orchestrate evaluate``
-exits 3 then, see docs/contracts.md).
+exits 3 then, see docs/contracts.md). With ``save_audio_dir``, each enhanced file is written as
+``<key>.wav`` inside it; a key that would name a file outside it (absolute, ``..``: a hostile test set's
+tar member; `common.safe_names`) or is too long for a file name is that file's failure: nothing written,
+the reason in ``problems``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_write_text
+from common.safe_names import safe_join
 from training.evaluation.metrics import (
     DEFAULT_METRICS,
     DNSMOS_METRICS,
@@ -86,8 +90,8 @@ def evaluate_testset(
                     enhanced = enhance(noisy)
                     if not np.all(np.isfinite(enhanced)):
                         raise AudioFileError(f"{key}: the model produced non-finite output")
-                    if save_audio_dir is not None:
-                        write_wav(Path(save_audio_dir) / f"{key}.wav", enhanced)
+                    if save_audio_dir is not None:  # the key came from data: never a path out of the folder
+                        write_wav(safe_join(save_audio_dir, f"{key}.wav", name, "sample key"), enhanced)
                 except (ValueError, RuntimeError) as e:  # this file only; OSError (disk) stops the run
                     error = " ".join(str(e).split()) or type(e).__name__
             if error is not None:
