@@ -198,6 +198,9 @@ def index_shards(root: str | Path) -> dict[str, dict]:
     from sharding.tario import iter_samples
 
     root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}; expected a folder of "
+                          "*.tar shards (or of split folders holding them)")
     split_dirs = [root] if any(root.glob("*.tar")) else sorted(d for d in root.iterdir() if any(d.glob("*.tar")))
     if not split_dirs:
         raise SourceError(f"{root}: no *.tar here or in a split folder below it")
@@ -229,6 +232,8 @@ def index_shards(root: str | Path) -> dict[str, dict]:
 def resolve_plan(recipe_name: str, options: dict[str, Any] | None, shard_samples: int | None = None,
                  shard_bytes: int | None = None) -> tuple[dict[str, Any], list[ShardTask]]:
     """Validate options and sources (SourceError before any work); returns (normalised options, tasks)."""
+    if shard_bytes is not None and not shard_bytes > 0:
+        raise SourceError(f"shard size: expected a number of bytes > 0, got {shard_bytes}")
     spec = get_recipe(recipe_name)
     opts = spec.parse_options(options)
     corpus = spec.open(opts)

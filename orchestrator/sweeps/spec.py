@@ -230,8 +230,19 @@ def _parse_data(data: Any, source: str) -> dict | None:
     if not isinstance(data.get("options", {}), dict):
         raise key_error(source, "data.options", "expected a mapping of recipe options")
     workers = data.get("workers", 1)
-    if not isinstance(workers, int) or workers < 1:
-        raise key_error(source, "data.workers", f"expected a positive integer, got {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise key_error(source, "data.workers", f"expected an integer >= 1, got {workers!r}")
+    from sharding.errors import SourceError
+    from sharding.recipes import get_recipe
+
+    try:  # the recipe and its options, checked as `orchestrate shard build` checks them
+        recipe = get_recipe(data["recipe"])
+    except SourceError as e:
+        raise key_error(source, "data.recipe", str(e)) from None
+    try:
+        recipe.parse_options(data.get("options") or {})
+    except SourceError as e:
+        raise key_error(source, "data.options", str(e)) from None
     return {"recipe": data["recipe"], "out": data["out"], "options": dict(data.get("options") or {}),
             "workers": workers}
 

@@ -75,7 +75,10 @@ class DemoOptions:
             raise SourceError(f"option noise_types: unknown {bad}; known: {','.join(NOISE_TYPES)}")
         for s in SPLITS:
             if getattr(self, f"{s}_clips") < 0:
-                raise SourceError(f"option {s}_clips: must be >= 0")
+                raise SourceError(f"option {s}_clips: expected an integer >= 0 (0: no {s} split), "
+                                  f"got {getattr(self, f'{s}_clips')}")
+        if not any(getattr(self, f"{s}_clips") for s in SPLITS):
+            raise SourceError("options train_clips, valid_clips, test_clips: all 0, nothing to build")
 
 
 def _split_speakers(items: list, held_out: int) -> dict[str, list]:
