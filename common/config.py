@@ -384,7 +384,7 @@ def _locate_source(err: ConfigError, sources: list[tuple[str, dict]], overrides:
     path = err.key_path
     if path:
         for key, _value, text in reversed(overrides):
-            if key == path or path.startswith(key + ".") or key.startswith(path + "."):
+            if key == path or path.startswith((key + ".", key + "[")) or key.startswith(path + "."):
                 return f"override '{text}': {err}"
         for name, d in reversed(sources):
             if _has_path(d, path):

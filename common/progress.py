@@ -39,8 +39,10 @@ def read_progress_checked(path: str | Path) -> tuple[dict, str | None]:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
         return {}, None
-    except (OSError, ValueError) as e:
-        return {}, f"{path}: unreadable ({type(e).__name__})"
+    except OSError as e:
+        return {}, f"{path}: unreadable ({e.strerror or e})"
+    except ValueError:
+        return {}, f"{path}: unreadable (not JSON)"
     if not isinstance(data, dict):
         return {}, f"{path}: unreadable (a JSON {type(data).__name__}, expected an object)"
     kinds = {"step": int, "max_steps": int, "best_pesq": (int, float), "last_val_pesq": (int, float),
@@ -57,8 +59,10 @@ def read_attempts(cell_dir: str | Path) -> tuple[list[str], str | None]:
         return path.read_bytes().decode("utf-8").splitlines(), None
     except FileNotFoundError:
         return [], None
-    except (OSError, ValueError) as e:
-        return [], f"{path}: unreadable ({type(e).__name__})"
+    except OSError as e:
+        return [], f"{path}: unreadable ({e.strerror or e})"
+    except ValueError:
+        return [], f"{path}: unreadable (not UTF-8 text)"
 
 
 def progress_rate(progress: dict) -> float | None:
