@@ -158,12 +158,18 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+def shown(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\r``, ``\\x00``): a message quoting user text
+    stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any, str]]:
     """``["a.b=1", "c=[x, y]"]`` → ``[(path, value, original_text)]``; values parsed as YAML."""
     parsed = []
     for text in overrides:
         if "=" not in text or text.startswith("="):
-            raise ConfigError(f"override '{text}': expected key=value (e.g. trainer.max_steps=100)")
+            raise ConfigError(f"override '{shown(text)}': expected key=value (e.g. trainer.max_steps=100)")
         key, raw = text.split("=", 1)
         key = key.strip().lstrip("+")
         try:
@@ -385,7 +391,7 @@ def _locate_source(err: ConfigError, sources: list[tuple[str, dict]], overrides:
     if path:
         for key, _value, text in reversed(overrides):
             if key == path or path.startswith((key + ".", key + "[")) or key.startswith(path + "."):
-                return f"override '{text}': {err}"
+                return f"override '{shown(text)}': {err}"
         for name, d in reversed(sources):
             if _has_path(d, path):
                 return f"{name}: {err}"
@@ -437,7 +443,7 @@ def _resolve(merged: dict, sources: list[tuple[str, dict]], parsed: list[tuple[s
     except OmegaConfBaseException as e:
         msg = str(e).strip().splitlines()[0]
         culprits = [text for _k, _v, text in parsed if "${" in text]
-        where = f"override '{culprits[-1]}': " if culprits else (f"{sources[-1][0]}: " if sources else "")
+        where = f"override '{shown(culprits[-1])}': " if culprits else (f"{sources[-1][0]}: " if sources else "")
         raise ConfigError(f"{where}cannot resolve interpolation: {msg}") from None
 
 

@@ -72,7 +72,16 @@ def encode_clip(clip: Clip) -> dict[str, Any]:
     }
 
 
+MAX_SHARDS = 1_000_000  # a build of more shards is a typo (train_clips=1e20), not a corpus
+
+
 def plan_tasks(sizes: dict[str, int], shard_samples: int) -> list[ShardTask]:
+    """One task per shard of ``shard_samples`` clips; SourceError for more than `MAX_SHARDS` shards."""
+    count = sum(math.ceil(sizes.get(split, 0) / shard_samples) for split in SPLITS)
+    if count > MAX_SHARDS:
+        raise SourceError(f"the build would write {count:,} shards of {shard_samples:,} clips (at most {MAX_SHARDS:,}): "
+                          f"ask for fewer clips ({', '.join(f'{s} {n:,}' for s, n in sizes.items() if n)}) or larger "
+                          "shards (--shard-samples / --shard-mb)")
     tasks = []
     for split in SPLITS:
         n = sizes.get(split, 0)

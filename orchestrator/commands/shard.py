@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.cliutil import OneLineParser, positive_float, positive_int
+from orchestrator.cliutil import OneLineParser, number, positive_int
 
 NAME = "shard"
 HELP = "build shard corpora from recipes (demo, pairs, dns2020, vb-demandex, ears-wham), verify, stats"
@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--executor", choices=("local", "ray", "slurm"), default="local")
     b.add_argument("--workers", type=positive_int, default=1, help="local processes / Ray CPUs (default 1)")
     b.add_argument("--shard-samples", type=positive_int, help="samples per shard (default: from --shard-mb)")
-    b.add_argument("--shard-mb", type=positive_float, help="target shard size in MB (default 512)")
+    b.add_argument("--shard-mb", type=number(float, gt=0, le=2**20), help="target shard size in MB (default 512)")
     b.add_argument("--profile", default="local",
                    help="cluster profile for --executor slurm (slurm/NAME.yaml: container, setup, partition, account)")
     b.add_argument("--slurm", action="append", default=[], metavar="key=value",

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, load_yaml, merge, parse_overrides
+from common.config import ConfigError, load_yaml, merge, parse_overrides, shown
 from orchestrator.errors import UserError
 
 TOP_KEYS = ("name", "base", "grid", "overrides", "exclude", "resources", "profile", "executor", "mlflow", "data")
@@ -263,15 +263,15 @@ def grid_overrides(spec: SweepSpec, overrides: list[str]) -> tuple[dict, list[st
             plain.append(text)
             continue
         if axis in spec.grid and axis not in _value_axes(spec):
-            raise UserError(f"override '{text}': {axis} is an axis of named variants in {spec.source}; "
+            raise UserError(f"override '{shown(text)}': {axis} is an axis of named variants in {spec.source}; "
                             "edit the sweep file to change it")
         if not isinstance(value, list):
             current = [v for _t, v, _s in grid[axis]] if axis in grid else []
             raise UserError(
-                f"override '{text}': {axis} is a grid axis of {spec.source} (values {current}); a single value "
+                f"override '{shown(text)}': {axis} is a grid axis of {spec.source} (values {current}); a single value "
                 f"would give every cell the same {axis}. Replace the axis explicitly: {axis}=[{value}] "
                 f"(or --grid {axis}={value},...), or edit the sweep file")
-        grid[axis] = _parse_grid({axis: value}, f"override '{text}'")[axis]
+        grid[axis] = _parse_grid({axis: value}, f"override '{shown(text)}'")[axis]
     return grid, plain
 
 

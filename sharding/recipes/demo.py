@@ -66,8 +66,9 @@ class DemoOptions:
         check_range("seconds", self.min_seconds, self.max_seconds)
         check_range("snr_db", self.snr_db_min, self.snr_db_max)
         check_range("level_dbfs", self.level_dbfs_min, self.level_dbfs_max)
-        if self.min_seconds <= 0:
-            raise SourceError(f"option min_seconds: must be > 0, got {self.min_seconds}")
+        if not 0 < self.min_seconds <= self.max_seconds <= 600:
+            raise SourceError(f"options min_seconds, max_seconds: expected 0 < min <= max <= 600 s, got "
+                              f"{self.min_seconds}, {self.max_seconds}")
         if self.speech not in ("auto", "espeak", "procedural"):
             raise SourceError(f"option speech: expected auto|espeak|procedural, got {self.speech!r}")
         bad = [n for n in self.noise_types.split(",") if n not in NOISE_TYPES]
