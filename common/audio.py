@@ -30,8 +30,11 @@ class AudioFileError(InputError):
     """An audio file that cannot be read or written: one line naming the file."""
 
 
-def to_mono_16k(x: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """[N] or [N, C] audio at ``sr`` Hz -> float32 [N'] mono at ``target_sr`` (channel mean, polyphase)."""
+def to_mono_16k(x: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE, length: int | None = None) -> np.ndarray:
+    """[N] or [N, C] audio at ``sr`` Hz -> float32 [N'] mono at ``target_sr`` (channel mean, polyphase).
+
+    ``length``: trim or zero-pad the result to exactly this many samples (polyphase resampling rounds
+    the length up, so a round trip 44.1 -> 16 -> 44.1 kHz may gain a sample: 54,441 -> 54,442)."""
     a = np.asarray(x, dtype=np.float32)
     if a.ndim == 2:
         a = a.mean(axis=1)
@@ -42,6 +45,8 @@ def to_mono_16k(x: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndar
 
         frac = Fraction(target_sr, int(sr))
         a = resample_poly(a, frac.numerator, frac.denominator)
+    if length is not None and a.shape[0] != length:
+        a = a[:length] if a.shape[0] > length else np.pad(a, (0, length - a.shape[0]))
     return np.ascontiguousarray(a, dtype=np.float32)
 
 

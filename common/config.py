@@ -15,6 +15,13 @@ nested dataclasses. Text that spells a number or a boolean (``"7"``, ``"1e-3"``,
 ``key=value`` command line gives) is accepted for an int, float or bool field. A field's help text
 lives in ``metadata["help"]`` (see :func:`field_help`). ``ConfigError`` is a
 `common.errors.InputError` (exit 2).
+
+Value rules live here, once per value: a number is always finite (NaN/inf refused in every float field
+and inside ``Any`` values), and a field declares its range with ``option(..., ge=/gt=/le=/lt=)``. The
+same rule checks a command-line option (`check_value`, used by `orchestrator.cliutil`), so a value one
+command refuses no other accepts::
+
+    optim.weight_decay: expected a number >= 0, got -1
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import copy
 import dataclasses
 import difflib
 import functools
+import io
+import math
 import os
 import re
 import types
@@ -48,11 +57,54 @@ class ConfigError(InputError):
         self.key_path = key_path
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
-    """A dataclass field with a help text (shown by ``--help``-style listings and docs)."""
+BOUNDS = ("ge", "gt", "le", "lt")
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, ge: float | None = None,
+           gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with a help text (shown by ``--help``-style listings and docs) and its range:
+    ``ge``/``gt``/``le``/``lt`` bound a number (None and non-numbers such as ``"auto"`` are not bounded)."""
+    metadata = {"help": help, **{k: v for k, v in zip(BOUNDS, (ge, gt, le, lt)) if v is not None}}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def bounds_text(bounds: dict) -> str:
+    """``{"ge": 0, "lt": 1}`` -> ``">= 0 and < 1"``."""
+    return " and ".join(f"{_BOUND_TEXT[k]} {bounds[k]:g}" if isinstance(bounds[k], float) else
+                        f"{_BOUND_TEXT[k]} {bounds[k]}" for k in BOUNDS if k in bounds)
+
+
+def check_bounds(value: Any, bounds: dict, path: str, tp_name: str = "a number", shown: Any = None) -> None:
+    """ConfigError ``"<path>: expected <tp_name> >= 0, got -1"`` when number ``value`` breaks ``bounds``
+    (keys of `BOUNDS`); ``shown``: the value as the user wrote it (default ``value``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    ok = all((k != "ge" or value >= b) and (k != "gt" or value > b) and (k != "le" or value <= b)
+             and (k != "lt" or value < b) for k, b in bounds.items() if k in _BOUND_TEXT)
+    if not ok:
+        raise ConfigError(f"{path}: expected {tp_name} {bounds_text(bounds)}, got {value if shown is None else shown}",
+                          path)
+
+
+def field_rule(schema: type, key: str) -> tuple[Any, dict]:
+    """(type, bounds) of dotted ``key`` of dataclass ``schema``: the rule a command-line option shares with
+    the config value it sets (`check_value`)."""
+    cls, parts = schema, key.split(".")
+    for part in parts[:-1]:
+        cls = _hints(cls)[part]
+    f = {f.name: f for f in dataclasses.fields(cls)}[parts[-1]]
+    return _hints(cls)[parts[-1]], {k: v for k, v in f.metadata.items() if k in _BOUND_TEXT}
+
+
+def check_value(value: Any, tp: Any, bounds: dict | None, path: str) -> Any:
+    """``value`` (text from a command line, or a parsed value) converted to type ``tp`` and checked against
+    ``bounds`` with the rule of config fields: ConfigError naming ``path`` and what was expected."""
+    coerced = _coerce_item(value, tp, path)
+    check_bounds(coerced, bounds or {}, path, _number_name(tp), shown=value)
+    return coerced
 
 
 @functools.cache
@@ -86,15 +138,30 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected a YAML mapping (key: value lines)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e}); expected a YAML mapping") from None
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(io.StringIO(text)), resolve=False)
     except (yaml.YAMLError, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    except OSError:  # OmegaConf.load on a top-level scalar (42, true): "Invalid loaded object type"
+        data = yaml.safe_load(text)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+        kind = "a list" if isinstance(data, list) else f"the scalar {data!r}"[:60]
+        raise ConfigError(f"{path}: expected a YAML mapping (key: value lines) at the top level, got {kind}")
     return data
+
+
+def shown(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\r``, ``\\x00``): a message quoting user text
+    stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any, str]]:
@@ -102,7 +169,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any, str]]:
     parsed = []
     for text in overrides:
         if "=" not in text or text.startswith("="):
-            raise ConfigError(f"override '{text}': expected key=value (e.g. trainer.max_steps=100)")
+            raise ConfigError(f"override '{shown(text)}': expected key=value (e.g. trainer.max_steps=100)")
         key, raw = text.split("=", 1)
         key = key.strip().lstrip("+")
         try:
@@ -162,6 +229,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _number_name(tp: Any) -> str:
+    """"an integer" / "a number": the numeric part of ``tp`` (``Optional[int]`` -> "an integer")."""
+    args = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+    return "an integer" if int in args and float not in args else "a number"
+
+
 class _Mismatch(Exception):
     pass
 
@@ -190,6 +263,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against type ``tp``; return it converted (int→float, dict→dataclass)."""
     origin = get_origin(tp)
     if tp is Any:  # a copy: configs never share a mutable value with their sources (or each other)
+        _check_finite(value, path)
         return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -217,10 +291,16 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         raise _Mismatch
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string; key=value text
-        raise _Mismatch
+            number = float(value)
+        elif isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            number = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string; key=value text
+        elif isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
+            number = math.nan
+        else:
+            raise _Mismatch
+        if not math.isfinite(number):  # NaN/inf (also 1e999) is never a setting
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}", path)
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -245,6 +325,18 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise _Mismatch
         return _build(tp, value, path)
     raise _Mismatch
+
+
+def _check_finite(value: Any, path: str) -> None:
+    """No NaN/inf anywhere inside a free-form (``Any``) value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}", path)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{path}[{i}]")
 
 
 def _coerce_item(value: Any, tp: Any, path: str) -> Any:
@@ -276,6 +368,7 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
                 raise ConfigError(f"missing required key '{path}' ({_type_name(hints[name])})", path)
             continue
         kwargs[name] = _coerce_item(data[name], hints[name], path)
+        check_bounds(kwargs[name], f.metadata, path, _number_name(hints[name]), shown=data[name])
     try:
         return cls(**kwargs)
     except ValueError as e:  # __post_init__ checks name the field they reject: "max_steps must be > 0"
@@ -297,8 +390,8 @@ def _locate_source(err: ConfigError, sources: list[tuple[str, dict]], overrides:
     path = err.key_path
     if path:
         for key, _value, text in reversed(overrides):
-            if key == path or path.startswith(key + ".") or key.startswith(path + "."):
-                return f"override '{text}': {err}"
+            if key == path or path.startswith((key + ".", key + "[")) or key.startswith(path + "."):
+                return f"override '{shown(text)}': {err}"
         for name, d in reversed(sources):
             if _has_path(d, path):
                 return f"{name}: {err}"
@@ -350,7 +443,7 @@ def _resolve(merged: dict, sources: list[tuple[str, dict]], parsed: list[tuple[s
     except OmegaConfBaseException as e:
         msg = str(e).strip().splitlines()[0]
         culprits = [text for _k, _v, text in parsed if "${" in text]
-        where = f"override '{culprits[-1]}': " if culprits else (f"{sources[-1][0]}: " if sources else "")
+        where = f"override '{shown(culprits[-1])}': " if culprits else (f"{sources[-1][0]}: " if sources else "")
         raise ConfigError(f"{where}cannot resolve interpolation: {msg}") from None
 
 

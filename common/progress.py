@@ -18,20 +18,51 @@ import json
 import math
 from pathlib import Path
 
-from common.rundir import PROGRESS_FILE
+from common.rundir import ATTEMPTS_FILE, PROGRESS_FILE
 
 
 def read_progress(path: str | Path) -> dict:
     """``progress.json`` of a run folder (or the file itself) as a dict; {} when absent, partial or
     garbled (read defensively: it is rewritten while a run works)."""
+    return read_progress_checked(path)[0]
+
+
+def read_progress_checked(path: str | Path) -> tuple[dict, str | None]:
+    """(`read_progress`'s dict, why the file is unreadable or None): a file that exists but is not a JSON
+    object (binary, truncated, a list) gives ``({}, reason)``; values of a wrong type (``"step": "x"``) are
+    dropped, so readers may trust ``step``/``max_steps`` (int), ``best_pesq``/``last_val_pesq`` (number),
+    ``state`` (str)."""
     path = Path(path)
     if path.name != PROGRESS_FILE:
         path = path / PROGRESS_FILE
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}, None
+    except OSError as e:
+        return {}, f"{path}: unreadable ({e.strerror or e})"
+    except ValueError:
+        return {}, f"{path}: unreadable (not JSON)"
+    if not isinstance(data, dict):
+        return {}, f"{path}: unreadable (a JSON {type(data).__name__}, expected an object)"
+    kinds = {"step": int, "max_steps": int, "best_pesq": (int, float), "last_val_pesq": (int, float),
+             "last_val_step": int, "state": str, "window": list}
+    clean = {k: v for k, v in data.items()
+             if k not in kinds or v is None or (isinstance(v, kinds[k]) and not isinstance(v, bool))}
+    return clean, None if len(clean) == len(data) else f"{path}: unreadable values ({', '.join(sorted(set(data) - set(clean)))})"
+
+
+def read_attempts(cell_dir: str | Path) -> tuple[list[str], str | None]:
+    """The lines of a cell's ``attempts.log`` ([] when absent) and why it is unreadable (not text) or None."""
+    path = Path(cell_dir) / ATTEMPTS_FILE
+    try:
+        return path.read_bytes().decode("utf-8").splitlines(), None
+    except FileNotFoundError:
+        return [], None
+    except OSError as e:
+        return [], f"{path}: unreadable ({e.strerror or e})"
+    except ValueError:
+        return [], f"{path}: unreadable (not UTF-8 text)"
 
 
 def progress_rate(progress: dict) -> float | None:
@@ -60,7 +91,10 @@ def progress_eta(progress: dict) -> float | None:
 
 def shown_state(state: str, progress_state: str | None) -> str:
     """A cell's state as the user reads it: ``running (evaluating)`` while a running cell's
-    progress.json state says its end-of-run evaluation is under way (training.evaluation.final_eval)."""
+    progress.json state says its end-of-run evaluation is under way (training.evaluation.final_eval);
+    ``<state> (progress unreadable)`` when its progress.json is garbled (`read_progress_checked`)."""
+    if progress_state == "unreadable":  # progress.json garbled: the cell's state still shown
+        return f"{state} (progress unreadable)"
     return f"{state} (evaluating)" if state == "running" and progress_state == "evaluating" else state
 
 

@@ -23,6 +23,7 @@ import sys
 from common.errors import InputError
 from common.rundir import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from orchestrator import commands as _commands_pkg
+from orchestrator.cliutil import OneLineParser
 
 # OSErrors that describe the machine or the user's paths, printed as one line (exit 2), not a traceback.
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
@@ -41,7 +42,7 @@ def _command_modules():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="orchestrate",
         description="Train, sweep, resume and compare speech-enhancement models "
         "(MambAttention, RWSA-MambaUNet, SEMamba, MP-SENet) locally, on SLURM or on Ray.",

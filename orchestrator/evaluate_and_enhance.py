@@ -251,8 +251,9 @@ def enhance_files(
             enhanced = enhancer.enhance(wav)
             rate = 16000
             if keep_rate:
-                rate = audio_info(f).samplerate
-                enhanced = to_mono_16k(enhanced, 16000, target_sr=rate)
+                info = audio_info(f)  # back at the input's rate and exact length
+                rate = info.samplerate
+                enhanced = to_mono_16k(enhanced, 16000, target_sr=rate, length=info.frames)
             if not np.all(np.isfinite(enhanced)):
                 raise AudioFileError(f"{f}: the model produced non-finite output; nothing written")
             enhanced, gain = fit_full_scale(enhanced)

@@ -136,7 +136,7 @@ def load_tune_spec(path: str | os.PathLike, overrides: list[str] | None = None) 
     """Read and check a tune file; every trial's config is validated here, before Ray starts.
 
     ``overrides`` (``key=value``) apply to the base config of every trial."""
-    from common.config import load_yaml, merge
+    from common.config import ConfigError, check_value, load_yaml, merge
 
     source = str(path)
     data = load_yaml(path)
@@ -174,6 +174,11 @@ def load_tune_spec(path: str | os.PathLike, overrides: list[str] | None = None) 
     res = data.get("resources") or {}
     if not isinstance(res, dict) or set(res) - {"cpu", "gpu"}:
         raise _err(source, "resources", f"expected {{cpu: N, gpu: M}} per trial, got {res!r}")
+    try:  # Ray refuses a trial of 0 CPUs only deep inside Tune, with a traceback
+        res = {"cpu": check_value(res.get("cpu", 1), float, {"gt": 0}, "resources.cpu"),
+               "gpu": check_value(res.get("gpu", 0), float, {"ge": 0}, "resources.gpu")}
+    except ConfigError as e:
+        raise UserError(f"{source}: {e}") from None
     ml = data.get("mlflow") or {}
     if not isinstance(ml, dict) or set(ml) - {"tracking_uri", "experiment", "server"}:
         raise _err(source, "mlflow", f"expected {{tracking_uri, experiment, server}}, got {ml!r}")
@@ -182,7 +187,7 @@ def load_tune_spec(path: str | os.PathLike, overrides: list[str] | None = None) 
         metric=str(sched.get("metric", "val/pesq")), mode=str(sched.get("mode", "max")),
         grace_period=sched.get("grace_period", 1), reduction_factor=sched.get("reduction_factor", 2),
         num_samples=data.get("num_samples", 4), max_concurrent=data.get("max_concurrent"),
-        resources={"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))},
+        resources=res,
         mlflow=dict(ml), root=str(data.get("root", "runs")), seed=data.get("seed", 0),
     )  # fmt: skip
     if spec.mode not in ("max", "min"):
@@ -190,7 +195,7 @@ def load_tune_spec(path: str | os.PathLike, overrides: list[str] | None = None) 
     for key, value, ok in (
         ("scheduler.grace_period", spec.grace_period, isinstance(spec.grace_period, int) and spec.grace_period >= 1),
         ("scheduler.reduction_factor", spec.reduction_factor,
-         isinstance(spec.reduction_factor, (int, float)) and spec.reduction_factor > 1),
+         isinstance(spec.reduction_factor, (int, float)) and 1 < spec.reduction_factor < math.inf),
         ("num_samples", spec.num_samples, isinstance(spec.num_samples, int) and spec.num_samples >= 1),
         ("max_concurrent", spec.max_concurrent, spec.max_concurrent is None
          or (isinstance(spec.max_concurrent, int) and spec.max_concurrent >= 1)),

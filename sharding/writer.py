@@ -72,7 +72,16 @@ def encode_clip(clip: Clip) -> dict[str, Any]:
     }
 
 
+MAX_SHARDS = 1_000_000  # a build of more shards is a typo (train_clips=1e20), not a corpus
+
+
 def plan_tasks(sizes: dict[str, int], shard_samples: int) -> list[ShardTask]:
+    """One task per shard of ``shard_samples`` clips; SourceError for more than `MAX_SHARDS` shards."""
+    count = sum(math.ceil(sizes.get(split, 0) / shard_samples) for split in SPLITS)
+    if count > MAX_SHARDS:
+        raise SourceError(f"the build would write {count:,} shards of {shard_samples:,} clips (at most {MAX_SHARDS:,}): "
+                          f"ask for fewer clips ({', '.join(f'{s} {n:,}' for s, n in sizes.items() if n)}) or larger "
+                          "shards (--shard-samples / --shard-mb)")
     tasks = []
     for split in SPLITS:
         n = sizes.get(split, 0)
@@ -198,6 +207,9 @@ def index_shards(root: str | Path) -> dict[str, dict]:
     from sharding.tario import iter_samples
 
     root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}; expected a folder of "
+                          "*.tar shards (or of split folders holding them)")
     split_dirs = [root] if any(root.glob("*.tar")) else sorted(d for d in root.iterdir() if any(d.glob("*.tar")))
     if not split_dirs:
         raise SourceError(f"{root}: no *.tar here or in a split folder below it")
@@ -229,6 +241,8 @@ def index_shards(root: str | Path) -> dict[str, dict]:
 def resolve_plan(recipe_name: str, options: dict[str, Any] | None, shard_samples: int | None = None,
                  shard_bytes: int | None = None) -> tuple[dict[str, Any], list[ShardTask]]:
     """Validate options and sources (SourceError before any work); returns (normalised options, tasks)."""
+    if shard_bytes is not None and not shard_bytes > 0:
+        raise SourceError(f"shard size: expected a number of bytes > 0, got {shard_bytes}")
     spec = get_recipe(recipe_name)
     opts = spec.parse_options(options)
     corpus = spec.open(opts)

@@ -75,9 +75,9 @@ def test_unknown_top_level_key_lists_valid_keys():
 def test_literal_and_range_checks():
     with pytest.raises(ConfigError, match=r"trainer.precision expects one of 'fp32', 'bf16', got 'fp16'"):
         load_run_config(None, ["trainer.precision=fp16"])
-    with pytest.raises(ConfigError, match=r"trainer.keep_last must be >= 2"):
+    with pytest.raises(ConfigError, match=r"trainer.keep_last: expected an integer >= 2"):
         load_run_config(None, ["trainer.keep_last=1"])
-    with pytest.raises(ConfigError, match=r"data.batch_size must be > 0, got 0"):
+    with pytest.raises(ConfigError, match=r"data.batch_size: expected an integer >= 1, got 0"):
         load_run_config(None, ["data.batch_size=0"])
     with pytest.raises(ConfigError, match=r"eval.metrics: unknown metric 'mos'"):
         load_run_config(None, ["eval.metrics=[pesq, mos]"])
@@ -91,7 +91,7 @@ def test_invalid_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"config file not found"):
         load_run_config(tmp_path / "nope.yaml")
     p.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match=r"expected a mapping"):
+    with pytest.raises(ConfigError, match=r"expected a YAML mapping"):
         load_run_config(p)
 
 

@@ -121,9 +121,9 @@ def test_a_crop_the_model_cannot_take_is_refused(journey_corpus, tmp_path, capsy
     p = sweep(tmp_path, journey_corpus, overrides=[{"match": {"trainer.seed": 1},
                                                     "set": {"data.segment_samples": 3600}}])
     assert main(["sweep", str(p), "--dry-run", "--root", str(tmp_path / "r")]) == 2
-    assert problems(capsys.readouterr().err) == [
-        "cell s1: data.segment_samples=3600: rwsa-xs needs a crop whose STFT frame count (samples // 120 + 1 = 31) "
-        "is a multiple of 4; use e.g. 3240 or 3720"]
+    assert problems(capsys.readouterr().err) == [  # the run config's own rule: `orchestrate config` refuses it too
+        f"cell s1: {p} (overrides for cell s1): data.segment_samples=3600: rwsa-xs needs a crop whose STFT frame "
+        "count (samples // 120 + 1 = 31) is a multiple of 4; use e.g. 3240 or 3720"]
     assert main(["sweep", str(p), "--dry-run", "--root", str(tmp_path / "r"), "data.segment_samples=3720"]) == 0
     # shorter than the metric discriminator takes (16 frames); without it, down to the model's 8 frames
     rc = main(["train", "semamba", f"data.train={journey_corpus / 'train'}", "data.valid=null",

@@ -29,6 +29,7 @@ from common.config import (
     to_container,
     to_yaml,
 )
+from training.model_names import segment_problem
 
 __all__ = [
     "ConfigError",
@@ -50,15 +51,6 @@ __all__ = [
 ]
 
 
-def _positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value is None:
-            continue
-        if value < 0 or (value == 0 and not allow_zero):
-            raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}", name)
-
-
 @dataclass(kw_only=True)
 class ModelConfig:
     name: str = option("rwsa-xs", "registered model name (see `orchestrate models`)")
@@ -70,75 +62,69 @@ class DataConfig:
     train: str = option("data/demo/train", "training shards: a split folder (manifest.json + shard-*.tar), a brace "
                        "pattern, an http(s):// or s3:// folder URL, pipe: commands (docs/contracts.md)")
     valid: Optional[str] = option("data/demo/valid", "validation shards (any data.train source); null disables validation")
-    segment_samples: Optional[int] = option(None, "training crop length in samples at 16 kHz; null = the model's")
-    batch_size: int = option(8, "GLOBAL batch size, split evenly over the ranks")
-    num_workers: int = option(0, "data loader worker processes per rank")
-    valid_limit: Optional[int] = option(None, "use at most this many validation utterances")
+    segment_samples: Optional[int] = option(
+        None, "training crop length in samples at 16 kHz; null = the model's (a length the model takes: "
+        "training.model_names.segment_problem, checked with model.name)", ge=1)
+    batch_size: int = option(8, "GLOBAL batch size, split evenly over the ranks", ge=1)
+    num_workers: int = option(0, "data loader worker processes per rank", ge=0)
+    valid_limit: Optional[int] = option(None, "use at most this many validation utterances", ge=1)
     skip_bad: bool = option(True, "skip (and count) undecodable or silent samples instead of failing")
-
-    def __post_init__(self):
-        _positive(self, "batch_size", "segment_samples", "valid_limit")
-        _positive(self, "num_workers", allow_zero=True)
 
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    lr: float = option(5e-4, "AdamW learning rate of generator and discriminator")
+    lr: float = option(5e-4, "AdamW learning rate of generator and discriminator", gt=0)
     betas: list[float] = option(help="AdamW betas", factory=lambda: [0.8, 0.99])
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    lr_decay: float = option(0.99, "ExponentialLR gamma, applied once per epoch")
+    weight_decay: float = option(0.01, "AdamW weight decay", ge=0)
+    lr_decay: float = option(0.99, "ExponentialLR gamma, applied once per epoch", gt=0, le=1)
     epoch_steps: Union[int, Literal["auto"], None] = option(
         None, "steps per epoch for the LR decay; null/auto = training clips in the manifest // global batch "
-        "(the authors' epoch), an integer sets it")
-    grad_clip: Optional[float] = option(None, "clip the generator's gradient norm; null = no clipping")
+        "(the authors' epoch), an integer sets it", ge=1)
+    grad_clip: Optional[float] = option(None, "clip the generator's gradient norm; null = no clipping", gt=0)
 
     def __post_init__(self):
-        _positive(self, "lr", "grad_clip", "lr_decay")
-        if isinstance(self.epoch_steps, int):
-            _positive(self, "epoch_steps")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}", "betas")
+            raise ConfigError(f"betas: expected two numbers in [0, 1), got {self.betas}", "betas")
 
 
 @dataclass(kw_only=True)
 class LossConfig:
-    metric: float = option(0.05, "weight of the metric-discriminator (adversarial) term")
-    magnitude: float = option(0.9, "weight of the compressed-magnitude MSE")
-    complex: float = option(0.1, "weight of the compressed-complex MSE (x2 as the authors' code)")
-    time: float = option(0.2, "weight of the waveform L1")
-    phase: float = option(0.3, "weight of the anti-wrapping phase losses (IP + GD + IAF)")
-    consistency: float = option(0.1, "weight of the STFT-consistency MSE (x2 as the authors' code)")
+    metric: float = option(0.05, "weight of the metric-discriminator (adversarial) term", ge=0)
+    magnitude: float = option(0.9, "weight of the compressed-magnitude MSE", ge=0)
+    complex: float = option(0.1, "weight of the compressed-complex MSE (x2 as the authors' code)", ge=0)
+    time: float = option(0.2, "weight of the waveform L1", ge=0)
+    phase: float = option(0.3, "weight of the anti-wrapping phase losses (IP + GD + IAF)", ge=0)
+    consistency: float = option(0.1, "weight of the STFT-consistency MSE (x2 as the authors' code)", ge=0)
     discriminator: bool = option(True, "train the metric discriminator (PESQ targets)")
 
 
 @dataclass(kw_only=True)
 class TrainerConfig:
-    max_steps: int = option(1000, "total optimizer steps")
-    seed: int = option(0, "global seed (model init, data order, crops)")
-    val_every: int = option(250, "validate every N steps (0 = only at the end)")
-    ckpt_every: int = option(250, "checkpoint every N steps")
+    max_steps: int = option(1000, "total optimizer steps", ge=1)
+    seed: int = option(0, "global seed (model init, data order, crops)", ge=0, le=2**32 - 1)
+    val_every: int = option(250, "validate every N steps (0 = only at the end)", ge=0)
+    ckpt_every: int = option(250, "checkpoint every N steps", ge=1)
     keep_last: int = option(2, "number of recent step checkpoints kept (>= 2), besides `best`")
-    log_every: int = option(10, "log training metrics every N steps")
-    pesq_workers: int = option(2, "processes computing the discriminator's PESQ targets")
+    log_every: int = option(10, "log training metrics every N steps", ge=1)
+    pesq_workers: int = option(2, "processes computing the discriminator's PESQ targets", ge=0)
     pesq_overlap: bool = option(
         True, "update G before D so that PESQ targets are computed during G's backward (G's metric term "
               "sees D before this step's update); false = the authors' order, PESQ on the critical path")
     precision: Literal["fp32", "bf16"] = option("fp32", "bf16 autocast (GPU only) or fp32")
     device: str = option("auto", "auto | cpu | cuda")
-    time_limit_margin_s: int = option(300, "under SLURM, checkpoint and requeue this long before the limit")
+    time_limit_margin_s: int = option(300, "under SLURM, checkpoint and requeue this long before the limit", ge=0)
     deterministic: Union[bool, Literal["auto"]] = option(
         "auto", "deterministic kernels: auto = on for CPU (bitwise resume), off on GPU (speed)")
     tf32: bool = option(False, "TF32 for fp32 matmuls/convolutions on NVIDIA GPUs (faster, ~1e-3 rel.)")
     activation_checkpointing: bool = option(
         False, "recompute each TF block's activations in backward: far less memory, ~1/3 more compute")
-    num_threads: Optional[int] = option(None, "torch intra-op threads per rank; null = torch default")
+    num_threads: Optional[int] = option(None, "torch intra-op threads per rank; null = torch default", ge=1)
 
     def __post_init__(self):
-        _positive(self, "max_steps", "ckpt_every", "log_every", "num_threads")
-        _positive(self, "val_every", "pesq_workers", "time_limit_margin_s", allow_zero=True)
         if self.keep_last < 2:
             raise ConfigError(
-                f"keep_last must be >= 2 (the newest checkpoint may still be being written), got {self.keep_last}",
+                f"keep_last: expected an integer >= 2 (the newest checkpoint may still be being written), "
+                f"got {self.keep_last}",
                 "keep_last",
             )
 
@@ -147,17 +133,19 @@ class TrainerConfig:
 class EvalConfig:
     testsets: list[str] = option(help="test sets: folders with clean/+noisy/, noisy/ only, or shard splits", factory=list)
     metrics: list[str] = option(help="metrics to compute", factory=lambda: ["pesq", "estoi", "si_sdr", "ssnr"])
-    num_workers: int = option(2, "metric worker processes")
-    chunk_seconds: float = option(10.0, "enhance long files in chunks of this length")
-    overlap_seconds: float = option(0.5, "overlap between chunks (overlap-add); 0 = the papers' plain chunks")
+    num_workers: int = option(2, "metric worker processes (0 = score in this process)", ge=0)
+    chunk_seconds: float = option(10.0, "enhance long files in chunks of this length", gt=0)
+    overlap_seconds: float = option(
+        0.5, "overlap between chunks (overlap-add), below chunk_seconds / 2; 0 = the papers' plain chunks", ge=0)
     mode: Literal["auto", "whole", "chunked", "rwsa_segments"] = option(
         "auto", "validation/test enhancement: rwsa_segments = the RWSA authors' 30,600-sample segments after "
         "whole-utterance RMS normalisation; whole; chunked (chunk/overlap_seconds); auto = rwsa_segments for "
         "rwsa-* models, else whole (validation) / chunked (test sets)")
 
     def __post_init__(self):
-        _positive(self, "num_workers", "chunk_seconds")
-        _positive(self, "overlap_seconds", allow_zero=True)
+        problem = chunking_problem(self.chunk_seconds, self.overlap_seconds)
+        if problem:
+            raise ConfigError(problem, "overlap_seconds")
         known = {"pesq", "estoi", "stoi", "si_sdr", "ssnr", "dnsmos", "csig", "cbak", "covl", "composite"}
         for m in self.metrics:
             if m not in known:
@@ -167,23 +155,19 @@ class EvalConfig:
 @dataclass(kw_only=True)
 class LauncherConfig:
     executor: Literal["local", "slurm", "ray"] = option("local", "where the run is launched")
-    nproc: int = option(1, "DDP processes per node (local) / tasks per node (SLURM)")
-    nodes: int = option(1, "nodes per run (SLURM)")
-    gpus_per_node: int = option(0, "GPUs (GCDs on MI250X) per node")
-    cpus_per_task: int = option(2, "CPU cores per task")
-    mem_gb: int = option(8, "memory per node in GiB")
-    time_min: int = option(60, "time limit per job in minutes (runs chain through requeues)")
+    nproc: int = option(1, "DDP processes per node (local) / tasks per node (SLURM)", ge=1)
+    nodes: int = option(1, "nodes per run (SLURM)", ge=1)
+    gpus_per_node: int = option(0, "GPUs (GCDs on MI250X) per node", ge=0)
+    cpus_per_task: int = option(2, "CPU cores per task", ge=1)
+    mem_gb: int = option(8, "memory per node in GiB", ge=1)
+    time_min: int = option(60, "time limit per job in minutes (runs chain through requeues)", ge=1)
     partition: Optional[str] = option(None, "SLURM partition")
     account: Optional[str] = option(None, "SLURM account")
     qos: Optional[str] = option(None, "SLURM QOS")
     profile: str = option("local", "cluster profile: a name under slurm/ or a YAML path")
     max_parallel: Optional[int] = option(
         None, "a sweep's cells running at once, every executor (SLURM: the job array's %N, the smaller of it "
-        "and the profile's array_parallel); null = local/Ray one at a time, SLURM the profile's limit")
-
-    def __post_init__(self):
-        _positive(self, "nproc", "nodes", "cpus_per_task", "mem_gb", "time_min", "max_parallel")
-        _positive(self, "gpus_per_node", allow_zero=True)
+        "and the profile's array_parallel); null = local/Ray one at a time, SLURM the profile's limit", ge=1)
 
 
 @dataclass(kw_only=True)
@@ -194,7 +178,7 @@ class MlflowConfig:
     run_name: Optional[str] = option(None, "MLflow run name; null = the run's name")
     parent_run_id: Optional[str] = option(None, "nest the run under this parent run (the sweep's)")
     tags: dict[str, str] = option(help="extra tags (sweep, cell, ...)", factory=dict)
-    system_metrics_s: float = option(10.0, "sample CPU/memory/GPU metrics into the run every N s (0 = off)")
+    system_metrics_s: float = option(10.0, "sample CPU/memory/GPU metrics into the run every N s (0 = off)", ge=0)
 
 
 @dataclass(kw_only=True)
@@ -208,6 +192,23 @@ class RunConfig:
     eval: EvalConfig = option(help="evaluation", factory=EvalConfig)
     launcher: LauncherConfig = option(help="how the run is launched", factory=LauncherConfig)
     mlflow: MlflowConfig = option(help="experiment tracking", factory=MlflowConfig)
+
+    def __post_init__(self):  # the crop against the model: the rule of the trainer and the pre-submit checks
+        seg = self.data.segment_samples
+        if isinstance(seg, int):
+            problem = segment_problem(self.model.name, seg, discriminator=bool(self.loss.discriminator))
+            if problem:
+                raise ConfigError(problem, "data.segment_samples")
+
+
+def chunking_problem(chunk_seconds: float, overlap_seconds: float) -> str | None:
+    """Why chunks of ``chunk_seconds`` cross-faded over ``overlap_seconds`` cannot enhance audio (one line
+    naming eval.overlap_seconds), None when they can: each chunk's two cross-fades may not overlap, so the
+    overlap stays below half a chunk. The rule of `EvalConfig` and of the enhancer (`--overlap-seconds`)."""
+    if not overlap_seconds * 2 < chunk_seconds:
+        return (f"overlap_seconds: expected a number < chunk_seconds / 2 = {chunk_seconds / 2:g}, "
+                f"got {overlap_seconds:g}")
+    return None
 
 
 def load_run_config(

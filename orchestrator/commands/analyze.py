@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.cliutil import positive_int
+
 NAME = "analyze"
 HELP = "figures: noisy/clean/enhanced spectrograms, t-SNE of the last block's features"
 EPILOG = """examples:
@@ -21,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--testset", action="append", required=True, help="test set folder (repeatable for tsne)")
     p.add_argument("--out", required=True, help="output folder for the PNGs")
     p.add_argument("--keys", help="spectrogram: comma-separated utterance keys")
-    p.add_argument("--files", type=int, default=2, help="spectrogram: first N utterances when --keys is not given")
-    p.add_argument("--limit", type=int, default=200, help="tsne: utterances per test set (default 200)")
+    p.add_argument("--files", type=positive_int, default=2, help="spectrogram: first N utterances when --keys is not given")
+    p.add_argument("--limit", type=positive_int, default=200, help="tsne: utterances per test set (default 200)")
     p.add_argument("--with-clean", action="store_true", help="tsne: also embed the clean references (Figure 4)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the PNGs to MLflow")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestrator.cliutil import config_value
+from training.config import RunConfig
 from training.evaluation.protocol import MODES
 
 NAME = "enhance"
@@ -35,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="audio files or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mode", choices=MODES, help="how files are enhanced (default: the run config's eval.mode)")
-    p.add_argument("--chunk-seconds", type=float, help="chunk length, chunked mode (default: eval.chunk_seconds)")
-    p.add_argument("--overlap-seconds", type=float,
+    p.add_argument("--chunk-seconds", type=config_value(RunConfig, "eval.chunk_seconds"), help="chunk length, chunked mode (default: eval.chunk_seconds)")
+    p.add_argument("--overlap-seconds", type=config_value(RunConfig, "eval.overlap_seconds"),
                    help="cross-fade overlap, chunked mode (default: eval.overlap_seconds; 0 = plain cuts)")
     p.add_argument("--keep-rate", action="store_true", help="write at the input's sample rate")
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from orchestrator.cliutil import config_value, positive_int
+from training.config import RunConfig
 from training.evaluation.protocol import MODES
 
 NAME = "evaluate"
@@ -35,12 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="name of the test set in reports and MLflow (default: folder name)")
     p.add_argument("--out", help="report folder (default: RUN_DIR/eval)")
     p.add_argument("--metrics", help="comma-separated metrics (default: the run config's eval.metrics)")
-    p.add_argument("--workers", type=int, default=2, help="metric worker processes (default 2)")
-    p.add_argument("--chunk-seconds", type=float, help="enhance in chunks of this length")
-    p.add_argument("--overlap-seconds", type=float, help="chunk overlap (0 = the papers' plain 10 s cuts)")
+    p.add_argument("--workers", type=config_value(RunConfig, "eval.num_workers"), default=2,
+                   help="metric worker processes (default 2; 0 = score in this process)")
+    p.add_argument("--chunk-seconds", type=config_value(RunConfig, "eval.chunk_seconds"), help="enhance in chunks of this length")
+    p.add_argument("--overlap-seconds", type=config_value(RunConfig, "eval.overlap_seconds"), help="chunk overlap (0 = the papers' plain 10 s cuts)")
     p.add_argument("--mode", choices=MODES,
                    help="how files are enhanced (default: the run config's eval.mode; docs/fidelity.md)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N files")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N files")
     p.add_argument("--save-audio", action="store_true", help="also write the enhanced files")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the run's)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 
 from orchestrator import mlflow_server as ms
+from orchestrator.cliutil import positive_float
 
 NAME = "mlflow-server"
 HELP = "run an MLflow tracking server (SQLite/PostgreSQL store, proxied artifacts) for many jobs"
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port 1-65535 (default: 5000 in the foreground; with --background the "
                                             "recorded one when free, else a free one)")
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (>= 2; default 2)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /health (default 120)")
+    p.add_argument("--timeout", type=positive_float, default=120.0, help="seconds to wait for /health (default 120)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--background", action="store_true", help="start detached, wait until healthy, print URI")
     mode.add_argument("--stop", action="store_true", help="stop the server recorded in DIR/server.json")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from orchestrator.cliutil import positive_int
+
 NAME = "report"
 HELP = ("reports: `efficiency` = paper Table VI, measured: inference time and RTF on a test set, of models or "
         "trained checkpoints, and a finished sweep's training GPU-hours (the catalogue of models: `models`)")
@@ -22,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["efficiency"], help="which report")
     p.add_argument("--models", help="comma-separated model names or checkpoint paths (default: all generators)")
     p.add_argument("--testset", help="time inference on this test set (default: synthetic 2 s clips)")
-    p.add_argument("--clips", type=int, default=3, help="synthetic clips timed when no test set is given")
-    p.add_argument("--limit", type=int, help="time at most N files of the test set")
+    p.add_argument("--clips", type=positive_int, default=3, help="synthetic clips timed when no test set is given")
+    p.add_argument("--limit", type=positive_int, help="time at most N files of the test set")
     p.add_argument("--sweep", help="a finished sweep (folder or name): its training time in GPU-hours per model "
                                    "from its MLflow runs (Table VI's Training Time); alone, no inference timing")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for --sweep (default: the ledger's)")

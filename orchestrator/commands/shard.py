@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from orchestrator.cliutil import OneLineParser, number, positive_int
+
 NAME = "shard"
 HELP = "build shard corpora from recipes (demo, pairs, dns2020, vb-demandex, ears-wham), verify, stats"
 DESCRIPTION = """Build a corpus as WebDataset shards + manifest.json per split (train/valid/test), check it,
@@ -37,7 +39,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-class _KeyValueParser(argparse.ArgumentParser):
+class _KeyValueParser(OneLineParser):
     """Collects ``key=value`` words wherever they appear (argparse stops positionals at the first flag)."""
 
     def parse_known_args(self, args=None, namespace=None):
@@ -56,9 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("options", nargs="*", metavar="key=value", help="recipe options")
     b.add_argument("--out", required=True, help="output folder (DIR/<split>/shard-*.tar + manifest.json)")
     b.add_argument("--executor", choices=("local", "ray", "slurm"), default="local")
-    b.add_argument("--workers", type=int, default=1, help="local processes / Ray CPUs (default 1)")
-    b.add_argument("--shard-samples", type=int, help="samples per shard (default: from --shard-mb)")
-    b.add_argument("--shard-mb", type=float, help="target shard size in MB (default 512)")
+    b.add_argument("--workers", type=positive_int, default=1, help="local processes / Ray CPUs (default 1)")
+    b.add_argument("--shard-samples", type=positive_int, help="samples per shard (default: from --shard-mb)")
+    b.add_argument("--shard-mb", type=number(float, gt=0, le=2**20), help="target shard size in MB (default 512)")
     b.add_argument("--profile", default="local",
                    help="cluster profile for --executor slurm (slurm/NAME.yaml: container, setup, partition, account)")
     b.add_argument("--slurm", action="append", default=[], metavar="key=value",
@@ -79,15 +81,19 @@ def run(args: argparse.Namespace) -> int:
     if args.shard_command == "build":
         from sharding.writer import build
 
-        shard_bytes = int(args.shard_mb * 2**20) if args.shard_mb else None
+        shard_bytes = max(1, int(args.shard_mb * 2**20)) if args.shard_mb is not None else None
         if args.executor == "slurm":
             return _build_on_slurm(args, shard_bytes)
         result = build(args.recipe, args.out, _pairs(args.options, "recipe option"), executor=args.executor,
                        num_workers=args.workers, shard_samples=args.shard_samples,
                        shard_bytes=shard_bytes, dry_run=args.dry_run)
         if "manifests" in result:
+            from sharding.recipes.base import SPLITS
+
             for split, m in result["manifests"].items():
                 print(f"{split}: {m['num_samples']} clips, {m['seconds'] / 3600:.3f} h, {len(m['shards'])} shards")
+            for split in (s for s in SPLITS if s not in result["manifests"]):
+                print(f"{split}: no clips (the recipe's options give this split none): not written")
         else:
             print(json.dumps({k: v for k, v in result.items() if k != "scripts"}, indent=1, default=str))
         return 0

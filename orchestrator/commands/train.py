@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.cliutil import trailing_positionals
+from orchestrator.cliutil import config_value, trailing_positionals
+from training.config import RunConfig
 
 NAME = "train"
 HELP = "train (or resume) one model in a run directory; --nproc N for local DDP"
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name (see `orchestrate models`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run config overrides")
     p.add_argument("--workdir", type=Path, help="run directory (required unless --print-config)")
-    p.add_argument("--nproc", type=int, default=1, help="local DDP processes (default 1)")
+    p.add_argument("--nproc", type=config_value(RunConfig, "launcher.nproc"), default=1, help="local DDP processes (default 1)")
     p.add_argument("--config", help="run config YAML (defaults <- FILE <- overrides)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator import tune as tn
-from orchestrator.cliutil import trailing_positionals
+from orchestrator.cliutil import positive_int, trailing_positionals
 
 NAME = "tune"
 HELP = "hyper-parameter search with Ray Tune + ASHA on val/pesq; trials are MLflow child runs"
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="tune file (YAML: name, base, space, scheduler, num_samples, resources, mlflow)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every trial")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); default: start a local Ray")
-    p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
+    p.add_argument("--num-cpus", type=positive_int, default=2, help="CPUs of the local Ray (default 2)")
     p.add_argument("--quiet", action="store_true", help="no Tune progress table")
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, load_yaml, merge, parse_overrides
+from common.config import ConfigError, load_yaml, merge, parse_overrides, shown
 from common.safe_names import name_problem
 from orchestrator.errors import UserError
 
@@ -241,8 +241,19 @@ def _parse_data(data: Any, source: str) -> dict | None:
     if not isinstance(data.get("options", {}), dict):
         raise key_error(source, "data.options", "expected a mapping of recipe options")
     workers = data.get("workers", 1)
-    if not isinstance(workers, int) or workers < 1:
-        raise key_error(source, "data.workers", f"expected a positive integer, got {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise key_error(source, "data.workers", f"expected an integer >= 1, got {workers!r}")
+    from sharding.errors import SourceError
+    from sharding.recipes import get_recipe
+
+    try:  # the recipe and its options, checked as `orchestrate shard build` checks them
+        recipe = get_recipe(data["recipe"])
+    except SourceError as e:
+        raise key_error(source, "data.recipe", str(e)) from None
+    try:
+        recipe.parse_options(data.get("options") or {})
+    except SourceError as e:
+        raise key_error(source, "data.options", str(e)) from None
     return {"recipe": data["recipe"], "out": data["out"], "options": dict(data.get("options") or {}),
             "workers": workers}
 
@@ -263,15 +274,15 @@ def grid_overrides(spec: SweepSpec, overrides: list[str]) -> tuple[dict, list[st
             plain.append(text)
             continue
         if axis in spec.grid and axis not in _value_axes(spec):
-            raise UserError(f"override '{text}': {axis} is an axis of named variants in {spec.source}; "
+            raise UserError(f"override '{shown(text)}': {axis} is an axis of named variants in {spec.source}; "
                             "edit the sweep file to change it")
         if not isinstance(value, list):
             current = [v for _t, v, _s in grid[axis]] if axis in grid else []
             raise UserError(
-                f"override '{text}': {axis} is a grid axis of {spec.source} (values {current}); a single value "
+                f"override '{shown(text)}': {axis} is a grid axis of {spec.source} (values {current}); a single value "
                 f"would give every cell the same {axis}. Replace the axis explicitly: {axis}=[{value}] "
                 f"(or --grid {axis}={value},...), or edit the sweep file")
-        grid[axis] = _parse_grid({axis: value}, f"override '{text}'")[axis]
+        grid[axis] = _parse_grid({axis: value}, f"override '{shown(text)}'")[axis]
     return grid, plain
 
 

@@ -11,7 +11,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from common.progress import format_duration, progress_eta, progress_rate, read_progress, shown_state
+from common.progress import (
+    format_duration,
+    progress_eta,
+    progress_rate,
+    read_attempts,
+    read_progress_checked,
+    shown_state,
+)
 from orchestrator import launchers
 from orchestrator.errors import UserError
 from orchestrator.launchers import base
@@ -53,21 +60,29 @@ def status_rows(sweep: str | Path, *, root: str | Path = "runs") -> list[dict]:
     (progress.json's: running, preempted, evaluating, done), step, max_steps, rate (steps/s), eta_s,
     last_val_pesq, best_pesq, job_id, attempts, mlflow_run_id, reason."""
     sweep_dir = resolve_sweep_dir(sweep, root)
-    with Ledger(sweep_dir).locked() as data:
-        refresh(sweep_dir, data)
-        finish_parent_if_done(data)
+    try:
+        with Ledger(sweep_dir).locked() as data:
+            refresh(sweep_dir, data)
+            finish_parent_if_done(data)
+    except ValueError as e:  # a cell's attempts.log the launcher reads is not text: name the file
+        bad = [p for rec in Ledger(sweep_dir).read()["cells"].values()
+               if (p := read_attempts(sweep_dir / rec["workdir"])[1])]
+        if not bad or isinstance(e, UserError):
+            raise
+        raise UserError(f"{bad[0]}; expected text lines (repair or remove the file)") from None
     rows = []
     for cid, rec in sorted(data["cells"].items(), key=lambda kv: kv[1]["index"]):
-        prog = read_progress(sweep_dir / rec["workdir"])
+        prog, problem = read_progress_checked(sweep_dir / rec["workdir"])
         state = rec["state"]
         rates = state in RATE_STATES
         rows.append({
-            "cell": cid, "state": state, "progress_state": prog.get("state"), "step": prog.get("step"),
+            "cell": cid, "state": state, "progress_state": "unreadable" if problem else prog.get("state"),
+            "step": prog.get("step"),
             "max_steps": prog.get("max_steps"), "rate": progress_rate(prog) if rates else None,
             "eta_s": 0.0 if state == "done" else (progress_eta(prog) if rates else None),
             "last_val_pesq": prog.get("last_val_pesq"), "best_pesq": prog.get("best_pesq"),
             "job_id": rec.get("job_id"), "attempts": rec.get("attempts", 0),
-            "mlflow_run_id": rec.get("mlflow_run_id"), "reason": rec.get("reason"),
+            "mlflow_run_id": rec.get("mlflow_run_id"), "reason": problem or rec.get("reason"),
         })
     return rows
 

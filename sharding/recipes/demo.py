@@ -66,8 +66,9 @@ class DemoOptions:
         check_range("seconds", self.min_seconds, self.max_seconds)
         check_range("snr_db", self.snr_db_min, self.snr_db_max)
         check_range("level_dbfs", self.level_dbfs_min, self.level_dbfs_max)
-        if self.min_seconds <= 0:
-            raise SourceError(f"option min_seconds: must be > 0, got {self.min_seconds}")
+        if not 0 < self.min_seconds <= self.max_seconds <= 600:
+            raise SourceError(f"options min_seconds, max_seconds: expected 0 < min <= max <= 600 s, got "
+                              f"{self.min_seconds}, {self.max_seconds}")
         if self.speech not in ("auto", "espeak", "procedural"):
             raise SourceError(f"option speech: expected auto|espeak|procedural, got {self.speech!r}")
         bad = [n for n in self.noise_types.split(",") if n not in NOISE_TYPES]
@@ -75,7 +76,10 @@ class DemoOptions:
             raise SourceError(f"option noise_types: unknown {bad}; known: {','.join(NOISE_TYPES)}")
         for s in SPLITS:
             if getattr(self, f"{s}_clips") < 0:
-                raise SourceError(f"option {s}_clips: must be >= 0")
+                raise SourceError(f"option {s}_clips: expected an integer >= 0 (0: no {s} split), "
+                                  f"got {getattr(self, f'{s}_clips')}")
+        if not any(getattr(self, f"{s}_clips") for s in SPLITS):
+            raise SourceError("options train_clips, valid_clips, test_clips: all 0, nothing to build")
 
 
 def _split_speakers(items: list, held_out: int) -> dict[str, list]:

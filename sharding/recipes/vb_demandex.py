@@ -64,9 +64,11 @@ class VBDemandExOptions:
         if not (self.voicebank_dir and self.demand_dir and self.librispeech_dir):
             raise SourceError("recipe vb-demandex: voicebank_dir=, demand_dir= and librispeech_dir= are required")
         try:
-            [float(s) for s in self.snrs_db.split(",")]
+            snrs = [float(s) for s in self.snrs_db.split(",")]
         except ValueError:
-            raise SourceError(f"option snrs_db: expected comma-separated numbers, got {self.snrs_db!r}") from None
+            snrs = [math.nan]
+        if not all(math.isfinite(s) for s in snrs):
+            raise SourceError(f"option snrs_db: expected comma-separated finite numbers, got {self.snrs_db!r}")
 
 
 def _demand_split(channel: int) -> str:

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.config import check_value, field_rule
 from common.rundir import CHECKPOINTS_DIR, RUN_ID_FILE
 from training.checkpoint import MARKER, STATE, CheckpointManager, best_dir, load_file, stored_config
-from training.config import ConfigError, RunConfig, load_run_config
+from training.config import ConfigError, EvalConfig, RunConfig, chunking_problem, load_run_config
 from training.evaluation.chunking import enhance_long
 
 SAMPLE_RATE = 16000
@@ -125,11 +126,12 @@ class Enhancer:
 
     def __init__(self, model: torch.nn.Module, chunk_seconds: float = 10.0, overlap_seconds: float = 0.5,
                  device: str | torch.device = "cpu", bf16: bool = False):
-        if chunk_seconds <= 0 or overlap_seconds < 0 or overlap_seconds * 2 >= chunk_seconds:
-            raise ConfigError(
-                f"chunking: expected chunk_seconds > 0 and 0 <= overlap_seconds < chunk_seconds/2, "
-                f"got {chunk_seconds}, {overlap_seconds}"
-            )
+        # the eval.chunk_seconds / eval.overlap_seconds rules of the run config (NaN, inf, ranges, overlap)
+        chunk_seconds = check_value(chunk_seconds, *field_rule(EvalConfig, "chunk_seconds"), "chunk_seconds")
+        overlap_seconds = check_value(overlap_seconds, *field_rule(EvalConfig, "overlap_seconds"), "overlap_seconds")
+        problem = chunking_problem(chunk_seconds, overlap_seconds)
+        if problem:
+            raise ConfigError(problem)
         self.model = model
         self.device = torch.device(device)
         self.bf16 = bf16
