@@ -31,6 +31,7 @@ from common.rundir import (
     EXIT_SOME_FAILED,  # noqa: F401 (re-exported)
 )
 from orchestrator.errors import UserError
+from training.config import ConfigError
 from training.evaluation.evaluate import evaluate_testset, unavailable_metrics_problem
 from training.evaluation.inference import LoadedModel, load_generator
 from training.evaluation.metrics import REFERENCE_METRICS, check_metric_names
@@ -77,8 +78,7 @@ def evaluate(
     problem = unavailable_metrics_problem(metrics)
     if problem:
         raise UserError(f"--metrics: {problem}")
-    enhancer = enhancer_for(loaded.model, cfg, mode=eval_mode, chunk_seconds=chunk_seconds,
-                            overlap_seconds=overlap_seconds)
+    enhancer = _enhancer(loaded, eval_mode, chunk_seconds, overlap_seconds)
     if name is not None and len(testsets) > 1:
         raise UserError("--name: give one test set when naming it")
     opened = [open_testset(p, name=name) for p in testsets]  # fail on a bad folder before any work
@@ -105,6 +105,17 @@ def evaluate(
         if log_mlflow:
             _log_to_mlflow(loaded, summary, out_dir, tracking_uri)
     return summaries
+
+
+def _enhancer(loaded: LoadedModel, mode: str | None, chunk_seconds: float | None, overlap_seconds: float | None):
+    """`enhancer_for` the loaded run; a chunking it cannot take is a UserError naming the options given."""
+    try:
+        return enhancer_for(loaded.model, loaded.config, mode=mode, chunk_seconds=chunk_seconds,
+                            overlap_seconds=overlap_seconds)
+    except ConfigError as e:
+        given = [f"--{k} {v:g}" for k, v in (("chunk-seconds", chunk_seconds), ("overlap-seconds", overlap_seconds))
+                 if v is not None]
+        raise UserError(f"{' '.join(given) or 'the run config'} (else the run's eval.*): {e}") from None
 
 
 def _default_eval_dir(loaded: LoadedModel) -> Path:
@@ -241,8 +252,7 @@ def enhance_files(
     check_out_dir(out_dir)
     files, broken = _collect_inputs(inputs, out_dir)
     loaded = load_generator(checkpoint)
-    enhancer = enhancer_for(loaded.model, loaded.config, mode=eval_mode, chunk_seconds=chunk_seconds,
-                            overlap_seconds=overlap_seconds)
+    enhancer = _enhancer(loaded, eval_mode, chunk_seconds, overlap_seconds)
     written, failed, scaled = [], list(broken), []
     for f, rel in files:
         target = out_dir / rel

@@ -37,7 +37,7 @@ class ClusterProfile:
     defaults: dict[str, Any] = option(help="default launcher.* resources; a sweep's `resources` wins", factory=dict)
     cpu_bind: Optional[str] = option(None, "srun --cpu-bind value (e.g. LUMI's mask_cpu:...)")
     cpu_bind_full_node_gpus: Optional[int] = option(
-        None, "apply cpu_bind only to jobs holding this many GPUs per node (a whole node); null = always")
+        None, "apply cpu_bind only to jobs holding this many GPUs per node (a whole node); null = always", ge=1)
     srun_args: list[str] = option(help="extra srun arguments", factory=list)
     sbatch_extra: list[str] = option(help="extra #SBATCH options, e.g. --exclusive", factory=list)
     setup: list[str] = option(help="shell lines run before srun (module load, source ...)", factory=list)
@@ -48,14 +48,14 @@ class ClusterProfile:
         None, "the Python that runs `-m training.run` (inside the container if any); null = the submitter's"
     )
     master_addr: Optional[str] = option(None, "override MASTER_ADDR (default: first node of the job)")
-    signal_before_end_s: int = option(300, "ask SLURM for SIGUSR2 this many seconds before the time limit")
+    signal_before_end_s: int = option(300, "ask SLURM for SIGUSR2 this many seconds before the time limit", ge=0)
     requeue: bool = option(True, "requeue the job when the run exits 75 (preempted / out of time)")
     array_parallel: Optional[int] = option(
         None, "at most this many array tasks at once (--array=...%N); a sweep's resources.max_parallel, if "
-        "smaller, wins")
+        "smaller, wins", ge=1)
     max_array_size: Optional[int] = option(
         None, "the cluster's MaxArraySize (tasks per job array; larger sweeps are split); null = ask "
-        "`scontrol show config`, else SLURM's default 1001")
+        "`scontrol show config`, else SLURM's default 1001", ge=1)
     mlflow_host: Optional[str] = option(
         None, "address (of this, the submitting node) that the sweep's MLflow server binds and compute nodes "
         "reach; null = what the host name resolves to"
@@ -71,11 +71,6 @@ class ClusterProfile:
                     raise ConfigError(f"{section}.{k}: not a valid environment variable name", f"{section}.{k}")
                 if any(c in v for c in '"`\\\n'):
                     raise ConfigError(f"{section}.{k}: value may not contain '\"', '`', '\\' or newlines", f"{section}.{k}")
-        if self.signal_before_end_s < 0:
-            raise ConfigError("signal_before_end_s must be >= 0", "signal_before_end_s")
-        for key in ("cpu_bind_full_node_gpus", "array_parallel", "max_array_size"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be > 0 or null", key)
 
     def cpu_bind_for(self, gpus_per_node: int) -> Optional[str]:
         """The srun --cpu-bind of a job with `gpus_per_node` GPUs per node: per-GPU CPU masks are

@@ -65,9 +65,11 @@ def test_bad_files_are_reported_and_means_share_their_files(trained_run, tmp_pat
 
 def test_limit_zero_and_no_references_are_refused(trained_run, tmp_path, capsys):  # noqa: F811
     ts = _testset(tmp_path / "ts")
-    assert main(["evaluate", str(trained_run), "--testset", str(ts), "--limit", "0", "--no-mlflow",
-                 "--out", str(tmp_path / "ev")]) == 2
-    assert capsys.readouterr().err.strip() == "error: --limit: expected >= 1 files, got 0"
+    with pytest.raises(SystemExit) as exc:  # the option's rule, at parse time (cliutil.positive_int)
+        main(["evaluate", str(trained_run), "--testset", str(ts), "--limit", "0", "--no-mlflow",
+              "--out", str(tmp_path / "ev")])
+    assert exc.value.code == 2 and capsys.readouterr().err.strip() == (
+        "orchestrate evaluate: error: argument --limit: expected an integer >= 1, got 0 (see orchestrate evaluate --help)")
     shutil.rmtree(ts / "clean")
     assert main(["evaluate", str(trained_run), "--testset", str(ts), "--no-mlflow", "--out", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err.strip()

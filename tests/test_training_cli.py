@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from orchestrator.cli import build_parser, main
@@ -22,7 +23,11 @@ def test_bad_override_and_missing_workdir_exit_2(capsys, tmp_path):
     assert "trainer.max_steps" in capsys.readouterr().err  # the suggestion
     assert main(["train", "rwsa-xs"]) == 2
     assert "--workdir" in capsys.readouterr().err
-    assert main(["train", "rwsa-xs", "data.batch_size=3", "--workdir", str(tmp_path / "w"), "--nproc", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:  # launcher.nproc's rule, at parse time: one line
+        main(["train", "rwsa-xs", "--workdir", str(tmp_path / "w"), "--nproc", "0"])
+    assert exc.value.code == 2 and capsys.readouterr().err.strip().endswith(
+        "argument --nproc: expected an integer >= 1, got 0 (see orchestrate train --help)")
+    assert not (tmp_path / "w").exists()
 
 
 def test_overrides_may_follow_options(capsys, tmp_path):

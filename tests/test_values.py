@@ -112,9 +112,11 @@ CLI_REFUSED = [
     (["enhance", "CKPT", "x.wav", "--out", "o", "--chunk-seconds", "0"], "argument --chunk-seconds: expected a number > 0"),
     (["enhance", "CKPT", "x.wav", "--out", "o", "--overlap-seconds", "nan"], "argument --overlap-seconds: expected a finite"),
     (["enhance", "CKPT", "x.wav", "--out", "o", "--overlap-seconds", "-1"], "argument --overlap-seconds: expected a number >= 0"),
-    (["shard", "build", "demo", "--out", "o", "--shard-mb", "0"], "argument --shard-mb: expected a number > 0, got 0"),
-    (["shard", "build", "demo", "--out", "o", "--shard-mb", "-5"], "argument --shard-mb: expected a number > 0, got -5"),
+    (["shard", "build", "demo", "--out", "o", "--shard-mb", "0"], "argument --shard-mb: expected a number > 0 and <= 1048576, got 0"),
+    (["shard", "build", "demo", "--out", "o", "--shard-mb", "-5"], "argument --shard-mb: expected a number > 0 and <= 1048576, got -5"),
     (["shard", "build", "demo", "--out", "o", "--shard-mb", "nan"], "argument --shard-mb: expected a finite number"),
+    (["shard", "build", "demo", "--out", "o", "--shard-mb", "1e308"], "argument --shard-mb: expected a number > 0 and "
+                                                                      "<= 1048576, got 1e308"),
     (["shard", "build", "demo", "--out", "o", "--workers", "0"], "argument --workers: expected an integer >= 1, got 0"),
     (["shard", "build", "demo", "--out", "o", "--shard-samples", "-1"], "argument --shard-samples: expected an integer >= 1"),
     (["train", "rwsa-xs", "--nproc", "0"], "argument --nproc: expected an integer >= 1, got 0"),
@@ -159,7 +161,10 @@ def test_recipe_options_and_sweep_data_section(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for opts, message in ((["test_clips=-1"], "option test_clips: expected an integer >= 0 (0: no test split), got -1"),
                           (["train_clips=0", "valid_clips=0", "test_clips=0"], "all 0, nothing to build"),
-                          (["snr_db_min=nan"], "snr_db_min: expected a finite number, got 'nan'")):
+                          (["snr_db_min=nan"], "snr_db_min: expected a finite number, got 'nan'"),
+                          (["max_seconds=1e300"], "expected 0 < min <= max <= 600 s, got 2.0, 1e+300"),
+                          (["train_clips=99999999999999999999999"], "the build would write 4,000,000,000,000,000,000,002 "
+                                                                    "shards of 25 clips (at most 1,000,000)")):
         line = one_line_error(*run_cli(["shard", "build", "demo", "--out", "o", "--dry-run", *opts], capsys)[::2])
         assert message in line, line
     (tmp_path / "src").mkdir()
@@ -253,5 +258,6 @@ def test_keep_rate_keeps_the_exact_length(trained_run, tmp_path, capsys):
     line = one_line_error(*run_cli(["enhance", str(run_dir), str(src / "r16000.wav"), "--out", str(tmp_path / "o2"),
                                     "--mode", "chunked", "--chunk-seconds", "1", "--overlap-seconds", "0.5"],
                                    capsys)[::2])
-    assert line == "error: overlap_seconds: expected a number < chunk_seconds / 2 = 0.5, got 0.5"
+    assert line == ("error: --chunk-seconds 1 --overlap-seconds 0.5 (else the run's eval.*): overlap_seconds: "
+                    "expected a number < chunk_seconds / 2 = 0.5, got 0.5")
     assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
