@@ -261,3 +261,15 @@ def test_keep_rate_keeps_the_exact_length(trained_run, tmp_path, capsys):
     assert line == ("error: --chunk-seconds 1 --overlap-seconds 0.5 (else the run's eval.*): overlap_seconds: "
                     "expected a number < chunk_seconds / 2 = 0.5, got 0.5")
     assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
+
+
+def test_a_binary_attempts_log_counts_as_no_attempts_in_the_launchers(tmp_path):
+    """The launchers' cell loop reads attempts.log through the one reader: a binary file is no attempts,
+    not a traceback (status names the file)."""
+    from orchestrator.launchers.base import count_attempts
+
+    (tmp_path / "attempts.log").write_bytes(b"\xff\xfe\x00 start x\n")
+    assert count_attempts(tmp_path) == 0
+    (tmp_path / "attempts.log").write_text("2026-12-05T00:00:00 start a\n2026-12-05T00:00:01 end rc=75\n"
+                                           "2026-12-05T00:00:02 start b\n")
+    assert count_attempts(tmp_path) == 2

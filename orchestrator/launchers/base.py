@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from common.atomic import atomic_write_text
+from common.progress import read_attempts
 from common.rundir import (  # the run folder's contract
-    ATTEMPTS_FILE,
+    ATTEMPTS_FILE,  # noqa: F401  (re-exported: launchers write it through base)
     CONFIG_FILE,
     EXIT_CODE_FILE,
     EXIT_OK,
@@ -71,11 +72,9 @@ def was_terminated(cell_dir: str | Path) -> bool:
 
 
 def count_attempts(cell_dir: str | Path) -> int:
-    """Job attempts that started (lines beginning with a timestamp and ' start ')."""
-    try:
-        lines = (Path(cell_dir) / ATTEMPTS_FILE).read_text().splitlines()
-    except OSError:
-        return 0
+    """Job attempts that started (lines beginning with a timestamp and ' start '); 0 when the file is
+    absent or unreadable (`orchestrate status` names an unreadable one)."""
+    lines, _ = read_attempts(cell_dir)
     return sum(1 for line in lines if " start " in line)
 
 
