@@ -60,19 +60,13 @@ def status_rows(sweep: str | Path, *, root: str | Path = "runs") -> list[dict]:
     (progress.json's: running, preempted, evaluating, done), step, max_steps, rate (steps/s), eta_s,
     last_val_pesq, best_pesq, job_id, attempts, mlflow_run_id, reason."""
     sweep_dir = resolve_sweep_dir(sweep, root)
-    try:
-        with Ledger(sweep_dir).locked() as data:
-            refresh(sweep_dir, data)
-            finish_parent_if_done(data)
-    except ValueError as e:  # a cell's attempts.log the launcher reads is not text: name the file
-        bad = [p for rec in Ledger(sweep_dir).read()["cells"].values()
-               if (p := read_attempts(sweep_dir / rec["workdir"])[1])]
-        if not bad or isinstance(e, UserError):
-            raise
-        raise UserError(f"{bad[0]}; expected text lines (repair or remove the file)") from None
+    with Ledger(sweep_dir).locked() as data:
+        refresh(sweep_dir, data)
+        finish_parent_if_done(data)
     rows = []
     for cid, rec in sorted(data["cells"].items(), key=lambda kv: kv[1]["index"]):
         prog, problem = read_progress_checked(sweep_dir / rec["workdir"])
+        problem = problem or read_attempts(sweep_dir / rec["workdir"])[1]  # named in the row, not a traceback
         state = rec["state"]
         rates = state in RATE_STATES
         rows.append({
