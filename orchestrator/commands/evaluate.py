@@ -21,7 +21,7 @@ Every metric's mean is over the same files: a file for which some metric is unde
 clean reference) is "excluded" from all means and counted; a file that cannot be read or enhanced is
 "failed". The per-file CSV has a status column (ok / excluded / failed) with the reason.
 Results are kept per file as they finish (REPORT_DIR/NAME.files.jsonl): after an interruption, run the
-same command again and only the files not yet done are enhanced. Without a terminal (a batch job, a log
+same command again and only the files not yet done are enhanced (delete that file to start over). Without a terminal (a batch job, a log
 file) a progress line (files done/total, audio s/s, ETA) is logged every 5 % or 30 s.
 Exit codes: 0 all files scored; 2 bad input (nothing done); 3 some files failed (the others are scored
 and reported, the failed ones listed at the end).
