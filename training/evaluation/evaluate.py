@@ -118,6 +118,7 @@ def evaluate_testset(
     max_in_flight = 2 * max(num_workers, 1)
     entries: list[dict | None] = []  # per utterance, in test-set order
     in_flight: dict = {}
+    reused = 0
     start_done = min(len(resumed), total)
     bar = tqdm(total=total, initial=start_done, desc=f"evaluate {name}", unit="file",
                disable=not (progress and sys.stderr.isatty()))
@@ -141,11 +142,12 @@ def evaluate_testset(
 
     try:
         for key, noisy, clean, error in testset.entries():
-            if len(entries) >= total:
+            if limit is not None and len(entries) >= limit:
                 break
             entries.append(resumed.get(key))
             index = len(entries) - 1
             if entries[index] is not None:
+                reused += 1
                 continue
             if error is not None:
                 finish(index, _entry(key, error=error))
@@ -200,7 +202,7 @@ def evaluate_testset(
                           for m in names} for side, i in (("noisy", 2), ("enhanced", 3))},
         "problems": [{"key": k, "status": st, "reason": why} for k, st, _, _, why in records if st != "ok"],
         "rtf": sum(e["enhance_s"] for e in entries if e["error"] is None) / seconds if seconds else math.nan,
-        "resumed": start_done,
+        "resumed": reused,
     }
     atomic_write_text(out_dir / f"{stem}.csv", _rows_csv(records, names))
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(_json_safe(summary), indent=2) + "\n")
