@@ -63,8 +63,9 @@ def evaluate(
 ) -> list[dict]:
     """Evaluate one checkpoint on each test set; returns the summaries (training.evaluation.evaluate format).
     ``eval_mode``, ``chunk_seconds``, ``overlap_seconds`` (default: the run config's ``eval`` values) pick
-    how files are enhanced (`training.evaluation.protocol.enhancer_for`). ``num_workers`` >= 1: that many
-    processes each load the model and enhance and score whole files; 0: all in this process. Per-file
+    how files are enhanced (`training.evaluation.protocol.enhancer_for`). ``num_workers`` >= 2: that many
+    processes each load the model and enhance and score whole files; 1: enhanced here, scored meanwhile in
+    one metric process (no second model load); 0: all in this process. Per-file
     results go to ``<name>.files.jsonl`` as they finish: rerun the same evaluation after an interruption
     and only the files not yet done are enhanced (`training.evaluation.file_record`).
 
@@ -104,7 +105,7 @@ def evaluate(
         spec = asdict(EnhancerSpec(str(loaded.checkpoint), eval_mode, chunk_seconds, overlap_seconds))
         summary = evaluate_testset(enhancer.enhance, ts, out_dir, metrics=metrics, num_workers=num_workers,
                                    save_audio_dir=audio_dir, limit=limit, identity=identity,
-                                   enhancer_spec=spec if num_workers > 0 else None)
+                                   enhancer_spec=spec if num_workers > 1 else None)
         summary["mode"] = enhancer.mode
         summary["checkpoint"] = str(loaded.checkpoint)
         summary["step"] = loaded.step

@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="report folder (default: RUN_DIR/eval)")
     p.add_argument("--metrics", help="comma-separated metrics (default: the run config's eval.metrics)")
     p.add_argument("--workers", type=int, default=2,
-                   help="processes that each enhance and score whole files (default 2; 0: all in this "
-                        "process); the numbers are the same whatever the count")
+                   help="processes that each enhance and score whole files (default 2; 1: enhance here while "
+                        "one process scores; 0: all in this process); the numbers are the same whatever the count")
     p.add_argument("--chunk-seconds", type=float, help="enhance in chunks of this length")
     p.add_argument("--overlap-seconds", type=float, help="chunk overlap (0 = the papers' plain 10 s cuts)")
     p.add_argument("--mode", choices=MODES,
