@@ -49,6 +49,7 @@ POINTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "best.moved_old": ("best/ replacement without RENAME_EXCHANGE: best/ moved to .old-best", ("step",)),
     "best.moved_new": ("best/ replacement without RENAME_EXCHANGE: .tmp-best moved to best/", ("step",)),
     "eval.utterance": ("end-of-run evaluation: before each utterance, before the stop check", ()),
+    "eval.file_recorded": ("any evaluation: a file's result appended to its per-file record", ()),
     "stream.shard_open": ("training stream: before a shard is opened (wired by sharding.stream)",
                           ("rank", "worker")),
 }

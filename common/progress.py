@@ -10,12 +10,20 @@ A session is one process lifetime (a start or a requeue): the rate is steps/s ov
 consecutive samples within one session, so time spent requeued never counts. ETA = remaining steps /
 rate: compute time through any number of requeues, queue waits excluded. Read by the trainer itself
 (to keep the window across requeues), `orchestrate status`, the local/Ray progress line and tune.
+
+The project's one progress-line format (`progress_line`): ``<unit> DONE/TOTAL  [extras]  RATES  ETA 5m03s``,
+written by the training log line (steps) and by `FileProgress` (files: `orchestrate evaluate`/`enhance`,
+the end-of-job evaluation, `orchestrate shard build`, `orchestrate report efficiency`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
+import threading
+import time
 from pathlib import Path
 
 from common.rundir import ATTEMPTS_FILE, PROGRESS_FILE
@@ -107,3 +115,83 @@ def format_duration(seconds: float | None) -> str:
     d, rem = divmod(total // 60, 24 * 60)
     h, m = divmod(rem, 60)
     return f"{d}d{h:02d}h" if d else (f"{h}h{m:02d}m" if h else f"{m}m{total % 60:02d}s")
+
+
+def progress_line(unit: str, done: int, total: int, rates: str, eta_s: float | None, extras: str = "") -> str:
+    """The project's one progress line: ``files 3/16  4.1 audio s/s  0.52 files/s  ETA 0m25s`` (the
+    training log's ``step 40/100  loss_g ...  2.00 steps/s  ETA 0m30s``); ``extras`` between count and rates."""
+    return "  ".join(x for x in (f"{unit} {done}/{total}", extras, rates, f"ETA {format_duration(eta_s)}") if x)
+
+
+class FileProgress:
+    """Progress of a long command over files, as log lines when stderr is not a terminal (batch jobs, log
+    files; a terminal has the commands' own bars or per-file lines): one line whenever another
+    ``step_fraction`` of the files is done or ``interval_s`` passed since the last line (a heartbeat thread
+    writes it even while one file takes long), and the final ``n/n`` line at `close`.
+
+    Line: ``LABEL: files DONE/TOTAL  A audio s/s  F files/s  ETA 2m10s`` (`progress_line`); the rates count
+    only this session's files (``done`` given at the start, e.g. resumed ones, do not), ETA = files left /
+    files per second. ``lines`` keeps what was written. Use as a context manager or call `close`.
+    """
+
+    def __init__(self, label: str, total: int, *, done: int = 0, interval_s: float = 30.0,
+                 step_fraction: float = 0.05, tty: bool | None = None, logger: logging.Logger | None = None):
+        self.label, self.total, self.done = label, int(total), int(done)
+        self.interval_s, self.step = interval_s, max(1, math.ceil(step_fraction * max(int(total), 1)))
+        self.enabled = not (sys.stderr.isatty() if tty is None else tty)
+        self.log = logger or logging.getLogger("progress")
+        self.lines: list[str] = []
+        self._start_done, self._audio, self._t0 = self.done, 0.0, time.monotonic()
+        self._last_t, self._last_done = self._t0, self.done
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        if self.enabled and interval_s > 0:
+            self._thread = threading.Thread(target=self._heartbeat, name="FileProgress", daemon=True)
+            self._thread.start()
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        files = self.done - self._start_done
+        per_s = files / elapsed
+        eta = 0.0 if self.done >= self.total else ((self.total - self.done) / per_s if per_s > 0 else None)
+        text = progress_line("files", self.done, self.total, f"{self._audio / elapsed:.2f} audio s/s  "
+                             f"{per_s:.2f} files/s", eta)
+        return f"{self.label}: {text}"
+
+    def _emit(self) -> None:  # with the lock held
+        text = self.line()
+        self.lines.append(text)
+        self.log.info("%s", text)
+        self._last_t, self._last_done = time.monotonic(), self.done
+
+    def update(self, files: int = 1, audio_s: float = 0.0) -> None:
+        """``files`` more done, holding ``audio_s`` seconds of audio."""
+        with self._lock:
+            self.done += files
+            self._audio += audio_s
+            if self.enabled and (self.done - self._last_done >= self.step or self.done >= self.total
+                                 or time.monotonic() - self._last_t >= self.interval_s):
+                self._emit()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(self.interval_s, 1.0)):
+            with self._lock:
+                if time.monotonic() - self._last_t >= self.interval_s:
+                    self._emit()
+
+    def close(self) -> None:
+        """Stop the heartbeat; write the last line unless it was just written."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            if self.enabled and (self.done != self._last_done or not self.lines):
+                self._emit()
+
+    def __enter__(self) -> FileProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -13,6 +13,7 @@ import errno
 import logging
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,14 @@ from common.audio import (
     to_mono_16k,
     write_wav,
 )
+from common.progress import FileProgress
 from common.rundir import (
     CHECKPOINTS_DIR,
     EXIT_SOME_FAILED,  # noqa: F401 (re-exported)
 )
 from orchestrator.errors import UserError
 from training.config import ConfigError
-from training.evaluation.evaluate import evaluate_testset, unavailable_metrics_problem
+from training.evaluation.evaluate import EnhancerSpec, evaluate_testset, unavailable_metrics_problem
 from training.evaluation.inference import LoadedModel, load_generator
 from training.evaluation.metrics import REFERENCE_METRICS, check_metric_names
 from training.evaluation.protocol import enhancer_for
@@ -63,7 +65,11 @@ def evaluate(
 ) -> list[dict]:
     """Evaluate one checkpoint on each test set; returns the summaries (training.evaluation.evaluate format).
     ``eval_mode``, ``chunk_seconds``, ``overlap_seconds`` (default: the run config's ``eval`` values) pick
-    how files are enhanced (`training.evaluation.protocol.enhancer_for`).
+    how files are enhanced (`training.evaluation.protocol.enhancer_for`). ``num_workers`` >= 2: that many
+    processes each load the model and enhance and score whole files; 1: enhanced here, scored meanwhile in
+    one metric process (no second model load); 0: all in this process. Per-file
+    results go to ``<name>.files.jsonl`` as they finish: rerun the same evaluation after an interruption
+    and only the files not yet done are enhanced (`training.evaluation.file_record`).
 
     UserError before any work for ``limit`` < 1, for a test set without clean references when every
     requested metric needs one, and for an ``out_dir`` that is a file.
@@ -95,9 +101,12 @@ def evaluate(
     for ts in opened:
         log.info("evaluating %s on %s (%d files)", loaded.checkpoint, ts.name, len(ts))
         audio_dir = out_dir / f"{ts.name.replace('/', '_')}_enhanced" if save_audio else None
+        identity = {"checkpoint": str(loaded.checkpoint.resolve()), "step": loaded.step, "mode": enhancer.mode,
+                    "chunk_seconds": chunk_seconds, "overlap_seconds": overlap_seconds, "testset": str(ts.path)}
+        spec = asdict(EnhancerSpec(str(loaded.checkpoint), eval_mode, chunk_seconds, overlap_seconds))
         summary = evaluate_testset(enhancer.enhance, ts, out_dir, metrics=metrics, num_workers=num_workers,
-                                   save_audio_dir=audio_dir, limit=limit)
-        summary["rtf"] = enhancer.rtf
+                                   save_audio_dir=audio_dir, limit=limit, identity=identity,
+                                   enhancer_spec=spec if num_workers > 1 else None)
         summary["mode"] = enhancer.mode
         summary["checkpoint"] = str(loaded.checkpoint)
         summary["step"] = loaded.step
@@ -254,36 +263,43 @@ def enhance_files(
     loaded = load_generator(checkpoint)
     enhancer = _enhancer(loaded, eval_mode, chunk_seconds, overlap_seconds)
     written, failed, scaled = [], list(broken), []
-    for f, rel in files:
-        target = out_dir / rel
-        try:
-            wav = read_audio(f)  # float32 mono 16 kHz; AudioFileError for NaN/Inf or undecodable audio
-            enhanced = enhancer.enhance(wav)
-            rate = 16000
-            if keep_rate:
-                info = audio_info(f)  # back at the input's rate and exact length
-                rate = info.samplerate
-                enhanced = to_mono_16k(enhanced, 16000, target_sr=rate, length=info.frames)
-            if not np.all(np.isfinite(enhanced)):
-                raise AudioFileError(f"{f}: the model produced non-finite output; nothing written")
-            enhanced, gain = fit_full_scale(enhanced)
-            if gain != 1.0:
-                db = 20 * math.log10(gain)
-                log.warning("%s: output above full scale (the input peaks above 1.0): scaled by %.1f dB "
-                            "instead of clipping", f, db)
-                scaled.append((str(f), db))
-            write_wav(target, enhanced, sr=rate)
-        except OSError as e:
-            if e.errno in FATAL_ERRNOS:
-                raise  # a full or read-only disk fails every later file too: stop (one-line error)
-            failed.append((str(f), f"{f}: {e.strerror or e}"))
-            continue
-        except Exception as e:  # one bad file must not stop the batch: reported at the end
-            reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-            log.debug("enhancing %s failed", f, exc_info=True)
-            failed.append((str(f), " ".join(reason.split())))
-            continue
-        written.append(target)
-        log.info("%s -> %s (%.1f s)", f, target, wav.shape[0] / 16000)
+    with FileProgress("enhance", len(files), logger=log) as meter:
+        for f, rel in files:
+            meter.update(1, _enhance_one(f, out_dir / rel, enhancer, keep_rate, written, failed, scaled))
     return {"files": [str(p) for p in written], "failed": failed, "scaled": scaled,
             "seconds": enhancer.seconds_audio, "rtf": enhancer.rtf, "mode": enhancer.mode}
+
+
+def _enhance_one(f: Path, target: Path, enhancer, keep_rate: bool, written: list, failed: list,
+                 scaled: list) -> float:
+    """Enhance file ``f`` into ``target`` (`enhance_files`), appending to its lists; seconds of audio."""
+    try:
+        wav = read_audio(f)  # float32 mono 16 kHz; AudioFileError for NaN/Inf or undecodable audio
+        enhanced = enhancer.enhance(wav)
+        rate = 16000
+        if keep_rate:
+            info = audio_info(f)  # back at the input's rate and exact length
+            rate = info.samplerate
+            enhanced = to_mono_16k(enhanced, 16000, target_sr=rate, length=info.frames)
+        if not np.all(np.isfinite(enhanced)):
+            raise AudioFileError(f"{f}: the model produced non-finite output; nothing written")
+        enhanced, gain = fit_full_scale(enhanced)
+        if gain != 1.0:
+            db = 20 * math.log10(gain)
+            log.warning("%s: output above full scale (the input peaks above 1.0): scaled by %.1f dB "
+                        "instead of clipping", f, db)
+            scaled.append((str(f), db))
+        write_wav(target, enhanced, sr=rate)
+    except OSError as e:
+        if e.errno in FATAL_ERRNOS:
+            raise  # a full or read-only disk fails every later file too: stop (one-line error)
+        failed.append((str(f), f"{f}: {e.strerror or e}"))
+        return 0.0
+    except Exception as e:  # one bad file must not stop the batch: reported at the end
+        reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        log.debug("enhancing %s failed", f, exc_info=True)
+        failed.append((str(f), " ".join(reason.split())))
+        return 0.0
+    written.append(target)
+    log.info("%s -> %s (%.1f s)", f, target, wav.shape[0] / 16000)
+    return wav.shape[0] / 16000

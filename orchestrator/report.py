@@ -18,17 +18,21 @@ for a run without GPUs): the paper's "wall clock time x number of GPUs". Per mod
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.progress import FileProgress
 from orchestrator.errors import UserError
 from training.evaluation.inference import Enhancer, load_generator
 from training.evaluation.testsets import open_testset
 from training.models import build_model, list_models, model_info
 from training.models.flops import model_gflops
+
+log = logging.getLogger(__name__)
 
 
 def _load(spec: str) -> tuple[str, torch.nn.Module]:
@@ -62,15 +66,19 @@ def efficiency_row(spec: str, testset: str | None = None, clips: int = 3, limit:
     enhancer = Enhancer(model, chunk_seconds=chunk_seconds, overlap_seconds=0.0)
     seconds_audio = seconds_wall = 0.0
     files = 0
-    for i, (_key, wav) in enumerate(_utterances(testset, clips, limit)):
-        if i == 0:
-            enhancer.enhance(wav)  # warm-up (allocations, JIT); not timed
-            continue
-        t0 = time.perf_counter()
-        enhancer.enhance(wav)
-        seconds_wall += time.perf_counter() - t0
-        seconds_audio += len(wav) / 16000
-        files += 1
+    timed = clips if testset is None else max(len(open_testset(testset)) - 1, 0)  # the first is the warm-up
+    with FileProgress(f"report efficiency {name}", timed if limit is None else min(limit, timed),
+                      logger=log) as meter:
+        for i, (_key, wav) in enumerate(_utterances(testset, clips, limit)):
+            if i == 0:
+                enhancer.enhance(wav)  # warm-up (allocations, JIT); not timed
+                continue
+            t0 = time.perf_counter()
+            enhancer.enhance(wav)
+            seconds_wall += time.perf_counter() - t0
+            seconds_audio += len(wav) / 16000
+            files += 1
+            meter.update(1, len(wav) / 16000)
     row.update(files=files, audio_s=seconds_audio, inference_s=seconds_wall,
                rtf=seconds_wall / seconds_audio if seconds_audio else float("nan"))
     return row

@@ -2,8 +2,8 @@
 
 `ShardProgress(parts)` watches the shards' sidecar files (`.parts/shard-N.json`, written when a shard
 is complete, by whichever process or node built it) from a thread of the driver process: a tqdm bar
-over the clips on an interactive terminal, else one log line every `interval_s` seconds (and one at
-the end). Shards already complete when the build starts count as done, not towards the rate.
+over the clips on an interactive terminal, else one log line every `interval_s` seconds or 5 % of the
+clips (and one at the end), in the project's progress-line format (`common.progress.progress_line`). Shards already complete when the build starts count as done, not towards the rate.
 
     with ShardProgress([(sidecar_path, clips_in_shard), ...]):
         run the shard tasks
@@ -17,6 +17,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from common.progress import progress_line
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,13 @@ class ShardProgress:
                 "audio_h_per_h": new_seconds / elapsed, "eta_s": eta}
 
     def line(self) -> str:
+        """``files 30/100  shards 3/10  0.08 h of audio  12.30 audio s/s  2.10 files/s  ETA 1m02s``
+        (`common.progress.progress_line`, the training and evaluation lines' format)."""
         s = self.stats()
-        eta = "?" if s["eta_s"] is None else f"{s['eta_s'] / 60:.1f} min"
-        return (f"shards {s['shards']}/{s['shards_total']}, files {s['files']}/{s['files_total']}, "
-                f"{s['hours']:.2f} h of audio, {s['files_per_s']:.2f} files/s "
-                f"({s['audio_h_per_h']:.1f} h of audio per hour), ETA {eta}")
+        eta = 0.0 if s["files"] >= s["files_total"] else s["eta_s"]
+        return progress_line("files", s["files"], s["files_total"],
+                             f"{s['audio_h_per_h']:.2f} audio s/s  {s['files_per_s']:.2f} files/s", eta,
+                             extras=f"shards {s['shards']}/{s['shards_total']}  {s['hours']:.2f} h of audio")
 
     def _update(self) -> None:
         self._scan()
@@ -78,12 +82,14 @@ class ShardProgress:
         log.info("shard build: %s", text)
 
     def _run(self) -> None:
-        last = time.time()
+        last, last_files = time.time(), self._base[0]
+        step = max(1, -(-self.total // 20))  # a line every 5 % of the files, or every interval_s
         while not self._stop.wait(self.poll_s):
             self._update()
-            if self._bar is None and time.time() - last >= self.interval_s:
+            files = sum(c for c, _ in self._seen.values())
+            if self._bar is None and (time.time() - last >= self.interval_s or files - last_files >= step):
                 self._log()
-                last = time.time()
+                last, last_files = time.time(), files
 
     def __enter__(self) -> ShardProgress:
         self._scan()

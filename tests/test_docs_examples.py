@@ -112,9 +112,10 @@ EXAMPLES: dict[str, tuple] = {
     "orchestrate report efficiency --models runs/demo/cells/rwsa-xs_s0 --json": (RUN, ["--clips", "1"], 0),
     "orchestrate report efficiency --sweep runs/demo": (RUN, [], 0),
     # ---- models / config
-    "orchestrate models": (RUN, ["--no-time", "--names", "rwsa-xs"], 0),  # all 11 models' FLOPs: minutes
-    "orchestrate models --names rwsa-xs,mambattention": (RUN, ["--no-time"], 0),
-    "orchestrate models --json --no-time": (RUN, ["--names", "rwsa-xs"], 0),
+    "orchestrate models": (RUN, [], 0),
+    "orchestrate models --names rwsa-xs,mambattention --json": (RUN, [], 0),
+    "orchestrate models --measure --names rwsa-xs": (RUN, ["--no-time"], 0),  # the forward: seconds more
+    "orchestrate models --measure --json --no-time": (RUN, ["--names", "rwsa-xs"], 0),  # every model: minutes
     "orchestrate config": (RUN, [], 0),
     "orchestrate config run.yaml trainer.max_steps=500": (RUN, [], 0),
     "orchestrate config model.name=semamba --json": (RUN, [], 0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,13 @@ def test_preempted_during_evaluation_finishes_after_requeue(trained_run, tmp_pat
     assert q.returncode == 0, q.stderr[-3000:]
     done = json.loads(record.read_text())
     assert done["done"] and len(done["testsets"]) == 2
+    # the cut-short test set: its per-file record holds each file once (none redone), and the log says
+    # how far it was (the progress line of a job whose stderr is a file)
+    lines = (run / "eval" / f"{corpus.name}_valid.files.jsonl").read_text().splitlines()
+    keys = [json.loads(x)["key"] for x in lines[1:]]
+    assert len(keys) == len(set(keys)) == 2, lines
+    assert re.search(rf"evaluate {corpus.name}/valid: files 2/2  [\d.]+ audio s/s  [\d.]+ files/s  ETA 0m00s",
+                     q.stderr), q.stderr[-3000:]
     for split in ("test", "valid"):
         assert [m.step for m in history(uri, run_id, f"eval/{corpus.name}/{split}/n")] == [2]
         assert len(history(uri, run_id, f"eval/{corpus.name}/{split}/enhanced/si_sdr")) == 1

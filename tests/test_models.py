@@ -211,14 +211,13 @@ def test_cli_models_json(capsys):
 
     from orchestrator.cli import main
 
-    assert main(["models", "--json", "--no-time", "--names", "metric-discriminator,semamba"]) == 0
+    assert main(["models", "--json", "--names", "metric-discriminator,semamba,rwsa-xs"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == ["metric-discriminator", "semamba"]
-    assert [r["params"] for r in rows] == [181_650, 2_258_769]
-    sem = rows[1]
-    assert 60 < sem["gflops_thop"] < 70  # the MambAttention paper: SEMamba 64.46 G
-    assert sem["gflops"] > sem["gflops_thop"] and sem["cpu_forward_s"] is None
-    assert (sem["n_fft"], sem["hop"], sem["segment_samples"]) == (400, 100, 32_000)
+    assert [r["name"] for r in rows] == ["metric-discriminator", "semamba", "rwsa-xs"]
+    assert [r["params"] for r in rows] == [181_650, 2_258_769, 1_024_360]
+    assert [r["gmacs_2s"] for r in rows] == [None, 94.989, 25.237]
+    assert [(r["n_fft"], r["hop"], r["frame_multiple"]) for r in rows] == [(None, None, None), (400, 100, 1),
+                                                                          (510, 120, 4)]
 
 
 def test_cli_models_table_and_bad_name(capsys):
@@ -226,6 +225,49 @@ def test_cli_models_table_and_bad_name(capsys):
 
     assert main(["models", "--names", "metric-discriminator"]) == 0
     out = capsys.readouterr().out
-    assert "metric-discriminator" in out and "181,650" in out and "GFLOPs(thop)" in out
+    assert "metric-discriminator" in out and "181,650" in out and "GMACs/2s" in out
     assert main(["models", "--names", "semamba,nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["models", "--no-time"]) == 2
+    assert "--no-time: only with --measure" in capsys.readouterr().err
+
+
+def test_cli_models_lists_registry_without_torch():
+    """The user path: `orchestrate models` in a fresh process lists every model with its parameters from
+    the tables, at once, and never imports torch (-X importtime names every module imported)."""
+    import subprocess
+    import sys
+    import time
+
+    from training.model_names import PARAMS
+
+    code = "import sys; from orchestrator.cli import main; raise SystemExit(main(['models']))"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()[2:]}
+    assert rows == {n: f"{p:,d}" for n, p in PARAMS.items()}
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "training.model_names" in imported  # the listing was read from the tables
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
+    assert wall < 10  # < 1 s on an idle 2-core machine; slack for a loaded CI
+
+
+@pytest.mark.slow
+def test_cli_models_measure_equals_table(capsys):
+    """`--measure` rebuilds the model and recounts: the same params and G-MACs as the table, and says so."""
+    import json
+
+    from orchestrator.cli import main
+
+    assert main(["models", "--measure", "--no-time", "--json", "--names", "rwsa-xs"]) == 0
+    out = capsys.readouterr()
+    measured = json.loads(out.out)[0]
+    assert "measuring 1 model(s)" in out.err
+    assert main(["models", "--json", "--names", "rwsa-xs"]) == 0
+    table = json.loads(capsys.readouterr().out)[0]
+    assert measured["params"] == table["params"] == 1_024_360
+    assert measured["gflops"] == pytest.approx(table["gmacs_2s"], abs=5e-4)
+    assert (measured["n_fft"], measured["hop"]) == (table["n_fft"], table["hop"])

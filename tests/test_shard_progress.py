@@ -18,8 +18,9 @@ def test_build_logs_files_hours_and_rate(tmp_path, caplog):
     seconds = sum(m["seconds"] for m in out["manifests"].values())
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("shard build:")]
     assert lines, "no progress line logged"
-    assert "shards 3/3, files 6/6" in lines[-1] and f"{seconds / 3600:.2f} h of audio" in lines[-1]
-    assert "files/s" in lines[-1] and "ETA 0.0 min" in lines[-1]
+    assert lines[-1].startswith("shard build: files 6/6  shards 3/3  ")
+    assert f"{seconds / 3600:.2f} h of audio" in lines[-1]
+    assert " audio s/s  " in lines[-1] and " files/s  ETA 0m00s" in lines[-1]
 
 
 def test_periodic_lines_and_terminal_bar(tmp_path, capsys):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.progress import format_duration, read_progress
+from common.progress import progress_line, read_progress
 from common.rundir import PROGRESS_FILE
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,8 @@ class Meter:
         out["train/steps_per_s"] = rate
         if self.is_main and self.bar is None:
             eta = (self.total - step) / rate if rate > 0 else math.inf
-            log.info("step %d/%d  loss_g %.4f  loss_d %.4f  %.2f steps/s  ETA %s", step, self.total,
-                     out.get("train/loss_g", math.nan), out.get("train/loss_d", math.nan), rate, format_duration(eta))
+            extras = f"loss_g {out.get('train/loss_g', math.nan):.4f}  loss_d {out.get('train/loss_d', math.nan):.4f}"
+            log.info("%s", progress_line("step", step, self.total, f"{rate:.2f} steps/s", eta, extras))
         self.sums, self.counts, self._t, self._steps = {}, {}, now, 0
         return out
 

@@ -32,7 +32,7 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def _worker_init(parent_pid: int, niceness: int = 0) -> None:
+def _worker_init(parent_pid: int, niceness: int = 0, setup=None, setup_args: tuple = ()) -> None:
     import signal
 
     if niceness:
@@ -44,6 +44,8 @@ def _worker_init(parent_pid: int, niceness: int = 0) -> None:
     for s in (*STOP_SIGNALS, signal.SIGINT):
         signal.signal(s, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if setup is not None:
+        setup(*setup_args)
 
 
 def pool_context() -> mp.context.BaseContext:
@@ -52,8 +54,9 @@ def pool_context() -> mp.context.BaseContext:
     return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def make_pool(num_workers: int, niceness: int = 0) -> ProcessPoolExecutor:
+def make_pool(num_workers: int, niceness: int = 0, setup=None, setup_args: tuple = ()) -> ProcessPoolExecutor:
     """A process pool whose workers ignore SIGINT/SIGTERM and exit with their parent; ``niceness``
-    lowers their CPU priority (background work that must not slow the process that feeds the GPU)."""
+    lowers their CPU priority (background work that must not slow the process that feeds the GPU);
+    ``setup(*setup_args)`` runs once in each worker after that (e.g. load a model)."""
     return ProcessPoolExecutor(max_workers=num_workers, mp_context=pool_context(),
-                               initializer=_worker_init, initargs=(os.getpid(), niceness))
+                               initializer=_worker_init, initargs=(os.getpid(), niceness, setup, setup_args))

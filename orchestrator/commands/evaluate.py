@@ -22,6 +22,9 @@ folder (reference-free metrics only), or a shard set (manifest.json + shard-*.ta
 Every metric's mean is over the same files: a file for which some metric is undefined (e.g. a silent
 clean reference) is "excluded" from all means and counted; a file that cannot be read or enhanced is
 "failed". The per-file CSV has a status column (ok / excluded / failed) with the reason.
+Results are kept per file as they finish (REPORT_DIR/NAME.files.jsonl): after an interruption, run the
+same command again and only the files not yet done are enhanced (delete that file to start over). Without a terminal (a batch job, a log
+file) a progress line (files done/total, audio s/s, ETA) is logged every 5 % or 30 s.
 Exit codes: 0 all files scored; 2 bad input (nothing done); 3 some files failed (the others are scored
 and reported, the failed ones listed at the end).
 """
@@ -38,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="report folder (default: RUN_DIR/eval)")
     p.add_argument("--metrics", help="comma-separated metrics (default: the run config's eval.metrics)")
     p.add_argument("--workers", type=config_value(RunConfig, "eval.num_workers"), default=2,
-                   help="metric worker processes (default 2; 0 = score in this process)")
+                   help="processes that each enhance and score whole files (default 2; 1: enhance here while "
+                        "one process scores; 0: all in this process); the numbers are the same whatever the count")
     p.add_argument("--chunk-seconds", type=config_value(RunConfig, "eval.chunk_seconds"), help="enhance in chunks of this length")
     p.add_argument("--overlap-seconds", type=config_value(RunConfig, "eval.overlap_seconds"), help="chunk overlap (0 = the papers' plain 10 s cuts)")
     p.add_argument("--mode", choices=MODES,
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     )
     code = EXIT_SOME_FAILED if any(s["failed_files"] for s in summaries) else 0
     if args.json:
-        keys = ("testset", "n", "scored", "excluded", "failed_files", "noisy", "enhanced", "failed", "problems")
+        keys = ("testset", "n", "scored", "excluded", "failed_files", "noisy", "enhanced", "failed", "problems",
+                "rtf", "resumed")
         out = [{k: s[k] for k in keys} for s in summaries]
         print(json.dumps(_json_safe(out[0] if len(out) == 1 else out), indent=2))
         return code

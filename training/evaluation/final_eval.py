@@ -14,7 +14,9 @@ Completion record, ``WORKDIR/eval/final.json`` (atomic, rewritten after each tes
 
 Preemption: SIGUSR1/SIGUSR2/SIGTERM or the SLURM deadline is checked before each utterance; the
 evaluation stops, the MLflow run is marked KILLED and the run exits 75. The requeued job resumes at
-``max_steps`` (no training step is run again) and evaluates only the test sets not in the record;
+``max_steps`` (no training step is run again) and evaluates only the test sets not in the record, and of a
+test set cut short only the files not in its per-file record (``eval/<name>.files.jsonl``,
+`training.evaluation.file_record`);
 a test set whose ``eval/<name>/n`` is already in MLflow at that step is not logged twice.
 
 Fault point (`common.faults`): ``eval.utterance``, before each utterance (before the stop check).
@@ -129,7 +131,9 @@ def evaluate_after_training(cfg, workdir: str | Path, device, stop) -> int:
                  device, enhancer.mode)
         try:
             summary = evaluate_testset(enhance, ts, out_dir, metrics=cfg.eval.metrics,
-                                       num_workers=cfg.eval.num_workers, progress=False)
+                                       num_workers=cfg.eval.num_workers, progress=False,
+                                       identity={"checkpoint": ckpt, "step": loaded.step, "mode": enhancer.mode,
+                                                 "testset": path})
         except EvaluationStopped as e:
             log.warning("evaluation stopped on %s: %s; exit %d to be requeued", ts.name, e, EXIT_PREEMPTED)
             _update_progress(workdir, "preempted")
