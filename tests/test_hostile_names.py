@@ -70,7 +70,7 @@ def test_save_audio_never_writes_outside_the_report_folder(trained_run, tmp_path
     # before: exit 0, evil.wav written at tmp/X/evil.wav and tmp/X/abs.wav (outside the report folder)
     assert code == 3
     assert not outside.exists()
-    assert _files(tmp_path) - before == {f"a/b/rep/{p}" for p in ("ts.csv", "ts.json", "ts_enhanced/good.wav",
+    assert _files(tmp_path) - before == {f"a/b/rep/{p}" for p in ("ts.csv", "ts.json", "ts.files.jsonl", "ts_enhanced/good.wav",
                                                                    "ts_enhanced/sub/ok.wav")}
     summary = json.loads((rep / "ts.json").read_text())
     assert (summary["n"], summary["failed_files"]) == (4, 2)
