@@ -11,4 +11,11 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Bad user input (a config key, a path, an argument, a data file): the message is one line that
-    names the file/key and what was expected."""
+    names the file/key and what was expected. Control characters in it (a name taken from data, e.g.
+    a tar member or manifest entry holding a newline) are shown escaped, so it stays one line."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if text.isprintable():
+            return text
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -63,7 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printable_output() -> None:
+    """Names from data may hold bytes that are not UTF-8 (file names, tar members, manifest entries, kept
+    as surrogates): stdout/stderr write them as backslash escapes instead of failing on them."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text file (a test's replacement): leave it
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    printable_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
