@@ -103,7 +103,7 @@ def test_claim_leaves_a_cell_another_sweep_finished_meanwhile(tmp_path):
 
     cell_dir = tmp_path / "cells" / "s0"
     cell_dir.mkdir(parents=True)
-    with Ledger(tmp_path).locked(create={"cells": {"s0": new_cell_record(0, "c.yaml", str(cell_dir), {})}}):
+    with Ledger(tmp_path).locked(create={"cells": {"s0": new_cell_record(0, "c.yaml", "cells/s0", {})}}):  # workdir relative
         pass
     assert claim(tmp_path, "s0", cell_dir) is None  # pending: claimed
     assert Ledger(tmp_path).read()["cells"]["s0"]["job_id"].startswith("local-claim:")

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from training.checkpoint import MARKER, load_file
-from training.config import load_run_config
+from training.config import ConfigError, load_run_config
 from training.preempt import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,11 +194,13 @@ def test_corrupt_shard_is_skipped_counted_and_training_continues(demo_corpus, tm
 
 
 def test_bad_segment_length_exits_2_before_work(demo_corpus, tmp_path):
-    from training.run import train
-
     raw = tiny_config(demo_corpus, tmp_path / "m.db")
     raw["data"]["segment_samples"] = 3000  # 26 frames, not a multiple of 4
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(raw))
-    assert train(load_run_config(p), tmp_path / "run") == 2
+    with pytest.raises(ConfigError, match="multiple of 4"):  # the config's own rule: before any work
+        load_run_config(p)
+    assert subprocess.run([sys.executable, "-m", "training.run", "--config", str(p), "--workdir",
+                           str(tmp_path / "run")], capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=120).returncode == 2
     assert not (tmp_path / "run" / "checkpoints").exists()
