@@ -15,7 +15,11 @@ class InputError(ValueError):
     a tar member or manifest entry holding a newline) are shown escaped, so it stays one line."""
 
     def __str__(self) -> str:
-        text = super().__str__()
-        if text.isprintable():
-            return text
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return printable(super().__str__())
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters (newline, NUL, an undecodable byte's surrogate) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from common.errors import printable
 from orchestrator.errors import UserError
 
 PLACEHOLDER = re.compile(r"project_x{3,}|<[A-Za-z_ -]+>|CHANGE_?ME", re.IGNORECASE)
@@ -38,7 +39,11 @@ class PreflightError(UserError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         head = f"{len(problems)} problem(s) found before submitting anything (nothing was submitted):"
-        super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
+        self.lines = [head, *(f"  - {p}" for p in problems)]
+        super().__init__("\n".join(self.lines))
+
+    def __str__(self) -> str:  # one line per problem, each kept to one line
+        return "\n".join(printable(line) for line in self.lines)
 
 
 def raise_if(problems: list[str]) -> None:
