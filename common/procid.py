@@ -31,14 +31,26 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (after the parenthesised name, which may hold spaces)."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat from field 3 (state) on, i.e. after the parenthesised name, which may
+    hold spaces; None when the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])  # fields[0] is field 3 (state)
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits for its parent to collect it (state Z)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] == "Z"
 
 
 def _cmdline(pid: int) -> str:

@@ -66,14 +66,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _zombie(pid: int) -> bool:
-    """Whether ``pid`` has exited and waits for its parent to collect it (state Z in /proc)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -100,7 +92,7 @@ def cell_alive(rec: dict, cell_dir: Path) -> bool:
     pid = int(pid_text)
     if not _pid_alive(pid):
         return False
-    if kind == "local-claim" or _zombie(pid):  # a zombie: ended, its sweep command has not recorded it yet
+    if kind == "local-claim" or procid.is_zombie(pid):  # a zombie: ended, its sweep command has not recorded it yet
         return True
     if isinstance(rec.get("process"), dict):  # recorded identity: pid, boot, start time, command line
         return procid.is_same(rec["process"])
