@@ -53,7 +53,8 @@ def is_zombie(pid: int) -> bool:
     return fields is not None and fields[0] == "Z"
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
+    """The command line of ``pid`` (arguments joined by spaces); '' when unreadable."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -65,7 +66,7 @@ def identify(pid: int) -> dict | None:
     ticks = _start_ticks(int(pid))
     if ticks is None:
         return None
-    return {"pid": int(pid), "boot_id": _boot_id(), "start_ticks": ticks, "cmdline": _cmdline(pid)}
+    return {"pid": int(pid), "boot_id": _boot_id(), "start_ticks": ticks, "cmdline": cmdline(pid)}
 
 
 def is_same(recorded: dict | None) -> bool:

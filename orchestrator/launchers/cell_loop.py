@@ -7,7 +7,7 @@ Cells start in order while the backend admits the next one (`Backend.admits`: by
 recorded in the ledger and the cell's files (`claim`, `record_start`), each end likewise
 (`record_end`: exit code → state); every ``report_every_s`` a progress line names the running cells.
 
-Ctrl-C (SIGINT, main thread): no further cell starts, the running cells get SIGTERM through the
+Ctrl-C (SIGINT) or SIGTERM to this command (main thread): no further cell starts, the running cells get SIGTERM through the
 backend (they checkpoint at a step boundary and exit 75 → ``preempted``), the loop waits for them
 (SIGKILL after ``STOP_GRACE_S``), then raises KeyboardInterrupt (the CLI exits 130); a second Ctrl-C
 abandons them at once.
@@ -66,13 +66,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def cell_alive(rec: dict, cell_dir: Path) -> bool:
     """Whether a cell recorded as active still has a live process on this machine.
 
@@ -96,7 +89,7 @@ def cell_alive(rec: dict, cell_dir: Path) -> bool:
         return True
     if isinstance(rec.get("process"), dict):  # recorded identity: pid, boot, start time, command line
         return procid.is_same(rec["process"])
-    cmd = _cmdline(pid)
+    cmd = procid.cmdline(pid)
     return not cmd or str(cell_dir) in cmd or Path(cell_dir).name in cmd
 
 
@@ -181,15 +174,19 @@ def progress_line(running: dict[str, Path], finished: int, total: int) -> str:
 
 
 class _Interrupt:
-    """Ctrl-C while cells run: the first SIGINT sets ``stop`` and relays SIGTERM (``relay()``, also
-    called by the loop for cells that started after it); a second SIGINT raises KeyboardInterrupt."""
+    """Ctrl-C (or SIGTERM) while cells run: the first sets ``stop``, the second ``abandon``. The handler
+    only records them (it runs wherever the main thread is, e.g. inside a Ray call, where a nested Ray
+    call fails); the loop relays SIGTERM to the cells (``relay()``, every turn, so also to cells that
+    started after it) and, on ``abandon``, raises KeyboardInterrupt."""
 
     def __init__(self, running: Callable[[], list[Running]], backend: Backend, out: Callable[[str], None]):
         self.running, self.backend, self.out = running, backend, out
-        self.stop = False
+        self.stop = self.abandon = False
         self.since = 0.0
 
     def relay(self) -> None:
+        if self.abandon:
+            raise KeyboardInterrupt
         if not self.stop:
             return
         running = self.running()
@@ -200,23 +197,24 @@ class _Interrupt:
 
     def on_sigint(self, signum, frame) -> None:
         if self.stop:
-            raise KeyboardInterrupt
+            self.abandon = True
+            return
         self.stop, self.since = True, time.monotonic()
         self.out("interrupted: asking the running cells to checkpoint (SIGTERM); Ctrl-C again to abandon them")
-        self.relay()
 
 
 @contextlib.contextmanager
 def _handle_sigint(state: _Interrupt) -> Iterator[_Interrupt]:
-    """``state`` handles SIGINT while the block runs (only in the main thread)."""
+    """``state`` handles SIGINT and SIGTERM while the block runs (only in the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield state
         return
-    previous = signal.signal(signal.SIGINT, state.on_sigint)
+    previous = {sig: signal.signal(sig, state.on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield state
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_cells(sweep_dir: Path, cells: list, backend: Backend, *, out: Callable[[str], None] = print,

@@ -3,10 +3,14 @@ process, so the run is byte-for-byte the same as under SLURM or locally (same ch
 codes, MLflow); the task asks for ``cpus_per_task`` CPUs and ``gpus_per_node`` GPUs. A cell with
 ``launcher.nodes × launcher.nproc`` > 1 is a Ray Train DDP group (`ray_train`: one worker per
 rank, on as many nodes as Ray places them, restarted from the newest checkpoint when a worker
-fails); DDP cells run one after another, after the one-process cells ended (`RayBackend.admits`).
+fails), fitted by a Ray task of its own (`ray_train.fit_cell_task`, no CPUs). Placement is Ray's:
+up to ``max_parallel`` cells are handed to Ray at once, in the sweep's order, and each starts as soon
+as the cluster has the CPUs/GPUs it asks for, so a DDP group and one-process cells run side by side
+when they fit. While a DDP cell runs, its workers report its step, losses and validation metrics to
+Ray (``ray.train.report``: the dashboard, ``Result.metrics``).
 
-The cells go through the same loop as local ones (`cell_loop.run_cells`): Ctrl-C starts no further
-cell and sends SIGTERM to the training processes of the running cells, on whichever node
+The cells go through the same loop as local ones (`cell_loop.run_cells`): Ctrl-C (or SIGTERM to
+this command) starts no further cell and sends SIGTERM to the training processes of the running cells, on whichever node
 (`ray_train.signal_cell`): they checkpoint at a step boundary and exit 75 (``preempted``; rerun to
 resume); a second Ctrl-C abandons them.
 
@@ -42,8 +46,8 @@ def is_ddp(cell) -> bool:
 
 
 class RayBackend(Backend):
-    """One-process cells: Ray tasks, ``max_parallel`` at a time. A DDP cell: a Ray Train group, fitted
-    (blocking) when `ended` first sees it, admitted only when nothing else runs."""
+    """Every cell is a Ray task, ``max_parallel`` at a time: a one-process cell runs its command, a DDP
+    cell fits a Ray Train group (`ray_train.fit_cell_task`); Ray places them by their resources."""
 
     def __init__(self, cells: list, address: str | None = None):
         super().__init__(cells)
@@ -55,32 +59,25 @@ class RayBackend(Backend):
                      log_to_driver=False)
         self.ray = ray
         self.task = ray.remote(_run_cell_process)
+        self.fit_task = ray.remote(ray_train.fit_cell_task).options(num_cpus=0, max_retries=0)
         self.signalled: dict[int, set] = {}  # signal -> (node, pid) of the training processes it reached
-
-    def admits(self, cell, running: list[Running]) -> bool:
-        if is_ddp(cell):
-            return not running
-        return len(running) < self.max_parallel
 
     def start(self, cell, cell_dir: Path) -> Running:
         ray_train.clear_pids(cell_dir)
         lc = cell.config.launcher
         if is_ddp(cell):
-            return Running(cell, cell_dir, None, f"ray:train-{cell.id}")
-        ref = self.task.options(num_cpus=lc.cpus_per_task, num_gpus=lc.gpus_per_node).remote(
-            base.cell_command(cell_dir), str(cell_dir), ENV, os.getcwd())
-        return Running(cell, cell_dir, ref, f"ray:{ref.task_id().hex()[:12]}")
+            ref = self.fit_task.remote(str(cell_dir), lc, os.getcwd(), ENV)
+        else:
+            ref = self.task.options(num_cpus=lc.cpus_per_task, num_gpus=lc.gpus_per_node).remote(
+                base.cell_command(cell_dir), str(cell_dir), ENV, os.getcwd())
+        return Running(cell, cell_dir, ref, f"ray:{'train-' if is_ddp(cell) else ''}{ref.task_id().hex()[:12]}")
 
     def describe(self, r: Running) -> str:
         lc = r.cell.config.launcher
-        where = f"Ray Train ({lc.nodes} x {lc.nproc} workers)" if r.handle is None else "Ray"
+        where = f"Ray Train ({lc.nodes} x {lc.nproc} workers)" if is_ddp(r.cell) else "Ray"
         return f"started {r.cell.id} on {where}"
 
     def ended(self, running: list[Running], timeout_s: float) -> list[tuple[Running, int]]:
-        ddp = [r for r in running if r.handle is None]
-        if ddp:  # alone by `admits`: fitted here, the SIGINT handler relays while it runs
-            r = ddp[0]
-            return [(r, ray_train.fit_cell(r.cell_dir, r.cell.config.launcher, cwd=os.getcwd(), env=ENV))]
         refs = {r.handle: r for r in running}
         done, _ = self.ray.wait(list(refs), num_returns=1, timeout=timeout_s)
         out = []
@@ -107,5 +104,4 @@ class RayLauncher(LocalLauncher):
     name = "ray"
 
     def submit(self, cells: list, out: Callable[[str], None] = print) -> int:
-        ordered = [x for x in cells if not is_ddp(x[0])] + [x for x in cells if is_ddp(x[0])]
-        return run_cells(self.sweep_dir, ordered, RayBackend(cells), out=out)
+        return run_cells(self.sweep_dir, cells, RayBackend(cells), out=out)

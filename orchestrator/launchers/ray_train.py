@@ -23,15 +23,28 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 from pathlib import Path
 
 from common import procid
 from common.atomic import atomic_write_text
-from common.rundir import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED
+from common.rundir import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    PROGRESS_FILE,
+    RUN_ID_FILE,
+)
 from orchestrator.launchers.base import cell_command
 
 MAX_FAILURES = 3
 PID_DIR = ".ray-ranks"  # CELL/.ray-ranks/<rank>.pid: "<ray node id> <pid>" of each rank's training process
+REPORTED_FILE = "reported.json"  # CELL/.ray-ranks/reported.json: the last metrics reported to Ray (Result.metrics)
+REPORT_EVERY_S = 2.0  # how often the workers report a cell's progress to Ray
+REPORTED = ("step", "max_steps", "best_pesq", "last_val_pesq", "last_val_step")  # from progress.json
 
 
 class WorkerFailed(RuntimeError):
@@ -60,6 +73,81 @@ def _rendezvous() -> tuple[str, int]:
     return obj[0]
 
 
+def _progress_metrics(cell_dir: Path) -> dict:
+    """What rank 0 reports to Ray: the step and validation figures of ``progress.json`` and the latest
+    value of each metric of the cell's MLflow run (losses, validation), numbers only; {} before the first."""
+    from common.progress import read_progress
+
+    p = read_progress(cell_dir)
+    out = {k: p[k] for k in REPORTED if isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool)}
+    if "step" in out:
+        out.update(_mlflow_latest(cell_dir))
+    return out
+
+
+def _mlflow_latest(cell_dir: Path) -> dict:
+    """The latest value of every metric of the cell's MLflow run ({} without one or when unreachable)."""
+    try:
+        import mlflow.tracking
+
+        from common.config import load_yaml
+
+        run_id = (cell_dir / RUN_ID_FILE).read_text().strip()
+        uri = (load_yaml(cell_dir / CONFIG_FILE).get("mlflow") or {}).get("tracking_uri")
+        if not run_id or not uri:
+            return {}
+        metrics = mlflow.tracking.MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+        return {k: float(v) for k, v in metrics.items()}
+    except Exception:  # best effort: progress for the dashboard, never a reason to fail the cell
+        return {}
+
+
+def _follow(proc: subprocess.Popen, rank: int, cell_dir: Path) -> int:
+    """Wait for this rank's training process while the group reports rank 0's progress to Ray
+    (`ray.train.report`, a barrier: every rank calls it equally often, so the ranks agree each
+    ``REPORT_EVERY_S`` through Ray Train's gloo group on what to report and on whether all ended).
+    A rank whose process failed returns at once (Ray Train then tears the group down)."""
+    import torch.distributed as dist
+
+    last: dict = {}
+    while True:
+        rc = proc.poll()
+        if rc is None:
+            try:
+                rc = proc.wait(timeout=REPORT_EVERY_S)
+            except subprocess.TimeoutExpired:
+                rc = None
+        if rc is not None and rc not in (EXIT_OK, EXIT_PREEMPTED, EXIT_BAD_INPUT):
+            return rc
+        mine = (rc is not None, _progress_metrics(cell_dir) if rank == 0 else None)
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        metrics = everyone[0][1]
+        if metrics and metrics != last:
+            _report(metrics, cell_dir if rank == 0 else None)
+            last = metrics
+        if all(ended for ended, _m in everyone):
+            return rc
+
+
+def _report(metrics: dict, cell_dir: Path | None) -> None:
+    """``ray.train.report`` of ``metrics``; rank 0 (``cell_dir`` given) attaches a small Ray checkpoint: a
+    copy of ``progress.json`` and the name of the cell's newest complete checkpoint (Ray Train V2 keeps
+    metrics only with a checkpoint: Result.metrics, the metrics dataframe, the dashboard's run)."""
+    import ray.train
+
+    if cell_dir is None:
+        ray.train.report(metrics)
+        return
+    from training.checkpoint import CheckpointManager
+
+    with tempfile.TemporaryDirectory(dir=cell_dir / PID_DIR) as tmp:
+        (Path(tmp) / PROGRESS_FILE).write_text(json.dumps(metrics) + "\n")
+        newest = CheckpointManager(cell_dir / CHECKPOINTS_DIR).latest()
+        (Path(tmp) / "cell_checkpoint").write_text(f"{newest or ''}\n")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
 def ddp_worker(config: dict) -> None:
     """One Ray Train worker (``train_loop_per_worker``): rank ``world_rank`` of the cell's run."""
     import ray.train
@@ -74,18 +162,17 @@ def ddp_worker(config: dict) -> None:
         proc = subprocess.Popen(cell_command(cell_dir), stdout=logf, stderr=subprocess.STDOUT, env=env,
                                 cwd=config["cwd"], preexec_fn=die_with_parent)
     write_pid(cell_dir, rank, proc.pid)
-    pids = cell_dir / PID_DIR
-    rc = proc.wait()
+    rc = _follow(proc, rank, cell_dir)
     if rc not in (EXIT_OK, EXIT_PREEMPTED, EXIT_BAD_INPUT):
         raise WorkerFailed(f"rank {rank}: training process exited {rc}")
     if rank == 0:  # the group's outcome, for fit_cell (the training's own ranks agreed on it)
-        (pids / "exit_code").write_text(f"{rc}\n")
+        atomic_write_text(cell_dir / PID_DIR / "exit_code", f"{rc}\n")
 
 
 def fit_cell(cell_dir: Path, launcher, *, cwd: str, env: dict[str, str] | None = None) -> int:
     """Run one DDP cell (``launcher``: its `LauncherConfig`) as a TorchTrainer group; returns its exit code
     (0, 75, 2 or 1 = failed)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     workers = launcher.nodes * launcher.nproc
@@ -98,21 +185,40 @@ def fit_cell(cell_dir: Path, launcher, *, cwd: str, env: dict[str, str] | None =
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker=resources,
                                      placement_strategy="SPREAD" if launcher.nodes > 1 else "PACK"),
         run_config=RunConfig(name="ray-train", storage_path=str(Path(cell_dir).resolve() / "ray"),
-                             failure_config=FailureConfig(max_failures=MAX_FAILURES)),
+                             failure_config=FailureConfig(max_failures=MAX_FAILURES),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     outcome = Path(cell_dir) / PID_DIR / "exit_code"
     outcome.unlink(missing_ok=True)
     clear_pids(cell_dir)
     try:
-        trainer.fit()
+        result = trainer.fit()
     except Exception as e:  # the group failed more than MAX_FAILURES times
         with open(Path(cell_dir) / "launcher.log", "a") as f:
             f.write(f"ray train: {e}\n")
         return 1
+    if result.metrics is not None:
+        atomic_write_text(Path(cell_dir) / PID_DIR / REPORTED_FILE, json.dumps(result.metrics, default=str) + "\n")
     try:
         return int(outcome.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 1
+
+
+def fit_cell_task(cell_dir: str, launcher, cwd: str, env: dict[str, str]) -> int:
+    """`fit_cell` as a Ray task (``num_cpus=0``: the workers hold the cell's resources), so the sweep
+    command's own loop keeps running beside it: other cells start and end meanwhile, and its Ctrl-C /
+    SIGTERM handler stays the one in force. ``fit`` runs in a thread: Ray Train installs its own
+    SIGINT handler (abort the run, no checkpoint) only from a main thread."""
+    box: list[int] = [1]
+
+    def run() -> None:
+        box[0] = fit_cell(Path(cell_dir), launcher, cwd=cwd, env=env)
+
+    thread = threading.Thread(target=run, name=f"fit {Path(cell_dir).name}")
+    thread.start()
+    thread.join()
+    return box[0]
 
 
 def write_pid(cell_dir: Path, rank: int, pid: int) -> None:
@@ -176,7 +282,7 @@ def signal_cell(cell_dir: Path, sig: int = signal.SIGTERM, skip: set | None = No
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
-    remote = ray.remote(_kill).options(num_cpus=0)
+    remote = ray.remote(num_cpus=0)(_kill)
     waits = []
     records = {(node, pid): ident for node, pid, ident in read_pid_records(cell_dir).values()}
     procs = {x for x in records if x not in (skip or set())}
