@@ -18,6 +18,7 @@ the exit code reaches the ledger as with the other launchers.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -73,31 +74,38 @@ def _rendezvous() -> tuple[str, int]:
     return obj[0]
 
 
-def _progress_metrics(cell_dir: Path) -> dict:
+def _progress_metrics(cell_dir: Path, last: dict) -> dict:
     """What rank 0 reports to Ray: the step and validation figures of ``progress.json`` and the latest
-    value of each metric of the cell's MLflow run (losses, validation), numbers only; {} before the first."""
+    value of each metric of the cell's MLflow run (losses, validation; asked only when those figures
+    changed since ``last``), numbers only; {} before the first."""
     from common.progress import read_progress
 
     p = read_progress(cell_dir)
     out = {k: p[k] for k in REPORTED if isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool)}
-    if "step" in out:
-        out.update(_mlflow_latest(cell_dir))
-    return out
+    if "step" not in out:
+        return {}
+    if all(last.get(k) == v for k, v in out.items()):
+        return last
+    return {**out, **_mlflow_latest(cell_dir)}
+
+
+@functools.lru_cache(maxsize=4)
+def _mlflow_client(uri: str):
+    import mlflow.tracking
+
+    return mlflow.tracking.MlflowClient(tracking_uri=uri)
 
 
 def _mlflow_latest(cell_dir: Path) -> dict:
     """The latest value of every metric of the cell's MLflow run ({} without one or when unreachable)."""
     try:
-        import mlflow.tracking
-
         from common.config import load_yaml
 
         run_id = (cell_dir / RUN_ID_FILE).read_text().strip()
         uri = (load_yaml(cell_dir / CONFIG_FILE).get("mlflow") or {}).get("tracking_uri")
         if not run_id or not uri:
             return {}
-        metrics = mlflow.tracking.MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
-        return {k: float(v) for k, v in metrics.items()}
+        return {k: float(v) for k, v in _mlflow_client(uri).get_run(run_id).data.metrics.items()}
     except Exception:  # best effort: progress for the dashboard, never a reason to fail the cell
         return {}
 
@@ -119,7 +127,7 @@ def _follow(proc: subprocess.Popen, rank: int, cell_dir: Path) -> int:
                 rc = None
         if rc is not None and rc not in (EXIT_OK, EXIT_PREEMPTED, EXIT_BAD_INPUT):
             return rc
-        mine = (rc is not None, _progress_metrics(cell_dir) if rank == 0 else None)
+        mine = (rc is not None, _progress_metrics(cell_dir, last) if rank == 0 else None)
         everyone: list = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
         metrics = everyone[0][1]
