@@ -33,7 +33,8 @@ def _step(cell: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])  # Ray's quick case:
+# the same code path with two ranks, tests/test_ray_cells.py
 def test_ctrl_c_checkpoints_the_running_cell_and_the_rerun_resumes_it(executor, demo_data, tmp_path):
     if executor == "ray":
         pytest.importorskip("ray")
@@ -72,3 +73,6 @@ def test_ctrl_c_checkpoints_the_running_cell_and_the_rerun_resumes_it(executor, 
     assert (cell / "mlflow_run_id").read_text().strip() == run_id
     starts = [ln for ln in (cell / "attempts.log").read_text().splitlines() if " start " in ln]
     assert len(starts) == 2
+    if executor == "ray":  # a one-process cell is a one-worker Ray Train run: its progress reached Ray
+        reported = json.loads((cell / ".ray-ranks" / "reported.json").read_text())
+        assert reported["step"] == STEPS and "train/loss_g" in reported

@@ -1,8 +1,9 @@
-"""A DDP cell on Ray: a Ray Train ``TorchTrainer`` group of ``launcher.nodes × launcher.nproc`` workers.
+"""A cell on Ray: a Ray Train ``TorchTrainer`` group of ``launcher.nodes × launcher.nproc`` workers
+(one for a one-process cell).
 
 Each worker runs the cell's module command (``python -m training.run``, `base.cell_command`) as
-a child process with a torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-MASTER_PORT), so the run is the same code as under SLURM or locally: the same checkpoints in the
+a child process, in a DDP group with a torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT), so the run is the same code as under SLURM or locally: the same checkpoints in the
 cell folder, the same MLflow run (re-opened by id), the same preemption protocol (the child's
 signal handlers, all ranks agree at a step boundary, exit 75). Ray Train's own process group
 (gloo) is used once, to agree on the training's rendezvous (rank 0's node address and a free
@@ -13,6 +14,10 @@ Failures: a worker whose training process dies raises, Ray Train tears the group
 ``MAX_FAILURES`` times (``FailureConfig``); the new group's training resumes from the newest
 complete checkpoint in the cell folder. Exit 75 (preempted) and 2 (bad config) are not retried:
 the exit code reaches the ledger as with the other launchers.
+
+Progress: every ``REPORT_EVERY_S`` the workers report rank 0's ``progress.json`` figures and the
+latest metrics of the cell's MLflow run to Ray (`_follow`, ``ray.train.report``); the last report
+is kept in ``CELL/.ray-ranks/reported.json``.
 """
 
 from __future__ import annotations
@@ -164,8 +169,10 @@ def ddp_worker(config: dict) -> None:
     rank, world, local = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
     addr, port = _rendezvous()
     cell_dir = Path(config["cell_dir"])
-    env = {**os.environ, **config.get("env", {}), "RANK": str(rank), "WORLD_SIZE": str(world),
-           "LOCAL_RANK": str(local), "MASTER_ADDR": addr, "MASTER_PORT": str(port)}
+    env = {**os.environ, **config.get("env", {})}
+    if world > 1:  # one worker: the same environment as a one-process run anywhere else
+        env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local), MASTER_ADDR=addr,
+                   MASTER_PORT=str(port))
     with open(cell_dir / "launcher.log", "ab") as logf:
         proc = subprocess.Popen(cell_command(cell_dir), stdout=logf, stderr=subprocess.STDOUT, env=env,
                                 cwd=config["cwd"], preexec_fn=die_with_parent)
@@ -178,14 +185,15 @@ def ddp_worker(config: dict) -> None:
 
 
 def fit_cell(cell_dir: Path, launcher, *, cwd: str, env: dict[str, str] | None = None) -> int:
-    """Run one DDP cell (``launcher``: its `LauncherConfig`) as a TorchTrainer group; returns its exit code
-    (0, 75, 2 or 1 = failed)."""
+    """Run one cell (``launcher``: its `LauncherConfig`) as a TorchTrainer group of ``nodes × nproc``
+    workers; returns its exit code (0, 75, 2 or 1 = failed)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     workers = launcher.nodes * launcher.nproc
     gpus = launcher.gpus_per_node > 0
-    resources = {"CPU": launcher.cpus_per_task, **({"GPU": 1} if gpus else {})}
+    per_worker_gpus = launcher.gpus_per_node if workers == 1 else 1  # a one-process cell: all its GPUs
+    resources = {"CPU": launcher.cpus_per_task, **({"GPU": per_worker_gpus} if gpus else {})}
     trainer = TorchTrainer(
         ddp_worker,
         train_loop_config={"cell_dir": str(cell_dir), "cwd": cwd, "env": dict(env or {})},
