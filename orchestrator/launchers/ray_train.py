@@ -144,9 +144,10 @@ def _follow(proc: subprocess.Popen, rank: int, cell_dir: Path) -> int:
 
 
 def _report(metrics: dict, cell_dir: Path | None) -> None:
-    """``ray.train.report`` of ``metrics``; rank 0 (``cell_dir`` given) attaches a small Ray checkpoint: a
-    copy of ``progress.json`` and the name of the cell's newest complete checkpoint (Ray Train V2 keeps
-    metrics only with a checkpoint: Result.metrics, the metrics dataframe, the dashboard's run)."""
+    """``ray.train.report`` of ``metrics``; rank 0 (``cell_dir`` given) attaches a small Ray checkpoint:
+    those metrics (``progress.json``) and the path of the cell's newest complete checkpoint
+    (``cell_checkpoint``); Ray Train V2 keeps metrics only with a checkpoint (Result.metrics, the
+    metrics dataframe, the dashboard's run)."""
     import ray.train
 
     if cell_dir is None:
