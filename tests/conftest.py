@@ -112,3 +112,22 @@ def write_sweep(folder, name: str, base: dict, **spec) -> Path:
     path.write_text(json.dumps(doc))  # JSON is YAML
     return path
 
+
+
+def running_sweep(folder, name: str, seeds: int) -> tuple[Path, dict[str, Path]]:
+    """A planned local sweep ``folder/runs/NAME`` of ``seeds`` cells (``s0``, ``s1``, ...; MLflow off) whose
+    ledger says every cell is running (job ``local:1``), nothing trained: for status tests that then write
+    the cells' progress files. Returns the sweep folder and each cell's workdir."""
+    from orchestrator.ledger import Ledger, set_state
+    from orchestrator.sweeps.plan import build_plan
+    from orchestrator.sweeps.run import write_cells
+
+    sweep = Path(folder) / f"{name}.yaml"
+    sweep.write_text(f"name: {name}\ngrid: {{trainer.seed: {list(range(seeds))}}}\nexecutor: local\n")
+    write_cells(build_plan(sweep, root=Path(folder) / "runs", overrides=["mlflow.enabled=false"]))
+    sweep_dir = Path(folder) / "runs" / name
+    with Ledger(sweep_dir).locked() as data:
+        for rec in data["cells"].values():
+            set_state(rec, "running", job_id="local:1")
+        workdirs = {cid: sweep_dir / rec["workdir"] for cid, rec in data["cells"].items()}
+    return sweep_dir, workdirs

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from common.progress import format_duration, progress_eta, progress_rate, read_progress, shown_state
+from conftest import running_sweep
 from orchestrator.cli import main as cli_main
 from orchestrator.sweeps.status import total
 from training.progress import ProgressFile
@@ -94,20 +95,10 @@ def test_a_running_cell_in_its_end_of_run_evaluation_shows_evaluating(tmp_path, 
     """progress.json written by the trainer's writer, its state set by final_eval's own update (the real run
     reaching that state is in test_final_eval); the ledger says running: status shows `running (evaluating)`."""
     from orchestrator.launchers.cell_loop import progress_line
-    from orchestrator.ledger import Ledger, set_state
-    from orchestrator.sweeps.plan import build_plan
-    from orchestrator.sweeps.run import write_cells
     from orchestrator.sweeps.status import format_table, status_rows
     from training.evaluation.final_eval import _update_progress
 
-    sweep = tmp_path / "ev.yaml"
-    sweep.write_text("name: ev\ngrid: {trainer.seed: [0, 1]}\nexecutor: local\n")
-    write_cells(build_plan(sweep, root=tmp_path / "runs", overrides=["mlflow.enabled=false"]))
-    sweep_dir = tmp_path / "runs" / "ev"
-    with Ledger(sweep_dir).locked() as data:
-        for rec in data["cells"].values():
-            set_state(rec, "running", job_id="local:1")
-        workdirs = {cid: sweep_dir / rec["workdir"] for cid, rec in data["cells"].items()}
+    sweep_dir, workdirs = running_sweep(tmp_path, "ev", seeds=2)
     for cid, wd in workdirs.items():
         ProgressFile(wd, max_steps=4).update(4 if cid == "s0" else 2, "running")
     _update_progress(workdirs["s0"], "evaluating")

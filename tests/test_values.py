@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import running_sweep
 from orchestrator.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,19 +206,9 @@ def test_tune_resources_refused_before_ray(tmp_path, capsys, monkeypatch):
 def test_status_with_garbage_progress_and_attempts_files(tmp_path, capsys):
     """A cell whose progress.json is binary or holds values of the wrong type is shown 'unreadable' (table
     and --json); a binary attempts.log is named in its cell's reason, never a traceback."""
-    from orchestrator.ledger import Ledger, set_state
-    from orchestrator.sweeps.plan import build_plan
-    from orchestrator.sweeps.run import write_cells
     from training.progress import ProgressFile
 
-    sweep = tmp_path / "g.yaml"
-    sweep.write_text("name: g\ngrid: {trainer.seed: [0, 1, 2]}\nexecutor: local\n")
-    write_cells(build_plan(sweep, root=tmp_path / "runs", overrides=["mlflow.enabled=false"]))
-    sweep_dir = tmp_path / "runs" / "g"
-    with Ledger(sweep_dir).locked() as data:
-        for rec in data["cells"].values():
-            set_state(rec, "running", job_id="local:1")
-        wd = {cid: sweep_dir / rec["workdir"] for cid, rec in data["cells"].items()}
+    sweep_dir, wd = running_sweep(tmp_path, "g", seeds=3)
     (wd["s0"] / "progress.json").write_bytes(b"\x00\xff" + os.urandom(100))
     (wd["s1"] / "progress.json").write_text(json.dumps({"step": "x", "max_steps": [4], "window": "abc"}))
     ProgressFile(wd["s2"], max_steps=4).update(2, "running")
