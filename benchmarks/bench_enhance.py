@@ -8,8 +8,8 @@ model with random weights (speed does not depend on training), a synthetic 16 kH
 FLOP limit (the issue's rule): the full-convention MACs (`training.models.flops.count_macs`) of the
 forward passes the enhancer makes for that file x 2 / the sgemm rate, measured in the same child right
 before the model (``torch.mm`` of 2048^2 float32, the same thread count). ``ratio`` = measured model
-time / limit; target <= 1.5. The profile (one more, hooked, pass) splits the model time by module kind;
-"other" is the rest (norms, 1x1/dense convs, reshapes, STFT/iSTFT are listed apart).
+time / limit; target <= 1.5. The profile (one more, hooked, pass) splits the time by module kind, next to each kind's share
+of the MACs; "other" is the rest (norms, 1x1/dense convs, reshapes; STFT/iSTFT listed apart, 0 MACs).
 
     python benchmarks/bench_enhance.py                          # rwsa-xs, mambattention; 10 s and 60 s
     python benchmarks/bench_enhance.py --models rwsa-xs --seconds 10 --threads 2 --repeat 3
@@ -129,9 +129,28 @@ def _profile(model, run) -> dict[str, float]:
     return dict(spent)
 
 
-def _forward_macs(model, enhancer, wav) -> int:
-    """Full-convention MACs of every model forward the enhancer makes for ``wav``."""
-    from training.models.flops import count_macs
+def _kind_of_modules(model) -> dict[int, str]:
+    """id(module) -> the profiled kind of its outermost kind-module ancestor (or itself)."""
+    kinds = _kinds()
+    out: dict[int, str] = {}
+
+    def visit(m, inherited):
+        label = inherited or next((name for name, pred in kinds if pred(m)), None)
+        if label:
+            out[id(m)] = label
+        for child in m.children():
+            visit(child, label)
+
+    visit(model, None)
+    return out
+
+
+def _forward_macs(model, enhancer, wav) -> dict[str, int]:
+    """Full-convention MACs (`training.models.flops`) of every model forward the enhancer makes for
+    ``wav``, per profiled module kind ("other": the rest) and in all ("total")."""
+    import torch
+
+    from training.models.flops import _full_hook, count_macs
 
     shapes = []
     handle = model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
@@ -139,14 +158,24 @@ def _forward_macs(model, enhancer, wav) -> int:
         enhancer.enhance(wav)
     finally:
         handle.remove()
-    import torch
+    kind_of = _kind_of_modules(model)
+    macs: dict[str, int] = defaultdict(int)
 
-    total = 0
+    def hook(m, x, y):
+        macs[kind_of.get(id(m), "other")] += int(_full_hook(m, x, y) or 0)
+
     for shape in shapes:
         g = torch.Generator().manual_seed(0)
-        mag = torch.rand(*shape, generator=g)
-        total += count_macs(model, (mag, torch.rand(*shape, generator=g) * 6 - 3), "full")
-    return total
+        inputs = (torch.rand(*shape, generator=g), torch.rand(*shape, generator=g) * 6 - 3)
+        macs["total"] += count_macs(model, inputs, "full")
+        handles = [m.register_forward_hook(hook) for m in model.modules()]
+        try:
+            with torch.no_grad():
+                model(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
+    return dict(macs)
 
 
 def child(model_name: str, seconds: float, threads: int, repeat: int) -> dict:
@@ -164,7 +193,8 @@ def child(model_name: str, seconds: float, threads: int, repeat: int) -> dict:
     model = build_model(cfg.model.name, **cfg.model.options).eval()
     enhancer = enhancer_for(model, cfg)
     wav = _noisy(seconds)
-    macs = _forward_macs(model, enhancer, wav)  # also the warm-up (kernel compile, allocator)
+    mac_parts = _forward_macs(model, enhancer, wav)  # also the warm-up (kernel compile, allocator)
+    macs = mac_parts["total"]
     times, gflops = [], []
     for _ in range(repeat):
         gflops.append(sgemm_gflops())
@@ -177,7 +207,8 @@ def child(model_name: str, seconds: float, threads: int, repeat: int) -> dict:
     return {"model": model_name, "seconds": seconds, "threads": threads, "mode": enhancer.mode,
             "gmacs": macs / 1e9, "sgemm_gflops": gflops[best], "time_s": times[best], "times_s": times,
             "limit_s": limit, "rtf": times[best] / seconds, "limit_rtf": limit / seconds,
-            "ratio": times[best] / limit, "profile_s": profile}
+            "ratio": times[best] / limit, "profile_s": profile,
+            "macs_share": {k: v / macs for k, v in mac_parts.items() if k != "total"}}
 
 
 def main() -> int:
@@ -207,7 +238,9 @@ def main() -> int:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             verdict = "meets" if r["ratio"] <= TARGET_RATIO else "MISSES"
             prof = r["profile_s"]
-            parts = "  ".join(f"{k} {v:.2f}s ({100 * v / prof['total']:.0f}%)"
+            share = r["macs_share"]
+            parts = "  ".join(f"{k} {v:.2f}s ({100 * v / prof['total']:.0f}% of time, "
+                              f"{100 * share.get(k, 0):.0f}% of MACs)"
                               for k, v in sorted(prof.items(), key=lambda kv: -kv[1]) if k != "total")
             print(f"{name:14s} {r['seconds']:4.0f} s  {r['gmacs']:7.1f} GMAC  sgemm {r['sgemm_gflops']:5.1f} GFLOP/s  "
                   f"limit {r['limit_s']:6.2f} s  time {r['time_s']:6.2f} s (RTF {r['rtf']:.3f} vs {r['limit_rtf']:.3f})  "
