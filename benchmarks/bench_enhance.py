@@ -1,15 +1,19 @@
-"""Real-time factor of ``orchestrate enhance`` on 10 s of audio, per model, on this CPU.
+"""CPU inference against its FLOP limit, per model x audio length, with a per-module profile.
 
-Each model runs in its own child process: a full-size model (the papers' configuration, random
-weights: speed does not depend on training) is written as a checkpoint in the training engine's
-format, a 10 s 16 kHz noisy file is written, and ``orchestrate enhance`` runs on it through the
-real CLI. Reported: the RTF the command prints (model time / audio time), the command's wall time
-(load + read + enhance + write) and peak RSS, against the issue's targets (rwsa-xs <= 0.2,
-mambattention <= 1.5) as ``target / measured`` (>= 1 meets the target), and the RTF of the same
-command with glibc's default malloc (``SE_MALLOC_TUNING=0``) as a ratio to the default run.
+Each (model, length) runs in its own child process, as ``orchestrate enhance`` runs: malloc tuning
+(`training.kernels.malloc_tuning`), the run's enhancer (`training.evaluation.protocol.enhancer_for`,
+``eval.mode`` auto: RWSA segments for rwsa-*, 10 s chunks with 0.5 s overlap otherwise), a full-size
+model with random weights (speed does not depend on training), a synthetic 16 kHz noisy file.
 
-    python benchmarks/bench_enhance.py                          # rwsa-xs, mambattention
-    python benchmarks/bench_enhance.py --models rwsa-xs --seconds 30 --threads 2
+FLOP limit (the issue's rule): the full-convention MACs (`training.models.flops.count_macs`) of the
+forward passes the enhancer makes for that file x 2 / the sgemm rate, measured in the same child right
+before each timed run (``torch.mm`` of 2048^2 float32, the same thread count). ``ratio`` = measured
+model time / limit; target <= 1.5. On a shared machine the wall-time ratio is noisy; the CPU-time
+ratio (both the sgemm rate and the model in CPU seconds of the child) is the steadier one. The
+profile (one more, hooked, pass) splits the time by module kind, next to each kind's share of the MACs; "other" is the rest (norms, 1x1/dense convs, reshapes; STFT/iSTFT listed apart, 0 MACs).
+
+    python benchmarks/bench_enhance.py                          # rwsa-xs, mambattention; 10 s and 60 s
+    python benchmarks/bench_enhance.py --models rwsa-xs --seconds 10 --threads 2 --repeat 3
 """
 
 from __future__ import annotations
@@ -17,102 +21,238 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import resource
 import subprocess
 import sys
-import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_RTF = {"rwsa-xs": 0.2, "mambattention": 1.5}
+TARGET_RATIO = 1.5
 
 
-def _write_checkpoint(model_name: str, root: Path) -> Path:
-    import torch
-
-    from training.checkpoint import MARKER, STATE
-    from training.config import load_run_config, to_container
-    from training.models import build_model
-
-    cfg = load_run_config(None, [f"model.name={model_name}", "mlflow.enabled=false"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model.name, **cfg.model.options)
-    ckpt = root / "checkpoints" / "step-000001"
-    ckpt.mkdir(parents=True)
-    torch.save({"generator": model.state_dict(), "config": to_container(cfg), "step": 1}, ckpt / STATE)
-    (ckpt / MARKER).write_text("1\n")
-    return ckpt
-
-
-def _write_noisy(path: Path, seconds: float) -> None:
+def _noisy(seconds: float):
     import numpy as np
-    import soundfile as sf
 
     sr = 16000
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * sr)) / sr
     phase = 2 * np.pi * np.cumsum(120 + 30 * np.sin(2 * np.pi * 0.7 * t)) / sr
     speech = 0.1 * sum(np.sin(k * phase) / k for k in range(1, 12)) * (1 + np.sin(2 * np.pi * 3 * t)) ** 2 / 4
-    sf.write(path, (speech + 0.02 * rng.standard_normal(t.shape)).astype("float32"), sr)
+    return (speech + 0.02 * rng.standard_normal(t.shape)).astype("float32")
 
 
-def child(model_name: str, seconds: float, threads: int) -> dict:
-    """Build the inputs, then time the real CLI in a grandchild (its own peak RSS)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        ckpt = _write_checkpoint(model_name, tmp / "run")
-        noisy = tmp / "noisy.wav"
-        _write_noisy(noisy, seconds)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-        cmd = [sys.executable, "-c", "import sys; from orchestrator.cli import main; sys.exit(main())",
-               "enhance", str(ckpt), str(noisy), "--out", str(tmp / "out")]
-        subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)  # warm: kernel cache, page cache
-        rtf_default_malloc, _ = _timed_rtf(cmd, {**env, "SE_MALLOC_TUNING": "0"})  # reference: glibc defaults
-        rtf, wall = _timed_rtf(cmd, env)
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"model": model_name, "seconds": seconds, "threads": threads, "rtf": rtf, "wall_s": wall,
-            "peak_mb": peak_mb, "rtf_default_malloc": rtf_default_malloc}
+def sgemm_gflops(n: int = 2048, repeat: int = 5) -> tuple[float, float]:
+    """Best-of-``repeat`` float32 matmul rate at the current torch thread count: (GFLOP per wall
+    second, GFLOP per CPU second of this process)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    wall = cpu = float("inf")
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        torch.mm(a, b)
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return 2 * n**3 / wall / 1e9, 2 * n**3 / cpu / 1e9
 
 
-def _timed_rtf(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(RTF printed by orchestrate enhance, wall seconds of the command)."""
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - t0
-    m = re.search(r"real-time factor\s+([0-9.]+)", r.stdout + r.stderr)
-    if not m:
-        raise RuntimeError(f"no RTF in the output of orchestrate enhance:\n{r.stdout}\n{r.stderr}")
-    return float(m.group(1)), wall
+def _kinds():
+    """(label, predicate on a module) of the profiled module kinds, outermost first."""
+    import torch.nn as nn
+
+    from training.mamba.mixer import Mamba
+    from training.models.deform_conv import DeformConv2d
+    from training.models.tf_blocks import AttentionModule
+
+    def depthwise(m):
+        return isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups > 1 and m.groups == m.in_channels
+
+    return [
+        ("deform_conv", lambda m: isinstance(m, DeformConv2d)),
+        ("depthwise_conv", depthwise),
+        ("mamba", lambda m: isinstance(m, Mamba)),
+        ("attention", lambda m: isinstance(m, AttentionModule)),
+    ]
+
+
+def _profile(model, run) -> dict[str, float]:
+    """Seconds spent in each module kind during ``run()`` (forward hooks; a kind nested in another
+    kind's module is counted in the outer one)."""
+    import torch.nn as nn
+
+    spent: dict[str, float] = defaultdict(float)
+    depth = [0]
+    handles = []
+    for m in model.modules():
+        label = next((name for name, pred in _kinds() if pred(m)), None)
+        if label is None:
+            continue
+
+        def pre(mod, args, label=label):
+            depth[0] += 1
+            if depth[0] == 1:
+                mod._t0 = time.perf_counter()
+
+        def post(mod, args, out, label=label):
+            if depth[0] == 1:
+                spent[label] += time.perf_counter() - mod._t0
+            depth[0] -= 1
+
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    import training.stft as stft_mod
+    from training.evaluation import segment_eval
+
+    originals = {}
+    for mod in (stft_mod, segment_eval, sys.modules["training.models.base"]):
+        for fname in ("mag_pha_stft", "mag_pha_istft"):
+            if hasattr(mod, fname):
+                originals[(mod, fname)] = getattr(mod, fname)
+
+                def timed(*a, _f=getattr(mod, fname), **k):
+                    t0 = time.perf_counter()
+                    try:
+                        return _f(*a, **k)
+                    finally:
+                        spent["stft_istft"] += time.perf_counter() - t0
+
+                setattr(mod, fname, timed)
+    try:
+        t0 = time.perf_counter()
+        run()
+        spent["total"] = time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+        for (mod, fname), f in originals.items():
+            setattr(mod, fname, f)
+    spent["other"] = spent["total"] - sum(v for k, v in spent.items() if k != "total")
+    del nn
+    return dict(spent)
+
+
+def _kind_of_modules(model) -> dict[int, str]:
+    """id(module) -> the profiled kind of its outermost kind-module ancestor (or itself)."""
+    kinds = _kinds()
+    out: dict[int, str] = {}
+
+    def visit(m, inherited):
+        label = inherited or next((name for name, pred in kinds if pred(m)), None)
+        if label:
+            out[id(m)] = label
+        for child in m.children():
+            visit(child, label)
+
+    visit(model, None)
+    return out
+
+
+def _forward_macs(model, enhancer, wav) -> dict[str, int]:
+    """Full-convention MACs (`training.models.flops`) of every model forward the enhancer makes for
+    ``wav``, per profiled module kind ("other": the rest) and in all ("total")."""
+    import torch
+
+    from training.models.flops import _full_hook, count_macs
+
+    shapes = []
+    handle = model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    try:
+        enhancer.enhance(wav)
+    finally:
+        handle.remove()
+    kind_of = _kind_of_modules(model)
+    macs: dict[str, int] = defaultdict(int)
+
+    def hook(m, x, y):
+        macs[kind_of.get(id(m), "other")] += int(_full_hook(m, x, y) or 0)
+
+    for shape in shapes:
+        g = torch.Generator().manual_seed(0)
+        inputs = (torch.rand(*shape, generator=g), torch.rand(*shape, generator=g) * 6 - 3)
+        macs["total"] += count_macs(model, inputs, "full")
+        handles = [m.register_forward_hook(hook) for m in model.modules()]
+        try:
+            with torch.no_grad():
+                model(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
+    return dict(macs)
+
+
+def child(model_name: str, seconds: float, threads: int, repeat: int) -> dict:
+    import torch
+
+    from training.config import load_run_config
+    from training.evaluation.protocol import enhancer_for
+    from training.kernels import malloc_tuning
+    from training.models import build_model
+
+    torch.set_num_threads(threads)
+    malloc_tuning.tune()
+    cfg = load_run_config(None, [f"model.name={model_name}", "mlflow.enabled=false"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, **cfg.model.options).eval()
+    enhancer = enhancer_for(model, cfg)
+    wav = _noisy(seconds)
+    mac_parts = _forward_macs(model, enhancer, wav)  # also the warm-up (kernel compile, allocator)
+    macs = mac_parts["total"]
+    times, cpus, rates = [], [], []
+    for _ in range(repeat):
+        rates.append(sgemm_gflops())
+        t0, c0 = time.perf_counter(), time.process_time()
+        enhancer.enhance(wav)
+        times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    best = min(range(repeat), key=lambda i: times[i] / (macs * 2 / (rates[i][0] * 1e9)))
+    gflops, gflops_cpu = rates[best]
+    limit = macs * 2 / (gflops * 1e9)
+    ratio_cpu = cpus[best] / (macs * 2 / (gflops_cpu * 1e9))
+    profile = _profile(model, lambda: enhancer.enhance(wav))
+    return {"model": model_name, "seconds": seconds, "threads": threads, "mode": enhancer.mode,
+            "gmacs": macs / 1e9, "sgemm_gflops": gflops, "sgemm_gflops_cpu": gflops_cpu, "ratio_cpu": ratio_cpu,
+            "time_s": times[best], "times_s": times, "cpu_s": cpus[best],
+            "limit_s": limit, "rtf": times[best] / seconds, "limit_rtf": limit / seconds,
+            "ratio": times[best] / limit, "profile_s": profile,
+            "macs_share": {k: v / macs for k, v in mac_parts.items() if k != "total"}}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="rwsa-xs,mambattention")
-    p.add_argument("--seconds", type=float, default=10.0, help="audio length (the issue: 10 s)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--seconds", default="10,60", help="audio lengths, comma-separated")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=2, help="timed runs per case (best counts)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.seconds, a.threads)))
+        print(json.dumps(child(a.child, float(a.seconds), a.threads, a.repeat)))
         return 0
     results = []
-    print(f"# orchestrate enhance on {a.seconds:g} s of 16 kHz audio, {a.threads} threads; "
-          "ratio = target RTF / measured RTF (>= 1 meets the target)")
+    print(f"# enhance on CPU, {a.threads} threads; limit = full MACs x 2 / sgemm rate (same run); "
+          f"ratio = time / limit, target <= {TARGET_RATIO}")
     for name in a.models.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--seconds", str(a.seconds),
-                              "--threads", str(a.threads)], capture_output=True, text=True, cwd=ROOT)
-        if out.returncode:
-            print(f"{name:14s} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        target = TARGET_RTF.get(name)
-        ratio = f"target {target:g}  ratio {target / r['rtf']:.2f}" if target else "no target"
-        print(f"{name:14s} RTF {r['rtf']:.3f}  command wall {r['wall_s']:.1f} s  peak {r['peak_mb']:.0f} MB  |  {ratio}  |  "
-              f"glibc default malloc RTF {r['rtf_default_malloc']:.3f} ({r['rtf_default_malloc'] / r['rtf']:.2f}x slower)")
-        results.append(r)
+        for seconds in a.seconds.split(","):
+            out = subprocess.run([sys.executable, __file__, "--child", name, "--seconds", seconds,
+                                  "--threads", str(a.threads), "--repeat", str(a.repeat)],
+                                 capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if out.returncode:
+                tail = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
+                print(f"{name:14s} {seconds:>4s} s failed: {tail}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            verdict = "meets" if r["ratio"] <= TARGET_RATIO else "MISSES"
+            prof = r["profile_s"]
+            share = r["macs_share"]
+            parts = "  ".join(f"{k} {v:.2f}s ({100 * v / prof['total']:.0f}% of time, "
+                              f"{100 * share.get(k, 0):.0f}% of MACs)"
+                              for k, v in sorted(prof.items(), key=lambda kv: -kv[1]) if k != "total")
+            print(f"{name:14s} {r['seconds']:4.0f} s  {r['gmacs']:7.1f} GMAC  sgemm {r['sgemm_gflops']:5.1f} GFLOP/s  "
+                  f"limit {r['limit_s']:6.2f} s  time {r['time_s']:6.2f} s (RTF {r['rtf']:.3f} vs {r['limit_rtf']:.3f})  "
+                  f"ratio {r['ratio']:.2f} {verdict} target {TARGET_RATIO}  (CPU-time ratio {r['ratio_cpu']:.2f})")
+            print(f"{'':14s} profile ({prof['total']:.2f} s): {parts}")
+            results.append(r)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0
