@@ -119,6 +119,9 @@ class TrainerConfig:
     activation_checkpointing: bool = option(
         False, "recompute each TF block's activations in backward: far less memory, ~1/3 more compute")
     num_threads: Optional[int] = option(None, "torch intra-op threads per rank; null = torch default", ge=1)
+    rehearse_step_s: float = option(
+        0.0, "rehearsal (benchmarks/rehearse.py): > 0 replaces each forward/backward by a wait of this many "
+             "seconds and synthetic losses under the real metric names; 0 = train", ge=0)
 
     def __post_init__(self):
         if self.keep_last < 2:

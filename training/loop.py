@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,3 +180,29 @@ def _generator_update(ctx: StepContext, terms: dict, clean_mag, est_mag, out: di
             D.requires_grad_(True)
     out.update(loss_g=float(loss_g.detach()), grad_norm=gn_g, **{k: float(v) for k, v in parts.items()})
     return stepped_g
+
+
+def rehearse_step(ctx: StepContext, batch: dict[str, torch.Tensor], step_s: float, step: int) -> dict[str, float]:
+    """Rehearsal step (`trainer.rehearse_step_s`): the batch was drawn from the real stream; wait `step_s`
+    (the planner's GPU step time) instead of forward/backward, and return deterministic synthetic values
+    under every name `train_step` returns. The first call gives each optimizer its real state (one step
+    on zero gradients) so that checkpoints have the real size."""
+    if step_s > 0:
+        time.sleep(step_s)
+    for opt in (ctx.opt_g, ctx.opt_d):
+        if opt is not None and not opt.state:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    from training.progress import WINDOW_KEYS
+
+    v = 1.0 / (1.0 + 0.001 * step)
+    out = {k: v for k in WINDOW_KEYS}
+    if ctx.discriminator is None:
+        for k in ("loss_d", "disc_real", "disc_fake", "grad_norm_d", "pesq_target"):
+            out.pop(k)
+    else:
+        out["pesq_failed"] = 0.0
+    return out

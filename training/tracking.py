@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import logging
 import math
 import os
@@ -58,7 +59,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from common.config import ConfigError
@@ -293,6 +294,7 @@ class NullTracker:
 
 Point = tuple[str, float, int, int]  # key, value, timestamp (ms), step
 BATCH = 1000  # MLflow's log_batch limit for metrics
+STATS_ENV = "SE_TRACKING_STATS"  # a file: each closing tracker appends one JSON line of its SenderStats
 MAX_PAUSE_S = 30.0
 
 
@@ -393,6 +395,10 @@ class MlflowTracker(NullTracker):
             self._stop = True
             self._lock.notify()
         self._sender.join(timeout=TIMEOUT_S + 1)
+        stats_file = os.environ.get(STATS_ENV)
+        if stats_file:  # the rehearsal's record of this process's sender (benchmarks/rehearse.py)
+            with open(stats_file, "a") as f:
+                f.write(json.dumps({"run_id": self.run_id, **asdict(self.stats)}) + "\n")
         if not done:
             log.warning("MLflow: %d metric points and the run's status %s not written (%s does not answer: %s); "
                         "the points are stored in the newest checkpoint: run the same command again when the "

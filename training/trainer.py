@@ -21,7 +21,7 @@ from common.rundir import CONFIG_FILE
 from training import distributed
 from training.checkpoint import Facts, NoState, RunState
 from training.config import RunConfig, flatten, save_config, to_yaml
-from training.loop import train_step
+from training.loop import rehearse_step, train_step
 from training.preempt import EXIT_PREEMPTED
 from training.schedule import epoch_boundary
 from training.seeding import GlobalRNG
@@ -143,7 +143,10 @@ class Trainer:
                 self.write_progress("preempted")
                 self.meter.close()
                 return EXIT_PREEMPTED
-            metrics = train_step(parts.ctx, next(parts.stream))
+            if t.rehearse_step_s > 0:
+                metrics = rehearse_step(parts.ctx, next(parts.stream), t.rehearse_step_s, self.step)
+            else:
+                metrics = train_step(parts.ctx, next(parts.stream))
             self.step += 1
             if epoch_boundary(self.step, parts.epoch_steps):
                 parts.sched_g.step()
