@@ -6,9 +6,9 @@ import json
 import os
 
 import pytest
+from conftest import running_sweep
 
 from common.progress import format_duration, progress_eta, progress_rate, read_progress, shown_state
-from conftest import running_sweep
 from orchestrator.cli import main as cli_main
 from orchestrator.sweeps.status import total
 from training.progress import ProgressFile

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import running_sweep
+
 from orchestrator.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
