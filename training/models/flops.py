@@ -43,10 +43,10 @@ import torch.nn as nn
 from training.mamba.mixer import Mamba
 from training.models.deform_conv import DeformConv2d
 from training.models.recurrent import MLSTMBlock
-from training.models.tf_blocks import AttentionModule, PointwiseConvTranspose1d
+from training.models.tf_blocks import AttentionModule
 
 _CONV = (nn.Conv1d, nn.Conv2d)
-_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, PointwiseConvTranspose1d)  # thop sees the latter's base type
+_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 _NORM = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LayerNorm,
 )  # fmt: skip

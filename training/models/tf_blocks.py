@@ -47,22 +47,6 @@ class AttentionModule(nn.Module):
         return o.transpose(0, 1) if self.across_batch else o
 
 
-class PointwiseConvTranspose1d(nn.ConvTranspose1d):
-    """The TF blocks' kernel-1 ``ConvTranspose1d`` (same parameters, state-dict keys and result up to
-    float rounding), computed as one matmul on the channel-last storage behind its input.
-
-    The blocks call it on ``s.transpose(1, 2)`` of a contiguous ``[N, L, C_in]``; ``nn.ConvTranspose1d``
-    copies that view to channel-first and back (2.3x slower on CPU at MambAttention's 10 s shapes).
-    ``[N, C_in, L] -> [N, C_out, L]`` (a transposed view of a contiguous ``[N, L, C_out]``).
-    `training.models.flops` counts it as the ConvTranspose1d it is."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(in_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.transpose(1, 2), self.weight[:, :, 0].t(), self.bias).transpose(1, 2)
-
-
 class CheckpointableBlock(nn.Module):
     """A TF block whose activations can be recomputed in the backward pass: subclasses implement
     ``_forward``. :func:`set_activation_checkpointing` sets ``checkpointed``; then, in training,
@@ -136,8 +120,8 @@ class MambAttentionBlock(CheckpointableBlock):
         self.freq_mamba = mixer() if mixer is not None else BiMamba(channels, **mamba_options)
         self.attention = attention
         self.freq_attention = freq_attention
-        self.tlinear = PointwiseConvTranspose1d(2 * channels, channels)
-        self.flinear = PointwiseConvTranspose1d(2 * channels, channels)
+        self.tlinear = nn.ConvTranspose1d(2 * channels, channels, 1)
+        self.flinear = nn.ConvTranspose1d(2 * channels, channels, 1)
 
     def _axis(self, s, attn, mamba, linear):
         if attn is not None and self.attn_position == "before":
