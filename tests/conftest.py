@@ -131,3 +131,17 @@ def running_sweep(folder, name: str, seeds: int) -> tuple[Path, dict[str, Path]]
             set_state(rec, "running", job_id="local:1")
         workdirs = {cid: sweep_dir / rec["workdir"] for cid, rec in data["cells"].items()}
     return sweep_dir, workdirs
+
+
+def two_node_cluster(monkeypatch, env: dict[str, str], head_cpus: int = 1, node_cpus: int = 1):
+    """A REAL two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and a second
+    raylet, no dashboard); ``env`` is set first, so the raylets, their workers and the training processes
+    they start inherit it. The caller shuts it down."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+    cluster.add_node(num_cpus=node_cpus)
+    cluster.wait_for_nodes()
+    return cluster

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import write_sweep
+from conftest import two_node_cluster, write_sweep
 
 pytest.importorskip("ray")
 
@@ -36,28 +36,16 @@ ENV = {"PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "SE_SCAN_BAC
        "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
-def two_node_cluster(monkeypatch, head_cpus: int = 1, node_cpus: int = 1):
-    """A head and a second node (the raylets, so the workers and training processes, get ``ENV``)."""
-    for k, v in ENV.items():
-        monkeypatch.setenv(k, v)
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
-    cluster.add_node(num_cpus=node_cpus)
-    cluster.wait_for_nodes()
-    return cluster
-
-
 @pytest.fixture
 def ray_cluster(monkeypatch):
-    cluster = two_node_cluster(monkeypatch)
+    cluster = two_node_cluster(monkeypatch, ENV)
     yield cluster
     cluster.shutdown()
 
 
 @pytest.fixture
 def roomy_ray_cluster(monkeypatch):
-    cluster = two_node_cluster(monkeypatch, head_cpus=2)
+    cluster = two_node_cluster(monkeypatch, ENV, head_cpus=2)
     yield cluster
     cluster.shutdown()
 

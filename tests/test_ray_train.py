@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from conftest import two_node_cluster
 
 from orchestrator.launchers.ray_train import read_pids
 from training.checkpoint import MARKER, load_file
@@ -24,15 +25,10 @@ pytestmark = pytest.mark.slow  # 1.5 min on 2 busy cores: Ray start-up, the Ray 
 def ray_cluster(monkeypatch):
     # the raylets (and so the workers' training processes) inherit this environment; the reference
     # run below gets the same (the plain-PyTorch scan: fastest for these tiny shapes)
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.setenv("SE_SCAN_BACKEND", "torch")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    cluster = two_node_cluster(monkeypatch, {"RAY_USAGE_STATS_ENABLED": "0", "SE_SCAN_BACKEND": "torch",
+                                             "MLFLOW_DISABLE_TELEMETRY": "true"})
     import ray
-    from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster
     ray.shutdown()
