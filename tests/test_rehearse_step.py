@@ -34,3 +34,9 @@ def test_rehearsal_step_logs_every_window_once_and_writes_full_checkpoints(journ
         assert sorted(m.step for m in c.get_metric_history(run_id, f"train/{k}")) == [4, 8, 12]
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["best", "step-000006", "step-000012"]
+    from training.checkpoint import load_file
+
+    state = load_file(tmp_path / "run" / "checkpoints" / "step-000006" / "state.pt")
+    moments = state["opt_g"]["state"]  # the real size: Adam's two moments for every generator parameter
+    assert len(moments) == sum(len(g["params"]) for g in state["opt_g"]["param_groups"]) > 0
+    assert all({"exp_avg", "exp_avg_sq"} <= m.keys() for m in moments.values())
