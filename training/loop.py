@@ -30,6 +30,7 @@ import torch
 
 from training import distributed
 from training.losses import LossWeights, discriminator_loss, generator_loss
+from training.progress import WINDOW_KEYS
 from training.stft import STFTSpec, mag_pha_istft, mag_pha_stft
 
 log = logging.getLogger(__name__)
@@ -196,8 +197,6 @@ def rehearse_step(ctx: StepContext, batch: dict[str, torch.Tensor], step_s: floa
                 p.grad = torch.zeros_like(p)
             opt.step()
             opt.zero_grad(set_to_none=True)
-    from training.progress import WINDOW_KEYS
-
     v = 1.0 / (1.0 + 0.001 * step)
     out = {k: v for k in WINDOW_KEYS}
     if ctx.discriminator is None:
