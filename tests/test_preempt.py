@@ -15,6 +15,7 @@ from training.preempt import EXIT_PREEMPTED, Preemption
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM])
 def test_signal_only_sets_flag_and_stop_is_agreed(sig):
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
     p = Preemption(margin_s=0).install()
     try:
         assert not p.should_stop()
@@ -23,7 +24,36 @@ def test_signal_only_sets_flag_and_stop_is_agreed(sig):
         assert p.should_stop() and signal.Signals(sig).name in p.reason
     finally:
         p.uninstall()
+        for s, h in before.items():  # an agreed stop leaves its late-signal handler: not in pytest's process
+            signal.signal(s, h)
     assert EXIT_PREEMPTED == 75
+
+
+LATE_SIGNAL = """
+import os, signal, sys, time
+from training.preempt import Preemption
+p = Preemption(margin_s=0).install()
+if sys.argv[1] == "stop":
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert p.should_stop()  # another rank may have agreed first: the stop is under way
+p.uninstall()
+os.kill(os.getpid(), signal.SIGTERM)  # the relay's signal, reaching this rank after the stop was agreed
+time.sleep(0.2)
+sys.exit(75)
+"""
+
+
+@pytest.mark.parametrize("case", ["stop", "no-stop"])
+def test_a_stop_signal_after_the_agreed_stop_does_not_kill_the_teardown(case):
+    """Seen on Ray: rank 1 stopped because rank 0 asked, finished its checkpoint and restored the default
+    handlers; the relay's SIGTERM then reached it and it died with -15 (a healthy rank counted failed).
+    Without an agreed stop, uninstall restores the default action (the signal kills, as before)."""
+    import subprocess
+    import sys
+
+    rc = subprocess.run([sys.executable, "-c", LATE_SIGNAL, case], cwd=os.path.dirname(os.path.dirname(__file__)),
+                        timeout=60).returncode
+    assert rc == (75 if case == "stop" else -signal.SIGTERM)
 
 
 def test_time_limit_margin():

@@ -90,7 +90,7 @@ def test_stopped_ddp_cell_is_preempted_and_the_rerun_resumes_it(sig, ray_cluster
     assert 2 <= stopped_at < STEPS
     ckpt = cell / "checkpoints" / f"step-{stopped_at:06d}"
     assert (ckpt / "COMPLETE").exists() and (ckpt / "rank-0.pt").exists() and (ckpt / "rank-1.pt").exists()
-    assert "end rc=75" in (cell / "attempts.log").read_text()
+    assert "end rc=75" in (cell / "attempts.log").read_text(), (cell / "launcher.log").read_text()[-3000:]
     ledger = json.loads((runs / "rd" / "ledger.json").read_text())
     assert ledger["cells"]["s0"]["state"] == "preempted"
     run_id = (cell / "mlflow_run_id").read_text().strip()

@@ -43,8 +43,13 @@ class Preemption:
         return self
 
     def uninstall(self) -> None:
+        """Restore the previous handlers; after an agreed stop (``reason`` set) keep a handler that drops
+        the stop signals instead: the process is ending preempted, and a late stop signal (the relay
+        reaching a rank after its peers agreed, a second ``scancel``) must not kill its teardown (exit
+        -15 instead of 75, a healthy rank counted as failed). A handler, not SIG_IGN: an ignored signal
+        would stay ignored in the programs this process starts."""
         for s, prev in self._previous.items():
-            signal.signal(s, prev)
+            signal.signal(s, _late_stop_signal if self.reason is not None else prev)
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
@@ -65,6 +70,10 @@ class Preemption:
         if stop and self.reason is None:
             self.reason = local or "another rank asked to stop"
         return stop
+
+
+def _late_stop_signal(signum, frame) -> None:
+    """A stop signal after the stop was agreed: nothing to do, the process is already stopping."""
 
 
 def from_environment(margin_s: float) -> Preemption:

@@ -112,6 +112,8 @@ def _train_and_evaluate(cfg: RunConfig, workdir: Path, env: distributed.DistEnv,
         try:
             code = _train(cfg, workdir, env, device, on_validation)
             if code != EXIT_OK:
+                if code == EXIT_PREEMPTED:  # the trainer's agreed stop: late stop signals are dropped here too
+                    stop.reason = stop.reason or "the training stopped for requeue"
                 return code
             from training.evaluation.final_eval import evaluate_after_training
 
