@@ -113,3 +113,45 @@ def test_a_running_cell_in_its_end_of_run_evaluation_shows_evaluating(tmp_path, 
     assert "  running (evaluating)  4/4  " in format_table(list(rows.values()))
     assert progress_line(workdirs, 0, 2) == "[0/2 finished] s0 4/4 (evaluating); s1 2/4"
     assert shown_state("done", "evaluating") == "done" and shown_state("running", None) == "running"
+
+
+def test_the_sweep_progress_line_is_printed_when_it_changes_not_every_turn(tmp_path):
+    """Two cells (a real plan and ledger) under a backend whose 'processes' are progress files this test
+    advances: the loop's progress line appears when a step changes, not again while it stays the same
+    (the demo sweep printed the same line every 10 s)."""
+    from orchestrator.launchers.cell_loop import Backend, Running, run_cells
+    from orchestrator.ledger import Ledger
+    from orchestrator.sweeps.plan import build_plan
+    from orchestrator.sweeps.run import write_cells
+
+    sweep = tmp_path / "pl.yaml"
+    sweep.write_text("name: pl\ngrid: {trainer.seed: [0, 1]}\nexecutor: local\nresources: {max_parallel: 2}\n")
+    plan = build_plan(sweep, root=tmp_path / "runs", overrides=["mlflow.enabled=false"])
+    write_cells(plan)
+    workdirs = {cid: plan.sweep_dir / rec["workdir"] for cid, rec in Ledger(plan.sweep_dir).read()["cells"].items()}
+    # (turn, step of s0, step of s1): 3 changes over 12 turns; the cells end at turn 12
+    steps = [(0, 0)] * 4 + [(1, 0)] * 4 + [(1, 1)] * 4
+
+    class Scripted(Backend):
+        turn = 0
+
+        def start(self, cell, cell_dir):
+            return Running(cell, cell_dir, None, f"scripted:{cell.id}")
+
+        def ended(self, running, timeout_s):
+            if self.turn >= len(steps):
+                return [(r, 0) for r in running]
+            for (_cid, wd), step in zip(sorted(workdirs.items()), steps[self.turn]):
+                ProgressFile(wd, max_steps=4).update(step, "running")
+            self.turn += 1
+            return []
+
+        def signal(self, running, sig):
+            pass
+
+    lines: list[str] = []
+    cells = [(c, workdirs[c.id]) for c in plan.cells]
+    assert run_cells(plan.sweep_dir, cells, Scripted(cells), out=lines.append, poll_s=0, report_every_s=0) == 0
+    progress = [x for x in lines if x.startswith("[")]
+    assert progress == ["[0/2 finished] s0 0/4; s1 0/4", "[0/2 finished] s0 1/4; s1 0/4",
+                        "[0/2 finished] s0 1/4; s1 1/4"], lines

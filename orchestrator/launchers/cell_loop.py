@@ -5,7 +5,8 @@
 Cells start in order while the backend admits the next one (`Backend.admits`: by default fewer than
 ``launcher.max_parallel`` running; a backend may weigh resources instead); each start is claimed and
 recorded in the ledger and the cell's files (`claim`, `record_start`), each end likewise
-(`record_end`: exit code → state); every ``report_every_s`` a progress line names the running cells.
+(`record_end`: exit code → state); every ``report_every_s`` a progress line names the running cells
+(an unchanged line again only after ``REPEAT_UNCHANGED_S``).
 
 Ctrl-C (SIGINT) or SIGTERM to this command (main thread): no further cell starts, the running cells get SIGTERM through the
 backend (they checkpoint at a step boundary and exit 75 → ``preempted``), the loop waits for them
@@ -35,6 +36,7 @@ from orchestrator.launchers import base
 from orchestrator.ledger import ACTIVE, Ledger, set_state
 
 STOP_GRACE_S = 120.0  # after Ctrl-C, running cells get this long to checkpoint before SIGKILL
+REPEAT_UNCHANGED_S = 60.0  # an unchanged progress line is printed again only after this long
 
 
 @dataclass(eq=False)
@@ -225,7 +227,7 @@ def run_cells(sweep_dir: Path, cells: list, backend: Backend, *, out: Callable[[
     total = len(queue)
     running: list[Running] = []
     states: dict[str, str] = {}
-    last_report = 0.0
+    last_report, last_line = 0.0, ""
     with _handle_sigint(_Interrupt(lambda: list(running), backend, out)) as interrupt:
         while (queue and not interrupt.stop) or running:
             while queue and not interrupt.stop and backend.admits(queue[0][0], running):
@@ -246,8 +248,10 @@ def run_cells(sweep_dir: Path, cells: list, backend: Backend, *, out: Callable[[
                 out(f"{r.cell.id}: {states[r.cell.id]} (exit {rc}; log {r.cell_dir / 'launcher.log'})")
             interrupt.relay()
             if running and time.monotonic() - last_report >= report_every_s:
-                last_report = time.monotonic()
-                out(progress_line({r.cell.id: r.cell_dir for r in running}, len(states), total))
+                line = progress_line({r.cell.id: r.cell_dir for r in running}, len(states), total)
+                if line != last_line or time.monotonic() - last_report >= REPEAT_UNCHANGED_S:
+                    last_report, last_line = time.monotonic(), line
+                    out(line)
     if interrupt.stop:
         raise KeyboardInterrupt
     return 0 if all(s == "done" for s in states.values()) else 1
