@@ -28,10 +28,27 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_enhance import _write_checkpoint  # noqa: E402 (the same full-size random-weight checkpoint)
 
 METRICS = "pesq,estoi,si_sdr,ssnr"
+
+
+def write_checkpoint(model_name: str, root: Path) -> Path:
+    """A full-size, seeded random-weight checkpoint of ``model_name`` (what `evaluate` loads: the generator
+    and the run config; the speed does not depend on the weights)."""
+    import torch
+
+    from training.checkpoint import MARKER, STATE
+    from training.config import load_run_config, to_container
+    from training.models import build_model
+
+    cfg = load_run_config(None, [f"model.name={model_name}", "mlflow.enabled=false"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, **cfg.model.options)
+    ckpt = root / "checkpoints" / "step-000001"
+    ckpt.mkdir(parents=True)
+    torch.save({"generator": model.state_dict(), "config": to_container(cfg), "step": 1}, ckpt / STATE)
+    (ckpt / MARKER).write_text("1\n")
+    return ckpt
 
 
 def write_testset(root: Path, files: int, seed: int = 0) -> float:
@@ -114,7 +131,7 @@ def main() -> int:
               f"metrics ({METRICS}) alone {metrics:.1f} s", flush=True)
         rows = []
         for name in a.models.split(","):
-            ckpt = _write_checkpoint(name, tmp / name)
+            ckpt = write_checkpoint(name, tmp / name)
             limit = GMACS_2S[name] * audio / 2 * 2 / rate
             for w in (int(x) for x in a.workers.split(",")):
                 wall = evaluate_wall(ckpt, tmp / "test", tmp / f"out-{name}-{w}", w)
