@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         events.append((kill, "SIGKILL after checkpoint", f"checkpoint.saved=kill@step={kill}"))
     events = sorted({e[0]: e for e in events if 0 < e[0] < steps}.values())
     overrides = [*args.overrides, f"trainer.rehearse_step_s={step_s:.6g}", f"trainer.max_steps={steps}",
-                 f"trainer.ckpt_every={ckpt}", "trainer.val_every=0",
-                 "eval.testsets=[]"]
+                 f"trainer.ckpt_every={ckpt}"]
     print(f"rehearse: {len(plan.cells)} cells, {planned_steps:,.0f} planned steps/cell -> {steps} (x{args.scale:g}), "
           f"step {step_s * 1e3:.1f} ms ({device}, planner), {chains} planned chain(s)/cell; events "
           f"{[(s, n) for s, n, _ in events]}; simplified: one step time and max_steps for all cells (means)",
@@ -138,11 +137,29 @@ def main(argv: list[str] | None = None) -> int:
                                      server_log)
         _sweep(args, overrides, faults, stats)
     wall = time.monotonic() - t0
-    return report(plan, Ledger(plan.sweep_dir).read(), steps, t.log_every, len(events), costs, step_s, stats,
+    return report(plan, Ledger(plan.sweep_dir).read(), steps, t.log_every, t.val_every, len(events), costs, step_s, stats,
                   server_log, wall, args.drop_point)
 
 
-def report(plan, ledger, steps, log_every, n_events, costs, step_s, stats, server_log, wall, drop) -> int:
+def expected_steps(steps: int, log_every: int, val_every: int):
+    """`want(key, stored {step: count})`: the steps at which `key` must be stored once: train/* every
+    `log_every` steps and at the last; val/* every `val_every` (0: none) and at the last, the input's
+    val/noisy_* at 0; eval/* once, at the step of the evaluated checkpoint (whichever was stored, else the last)."""
+    train = sorted(set(range(log_every, steps + 1, log_every)) | {steps})
+    val = sorted(set(range(val_every, steps + 1, val_every) if val_every else ()) | {steps})
+
+    def want(key: str, got: dict) -> list[int]:
+        if key.startswith("train/"):
+            return train
+        if key.startswith("val/noisy_"):
+            return [0]
+        if key.startswith("val/"):
+            return val
+        return sorted(got) or [steps]
+    return want
+
+
+def report(plan, ledger, steps, log_every, val_every, n_events, costs, step_s, stats, server_log, wall, drop) -> int:
     store = plan.tracking.store
     db = store[len("sqlite:///"):]
     con = sqlite3.connect(db)
@@ -150,22 +167,23 @@ def report(plan, ledger, steps, log_every, n_events, costs, step_s, stats, serve
         con.execute("DELETE FROM metrics WHERE rowid = (SELECT rowid FROM metrics WHERE key='train/loss_g' "
                     "ORDER BY step LIMIT 1)")
         con.commit()
-    want = sorted({s for s in range(log_every, steps + 1, log_every)} | {steps})
+    want = expected_steps(steps, log_every, val_every)
     exp = stored = missing = dup = done = 0
     losses = []
     req = []
+    runs = {cid: rec.get("mlflow_run_id") for cid, rec in ledger["cells"].items()}
+    have = {cid: {(k, s): n for k, s, n in con.execute(
+        "SELECT key, step, COUNT(*) FROM metrics WHERE run_uuid=? AND (key LIKE 'train/%' OR key LIKE 'val/%' "
+        "OR key LIKE 'eval/%') GROUP BY key, step", (run,))} if run else {} for cid, run in runs.items()}
+    keys = {k for h in have.values() for k, _ in h} | {"train/loss_g", "val/pesq"}  # the union over the cells
     for cid, rec in ledger["cells"].items():
         done += rec["state"] == "done"
         req.append(rec.get("attempts", 1) - 1)
-        run = rec.get("mlflow_run_id")
-        rows = con.execute("SELECT key, step, COUNT(*) FROM metrics WHERE run_uuid=? AND key LIKE 'train/%' "
-                           "GROUP BY key, step", (run,)).fetchall() if run else []
-        keys = {k for k, _, _ in rows} | {"train/loss_g"}
-        have = {(k, s): n for k, s, n in rows}
         for k in sorted(keys):
-            for s in want:
+            got = {s: n for (k2, s), n in have[cid].items() if k2 == k}
+            for s in want(k, got):
                 exp += 1
-                n = have.get((k, s), 0)
+                n = got.get(s, 0)
                 stored += n
                 if n == 0:
                     missing += 1
@@ -192,7 +210,7 @@ def report(plan, ledger, steps, log_every, n_events, costs, step_s, stats, serve
         ("planner steps/cell, chains vs rehearsal", f"{costs[0].steps:,} steps, {costs[0].chains} chain(s); "
                                                     f"rehearsed {steps} steps, {1 + n_events} jobs/cell"),
         ("MLflow server restarts", "; ".join(server_log) or "none"),
-        ("wall", f"{wall:.0f} s"),
+        ("wall; rehearsed steps/s (all cells)", f"{wall:.0f} s; {len(ledger['cells']) * steps / wall:.2f}"),
     ]
     w = max(len(a) for a, _ in rows)
     print(f"{'rehearsal of ' + plan.sweep_dir.name:<{w}} | result")
