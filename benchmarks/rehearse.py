@@ -59,21 +59,69 @@ def _sweep(args, overrides: list[str], faults: str, stats: Path) -> int:
     return subprocess.run(cmd, env=env, cwd=ROOT).returncode
 
 
-def _kill_and_restart_server(server_dir: Path, store: str, after_s: float, log: list) -> threading.Thread:
-    def run():
-        time.sleep(after_s)
-        while not (server_dir / "server.json").exists():
-            time.sleep(0.5)
-        info = json.loads((server_dir / "server.json").read_text())
-        os.killpg(int(info["pid"]), signal.SIGKILL)
-        time.sleep(2.0)
-        orch = Path(sys.executable).with_name("orchestrate")
-        subprocess.run([str(orch), "mlflow-server", str(server_dir), "--background", "--backend-store-uri", store,
-                        "--port", str(info["port"])], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        log.append(f"killed server pid {info['pid']} at +{after_s:.0f}s, restarted on port {info['port']}")
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+class ServerFault(threading.Thread):
+    """The tracking server SIGKILLed once a cell has logged its first window (`trainer.log_every` steps
+    in `progress.json`) while a sweep run is going on (`armed`), restarted `down_s` later on its recorded
+    port; the driver waits for the restart before its next run (`killed`). An exception in the thread is
+    kept in `error` (the driver fails on it) -- not lost with the thread."""
+
+    def __init__(self, plan, log_every: int, down_s: float):
+        super().__init__(daemon=True)
+        self.server_dir, self.store = Path(plan.tracking.server_dir), plan.tracking.store
+        self.cells = [plan.sweep_dir / "cells" / c.id / "progress.json" for c in plan.cells]
+        self.log_every, self.down_s = log_every, down_s
+        self.done, self.stop, self.error = "", threading.Event(), None
+        self.armed, self.killed, self.lock = threading.Event(), threading.Event(), threading.Lock()
+
+    def _cell_logged(self) -> bool:
+        for path in self.cells:
+            try:
+                if json.loads(path.read_text()).get("step", 0) >= self.log_every:
+                    return True
+            except (OSError, ValueError):
+                pass
+        return False
+
+    def run(self):
+        try:
+            while True:
+                if self.stop.wait(0.2):
+                    return
+                with self.lock:
+                    if self.armed.is_set() and self._cell_logged():
+                        info = json.loads((self.server_dir / "server.json").read_text())
+                        os.killpg(int(info["pid"]), signal.SIGKILL)
+                        self.killed.set()
+                        break
+            t = time.monotonic()
+            time.sleep(self.down_s)
+            orch = Path(sys.executable).with_name("orchestrate")
+            r = subprocess.run([str(orch), "mlflow-server", str(self.server_dir), "--background",
+                                "--backend-store-uri", self.store, "--host", info["host"], "--port", str(info["port"])],
+                               cwd=ROOT, capture_output=True, text=True)
+            if r.returncode:
+                raise RuntimeError(f"restart failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-300:]}")
+            new = json.loads((self.server_dir / "server.json").read_text())
+            self.done = (f"server pid {info['pid']} SIGKILLed, down {time.monotonic() - t:.1f} s, "
+                         f"restarted as pid {new['pid']} on port {new['port']}")
+        except BaseException as e:  # noqa: BLE001 -- surfaced by the driver
+            self.error = e
+
+
+def schedule(cells: list[str], steps: int, ckpt: int, stops: int, rng: random.Random, faults: bool):
+    """Per cell, its job-ending events in step order [(step, what, SE_FAULTS rule aimed at the cell)]:
+    `stops` time-limit stops at equal step boundaries (every cell), and with `faults` one USR2
+    preemption of a random cell at a random step and one SIGKILL after a checkpoint of a random cell."""
+    limits = [round(i * steps / (stops + 1)) for i in range(1, stops + 1)]
+    ev = {c: {s: (s, "time limit", f"train.step=signal:USR2@step={s}@cell={c}") for s in limits} for c in cells}
+    if faults:  # each at a step where its cell has no other event (one event ends one job)
+        c = rng.choice(cells)
+        s = rng.choice([k for k in range(1, steps) if k not in ev[c]] or [0])
+        ev[c].setdefault(s, (s, "USR2 preemption", f"train.step=signal:USR2@step={s}@cell={c}"))
+        c = rng.choice(cells)
+        s = rng.choice([k for k in range(ckpt, steps, ckpt) if k not in ev[c]] or [0])
+        ev[c].setdefault(s, (s, "SIGKILL after checkpoint", f"checkpoint.saved=kill@step={s}@cell={c}"))
+    return {c: [e for k, e in sorted(d.items()) if 0 < k < steps] for c, d in ev.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--executor", choices=("local",), default="local")
     p.add_argument("--root", default="runs/rehearsal")
     p.add_argument("--step-s", type=float, default=None, help="replace the planner's step time (seconds)")
+    p.add_argument("--time-limits", type=int, default=None,
+                   help="time-limit stops per cell (default: the plan's chains - 1)")
+    p.add_argument("--server-down-s", type=float, default=3.0, help="how long the killed server stays down")
     p.add_argument("--no-faults", action="store_true")
     p.add_argument("--drop-point", action="store_true", help="delete one stored point before the check")
-    args = p.parse_args(argv)
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: check the rehearsal already in --root (same SWEEP, options and seed)")
+    args = p.parse_intermixed_args(argv)
 
     import yaml
 
@@ -103,42 +156,56 @@ def main(argv: list[str] | None = None) -> int:
     plan = build_plan(args.sweep, executor="local", root=args.root, overrides=args.overrides)
     device = device_for(plan.profile.name if plan.profile else None, "slurm")
     _, costs = plan_costs(plan, device)
-    cfg0 = plan.cells[0].config
-    t = cfg0.trainer
+    t = plan.cells[0].config.trainer
     step_s = args.step_s if args.step_s is not None else statistics.mean(1 / c.steps_per_s for c in costs)
     planned_steps = statistics.mean(c.steps for c in costs)
     chains = max(c.chains for c in costs)
+    stops = chains - 1 if args.time_limits is None else args.time_limits
     steps = max(2 * t.log_every, round(planned_steps * args.scale))
-    ckpt = max(1, min(t.ckpt_every, steps // max(2, 2 * chains)))
-    rng = random.Random(args.seed)
-    limits = [round(i * steps / chains) for i in range(1, chains)]
-    events = [(s, "time limit", f"train.step=signal:USR2@step={s}") for s in limits]
-    if not args.no_faults:
-        pre = rng.randrange(1, steps)
-        events.append((pre, "USR2 preemption", f"train.step=signal:USR2@step={pre}"))
-        kill = rng.randrange(1, max(2, steps // ckpt)) * ckpt
-        events.append((kill, "SIGKILL after checkpoint", f"checkpoint.saved=kill@step={kill}"))
-    events = sorted({e[0]: e for e in events if 0 < e[0] < steps}.values())
+    ckpt = max(1, min(t.ckpt_every, steps // max(2, 2 * (stops + 1))))
+    cells = [c.id for c in plan.cells]
+    events = schedule(cells, steps, ckpt, stops, random.Random(args.seed), not args.no_faults)
     overrides = [*args.overrides, f"trainer.rehearse_step_s={step_s:.6g}", f"trainer.max_steps={steps}",
                  f"trainer.ckpt_every={ckpt}"]
-    print(f"rehearse: {len(plan.cells)} cells, {planned_steps:,.0f} planned steps/cell -> {steps} (x{args.scale:g}), "
-          f"step {step_s * 1e3:.1f} ms ({device}, planner), {chains} planned chain(s)/cell; events "
-          f"{[(s, n) for s, n, _ in events]}; simplified: one step time and max_steps for all cells (means)",
-          file=sys.stderr)
+    print(f"rehearse: {len(cells)} cells, {planned_steps:,.0f} planned steps/cell -> {steps} (x{args.scale:g}), "
+          f"step {step_s * 1e3:.1f} ms ({device}, planner), {chains} planned chain(s)/cell, {stops} time-limit "
+          f"stop(s)/cell; faults {sorted((e[0], e[1], c) for c, es in events.items() for e in es if e[1] != 'time limit')}; "
+          f"simplified: one step time and max_steps for all cells (means)", file=sys.stderr)
     stats = Path(args.root).resolve() / f"{plan.sweep_dir.name}.tracking-stats.jsonl"
     stats.parent.mkdir(parents=True, exist_ok=True)
-    stats.unlink(missing_ok=True)
-    server_log: list[str] = []
+    if not args.report_only:
+        stats.unlink(missing_ok=True)
+    server = None
+    if not args.no_faults and not args.report_only and plan.tracking and plan.tracking.server_dir is not None:
+        server = ServerFault(plan, t.log_every, args.server_down_s)
     t0 = time.monotonic()
-    for i in range(len(events) + 1):
-        faults = events[i][2] if i < len(events) else ""
-        if i == 0 and not args.no_faults and plan.tracking and plan.tracking.server_dir is not None:
-            _kill_and_restart_server(Path(plan.tracking.server_dir), plan.tracking.store, 8.0 + step_s * 2,
-                                     server_log)
-        _sweep(args, overrides, faults, stats)
+    for i in range(0 if args.report_only else 1 + max(map(len, events.values()))):
+        rules = [es[i][2] for es in events.values() if i < len(es)]  # each cell's next job-ending event
+        if server is not None:
+            server.armed.set()
+            if i == 0:
+                server.start()
+        _sweep(args, overrides, ";".join(rules), stats)
+        if server is not None:
+            with server.lock:
+                server.armed.clear()
+            if server.killed.is_set():
+                server.join()  # restarted before the next run (its start would otherwise race the restart)
     wall = time.monotonic() - t0
-    return report(plan, Ledger(plan.sweep_dir).read(), steps, t.log_every, t.val_every, len(events), costs, step_s, stats,
-                  server_log, wall, args.drop_point)
+    problems = []
+    if server is not None:
+        server.stop.set()
+        server.join(timeout=60)
+        if server.error is not None:
+            problems.append(f"MLflow server kill/restart failed: {type(server.error).__name__}: {server.error}")
+        elif not server.done:
+            problems.append("MLflow server kill/restart did not happen (no cell logged a window while it waited)")
+    injected = {c: len(es) for c, es in events.items()}
+    code = report(plan, Ledger(plan.sweep_dir).read(), steps, t.log_every, t.val_every, injected, costs, step_s,
+                  stats, server.done if server else "", wall, args.drop_point)
+    for line in problems:
+        print(f"LOSS: {line}")
+    return 1 if problems else code
 
 
 def expected_steps(steps: int, log_every: int, val_every: int):
@@ -159,7 +226,7 @@ def expected_steps(steps: int, log_every: int, val_every: int):
     return want
 
 
-def report(plan, ledger, steps, log_every, val_every, n_events, costs, step_s, stats, server_log, wall, drop) -> int:
+def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, stats, server, wall, drop) -> int:
     store = plan.tracking.store
     db = store[len("sqlite:///"):]
     con = sqlite3.connect(db)
@@ -170,7 +237,7 @@ def report(plan, ledger, steps, log_every, val_every, n_events, costs, step_s, s
     want = expected_steps(steps, log_every, val_every)
     exp = stored = missing = dup = done = 0
     losses = []
-    req = []
+    req = {}
     runs = {cid: rec.get("mlflow_run_id") for cid, rec in ledger["cells"].items()}
     have = {cid: {(k, s): n for k, s, n in con.execute(
         "SELECT key, step, COUNT(*) FROM metrics WHERE run_uuid=? AND (key LIKE 'train/%' OR key LIKE 'val/%' "
@@ -178,7 +245,7 @@ def report(plan, ledger, steps, log_every, val_every, n_events, costs, step_s, s
     keys = {k for h in have.values() for k, _ in h} | {"train/loss_g", "val/pesq"}  # the union over the cells
     for cid, rec in ledger["cells"].items():
         done += rec["state"] == "done"
-        req.append(rec.get("attempts", 1) - 1)
+        req[cid] = rec.get("attempts", 1) - 1
         for k in sorted(keys):
             got = {s: n for (k2, s), n in have[cid].items() if k2 == k}
             for s in want(k, got):
@@ -203,14 +270,14 @@ def report(plan, ledger, steps, log_every, val_every, n_events, costs, step_s, s
     rows = [
         ("metric points expected / stored", f"{exp} / {stored} (missing {missing}, duplicates {dup})"),
         ("cells done", f"{done} / {len(ledger['cells'])}"),
-        ("requeues per cell (actual / injected stops; plan chains-1)",
-         f"{req} / {n_events}; plan {[c.chains - 1 for c in costs]}"),
+        ("requeues per cell (actual / injected; plan chains-1)",
+         f"{list(req.values())} / {[injected.get(c, 0) for c in req]}; plan {[c.chains - 1 for c in costs]}"),
         ("log_batch latency p50 / p99 (client side)", f"{pct(0.5)} / {pct(0.99)} over {len(lat)} calls"),
         ("step time blocked on tracking (goal <= 1 %)", f"{100 * blocked / simulated:.3f} %" if simulated else "-"),
         ("planner steps/cell, chains vs rehearsal", f"{costs[0].steps:,} steps, {costs[0].chains} chain(s); "
-                                                    f"rehearsed {steps} steps, {1 + n_events} jobs/cell"),
-        ("MLflow server restarts", "; ".join(server_log) or "none"),
-        ("wall; rehearsed steps/s (all cells)", f"{wall:.0f} s; {len(ledger['cells']) * steps / wall:.2f}"),
+                                                    f"rehearsed {steps} steps, {1 + max(injected.values())} jobs/cell"),
+        ("MLflow server restarts", server or "none"),
+        ("wall; rehearsed steps/s (all cells)", f"{wall:.0f} s; {len(ledger['cells']) * steps / wall:.2f}" if wall else "- (--report-only)"),
     ]
     w = max(len(a) for a, _ in rows)
     print(f"{'rehearsal of ' + plan.sweep_dir.name:<{w}} | result")
@@ -218,7 +285,11 @@ def report(plan, ledger, steps, log_every, val_every, n_events, costs, step_s, s
         print(f"{a:<{w}} | {b}")
     for line in losses[:20]:
         print(f"LOSS: {line}")
-    return 1 if (missing or dup or done < len(ledger["cells"])) else 0
+    for cid, n in req.items():
+        if n != injected.get(cid, 0):
+            print(f"LOSS: {cid} requeued {n} times, {injected.get(cid, 0)} job-ending events injected")
+    bad_req = any(n != injected.get(c, 0) for c, n in req.items())
+    return 1 if (missing or dup or done < len(ledger["cells"]) or bad_req) else 0
 
 
 if __name__ == "__main__":
