@@ -1,30 +1,36 @@
 """Rehearse a sweep's exact shape before it costs GPU-hours (issue 24).
 
-    .venv/bin/python benchmarks/rehearse.py SWEEP [--scale F] [--seed S] [--executor local] [--root DIR]
-                                            [--no-faults] [--drop-point] [key=value ...]
+    .venv/bin/python benchmarks/rehearse.py SWEEP [--scale F] [--seed S] [--step-s S] [--root DIR]
+        [--time-limits N] [--ranks N] [--parallel N] [--server-down-s S] [--no-faults] [--drop-point]
+        [--report-only] [key=value ...]
 
 Executors: ``local`` only (the normal `orchestrate sweep` local machinery). ``slurm`` is not done yet.
 
 Every cell of SWEEP runs through the real `orchestrate sweep` (launcher, ledger, the sweep's MLflow
 tracking server, real tracker, checkpoint writer and training stream), with the model's forward/backward
 replaced by a wait of the planner's predicted GPU step time (`trainer.rehearse_step_s`; the planner's
-device for the sweep's profile under SLURM), and `trainer.max_steps` scaled by ``--scale``. The job time
-limit is scaled by the same factor: the plan's chains per cell become time-limit stops at equal step
-boundaries (USR2, as SLURM sends it `signal_before_end_s` before the limit). The local executor does not
-requeue by itself, so the driver requeues: it runs `orchestrate sweep` again after each stop (each run
-resumes the preempted/failed cells: the same path as a user's rerun).
+device for the sweep's profile under SLURM), validation by synthetic `val/*` values at the real cadence
+and the end-of-job evaluation by scoring the noisy input (the model never runs), and `trainer.max_steps`
+scaled by ``--scale``. The job time limit is scaled by the same factor: each cell's planned chains become
+time-limit stops at equal step boundaries (USR2, as SLURM sends it `signal_before_end_s` before the limit;
+``--time-limits N`` forces N per cell). The local executor does not requeue by itself, so the driver
+requeues: it runs `orchestrate sweep` again while any cell has an event left (each run resumes the
+preempted/failed cells: the same path as a user's rerun).
 
-Faults (seeded by ``--seed``, through `SE_FAULTS`, common/faults.py): a USR2 preemption at a random step
-(`train.step=signal:USR2@step=N`), a SIGKILL of the job after a checkpoint (`checkpoint.saved=kill@step=N`),
-the time limits above, and the MLflow server SIGKILLed mid-run and restarted on its recorded port
-(`orchestrate mlflow-server DIR --background`). SE_FAULTS is sweep-wide: each fault hits every cell
-that reaches its step in that run.
+Faults (seeded by ``--seed``, through `SE_FAULTS` with ``cell=`` rules, common/faults.py): a USR2
+preemption of one random cell at a random step, a SIGKILL of one random cell's job right after a
+checkpoint, the time limits above, and the sweep's MLflow server SIGKILLed once a cell has logged a
+window and restarted ``--server-down-s`` later on its recorded port (`orchestrate mlflow-server DIR
+--background`). Each run's SE_FAULTS holds every cell's next job-ending event, so one run ends one
+job per cell at most. An error in the server thread, or a kill that never happened, fails the rehearsal.
 
-Simplifications (printed): one step time and one max_steps for all cells (the mean over the cells),
-the stream decodes the real corpus at rehearsal pace on this machine's cores (not at 15 GPUs' pace).
+Scaled down where this machine cannot carry the load (printed in the table): ``--ranks`` (ranks per cell),
+``--parallel`` (cells at once; the MLflow rate scales with it), and any ``key=value`` override (e.g. the
+corpus, `data.batch_size`, `data.num_workers`). One step time and one max_steps for all cells (means).
 
-Prints one table; exits 1 on any loss (a metric point missing or stored twice, a cell not done).
-``--drop-point`` deletes one stored point before the check (the test of the check itself).
+Prints one table; exits 1 on any loss (a metric point missing or stored twice, a cell not done, a cell
+requeued other than injected, a server fault that failed). ``--drop-point`` deletes one stored point before
+the check (the test of the check itself); ``--report-only`` checks a finished rehearsal in --root again.
 log_batch latency is measured at the client (training.tracking's sender, around each log_batch call).
 """
 
@@ -108,12 +114,13 @@ class ServerFault(threading.Thread):
             self.error = e
 
 
-def schedule(cells: list[str], steps: int, ckpt: int, stops: int, rng: random.Random, faults: bool):
+def schedule(stops: dict[str, int], steps: int, ckpt: int, rng: random.Random, faults: bool):
     """Per cell, its job-ending events in step order [(step, what, SE_FAULTS rule aimed at the cell)]:
-    `stops` time-limit stops at equal step boundaries (every cell), and with `faults` one USR2
-    preemption of a random cell at a random step and one SIGKILL after a checkpoint of a random cell."""
-    limits = [round(i * steps / (stops + 1)) for i in range(1, stops + 1)]
-    ev = {c: {s: (s, "time limit", f"train.step=signal:USR2@step={s}@cell={c}") for s in limits} for c in cells}
+    `stops[cell]` time-limit stops at equal step boundaries, and with `faults` one USR2 preemption of a
+    random cell at a random step and one SIGKILL after a checkpoint of a random cell."""
+    cells = list(stops)
+    ev = {c: {s: (s, "time limit", f"train.step=signal:USR2@step={s}@cell={c}")
+              for s in (round(i * steps / (n + 1)) for i in range(1, n + 1))} for c, n in stops.items()}
     if faults:  # each at a step where its cell has no other event (one event ends one job)
         c = rng.choice(cells)
         s = rng.choice([k for k in range(1, steps) if k not in ev[c]] or [0])
@@ -135,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-s", type=float, default=None, help="replace the planner's step time (seconds)")
     p.add_argument("--time-limits", type=int, default=None,
                    help="time-limit stops per cell (default: the plan's chains - 1)")
+    p.add_argument("--ranks", type=int, default=None,
+                   help="ranks per cell on this machine (default: the sweep's resources.nproc)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="cells running at once (default: the sweep's resources.max_parallel, else all)")
     p.add_argument("--server-down-s", type=float, default=3.0, help="how long the killed server stays down")
     p.add_argument("--no-faults", action="store_true")
     p.add_argument("--drop-point", action="store_true", help="delete one stored point before the check")
@@ -148,28 +159,39 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.planner import device_for, plan_costs
     from orchestrator.sweeps.plan import build_plan
 
+    original = build_plan(args.sweep, executor=None, root=args.root)  # the plan the rehearsal is compared with
+    device = device_for(original.profile.name if original.profile else None, "slurm")
+    _, costs = plan_costs(original, device)
     doc = yaml.safe_load(Path(args.sweep).read_text())
     doc.setdefault("mlflow", {})["server"] = True  # the sweep's own tracking server, as under SLURM
+    res = doc.setdefault("resources", {})
+    scaled = {"ranks/cell": (res.get("nproc", 1), args.ranks or res.get("nproc", 1)),
+              "cells at once": (res.get("max_parallel", len(original.cells)), args.parallel or
+                                res.get("max_parallel", len(original.cells)))}
+    res.update(nproc=scaled["ranks/cell"][1], max_parallel=scaled["cells at once"][1])
+    if res.get("gpus_per_node"):  # the waits stand for the GPUs: the ranks run on this machine's CPUs
+        scaled["GPUs/node"] = (res.pop("gpus_per_node"), 0)
+    if doc.get("profile") not in (None, "local"):
+        doc["profile"] = "local"  # this machine: its MLflow host and paths, not the cluster's
     Path(args.root).mkdir(parents=True, exist_ok=True)
     args.sweep = str(Path(args.root) / f"{Path(args.sweep).stem}.rehearse.yaml")
     Path(args.sweep).write_text(yaml.safe_dump(doc, sort_keys=False))
     plan = build_plan(args.sweep, executor="local", root=args.root, overrides=args.overrides)
-    device = device_for(plan.profile.name if plan.profile else None, "slurm")
-    _, costs = plan_costs(plan, device)
     t = plan.cells[0].config.trainer
     step_s = args.step_s if args.step_s is not None else statistics.mean(1 / c.steps_per_s for c in costs)
     planned_steps = statistics.mean(c.steps for c in costs)
     chains = max(c.chains for c in costs)
-    stops = chains - 1 if args.time_limits is None else args.time_limits
+    # time-limit stops per cell: its planned chains - 1 (the job time limit scaled like max_steps)
+    stops = {c.id: (cost.chains - 1 if args.time_limits is None else args.time_limits)
+             for c, cost in zip(plan.cells, costs)}
     steps = max(2 * t.log_every, round(planned_steps * args.scale))
-    ckpt = max(1, min(t.ckpt_every, steps // max(2, 2 * (stops + 1))))
-    cells = [c.id for c in plan.cells]
-    events = schedule(cells, steps, ckpt, stops, random.Random(args.seed), not args.no_faults)
+    ckpt = max(1, min(t.ckpt_every, steps // max(2, 2 * (max(stops.values()) + 1))))
+    events = schedule(stops, steps, ckpt, random.Random(args.seed), not args.no_faults)
     overrides = [*args.overrides, f"trainer.rehearse_step_s={step_s:.6g}", f"trainer.max_steps={steps}",
                  f"trainer.ckpt_every={ckpt}"]
-    print(f"rehearse: {len(cells)} cells, {planned_steps:,.0f} planned steps/cell -> {steps} (x{args.scale:g}), "
-          f"step {step_s * 1e3:.1f} ms ({device}, planner), {chains} planned chain(s)/cell, {stops} time-limit "
-          f"stop(s)/cell; faults {sorted((e[0], e[1], c) for c, es in events.items() for e in es if e[1] != 'time limit')}; "
+    print(f"rehearse: {len(plan.cells)} cells, {planned_steps:,.0f} planned steps/cell -> {steps} (x{args.scale:g}), "
+          f"step {step_s * 1e3:.1f} ms ({device}, planner), {chains} planned chain(s)/cell at most, time-limit "
+          f"stops {sorted(set(stops.values()))}/cell; faults {sorted((e[0], e[1], c) for c, es in events.items() for e in es if e[1] != 'time limit')}; "
           f"simplified: one step time and max_steps for all cells (means)", file=sys.stderr)
     stats = Path(args.root).resolve() / f"{plan.sweep_dir.name}.tracking-stats.jsonl"
     stats.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             problems.append("MLflow server kill/restart did not happen (no cell logged a window while it waited)")
     injected = {c: len(es) for c, es in events.items()}
     code = report(plan, Ledger(plan.sweep_dir).read(), steps, t.log_every, t.val_every, injected, costs, step_s,
-                  stats, server.done if server else "", wall, args.drop_point)
+                  stats, server.done if server else "", wall, args.drop_point,
+                  scaled | {"overrides": args.overrides})
     for line in problems:
         print(f"LOSS: {line}")
     return 1 if problems else code
@@ -226,7 +249,17 @@ def expected_steps(steps: int, log_every: int, val_every: int):
     return want
 
 
-def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, stats, server, wall, drop) -> int:
+def requeue_text(req: dict[str, int], injected: dict[str, int], costs) -> str:
+    """`cell a/i (plan p)` for each cell with any of them non-zero; the others summed up."""
+    plan = {c.cell: c.chains - 1 for c in costs}
+    some = [c for c in req if req[c] or injected.get(c, 0) or plan.get(c, 0)]
+    text = "; ".join(f"{c} {req[c]}/{injected.get(c, 0)} (plan {plan.get(c, 0)})" for c in some)
+    rest = len(req) - len(some)
+    return (text + (f"; {rest} other cell(s) 0/0 (plan 0)" if rest else "")) or "-"
+
+
+def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, stats, server, wall, drop,
+           scaled=None) -> int:
     store = plan.tracking.store
     db = store[len("sqlite:///"):]
     con = sqlite3.connect(db)
@@ -270,13 +303,18 @@ def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, s
     rows = [
         ("metric points expected / stored", f"{exp} / {stored} (missing {missing}, duplicates {dup})"),
         ("cells done", f"{done} / {len(ledger['cells'])}"),
-        ("requeues per cell (actual / injected; plan chains-1)",
-         f"{list(req.values())} / {[injected.get(c, 0) for c in req]}; plan {[c.chains - 1 for c in costs]}"),
+        ("requeues per cell: actual / injected (plan chains-1)", requeue_text(req, injected, costs)),
         ("log_batch latency p50 / p99 (client side)", f"{pct(0.5)} / {pct(0.99)} over {len(lat)} calls"),
         ("step time blocked on tracking (goal <= 1 %)", f"{100 * blocked / simulated:.3f} %" if simulated else "-"),
-        ("planner steps/cell, chains vs rehearsal", f"{costs[0].steps:,} steps, {costs[0].chains} chain(s); "
-                                                    f"rehearsed {steps} steps, {1 + max(injected.values())} jobs/cell"),
+        ("planner steps, jobs vs rehearsal (all cells)",
+         f"{sum(c.steps for c in costs):,} steps, {sum(c.chains for c in costs)} jobs; rehearsed "
+         f"{steps * len(req):,} steps, {len(req) + sum(req.values())} jobs"),
+        ("MLflow points/s: planned (all cells) / rehearsal (stored / wall)",
+         f"{sum(c.mlflow_points_per_h for c in costs) / 3600:.0f} / " + (f"{stored / wall:.0f}" if wall else "-")),
         ("MLflow server restarts", server or "none"),
+        ("scaled down here (planned -> rehearsed)", "; ".join(
+            f"{k} {v[0]} -> {v[1]}" if isinstance(v, tuple) else f"{k} {' '.join(v) or '-'}"
+            for k, v in (scaled or {}).items()) or "-"),
         ("wall; rehearsed steps/s (all cells)", f"{wall:.0f} s; {len(ledger['cells']) * steps / wall:.2f}" if wall else "- (--report-only)"),
     ]
     w = max(len(a) for a, _ in rows)
