@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/rehearse.py SWEEP [--scale F] [--seed S] [--step-s S] [--root DIR]
         [--time-limits N] [--ranks N] [--parallel N] [--server-down-s S] [--no-faults] [--drop-point]
-        [--report-only] [key=value ...]
+        [--keep-server] [--report-only] [key=value ...]
 
 Executors: ``local`` only (the normal `orchestrate sweep` local machinery). ``slurm`` is not done yet.
 
@@ -23,6 +23,7 @@ checkpoint, the time limits above, and the sweep's MLflow server SIGKILLed once 
 window and restarted ``--server-down-s`` later on its recorded port (`orchestrate mlflow-server DIR
 --background`). Each run's SE_FAULTS holds every cell's next job-ending event, so one run ends one
 job per cell at most. An error in the server thread, or a kill that never happened, fails the rehearsal.
+The sweep's MLflow server is stopped after the last run (``--keep-server`` leaves it for browsing).
 
 Scaled down where this machine cannot carry the load (printed in the table): ``--ranks`` (ranks per cell),
 ``--parallel`` (cells at once; the MLflow rate scales with it), and any ``key=value`` override (e.g. the
@@ -77,6 +78,7 @@ class ServerFault(threading.Thread):
         self.cells = [plan.sweep_dir / "cells" / c.id / "progress.json" for c in plan.cells]
         self.log_every, self.down_s = log_every, down_s
         self.done, self.stop, self.error = "", threading.Event(), None
+        self.outage_ms: tuple[int, int] | None = None  # (killed, answering again), epoch ms
         self.armed, self.killed, self.lock = threading.Event(), threading.Event(), threading.Lock()
 
     def _cell_logged(self) -> bool:
@@ -97,6 +99,7 @@ class ServerFault(threading.Thread):
                     if self.armed.is_set() and self._cell_logged():
                         info = json.loads((self.server_dir / "server.json").read_text())
                         os.killpg(int(info["pid"]), signal.SIGKILL)
+                        killed_ms = int(time.time() * 1000)
                         self.killed.set()
                         break
             t = time.monotonic()
@@ -108,6 +111,7 @@ class ServerFault(threading.Thread):
             if r.returncode:
                 raise RuntimeError(f"restart failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-300:]}")
             new = json.loads((self.server_dir / "server.json").read_text())
+            self.outage_ms = (killed_ms, int(time.time() * 1000))
             self.done = (f"server pid {info['pid']} SIGKILLed, down {time.monotonic() - t:.1f} s, "
                          f"restarted as pid {new['pid']} on port {new['port']}")
         except BaseException as e:  # noqa: BLE001 -- surfaced by the driver
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-down-s", type=float, default=3.0, help="how long the killed server stays down")
     p.add_argument("--no-faults", action="store_true")
     p.add_argument("--drop-point", action="store_true", help="delete one stored point before the check")
+    p.add_argument("--keep-server", action="store_true",
+                   help="leave the sweep's MLflow server running afterwards (default: stopped after the last run)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: check the rehearsal already in --root (same SWEEP, options and seed)")
     args = p.parse_intermixed_args(argv)
@@ -214,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
             if server.killed.is_set():
                 server.join()  # restarted before the next run (its start would otherwise race the restart)
     wall = time.monotonic() - t0
+    if not args.report_only and not args.keep_server and plan.tracking and plan.tracking.server_dir is not None:
+        from orchestrator.mlflow_server import stop_server  # the report reads the SQLite store directly
+
+        if server is not None:
+            server.stop.set()
+            server.join(timeout=60)  # a restart still under way would start it again
+        print(f"rehearse: MLflow server {stop_server(plan.tracking.server_dir)}", file=sys.stderr)
     problems = []
     if server is not None:
         server.stop.set()
@@ -225,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     injected = {c: len(es) for c, es in events.items()}
     code = report(plan, Ledger(plan.sweep_dir).read(), steps, t.log_every, t.val_every, injected, costs, step_s,
                   stats, server.done if server else "", wall, args.drop_point,
-                  scaled | {"overrides": args.overrides})
+                  scaled | {"overrides": args.overrides}, server.outage_ms if server else None)
     for line in problems:
         print(f"LOSS: {line}")
     return 1 if problems else code
@@ -259,7 +272,7 @@ def requeue_text(req: dict[str, int], injected: dict[str, int], costs) -> str:
 
 
 def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, stats, server, wall, drop,
-           scaled=None) -> int:
+           scaled=None, outage_ms=None) -> int:
     store = plan.tracking.store
     db = store[len("sqlite:///"):]
     con = sqlite3.connect(db)
@@ -291,6 +304,9 @@ def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, s
                 elif n > 1:
                     dup += n - 1
                     losses.append(f"{cid} {k}@{s} x{n}")
+    outage_points = con.execute(  # the client stamps each point when logged: these waited for the restart
+        "SELECT COUNT(*) FROM metrics WHERE timestamp BETWEEN ? AND ? AND key NOT LIKE 'system/%'",
+        outage_ms).fetchone()[0] if outage_ms else 0
     lat, blocked = [], 0.0
     if stats.exists():
         for line in stats.read_text().splitlines():
@@ -311,7 +327,8 @@ def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, s
          f"{steps * len(req):,} steps, {len(req) + sum(req.values())} jobs"),
         ("MLflow points/s: planned (all cells) / rehearsal (stored / wall)",
          f"{sum(c.mlflow_points_per_h for c in costs) / 3600:.0f} / " + (f"{stored / wall:.0f}" if wall else "-")),
-        ("MLflow server restarts", server or "none"),
+        ("MLflow server restarts", (server or "none") + (
+            f"; points logged while it was down, stored: {outage_points}" if outage_ms else "")),
         ("scaled down here (planned -> rehearsed)", "; ".join(
             f"{k} {v[0]} -> {v[1]}" if isinstance(v, tuple) else f"{k} {' '.join(v) or '-'}"
             for k, v in (scaled or {}).items()) or "-"),

@@ -54,7 +54,9 @@ def test_rehearsal_with_one_fault_of_each_kind_loses_no_point(journey_corpus, tm
     assert exp == stored >= 6 * len(WINDOW_KEYS) + 2 * (len(VAL_METRICS) + 1) + len(VAL_METRICS) + 2 * len(VAL_METRICS)
     assert _row(out, "cells done") == "1 / 1"
     assert re.fullmatch(r"\S+ 3/3 \(plan 0\)", _row(out, "requeues per cell: actual / injected (plan chains-1)"))
-    assert "SIGKILLed" in _row(out, "MLflow server restarts") and "restarted as pid" in out
+    server = _row(out, "MLflow server restarts")
+    assert "SIGKILLed" in server and "restarted as pid" in server
+    assert int(re.search(r"points logged while it was down, stored: (\d+)", server).group(1)) > 0
 
     spec = importlib.util.spec_from_file_location("rehearse", ROOT / "benchmarks" / "rehearse.py")
     rehearse = importlib.util.module_from_spec(spec)
