@@ -11,13 +11,17 @@ Syntax: rules separated by ``;``, each ``POINT=ACTION[@COND]...``::
 
     SE_FAULTS="checkpoint.files_written=pause:300@step=8"        # a SIGKILL window inside the save of step 8
     SE_FAULTS="train.step=signal:USR2@step=40@rank=1;best.written=kill"
+    SE_FAULTS="checkpoint.saved=kill@step=6@cell=rwsa-xs_s1"          # one cell of a sweep only
 
 ACTION  ``pause:SECONDS`` (sleep, then carry on) | ``exit:CODE`` (``os._exit``: no cleanup, no flush) |
         ``kill`` (SIGKILL to this process) | ``raise`` (``FaultInjected``, a RuntimeError) |
         ``signal:NAME`` (``USR1``, ``USR2``, ``TERM``, ``INT``, ... to this process, then carry on).
 COND    ``step=N`` / ``rank=R`` (the value the point passes; only the keys `POINTS` lists for it) |
-        ``hit=K`` (the K-th time this process reaches the point, from 1). A rule fires every time all
-        its conditions hold (no condition: every hit). Each firing logs one warning line first.
+        ``hit=K`` (the K-th time this process reaches the point, from 1) |
+        ``cell=NAME`` (any point: this process's run is NAME, the name of its run directory -- a sweep
+        cell's id --, set by `set_cell` (training.run) and inherited by child processes through
+        ``SE_FAULTS_CELL``; a process with no cell matches no ``cell=`` rule). A rule fires every time
+        all its conditions hold (no condition: every hit). Each firing logs one warning line first.
 
 The points (`POINTS`: name -> (what, the keys it passes)) are the contract; a rule naming an unknown
 point, key or action is a ``FaultSpecError`` (one line) when the variable is read. Each process reads
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 ENV_VAR = "SE_FAULTS"
+CELL_ENV = "SE_FAULTS_CELL"
 
 POINTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "train.step": ("training loop, at every step boundary before the stop check (step = steps done)",
@@ -69,10 +74,10 @@ class Rule:
     point: str
     action: str
     arg: str  # seconds, exit code or signal name ("" for kill and raise)
-    when: tuple[tuple[str, int], ...]  # (key, value) conditions; key "hit" counts this process's hits
+    when: tuple[tuple[str, int | str], ...]  # (key, value); "hit" counts this process's hits, "cell" is a name
 
     def matches(self, hit: int, context: dict) -> bool:
-        return all((hit if k == "hit" else context.get(k)) == v for k, v in self.when)
+        return all((hit if k == "hit" else _cell() if k == "cell" else context.get(k)) == v for k, v in self.when)
 
 
 _RULES: dict[str, list[Rule]] = {}
@@ -116,8 +121,13 @@ def _parse_rule(raw: str) -> Rule:
     for cond in conds:
         key, _, value = cond.partition("=")
         key = key.strip()
+        if key == "cell":
+            if not value.strip() or any(c in value for c in "@;= "):
+                raise bad(f"cell needs a run directory name, got {value!r}")
+            when.append((key, value.strip()))
+            continue
         if key != "hit" and key not in POINTS[point][1]:
-            raise bad(f"{point} passes no {key!r} (it passes {', '.join(('hit',) + POINTS[point][1])})")
+            raise bad(f"{point} passes no {key!r} (it passes {', '.join(('hit', 'cell') + POINTS[point][1])})")
         try:
             when.append((key, int(value)))
         except ValueError:
@@ -130,6 +140,18 @@ def configure(text: str | None) -> None:
     global _RULES
     _RULES = parse(text) if text else {}
     _HITS.clear()
+
+
+def _cell() -> str | None:
+    return os.environ.get(CELL_ENV) or None
+
+
+def set_cell(name: str) -> None:
+    """This process's run (the name of its run directory) for ``cell=`` conditions; exported in
+    ``SE_FAULTS_CELL`` so that its child processes (DataLoader workers, evaluation pools) match alike.
+    Nothing is set while ``SE_FAULTS`` is unset (no rule can test it)."""
+    if os.environ.get(ENV_VAR):
+        os.environ[CELL_ENV] = name
 
 
 def active() -> dict[str, list[Rule]]:

@@ -83,13 +83,41 @@ def test_conditions_step_rank_and_hit(rules):
     faults.point("checkpoint.saved", step=4, rank=0)  # the third hit only
 
 
+def test_cell_condition_fires_only_in_the_named_cell(rules, monkeypatch):
+    rules("train.step=raise@step=2@cell=m_s1;checkpoint.saved=raise@cell=m_s0")
+    monkeypatch.delenv(faults.CELL_ENV, raising=False)
+    faults.point("train.step", step=2, rank=0)  # no cell: a cell= rule never fires
+    monkeypatch.setenv(faults.ENV_VAR, "x")  # set_cell exports only under SE_FAULTS
+    faults.set_cell("m_s0")
+    faults.point("train.step", step=2, rank=0)
+    with pytest.raises(faults.FaultInjected, match="checkpoint.saved"):
+        faults.point("checkpoint.saved", step=2, rank=0)
+    faults.set_cell("m_s1")
+    faults.point("checkpoint.saved", step=2, rank=0)
+    faults.point("train.step", step=1, rank=0)
+    with pytest.raises(faults.FaultInjected, match="train.step"):
+        faults.point("train.step", step=2, rank=0)
+    assert faults.parse("best.written=kill@cell=a-b_c.1") == {
+        "best.written": [faults.Rule("best.written", "kill", "", (("cell", "a-b_c.1"),))]}
+
+
+def test_cell_condition_in_a_child_process_through_the_environment():
+    spec = "best.written=exit:7@cell=rwsa-xs_s1"
+    code = "from common import faults\nfaults.point('best.written', step=1)\nprint('after')"
+    for cell, rc in (("rwsa-xs_s0", 0), ("rwsa-xs_s1", 7)):
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={"SE_FAULTS": spec, "SE_FAULTS_CELL": cell, "PATH": "/usr/bin:/bin"})
+        assert r.returncode == rc, r.stderr
+
+
 @pytest.mark.parametrize("spec,words", [
     ("nowhere=kill", "unknown point 'nowhere'"),
     ("train.step=explode", "unknown action 'explode'"),
     ("train.step=pause:soon", "bad argument 'soon' for pause"),
     ("train.step=signal:NOPE", "bad argument 'NOPE' for signal"),
     ("train.step=kill:3", "bad argument '3' for kill"),
-    ("eval.utterance=kill@step=3", "eval.utterance passes no 'step' (it passes hit)"),
+    ("eval.utterance=kill@step=3", "eval.utterance passes no 'step' (it passes hit, cell)"),
+    ("train.step=kill@cell=", "cell needs a run directory name, got ''"),
     ("train.step=kill@step=x", "step needs an integer, got 'x'"),
 ])
 def test_a_bad_rule_is_one_line_naming_it(spec, words):

@@ -22,7 +22,7 @@ def test_rehearsal_step_logs_every_window_once_and_writes_full_checkpoints(journ
     db = tmp_path / "mlflow.db"
     t0 = time.monotonic()
     rc = main(["train", "rwsa-xs", *train_overrides(journey_corpus, db, "trainer.max_steps=12", "trainer.log_every=4",
-                                                     "trainer.val_every=0", "trainer.ckpt_every=6",
+                                                     "trainer.val_every=6", "trainer.ckpt_every=6",
                                                      "trainer.rehearse_step_s=0.2"),
                "--workdir", str(tmp_path / "run")])
     assert rc == 0
@@ -32,6 +32,10 @@ def test_rehearsal_step_logs_every_window_once_and_writes_full_checkpoints(journ
     for k in ("loss_g", "grad_norm", "magnitude"):
         assert k in WINDOW_KEYS
         assert sorted(m.step for m in c.get_metric_history(run_id, f"train/{k}")) == [4, 8, 12]
+    # validation at the real cadence under the real names, synthetic values (the model never ran: no clips)
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "val/pesq")] == [(6, 1.5), (12, 2.0)]
+    assert [m.step for m in c.get_metric_history(run_id, "val/noisy_estoi")] == [0]
+    assert not (tmp_path / "run" / "artifacts").exists()
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["best", "step-000006", "step-000012"]
     from training.checkpoint import load_file

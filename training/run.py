@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from common import faults
 from common.errors import InputError
 from common.rundir import CHECKPOINTS_DIR, CONFIG_FILE, EXIT_OK
 from common.rundir import EXIT_BAD_INPUT as EXIT_BAD_CONFIG
@@ -47,6 +48,7 @@ def train(cfg: RunConfig, workdir: Path, on_validation=None) -> int:
     naming the holder (host, pid); a lock left by a dead process is taken over."""
     env = distributed.env_from()
     workdir = Path(workdir)
+    faults.set_cell(workdir.resolve().name)  # SE_FAULTS rules aimed at one cell (`cell=`) match this run
     problem = _workdir_problem(workdir)
     if problem:
         log.error("error: %s", problem)

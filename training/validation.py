@@ -6,6 +6,9 @@ the same as the end-of-job evaluation and `orchestrate evaluate`/`enhance`) and 
 `trainer.val_every` steps and at the last one, logs `val/<metric>` (and once per session the scores of
 the unprocessed input, `val/noisy_<metric>`, at step 0), and keeps the best PESQ and its step: a part
 of the checkpoint (`best_pesq`, `best_step`); the caller writes `best/` when it improves.
+
+Rehearsal (`trainer.rehearse_step_s` > 0, benchmarks/rehearse.py): the same cadence, names and points,
+but the values are synthetic (`synthetic_scores`) and neither the model nor the metrics run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Validator:
         self.valid, self.limit = cfg.data.valid, cfg.data.valid_limit
         self.every, self.max_steps, self.num_workers = cfg.trainer.val_every, cfg.trainer.max_steps, cfg.trainer.pesq_workers
         self.device, self.rank, self.world_size, self.enhancer = device, rank, world_size, enhancer
+        self.rehearse = cfg.trainer.rehearse_step_s > 0
         self.best_pesq, self.best_step = -math.inf, -1
         self.last: dict[str, float] = {}  # this session's newest scores
         self.noisy: dict[str, float] | None = None  # the input's scores, once per session
@@ -46,10 +50,13 @@ class Validator:
         """Collective: validate `G` at `step`, log to `tracker`; returns (metrics incl. `n`, improved)."""
         from sharding.stream import iter_utterances
 
-        utts = iter_utterances(self.valid, limit=self.limit, split="valid")
-        val, clips = validate(G, utts, device=self.device, rank=self.rank, world_size=self.world_size,
-                              num_workers=self.num_workers, keep_clips=NUM_CLIPS if self.rank == 0 else 0,
-                              with_noisy=self.noisy is None, enhancer=self.enhancer)
+        if self.rehearse:
+            val, clips = synthetic_scores(step, self.max_steps, with_noisy=self.noisy is None), []
+        else:
+            utts = iter_utterances(self.valid, limit=self.limit, split="valid")
+            val, clips = validate(G, utts, device=self.device, rank=self.rank, world_size=self.world_size,
+                                  num_workers=self.num_workers, keep_clips=NUM_CLIPS if self.rank == 0 else 0,
+                                  with_noisy=self.noisy is None, enhancer=self.enhancer)
         if self.noisy is None:
             self.noisy = {k: val.pop(k) for k in list(val) if k.startswith("noisy_")}
             tracker.log({f"val/{k}": v for k, v in self.noisy.items()}, 0)
@@ -63,6 +70,15 @@ class Validator:
     def logged(self, val: dict[str, float]) -> dict[str, float]:
         """`val/<metric>` of a validation and `val/best_pesq` (what is logged, and what `on_validation` gets)."""
         return {f"val/{k}": v for k, v in val.items() if k != "n"} | {"val/best_pesq": self.best_pesq}
+
+
+def synthetic_scores(step: int, max_steps: int, *, with_noisy: bool) -> dict[str, float]:
+    """Rehearsal stand-in for `validate`'s result: deterministic values rising with `step` under the same
+    keys (`n` = 0: no utterance was enhanced)."""
+    out = {"n": 0.0} | {m: 1.0 + step / max(1, max_steps) for m in VAL_METRICS}
+    if with_noisy:
+        out |= {f"noisy_{m}": 1.0 for m in VAL_METRICS}
+    return out
 
 
 def validate(

@@ -1,7 +1,8 @@
 """Local executor: cells as child processes of this command (torchrun when ``launcher.nproc > 1``),
 ``launcher.max_parallel`` at a time (default one), blocking, with a progress line; the same files
 and ledger as SLURM (`cell_loop.run_cells`). Ctrl-C sends SIGTERM to the runs (they checkpoint and
-exit 75 → ``preempted``; rerun to resume).
+exit 75 → ``preempted``; rerun to resume). A cell's process group is SIGKILLed when its training process
+has exited (the leftovers of a killed trainer, e.g. loader workers, do not outlive it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ class LocalBackend(Backend):
         return f"started {r.cell.id} (pid {r.handle.pid}): {' '.join(r.handle.args)}"
 
     def ended(self, running: list[Running], timeout_s: float) -> list[tuple[Running, int]]:
+        """The ended cells; what is left of each one's process group is SIGKILLed first, as SLURM ends a
+        job's cgroup (a trainer killed by SIGKILL leaves its loader workers and their forkserver behind)."""
         time.sleep(timeout_s)
+        for r in running:
+            try:  # exited but not reaped yet (WNOWAIT): its pid, so its group id, cannot be anyone else's
+                if os.waitid(os.P_PID, r.handle.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    os.killpg(r.handle.pid, signal.SIGKILL)
+            except (ChildProcessError, ProcessLookupError):  # reaped already / nothing left in the group
+                pass
         return [(r, rc) for r in running if (rc := r.handle.poll()) is not None]
 
     def signal(self, running: list[Running], sig: int) -> None:

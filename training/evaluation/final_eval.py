@@ -19,6 +19,10 @@ test set cut short only the files not in its per-file record (``eval/<name>.file
 `training.evaluation.file_record`);
 a test set whose ``eval/<name>/n`` is already in MLflow at that step is not logged twice.
 
+Rehearsal (`trainer.rehearse_step_s` > 0, benchmarks/rehearse.py): the model is not run; each utterance's
+"enhanced" output is its noisy input, so the files, metric names and points are the real ones at the cost of
+the metrics alone.
+
 Fault point (`common.faults`): ``eval.utterance``, before each utterance (before the stop check).
 """
 
@@ -117,13 +121,14 @@ def evaluate_after_training(cfg, workdir: str | Path, device, stop) -> int:
         return 2
     run_id = loaded.mlflow_run_id if cfg.mlflow.enabled else None
     enhancer = enhancer_for(loaded.model, cfg, device=device)  # eval.mode: as validation and `orchestrate evaluate`
+    rehearse = cfg.trainer.rehearse_step_s > 0
 
     def enhance(noisy):
         faults.point("eval.utterance")
         reason = stop.local_request()
         if reason:
             raise EvaluationStopped(reason)
-        return enhancer.enhance(noisy)
+        return noisy if rehearse else enhancer.enhance(noisy)
 
     _update_progress(workdir, "evaluating")
     for path, ts in opened:
