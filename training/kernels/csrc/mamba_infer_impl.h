@@ -16,45 +16,54 @@
  * (the same exp/softplus polynomials, the same order inside the scan and the conv); only the
  * projections' sums run in another order (float32 rounding, ~1e-7 relative). */
 
-typedef float v16f __attribute__((vector_size(64)));
+/* The projections and the conv work in vectors of VW floats: a whole register of the target (a wider
+ * GCC vector than the target's registers is passed through memory: 10x slower). */
+#if defined(__AVX512F__)
+#define VW 16
+#elif defined(__AVX__)
+#define VW 8
+#else
+#define VW 4
+#endif
+typedef float vecf __attribute__((vector_size(VW * 4)));
 #define CH 32 /* time steps per chunk */
 
-static inline v16f vload(const float *p) { v16f v; memcpy(&v, p, sizeof v); return v; }
-static inline void vstore(float *p, v16f v) { memcpy(p, &v, sizeof v); }
+static inline vecf vload(const float *p) { vecf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, vecf v) { memcpy(p, &v, sizeof v); }
 
-/* C[r, c] = sum_k A[r, k] W[k, c] (+ bias[c]) for r < M, c < Nc (Nc a multiple of 16). */
+/* C[r, c] = sum_k A[r, k] W[k, c] (+ bias[c]) for r < M, c < Nc (Nc a multiple of 16, so of VW). */
 static void gemm_rows_f32(const float *restrict A, long lda, long M, long Kd, const float *restrict W, long ldw,
                           long Nc, const float *restrict bias, float *restrict C, long ldc) {
     long r = 0;
     for (; r + 4 <= M; r += 4) {
         const float *a0 = A + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
         long c = 0;
-        for (; c + 32 <= Nc; c += 32) {
-            v16f s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
+        for (; c + 2 * VW <= Nc; c += 2 * VW) {
+            vecf s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
             for (long k = 0; k < Kd; k++) {
-                v16f w0 = vload(W + k * ldw + c), w1 = vload(W + k * ldw + c + 16);
+                vecf w0 = vload(W + k * ldw + c), w1 = vload(W + k * ldw + c + VW);
                 s00 += a0[k] * w0; s01 += a0[k] * w1;
                 s10 += a1[k] * w0; s11 += a1[k] * w1;
                 s20 += a2[k] * w0; s21 += a2[k] * w1;
                 s30 += a3[k] * w0; s31 += a3[k] * w1;
             }
             if (bias) {
-                v16f b0 = vload(bias + c), b1 = vload(bias + c + 16);
+                vecf b0 = vload(bias + c), b1 = vload(bias + c + VW);
                 s00 += b0; s01 += b1; s10 += b0; s11 += b1; s20 += b0; s21 += b1; s30 += b0; s31 += b1;
             }
-            vstore(C + r * ldc + c, s00); vstore(C + r * ldc + c + 16, s01);
-            vstore(C + (r + 1) * ldc + c, s10); vstore(C + (r + 1) * ldc + c + 16, s11);
-            vstore(C + (r + 2) * ldc + c, s20); vstore(C + (r + 2) * ldc + c + 16, s21);
-            vstore(C + (r + 3) * ldc + c, s30); vstore(C + (r + 3) * ldc + c + 16, s31);
+            vstore(C + r * ldc + c, s00); vstore(C + r * ldc + c + VW, s01);
+            vstore(C + (r + 1) * ldc + c, s10); vstore(C + (r + 1) * ldc + c + VW, s11);
+            vstore(C + (r + 2) * ldc + c, s20); vstore(C + (r + 2) * ldc + c + VW, s21);
+            vstore(C + (r + 3) * ldc + c, s30); vstore(C + (r + 3) * ldc + c + VW, s31);
         }
-        for (; c < Nc; c += 16) {
-            v16f s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+        for (; c < Nc; c += VW) {
+            vecf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
             for (long k = 0; k < Kd; k++) {
-                v16f w0 = vload(W + k * ldw + c);
+                vecf w0 = vload(W + k * ldw + c);
                 s0 += a0[k] * w0; s1 += a1[k] * w0; s2 += a2[k] * w0; s3 += a3[k] * w0;
             }
             if (bias) {
-                v16f b0 = vload(bias + c);
+                vecf b0 = vload(bias + c);
                 s0 += b0; s1 += b0; s2 += b0; s3 += b0;
             }
             vstore(C + r * ldc + c, s0); vstore(C + (r + 1) * ldc + c, s1);
@@ -63,8 +72,8 @@ static void gemm_rows_f32(const float *restrict A, long lda, long M, long Kd, co
     }
     for (; r < M; r++) {
         const float *a0 = A + r * lda;
-        for (long c = 0; c < Nc; c += 16) {
-            v16f s0 = {0};
+        for (long c = 0; c < Nc; c += VW) {
+            vecf s0 = {0};
             for (long k = 0; k < Kd; k++) s0 += a0[k] * vload(W + k * ldw + c);
             if (bias) s0 += vload(bias + c);
             vstore(C + r * ldc + c, s0);
@@ -128,6 +137,32 @@ static inline __m512 exp2_v512(__m512 t) {
     p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(6.931471806e-01f));
     p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
     return _mm512_scalef_ps(p, _mm512_max_ps(kf, _mm512_set1_ps(-126.f)));
+}
+
+/* exp(x) = 2^(x log2 e) for any x (inf above the float range, 2^-126 scale floor below). */
+static inline __m512 exp_v512(__m512 x) { return exp2_v512(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f))); }
+
+/* x <- x / (1 + exp(-x)) over n (a multiple of 16) values. */
+static void silu_v512(float *restrict x, long n) {
+    for (long q = 0; q < n; q += 16) {
+        __m512 v = _mm512_loadu_ps(x + q);
+        __m512 e = exp_v512(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        _mm512_storeu_ps(x + q, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), e)));
+    }
+}
+
+/* dt <- softplus(dt) = max(dt, 0) + log1p(exp(-|dt|)), gate <- z sigmoid(z), over n (a multiple of 16)
+ * values; tmp (n values) is scratch. */
+static void softplus_gate_v512(float *restrict dt, const float *restrict z, float *restrict gate, float *restrict tmp,
+                               long n) {
+    for (long q = 0; q < n; q += 16) {
+        __m512 v = _mm512_loadu_ps(dt + q), zz = _mm512_loadu_ps(z + q);
+        _mm512_storeu_ps(tmp + q, exp_v512(_mm512_min_ps(v, _mm512_sub_ps(_mm512_setzero_ps(), v))));
+        __m512 e = exp_v512(_mm512_sub_ps(_mm512_setzero_ps(), zz));
+        _mm512_storeu_ps(gate + q, _mm512_mul_ps(zz, _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_add_ps(_mm512_set1_ps(1.f), e))));
+    }
+#pragma omp simd
+    for (long q = 0; q < n; q++) dt[q] = (dt[q] > 0 ? dt[q] : 0.f) + log1p_unit_f32(tmp[q]);
 }
 
 /* scan_block_f32 for N = 16 with the 16 states of the block in registers and the decays computed
@@ -203,20 +238,27 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
             /* causal conv + SiLU: row k of u reads rows k .. k + K - 1 of xh */
             for (long k = 0; k < m; k++) {
                 long q0 = t0 + k - K + 1 < 0 ? K - 1 - t0 - k : 0; /* taps before the start are skipped */
-                for (long d = 0; d < E; d += 16) { /* the training kernel's order, sums in registers */
-                    v16f acc = cb ? vload(cb + d) : (v16f){0};
+                for (long d = 0; d < E; d += VW) { /* the training kernel's order, sums in registers */
+                    vecf acc = cb ? vload(cb + d) : (vecf){0};
                     for (long q = q0; q < K; q++) acc += vload(cwT + q * E + d) * vload(xh + (k + q) * E + d);
                     vstore(u + k * E + d, acc);
                 }
             }
+#if defined(__AVX512F__)
+            silu_v512(u, m * E);
+#else
 #pragma omp simd
             for (long q = 0; q < m * E; q++) u[q] = u[q] / (1.f + exp_f32(-u[q]));
+#endif
             memmove(xh, xh + m * E, (K - 1) * E * sizeof(float)); /* keep the last K - 1 rows */
             /* x_proj -> (dt rank, B, C); dt_proj; softplus(dt + bias); gate = silu(z) */
             gemm_rows_f32(u, E, m, E, wxT, P, P, NULL, xd, P);
             gemm_rows_f32(xd, P, m, R, wdtT, E, E, NULL, dt, E);
             for (long k = 0; k < m; k++)
                 for (long d = 0; d < E; d++) dt[k * E + d] += dtb[d];
+#if defined(__AVX512F__)
+            softplus_gate_v512(dt, z, gate, y, m * E); /* y: scratch until the scan writes it */
+#else
 #pragma omp simd
             for (long q = 0; q < m * E; q++) {
                 float v = dt[q];
@@ -225,6 +267,7 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
                 float sgm = 1.f / (1.f + exp_f32(-z[q]));
                 gate[q] = z[q] * sgm;
             }
+#endif
             /* the scan, per BLOCK of channels */
             for (long o = 0; o < E; o += BLOCK) {
 #if defined(__AVX512F__)
@@ -253,3 +296,4 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
 }
 
 #undef CH
+#undef VW
