@@ -18,17 +18,19 @@ aside for hooked inner modules, run as in the timed passes.
 
 How the limit counts the selective scan (``training.models.flops._scan_macs``, 6N + 2 MACs per
 batch x channel x step): the rule is kept as it is, the count of the arithmetic the recurrence needs
-(decay, input term, state update, read-out), not of what a CPU spends on it. The decay exp(dt A)
-is one of those 6 MACs, but a CPU has no vector exp: the inference kernel
-(``training/kernels/csrc/mamba_infer_impl.h``) spends per state and 16 channels 14 vector
-instructions (multiply, round, subtract, a degree-6 polynomial, scale, clamp, then the input
-term, the update and the read-out), 11 of them on the multiply/FMA ports, against the 6 FMAs the
-limit grants at sgemm speed. The scan therefore cannot go below ~1.8x its share of the limit; it
-is at about that (perf samples, fused kernel at rwsa-xs level-1 shapes, one thread). Lowering the
-count to the CPU's instruction count would move the target, not the speed, so it is not done.
-For a scan-dominated model (rwsa-xs: Mamba ~72 % of the MACs, half of that the scan; the rest of
-the model has 4-48-channel convolutions and norms with little arithmetic per byte) 1.5x of this
-limit is out of reach on 2 cores; the measured ratios are in the issue's closing note.
+(decay, input term, state update, read-out), not of what a CPU spends on it. The decay exp(dt A) is
+one of those 6 MACs, but a CPU has no vector exp: the inference kernel
+(``training/kernels/csrc/mamba_infer_impl.h``) spends 14 vector instructions per state and 16
+channels (multiply, round, subtract, a degree-6 polynomial, scale, clamp, then the input term, the
+update and the read-out) where the limit grants 6 FMAs at sgemm speed. Measured on the fused BiMamba
+at rwsa-xs level-1 shapes (128 x 256 steps, d_model 16; 1 thread, sgemm 90.7 GFLOP/s; perf samples
+x time per call, 28.4 ms): scan 12.6 ms against 9.1 ms of limit (1.4x), projections 9.1 ms against
+7.6 ms (1.2x), and 6.7 ms for the element-wise parts the count has no MACs for (softplus of the
+step, two SiLUs, RMSNorm: an exp and a divide each per value): the layer is at 1.7x its limit, and
+the scan cannot lose much more. Lowering the count to what the CPU executes would move the target,
+not the speed, so it is not done. For rwsa-xs (Mamba ~72 % of the MACs, the rest 4-48-channel
+convolutions, norms and layout copies with little arithmetic per byte) 1.5x of this limit is out
+of reach on 2 cores; the measured ratios are in the issue's closing note.
 
     python benchmarks/bench_enhance.py                          # rwsa-xs, mambattention; 10 s and 60 s
     python benchmarks/bench_enhance.py --models rwsa-xs --seconds 10 --threads 2 --repeat 3
