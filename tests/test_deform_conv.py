@@ -67,6 +67,9 @@ def test_matches_naive_loop(c_in, c_out, groups, stride, pad, dil, bias, scale):
         x, offset, conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), stride, pad, dil
     )
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert got.grad_fn is not None  # the training form
+    with torch.no_grad():  # the inference form (one matmul over the sampled columns)
+        torch.testing.assert_close(conv(x, offset), want, rtol=1e-9, atol=1e-9)
 
 
 def test_zero_offsets_equal_regular_conv():

@@ -32,7 +32,7 @@ import torch
 
 _CSRC = Path(__file__).with_name("csrc")
 SOURCES = (_CSRC / "se_cpu.c", _CSRC / "selective_scan_impl.h", _CSRC / "causal_conv_impl.h",
-           _CSRC / "attention_impl.h")
+           _CSRC / "attention_impl.h", _CSRC / "mamba_infer_impl.h")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
 PORTABLE_FLAGS = tuple(f for f in FLAGS if f != "-march=native")  # compilers without -march=native
 
@@ -116,7 +116,10 @@ _SIGNATURES = {
     "conv_forward": _CONV_FORWARD_ARGS, "conv_backward": _CONV_BACKWARD_ARGS,
 }
 # attn_forward_f32(qkv, S, L, H, dh, lo, hi, out)
-_SIGNATURES_F32 = {"attn_forward": [_P] + [_L] * 6 + [_P]}
+# mamba_infer_f32(x, normw, eps, reverse, residual, winT, bin, cwT, cb, wxT, wdtT, dtb, At, D, woT, bo,
+#                 nb, L, dm, E, R, N, P, K, lo, hi, out, ldo)
+_SIGNATURES_F32 = {"attn_forward": [_P] + [_L] * 6 + [_P],
+                   "mamba_infer": [_P, _P, ctypes.c_float, _I, _I] + [_P] * 11 + [_L] * 10 + [_P, _L]}
 
 
 @functools.cache

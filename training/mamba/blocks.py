@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from training.mamba.infer import fused_layer, usable
 from training.mamba.mixer import Mamba
 
 
@@ -35,6 +36,8 @@ class ResidualMamba(nn.Module):
         self.norm = RMSNorm(d_model, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if usable(self.mixer, x, self.norm):  # inference on CPU: norm, mixer and residual in one C kernel
+            return fused_layer(self.mixer, x, norm=self.norm, residual=True)
         return x + self.mixer(self.norm(x))
 
 
@@ -49,7 +52,19 @@ class BiMamba(nn.Module):
         self.forward_blocks = nn.ModuleList([ResidualMamba(d_model, **mamba_options)])
         self.backward_blocks = nn.ModuleList([ResidualMamba(d_model, **mamba_options)])
 
+    def _fusable(self, x: torch.Tensor) -> bool:
+        blocks = [*self.forward_blocks, *self.backward_blocks]
+        return (len(self.forward_blocks) == len(self.backward_blocks) == 1
+                and all(type(b) is ResidualMamba and usable(b.mixer, x, b) for b in blocks))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fusable(x):  # inference on CPU: both branches write their half of the output, no flips
+            c = x.shape[-1]
+            out = x.new_empty(*x.shape[:-1], 2 * c)
+            (fwd,), (bwd,) = self.forward_blocks, self.backward_blocks
+            fused_layer(fwd.mixer, x, norm=fwd.norm, residual=True, out=out[..., :c])
+            fused_layer(bwd.mixer, x, norm=bwd.norm, residual=True, reverse=True, out=out[..., c:])
+            return out
         y_f = x
         for block in self.forward_blocks:
             y_f = block(y_f)

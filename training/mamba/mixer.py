@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from training.mamba import kernels
 from training.mamba.conv import causal_conv1d_silu
+from training.mamba.infer import fused_layer, usable
 from training.mamba.scan import resolve_backend, selective_scan
 
 
@@ -85,6 +86,8 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if usable(self, hidden_states):  # inference on CPU: the whole layer in one C kernel
+            return fused_layer(self, hidden_states)
         A = -torch.exp(self.A_log.float())
         backend = resolve_backend(hidden_states)  # raises on a GPU without mamba_ssm's kernels (see scan.py)
         if self.use_fast_path and backend == "mamba_ssm":

@@ -41,6 +41,9 @@ def deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1)
     pos_y = base_y + tap_y[:, None, None] + off[:, :, 0]  # [B, K, H_out, W_out]
     pos_x = base_x + tap_x[:, None, None] + off[:, :, 1]
     grid = torch.stack((pos_x * (2.0 / (w - 1)) - 1.0, pos_y * (2.0 / (h - 1)) - 1.0), dim=-1)
+    if not torch.is_grad_enabled():  # inference: the same samples, laid out for one matmul
+        out = _sampled_matmul(x, grid, weight, groups)
+        return out + bias[None, :, None, None] if bias is not None else out
     grid = grid.permute(0, 2, 1, 3, 4).reshape(b, h_out, k * w_out, 2)
     cols = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     cols = cols.view(b, groups, c_per_group, h_out, k, w_out)
@@ -53,6 +56,20 @@ def deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1)
     if bias is not None:
         out = out + bias[None, :, None, None]
     return out
+
+
+def _sampled_matmul(x, grid, weight, groups):
+    """Inference form of the sampling and the weighted sum: the grid [B, K, H_out, W_out, 2] samples
+    into [B, C_in, K, H_out, W_out], which is already [B, groups, C_in/groups * K, H_out*W_out] for a
+    batched matmul with the weight (the training form permutes the sampled columns for its einsum,
+    a copy as large as them). Equal to it up to the order of the float32 sums."""
+    b, k, h_out, w_out, _ = grid.shape
+    c_out, c_per_group = weight.shape[:2]
+    cols = F.grid_sample(x, grid.reshape(b, k * h_out, w_out, 2), mode="bilinear", padding_mode="zeros",
+                         align_corners=True)
+    cols = cols.view(b, groups, c_per_group * k, h_out * w_out)
+    out = torch.matmul(weight.reshape(groups, c_out // groups, c_per_group * k), cols)
+    return out.reshape(b, c_out, h_out, w_out)
 
 
 class DeformConv2d(nn.Module):

@@ -19,6 +19,7 @@ import torch.utils.checkpoint
 
 from training.kernels.attention_cpu import attention_from_qkv
 from training.mamba import BiMamba
+from training.mamba.infer import hooked
 
 
 class AttentionModule(nn.Module):
@@ -126,7 +127,11 @@ class MambAttentionBlock(CheckpointableBlock):
     def _axis(self, s, attn, mamba, linear):
         if attn is not None and self.attn_position == "before":
             s = s + attn(s)
-        s = s + linear(mamba(s).transpose(1, 2)).transpose(1, 2)
+        m = mamba(s)
+        if torch.is_grad_enabled() or hooked((linear,)):
+            s = s + linear(m.transpose(1, 2)).transpose(1, 2)
+        else:  # inference: the kernel-1 ConvTranspose1d as a matmul on the channel-last output (no transposes)
+            s = s + F.linear(m, linear.weight[:, :, 0].t(), linear.bias)
         if attn is not None and self.attn_position == "after":
             s = s + attn(s)
         return s

@@ -1,6 +1,7 @@
 /* CPU kernels: the Mamba mixer's fused selective scan (selective_scan_impl.h) and causal
  * depthwise conv + SiLU (causal_conv_impl.h), forward and backward, for float and double; and
- * small-head self-attention for inference (attention_impl.h, float). Each runs one range of work
+ * small-head self-attention for inference (attention_impl.h, float); and the whole Mamba layer for
+ * inference (mamba_infer_impl.h, float). Each runs one range of work
  * items.
  *
  * Built and loaded by training/native.py (cc -O3 -march=native, no OpenMP runtime: the
@@ -74,3 +75,4 @@ static inline double log1p_unit_f64(double t) { return log1p(t); }
 #undef SUF
 
 #include "attention_impl.h"
+#include "mamba_infer_impl.h"

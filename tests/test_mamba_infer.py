@@ -1,0 +1,83 @@
+"""The inference-only fused Mamba kernel (training/mamba/infer.py) against the training path's forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.mamba import BiMamba, Mamba, ResidualMamba
+from training.mamba.infer import fused_layer, usable
+from training.models.tf_blocks import AttentionModule, MambAttentionBlock
+
+pytest.importorskip("training.mamba.scan_fused", reason="C kernels not buildable here", exc_type=ImportError)
+
+
+def _perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Parameters moved off their initial values (A, D, biases, norm weights all matter)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    return module
+
+
+def _close(got: torch.Tensor, ref: torch.Tensor) -> None:
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+# d_model not a multiple of 16 (padded projections), L below the conv width, across chunks (32)
+@pytest.mark.parametrize("batch,length,d_model", [(1, 3, 4), (2, 45, 12), (2, 70, 16), (1, 33, 24)])
+def test_fused_paths_equal_training_forward(batch, length, d_model):
+    x = torch.randn(batch, length, d_model, generator=torch.Generator().manual_seed(length))
+    for cls in (Mamba, ResidualMamba, BiMamba):
+        torch.manual_seed(d_model)
+        module = _perturbed(cls(d_model, expand=4), batch)
+        ref = module(x)  # grad enabled: the autograd (training) path
+        assert ref.grad_fn is not None
+        with torch.no_grad():
+            got = module(x)
+        with torch.inference_mode():
+            got_im = module(x)
+        _close(got, ref.detach())
+        assert torch.equal(got, got_im)
+
+
+def test_fused_layer_is_what_no_grad_runs_and_reverse_is_the_flipped_branch():
+    torch.manual_seed(1)
+    block = _perturbed(ResidualMamba(8, expand=4), 3)
+    x = torch.randn(2, 40, 8)
+    with torch.no_grad():
+        assert usable(block.mixer, x, block) and not usable(block.mixer, x.double())
+        assert torch.equal(block(x), fused_layer(block.mixer, x, norm=block.norm, residual=True))
+        flipped = fused_layer(block.mixer, x, norm=block.norm, residual=True, reverse=True)
+        _close(flipped, block(x.flip(1)).flip(1))
+    assert not usable(block.mixer, x)  # grad enabled
+
+
+def test_hooks_see_every_call_so_flop_counts_do_not_change():
+    torch.manual_seed(2)
+    block = BiMamba(8, expand=4)
+    x = torch.randn(1, 20, 8)
+    seen = []
+    handle = block.forward_blocks[0].mixer.x_proj.register_forward_hook(lambda m, a, y: seen.append(y.shape))
+    try:
+        with torch.no_grad():
+            assert not usable(block.forward_blocks[0].mixer, x, block.forward_blocks[0])
+            block(x)
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([1, 20, 1 + 2 * 16])]  # dt rank + B + C: x_proj ran as a module
+
+
+def test_tf_block_inference_equals_training_forward():
+    """A whole MambAttention block (fused BiMamba, its kernel-1 ConvTranspose1d as a matmul) under
+    no_grad against its autograd forward, batch 1 and 2."""
+    torch.manual_seed(4)
+    block = _perturbed(MambAttentionBlock(8, AttentionModule(8, 2)), 5).eval()
+    for batch in (1, 2):
+        x = torch.randn(batch, 8, 21, 13, generator=torch.Generator().manual_seed(batch))
+        ref = block(x)
+        with torch.no_grad():
+            got = block(x)
+        _close(got, ref.detach())

@@ -1,0 +1,299 @@
+/* Inference-only fused Mamba layer, float32, channel-last; included by se_cpu.c after the scan.
+ * One call runs [optional RMSNorm] -> in_proj -> causal depthwise conv + SiLU -> x_proj -> dt_proj
+ * -> softplus -> selective scan (D skip, silu(z) gate) -> out_proj [-> + residual] on whole
+ * sequences, chunk by chunk, so that every intermediate stays in a per-thread buffer of CH rows
+ * (no (B, L, E) tensor is ever written). Work item = one sequence (batch row).
+ *     x: (nb, L, dm) rows;  out: row t of sequence b at out + (b L + t) ldo, dm values
+ *     normw: (dm) RMSNorm weight or NULL (then x goes to in_proj as is); eps its epsilon
+ *     reverse: the sequence is read (and written) from its last row to its first (flip, mixer, flip)
+ *     residual: out = x + mixer(...), else out = mixer(...)
+ *     winT: (dm, 2E) in_proj weight transposed;  bin: (2E) or NULL
+ *     cwT: (K, E) conv weight transposed;  cb: (E) or NULL
+ *     wxT: (E, P) x_proj weight transposed, P = R + 2N padded with zero columns to a multiple of 16
+ *     wdtT: (R, E);  dtb: (E) dt_proj bias;  At: (N, E) A transposed;  D: (E)
+ *     woT: (E, dmp) out_proj weight transposed, dmp = dm padded to a multiple of 16;  bo: (dm) or NULL
+ * E must be a multiple of BLOCK. The arithmetic of each step is that of the training path's kernels
+ * (the same exp/softplus polynomials, the same order inside the scan and the conv); only the
+ * projections' sums run in another order (float32 rounding, ~1e-7 relative). */
+
+/* The projections and the conv work in vectors of VW floats: a whole register of the target (a wider
+ * GCC vector than the target's registers is passed through memory: 10x slower). */
+#if defined(__AVX512F__)
+#define VW 16
+#elif defined(__AVX__)
+#define VW 8
+#else
+#define VW 4
+#endif
+typedef float vecf __attribute__((vector_size(VW * 4)));
+#define CH 32 /* time steps per chunk */
+
+static inline vecf vload(const float *p) { vecf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, vecf v) { memcpy(p, &v, sizeof v); }
+
+/* C[r, c] = sum_k A[r, k] W[k, c] (+ bias[c]) for r < M, c < Nc (Nc a multiple of 16, so of VW). */
+static void gemm_rows_f32(const float *restrict A, long lda, long M, long Kd, const float *restrict W, long ldw,
+                          long Nc, const float *restrict bias, float *restrict C, long ldc) {
+    long r = 0;
+    for (; r + 4 <= M; r += 4) {
+        const float *a0 = A + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+        long c = 0;
+        for (; c + 2 * VW <= Nc; c += 2 * VW) {
+            vecf s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
+            for (long k = 0; k < Kd; k++) {
+                vecf w0 = vload(W + k * ldw + c), w1 = vload(W + k * ldw + c + VW);
+                s00 += a0[k] * w0; s01 += a0[k] * w1;
+                s10 += a1[k] * w0; s11 += a1[k] * w1;
+                s20 += a2[k] * w0; s21 += a2[k] * w1;
+                s30 += a3[k] * w0; s31 += a3[k] * w1;
+            }
+            if (bias) {
+                vecf b0 = vload(bias + c), b1 = vload(bias + c + VW);
+                s00 += b0; s01 += b1; s10 += b0; s11 += b1; s20 += b0; s21 += b1; s30 += b0; s31 += b1;
+            }
+            vstore(C + r * ldc + c, s00); vstore(C + r * ldc + c + VW, s01);
+            vstore(C + (r + 1) * ldc + c, s10); vstore(C + (r + 1) * ldc + c + VW, s11);
+            vstore(C + (r + 2) * ldc + c, s20); vstore(C + (r + 2) * ldc + c + VW, s21);
+            vstore(C + (r + 3) * ldc + c, s30); vstore(C + (r + 3) * ldc + c + VW, s31);
+        }
+        for (; c < Nc; c += VW) {
+            vecf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+            for (long k = 0; k < Kd; k++) {
+                vecf w0 = vload(W + k * ldw + c);
+                s0 += a0[k] * w0; s1 += a1[k] * w0; s2 += a2[k] * w0; s3 += a3[k] * w0;
+            }
+            if (bias) {
+                vecf b0 = vload(bias + c);
+                s0 += b0; s1 += b0; s2 += b0; s3 += b0;
+            }
+            vstore(C + r * ldc + c, s0); vstore(C + (r + 1) * ldc + c, s1);
+            vstore(C + (r + 2) * ldc + c, s2); vstore(C + (r + 3) * ldc + c, s3);
+        }
+    }
+    for (; r < M; r++) {
+        const float *a0 = A + r * lda;
+        for (long c = 0; c < Nc; c += VW) {
+            vecf s0 = {0};
+            for (long k = 0; k < Kd; k++) s0 += a0[k] * vload(W + k * ldw + c);
+            if (bias) s0 += vload(bias + c);
+            vstore(C + r * ldc + c, s0);
+        }
+    }
+}
+
+/* The scan of one chunk (m steps) for the BLOCK channels at offset o, as scan_forward_f32 does it:
+ * decays exp(dt A) into eb, then the recurrence on the states held in state (N, E). */
+static void scan_block_f32(long m, long N, long E, long P, long R, long o, const float *restrict dt,
+                           const float *restrict u, const float *restrict xd, const float *restrict At,
+                           const float *restrict D, const float *restrict gate, float *restrict state,
+                           float *restrict y, float *restrict eb) {
+    for (long k = 0; k < m; k++)
+        for (long n = 0; n < N; n++) {
+            float *e = eb + (k * N + n) * BLOCK;
+            const float *dk = dt + k * E + o, *an = At + n * E + o;
+#pragma omp simd
+            for (long j = 0; j < BLOCK; j++) e[j] = exp_f32(dk[j] * an[j]);
+        }
+    for (long k = 0; k < m; k++) {
+        const float *bt = xd + k * P + R, *ct = bt + N;
+        const float *uk = u + k * E + o, *dk = dt + k * E + o;
+        float dtu[BLOCK], yy[BLOCK];
+#pragma omp simd
+        for (long j = 0; j < BLOCK; j++) {
+            dtu[j] = dk[j] * uk[j];
+            yy[j] = D[o + j] * uk[j];
+        }
+        for (long n = 0; n < N; n++) {
+            float bn = bt[n], cn = ct[n];
+            const float *e = eb + (k * N + n) * BLOCK;
+            float *h = state + n * E + o;
+#pragma omp simd
+            for (long j = 0; j < BLOCK; j++) {
+                float hh = e[j] * h[j] + dtu[j] * bn;
+                h[j] = hh;
+                yy[j] += hh * cn;
+            }
+        }
+        float *yk = y + k * E + o;
+        const float *gk = gate + k * E + o;
+#pragma omp simd
+        for (long j = 0; j < BLOCK; j++) yk[j] = yy[j] * gk[j];
+    }
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* 2^t on 16 lanes for t <= 0 (the scan's decays, exp(dt A) = 2^(dt A log2 e)): 2^k 2^r with
+ * k = round(t) and r = t - k (exact) in [-1/2, 1/2]; 2^r by the degree-6 Taylor polynomial of
+ * exp(r ln 2) (relative error < 2e-7), the scaling by one vscalefps; k >= -126 as in exp_f32. */
+static inline __m512 exp2_v512(__m512 t) {
+    __m512 kf = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_sub_ps(t, kf);
+    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.540353039e-04f), _mm512_set1_ps(1.333355815e-03f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(9.618129108e-03f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(5.550410866e-02f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(2.402265070e-01f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(6.931471806e-01f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, _mm512_max_ps(kf, _mm512_set1_ps(-126.f)));
+}
+
+/* exp(x) = 2^(x log2 e) for any x (inf above the float range, 2^-126 scale floor below). */
+static inline __m512 exp_v512(__m512 x) { return exp2_v512(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f))); }
+
+/* x <- x / (1 + exp(-x)) over n (a multiple of 16) values. */
+static void silu_v512(float *restrict x, long n) {
+    for (long q = 0; q < n; q += 16) {
+        __m512 v = _mm512_loadu_ps(x + q);
+        __m512 e = exp_v512(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        _mm512_storeu_ps(x + q, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), e)));
+    }
+}
+
+/* dt <- softplus(dt) = max(dt, 0) + log1p(exp(-|dt|)), gate <- z sigmoid(z), over n (a multiple of 16)
+ * values; tmp (n values) is scratch. */
+static void softplus_gate_v512(float *restrict dt, const float *restrict z, float *restrict gate, float *restrict tmp,
+                               long n) {
+    for (long q = 0; q < n; q += 16) {
+        __m512 v = _mm512_loadu_ps(dt + q), zz = _mm512_loadu_ps(z + q);
+        _mm512_storeu_ps(tmp + q, exp_v512(_mm512_min_ps(v, _mm512_sub_ps(_mm512_setzero_ps(), v))));
+        __m512 e = exp_v512(_mm512_sub_ps(_mm512_setzero_ps(), zz));
+        _mm512_storeu_ps(gate + q, _mm512_mul_ps(zz, _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_add_ps(_mm512_set1_ps(1.f), e))));
+    }
+#pragma omp simd
+    for (long q = 0; q < n; q++) dt[q] = (dt[q] > 0 ? dt[q] : 0.f) + log1p_unit_f32(tmp[q]);
+}
+
+/* scan_block_f32 for N = 16 with the 16 states of the block in registers and the decays computed
+ * where they are used (no decay buffer, no state loads and stores per step), as 2^(dt (A log2 e)):
+ * one multiply less per decay than exp_f32 (the decays differ from the training kernel's by a
+ * few float32 roundings, ~2e-7 relative). */
+static void scan_block16_v512(long m, long E, long P, long R, long o, const float *restrict dt,
+                              const float *restrict u, const float *restrict xd, const float *restrict At,
+                              const float *restrict D, const float *restrict gate, float *restrict state,
+                              float *restrict y) {
+    __m512 h[16];
+    float a2[16 * 16]; /* A log2 e of the block, (n, lane) */
+#pragma GCC unroll 16
+    for (int n = 0; n < 16; n++) {
+        h[n] = _mm512_loadu_ps(state + n * E + o);
+        _mm512_storeu_ps(a2 + 16 * n, _mm512_mul_ps(_mm512_loadu_ps(At + n * E + o), _mm512_set1_ps(1.4426950408889634f)));
+    }
+    __m512 dv = _mm512_loadu_ps(D + o);
+    for (long k = 0; k < m; k++) {
+        __m512 dk = _mm512_loadu_ps(dt + k * E + o), uk = _mm512_loadu_ps(u + k * E + o);
+        __m512 dtu = _mm512_mul_ps(dk, uk), yy = _mm512_mul_ps(dv, uk);
+        const float *bt = xd + k * P + R, *ct = bt + 16;
+#pragma GCC unroll 16
+        for (int n = 0; n < 16; n++) {
+            __m512 e = exp2_v512(_mm512_mul_ps(dk, _mm512_loadu_ps(a2 + 16 * n)));
+            h[n] = _mm512_fmadd_ps(e, h[n], _mm512_mul_ps(dtu, _mm512_set1_ps(bt[n])));
+            yy = _mm512_fmadd_ps(h[n], _mm512_set1_ps(ct[n]), yy);
+        }
+        _mm512_storeu_ps(y + k * E + o, _mm512_mul_ps(yy, _mm512_loadu_ps(gate + k * E + o)));
+    }
+#pragma GCC unroll 16
+    for (int n = 0; n < 16; n++) _mm512_storeu_ps(state + n * E + o, h[n]);
+}
+#endif
+
+int mamba_infer_f32(const float *restrict x, const float *restrict normw, float eps, int reverse, int residual,
+                    const float *restrict winT, const float *restrict bin, const float *restrict cwT,
+                    const float *restrict cb, const float *restrict wxT, const float *restrict wdtT,
+                    const float *restrict dtb, const float *restrict At, const float *restrict D,
+                    const float *restrict woT, const float *restrict bo, long nb, long L, long dm, long E,
+                    long R, long N, long P, long K, long lo, long hi, float *restrict out, long ldo) {
+    (void)nb;
+    long dmp = (dm + 15) / 16 * 16;
+    long nfl = CH * dm + (K - 1 + CH) * E + 5 * CH * E + CH * P + CH * dmp + N * E + CH * N * BLOCK;
+    float *mem = calloc(nfl, sizeof(float));
+    if (!mem) return -1;
+    float *xn = mem, *xh = xn + CH * dm, *z = xh + (K - 1 + CH) * E, *u = z + CH * E, *dt = u + CH * E;
+    float *y = dt + CH * E, *gate = y + CH * E, *xd = gate + CH * E, *ob = xd + CH * P, *state = ob + CH * dmp;
+    float *eb = state + N * E;
+    for (long b = lo; b < hi; b++) {
+        memset(xh, 0, (K - 1) * E * sizeof(float));
+        memset(state, 0, N * E * sizeof(float));
+        for (long t0 = 0; t0 < L; t0 += CH) {
+            long m = L - t0 < CH ? L - t0 : CH;
+            /* rows of this chunk (in scan order), normalised */
+            for (long k = 0; k < m; k++) {
+                long tt = reverse ? L - 1 - (t0 + k) : t0 + k;
+                const float *xr = x + (b * L + tt) * dm;
+                float *dst = xn + k * dm;
+                if (normw) {
+                    float ss = 0;
+                    for (long j = 0; j < dm; j++) ss += xr[j] * xr[j];
+                    float rs = 1.f / sqrtf(ss / (float)dm + eps);
+                    for (long j = 0; j < dm; j++) dst[j] = xr[j] * rs * normw[j];
+                } else {
+                    memcpy(dst, xr, dm * sizeof(float));
+                }
+            }
+            /* in_proj: x part after the K - 1 carried rows, z part */
+            float *xc = xh + (K - 1) * E;
+            gemm_rows_f32(xn, dm, m, dm, winT, 2 * E, E, bin, xc, E);
+            gemm_rows_f32(xn, dm, m, dm, winT + E, 2 * E, E, bin ? bin + E : NULL, z, E);
+            /* causal conv + SiLU: row k of u reads rows k .. k + K - 1 of xh */
+            for (long k = 0; k < m; k++) {
+                long q0 = t0 + k - K + 1 < 0 ? K - 1 - t0 - k : 0; /* taps before the start are skipped */
+                for (long d = 0; d < E; d += VW) { /* the training kernel's order, sums in registers */
+                    vecf acc = cb ? vload(cb + d) : (vecf){0};
+                    for (long q = q0; q < K; q++) acc += vload(cwT + q * E + d) * vload(xh + (k + q) * E + d);
+                    vstore(u + k * E + d, acc);
+                }
+            }
+#if defined(__AVX512F__)
+            silu_v512(u, m * E);
+#else
+#pragma omp simd
+            for (long q = 0; q < m * E; q++) u[q] = u[q] / (1.f + exp_f32(-u[q]));
+#endif
+            memmove(xh, xh + m * E, (K - 1) * E * sizeof(float)); /* keep the last K - 1 rows */
+            /* x_proj -> (dt rank, B, C); dt_proj; softplus(dt + bias); gate = silu(z) */
+            gemm_rows_f32(u, E, m, E, wxT, P, P, NULL, xd, P);
+            gemm_rows_f32(xd, P, m, R, wdtT, E, E, NULL, dt, E);
+            for (long k = 0; k < m; k++)
+                for (long d = 0; d < E; d++) dt[k * E + d] += dtb[d];
+#if defined(__AVX512F__)
+            softplus_gate_v512(dt, z, gate, y, m * E); /* y: scratch until the scan writes it */
+#else
+#pragma omp simd
+            for (long q = 0; q < m * E; q++) {
+                float v = dt[q];
+                float e = exp_f32(v > 0 ? -v : v);
+                dt[q] = (v > 0 ? v : 0.f) + log1p_unit_f32(e);
+                float sgm = 1.f / (1.f + exp_f32(-z[q]));
+                gate[q] = z[q] * sgm;
+            }
+#endif
+            /* the scan, per BLOCK of channels */
+            for (long o = 0; o < E; o += BLOCK) {
+#if defined(__AVX512F__)
+                if (N == 16) {
+                    scan_block16_v512(m, E, P, R, o, dt, u, xd, At, D, gate, state, y);
+                    continue;
+                }
+#endif
+                scan_block_f32(m, N, E, P, R, o, dt, u, xd, At, D, gate, state, y, eb);
+            }
+            /* out_proj (+ residual), rows back in sequence order */
+            gemm_rows_f32(y, E, m, E, woT, dmp, dmp, NULL, ob, dmp);
+            for (long k = 0; k < m; k++) {
+                long tt = reverse ? L - 1 - (t0 + k) : t0 + k;
+                const float *xr = x + (b * L + tt) * dm, *ok = ob + k * dmp;
+                float *dst = out + (b * L + tt) * ldo;
+                for (long j = 0; j < dm; j++) {
+                    float v = bo ? ok[j] + bo[j] : ok[j];
+                    dst[j] = residual ? xr[j] + v : v;
+                }
+            }
+        }
+    }
+    free(mem);
+    return 0;
+}
+
+#undef CH
+#undef VW
