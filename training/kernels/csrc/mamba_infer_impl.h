@@ -87,13 +87,7 @@ static void scan_block_f32(long m, long N, long E, long P, long R, long o, const
                            const float *restrict u, const float *restrict xd, const float *restrict At,
                            const float *restrict D, const float *restrict gate, float *restrict state,
                            float *restrict y, float *restrict eb) {
-    for (long k = 0; k < m; k++)
-        for (long n = 0; n < N; n++) {
-            float *e = eb + (k * N + n) * BLOCK;
-            const float *dk = dt + k * E + o, *an = At + n * E + o;
-#pragma omp simd
-            for (long j = 0; j < BLOCK; j++) e[j] = exp_f32(dk[j] * an[j]);
-        }
+    decays_f32(dt, At, m, N, E, o, eb); /* the training scan's decays: dt and A both of row stride E here */
     for (long k = 0; k < m; k++) {
         const float *bt = xd + k * P + R, *ct = bt + N;
         const float *uk = u + k * E + o, *dk = dt + k * E + o;
