@@ -19,30 +19,36 @@ def _bn_buffers(m: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in m.state_dict().items() if "running_" in k}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _work(rank: int, out: str) -> None:
     from training.loop import StepContext, train_step
     from training.losses import LossWeights
     from training.models import build_model
     from training.pesq_targets import PesqPool
 
+    g = torch.Generator().manual_seed(100 + rank)  # different data on each rank
+    bn = torch.nn.BatchNorm1d(3)
+    bn(torch.randn(8, 3, generator=g) * (rank + 1) + rank)
+    local = _bn_buffers(bn)
+    distributed.average_batchnorm_stats(bn)
+
+    G = build_model("mpsenet", seed=0, channels=16, num_blocks=1)
+    D = build_model("metric-discriminator", seed=1)
+    opt = lambda m: torch.optim.SGD(m.parameters(), lr=1e-3)  # noqa: E731
+    ctx = StepContext(G, D, opt(G), opt(D), G.stft, LossWeights(), torch.device("cpu"), 2, PesqPool(0))
+    clean = 0.1 * torch.randn(1, 400 * 15, generator=g)
+    train_step(ctx, {"clean": clean, "noisy": clean + 0.05 * torch.randn(clean.shape, generator=g)})
+    torch.save({"local": local, "synced": _bn_buffers(bn), "G": _bn_buffers(G)}, Path(out) / f"r{rank}.pt")
+
+
+def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     distributed.init(distributed.DistEnv(rank=rank, world_size=2, master_port=port), torch.device("cpu"))
+    ok = False
     try:
-        g = torch.Generator().manual_seed(100 + rank)  # different data on each rank
-        bn = torch.nn.BatchNorm1d(3)
-        bn(torch.randn(8, 3, generator=g) * (rank + 1) + rank)
-        local = _bn_buffers(bn)
-        distributed.average_batchnorm_stats(bn)
-
-        G = build_model("mpsenet", seed=0, channels=16, num_blocks=1)
-        D = build_model("metric-discriminator", seed=1)
-        opt = lambda m: torch.optim.SGD(m.parameters(), lr=1e-3)  # noqa: E731
-        ctx = StepContext(G, D, opt(G), opt(D), G.stft, LossWeights(), torch.device("cpu"), 2, PesqPool(0))
-        clean = 0.1 * torch.randn(1, 400 * 15, generator=g)
-        train_step(ctx, {"clean": clean, "noisy": clean + 0.05 * torch.randn(clean.shape, generator=g)})
-        torch.save({"local": local, "synced": _bn_buffers(bn), "G": _bn_buffers(G)}, Path(out) / f"r{rank}.pt")
+        _work(rank, out)  # its models and handles are gone when it returns
+        ok = True
     finally:
-        distributed.shutdown()
+        distributed.leave(ok)
 
 
 def test_batchnorm_running_stats_equal_across_two_gloo_ranks(tmp_path):

@@ -15,6 +15,7 @@ which DDP's one-forward-one-backward reducer does not allow without extra flags.
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import os
 import re
 import socket
@@ -209,6 +210,19 @@ def shutdown(barrier: bool = False) -> None:
         if barrier and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def leave(ok: bool) -> None:
+    """Leave the process group at the end of a rank's work, the way every caller must.
+
+    Call it after dropping the references to models, optimisers and pending collective handles:
+    gloo objects still alive when the interpreter finalises can abort a process after a successful
+    run ("terminate called without an active exception", SIGABRT). It collects them while the
+    interpreter is fully alive, then leaves together with the other ranks when `ok` (a failed
+    rank's peers must not wait for it in a barrier).
+    """
+    gc.collect()
+    shutdown(barrier=ok)
 
 
 def _active() -> bool:

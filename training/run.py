@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import errno
-import gc
 import logging
 import os
 import signal
@@ -204,13 +203,8 @@ def _train(cfg: RunConfig, workdir: Path, env: distributed.DistEnv, device, on_v
         status = "FINISHED" if code == EXIT_OK else "KILLED"
     finally:
         trainer.close(status)
-        # Free the DDP model (it holds the process group and its buckets) while the interpreter
-        # is fully alive, then leave the group together (only after a clean fit: a failed rank's
-        # peers must not wait in a barrier). Gloo objects torn down during interpreter
-        # finalisation can abort the process after a successful run.
-        del trainer
-        gc.collect()
-        distributed.shutdown(barrier=status != "FAILED")
+        del trainer  # the DDP model holds the process group and its buckets
+        distributed.leave(ok=status != "FAILED")
     return code
 
 
