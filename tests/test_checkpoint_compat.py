@@ -4,7 +4,7 @@ still resumes, and resumes exactly.
 `tests/fixtures/checkpoint_v1/` holds `step-000001/` and `step-000002/` of a real 2-step run written
 by that trainer (`tests/fixtures/make_checkpoint_v1.py` says how). Here today's trainer resumes a copy
 of the run folder holding only `step-000001/` and trains on to step 3; its `step-000002/` must match
-the old one: weights and optimizer moments to 1e-6 (bitwise on the machine that wrote the fixture; a
+the old one: weights and optimizer moments to 1e-6 on a CPU with the fixture's float path (see ATOL; bitwise there; a
 lost piece of state, e.g. the data position or the RNG, changes them by ~1e-4 in one Adam step),
 step, best, counters, data position, meter window and the python/torch RNG states exactly, and the
 training window it logs at step 2 (half of it carried over in the old rank file) as the old trainer
@@ -31,19 +31,38 @@ def corpus(tmp_path_factory):
     return build_corpus(tmp_path_factory.mktemp("checkpoint_v1_corpus"))
 
 
-def assert_close_tensors(a, b, where: str) -> None:
-    """Nested dicts/lists of tensors and numbers: tensors to 1e-6, everything else equal."""
+# Float tolerances. On a CPU with the fixture writer's float path (ATen's vector ISA, recorded in
+# expected.json) everything matches to 1e-6. On another one (e.g. AVX2 where the fixture saw AVX-512) the
+# convolutions round differently, and AdamW turns that noise, in gradients that are mathematically zero
+# (conv biases in front of InstanceNorm), into updates of up to ~lr a step: measured on an AVX2 AMD EPYC,
+# weights 1.3e-3, optimizer moments 2.8e-6, logged losses up to REL_OTHER_ISA apart after 2 steps. There the
+# weights are only checked to be the resumed ones (a lost or fresh generator is O(0.1) away), and the
+# exactness rests on what no float path changes: step, counters, data position, RNG states.
+EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
+SAME_FLOAT_PATH = torch.backends.cpu.get_cpu_capability() == EXPECTED["cpu_capability"]
+LR, STEPS = 5e-4, 2  # the fixture's AdamW learning rate (the default) and steps
+ATOL = {"generator": 1e-6, "discriminator": 1e-6, "moments": 1e-6, "rel_logged": 1e-5} if SAME_FLOAT_PATH else \
+    {"generator": 3 * LR * STEPS, "discriminator": 3 * LR * STEPS, "moments": 5e-5, "rel_logged": 5e-2}
+
+
+def assert_close_tensors(a, b, where: str, atol: float = 1e-6) -> None:
+    """Nested dicts/lists of tensors and numbers: tensors to `atol`, everything else equal."""
     if isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for k in a:
-            assert_close_tensors(a[k], b[k], f"{where}.{k}")
+            assert_close_tensors(a[k], b[k], f"{where}.{k}", atol)
     elif isinstance(a, list | tuple):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
-            assert_close_tensors(x, y, f"{where}[{i}]")
+            assert_close_tensors(x, y, f"{where}[{i}]", atol)
     elif isinstance(a, torch.Tensor):
         assert a.shape == b.shape and a.dtype == b.dtype, where
-        assert torch.allclose(a.double(), b.double(), rtol=0, atol=1e-6), f"{where}: {(a - b).abs().max()}"
+        if a.is_floating_point():
+            assert torch.allclose(a.double(), b.double(), rtol=0, atol=atol), f"{where}: {(a - b).abs().max()}"
+        else:  # integers (RNG states, step counts): exact on any machine
+            assert torch.equal(a, b), where
+    elif isinstance(a, float) and not SAME_FLOAT_PATH:
+        assert a == pytest.approx(b, rel=ATOL["rel_logged"], abs=1e-9), (where, a, b)
     else:
         assert a == b, (where, a, b)
 
@@ -58,9 +77,9 @@ def assert_same_checkpoint(old: Path, new: Path, *, numpy_rng: bool, pending: bo
     assert sorted(new_state) == sorted(old_state)  # the same format
     for key in ("step", "epoch", "best_step", "world_size", "counters") + (("pending_metrics",) if pending else ()):
         assert new_state[key] == old_state[key], key
-    assert new_state["best_pesq"] == pytest.approx(old_state["best_pesq"], abs=1e-9)
+    assert new_state["best_pesq"] == pytest.approx(old_state["best_pesq"], abs=1e-9 if SAME_FLOAT_PATH else 1e-2)
     for key in ("generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d"):
-        assert_close_tensors(new_state[key], old_state[key], key)
+        assert_close_tensors(new_state[key], old_state[key], key, ATOL.get(key, ATOL["moments"]))
     old_rank, new_rank = load_file(old / "rank-0.pt"), load_file(new / "rank-0.pt")
     assert sorted(new_rank) == sorted(old_rank)
     # the exact data position; the stream's state changed by design since: `remix` (always False) and its
@@ -71,7 +90,7 @@ def assert_same_checkpoint(old: Path, new: Path, *, numpy_rng: bool, pending: bo
     new_loader = {k: v for k, v in new_rank["loader"].items() if k != "shuffle_window"}
     assert new_loader == old_loader
     assert new_rank["meter"].keys() == old_rank["meter"].keys()
-    assert_close_tensors(new_rank["meter"], old_rank["meter"], "meter")
+    assert_close_tensors(new_rank["meter"], old_rank["meter"], "meter", 1e-6 if SAME_FLOAT_PATH else ATOL["rel_logged"])
     for gen in ("python", "torch", "numpy") if numpy_rng else ("python", "torch"):  # integers: exact
         assert_close_tensors(new_rank["rng"][gen], old_rank["rng"][gen], gen)
 
@@ -116,10 +135,10 @@ def test_checkpoint_of_the_previous_trainer_resumes_exactly(corpus, tmp_path, mo
                            pending=False)
     assert (run / "checkpoints" / "step-000003" / "COMPLETE").is_file()  # and it trains on
 
-    expected = json.loads((FIXTURE / "expected.json").read_text())["train_window"]
+    expected = EXPECTED["train_window"]
     expected = {k: v for k, v in expected.items() if not k.startswith("data/remix")}  # gone with remixing
     client = MlflowClient(f"sqlite:///{db}")
     run_id = (run / "mlflow_run_id").read_text().strip()
     logged = {k: [m.value for m in client.get_metric_history(run_id, k) if m.step == 2] for k in expected}
     for key, value in expected.items():
-        assert logged[key] == [pytest.approx(value, rel=1e-5, abs=1e-9)], key
+        assert logged[key] == [pytest.approx(value, rel=ATOL["rel_logged"], abs=1e-9)], key
