@@ -1,15 +1,17 @@
 """Rehearse a sweep's exact shape before it costs GPU-hours (issue 24).
 
-    .venv/bin/python benchmarks/rehearse.py SWEEP [--scale F] [--seed S] [--step-s S] [--root DIR]
-        [--time-limits N] [--ranks N] [--parallel N] [--server-down-s S] [--no-faults] [--drop-point]
-        [--keep-server] [--report-only] [key=value ...]
+    .venv/bin/python benchmarks/rehearse.py SWEEP [--executor local|slurm] [--scale F] [--seed S] [--step-s S]
+        [--root DIR] [--time-limits N] [--ranks N] [--parallel N] [--server-down-s S] [--no-faults]
+        [--drop-point] [--keep-server] [--report-only] [--timeout-s S] [key=value ...]
 
-Executors: ``local`` only (the normal `orchestrate sweep` local machinery). ``slurm`` is not done yet.
+Executors: ``local`` (the local launcher; the driver requeues by rerunning `orchestrate sweep`) and
+``slurm`` (the real test SLURM of tests/slurm_cluster.py, started under --root; jobs stopped at a
+checkpoint requeue themselves, a SIGKILLed job is resubmitted by the next run; see run_groups).
 
 Every cell of SWEEP runs through the real `orchestrate sweep` (launcher, ledger, the sweep's MLflow
 tracking server, real tracker, checkpoint writer and training stream), with the model's forward/backward
-replaced by a wait of the planner's predicted GPU step time (`trainer.rehearse_step_s`; the planner's
-device for the sweep's profile under SLURM), validation by synthetic `val/*` values at the real cadence
+replaced by a wait of the cell's own planned GPU step time (`trainer.rehearse_step_s`, a per-cell
+override in the sweep copy; the planner's device for the sweep's profile under SLURM), validation by synthetic `val/*` values at the real cadence
 and the end-of-job evaluation by scoring the noisy input (the model never runs), and `trainer.max_steps`
 scaled by ``--scale``. The job time limit is scaled by the same factor: each cell's planned chains become
 time-limit stops at equal step boundaries (USR2, as SLURM sends it `signal_before_end_s` before the limit;
@@ -27,7 +29,7 @@ The sweep's MLflow server is stopped after the last run (``--keep-server`` leave
 
 Scaled down where this machine cannot carry the load (printed in the table): ``--ranks`` (ranks per cell),
 ``--parallel`` (cells at once; the MLflow rate scales with it), and any ``key=value`` override (e.g. the
-corpus, `data.batch_size`, `data.num_workers`). One step time and one max_steps for all cells (means).
+corpus, `data.batch_size`, `data.num_workers`). One max_steps for all cells (the mean).
 
 Prints one table; exits 1 on any loss (a metric point missing or stored twice, a cell not done, a cell
 requeued other than injected, a server fault that failed). ``--drop-point`` deletes one stored point before
@@ -38,14 +40,17 @@ log_batch latency is measured at the client (training.tracking's sender, around 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -61,7 +66,7 @@ def _sweep(args, overrides: list[str], faults: str, stats: Path) -> int:
     if faults:
         env["SE_FAULTS"] = faults
     orch = Path(sys.executable).with_name("orchestrate")
-    cmd = [str(orch), "sweep", args.sweep, "--executor", "local", "--root", args.root, *overrides]
+    cmd = [str(orch), "sweep", args.sweep, "--executor", args.executor, "--root", args.root, *overrides]
     print(f"rehearse: {' '.join(cmd[1:3])} ... SE_FAULTS={faults or '-'}", file=sys.stderr, flush=True)
     return subprocess.run(cmd, env=env, cwd=ROOT).returncode
 
@@ -135,13 +140,72 @@ def schedule(stops: dict[str, int], steps: int, ckpt: int, rng: random.Random, f
     return {c: [e for k, e in sorted(d.items()) if 0 < k < steps] for c, d in ev.items()}
 
 
+def run_groups(events: dict, executor: str) -> dict[str, list[list]]:
+    """Per cell, its events grouped by the `orchestrate sweep` run whose SE_FAULTS holds them; the last
+    group (maybe empty) is the run that finishes the cell. Local: one event a run (the local launcher
+    does not requeue; the driver's next run is the requeue). SLURM: a job stopped at a checkpoint
+    requeues itself (exit 75, `scontrol requeue`, orchestrator/launchers/slurm_task.py) within the same
+    run, so a run holds every event up to and including a SIGKILL (a failed job: the next run resubmits it)."""
+    out = {}
+    for cell, es in events.items():
+        out[cell] = [[]]
+        for e in es:
+            out[cell][-1].append(e)
+            if executor == "local" or e[1] == "SIGKILL after checkpoint":
+                out[cell].append([])
+    return out
+
+
+@contextlib.contextmanager
+def test_cluster(base: Path, plan):
+    """The suite's real SLURM on this machine (tests/slurm_cluster.py: munged, slurmctld, two slurmd), with
+    enough CPU slots on the two nodes for the sweep's cells at once (one per rank); SLURM_CONF points at it."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from slurm_cluster import SlurmCluster, slurm_available
+
+    if reason := slurm_available():
+        raise SystemExit(f"--executor slurm: {reason}")
+    launcher = plan.cells[0].config.launcher
+    parallel = plan.spec.resources.get("max_parallel") or len(plan.cells)
+    cpus = max(launcher.nproc, -(-min(parallel, len(plan.cells)) // 2) * launcher.nproc)
+    old = os.environ.get("SLURM_CONF")
+    with SlurmCluster(base, cpus_per_node=cpus, mem_mb_per_node=1024 * (cpus + 1)) as cluster:
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        print(f"rehearse: test SLURM up, 2 nodes x {cpus} CPUs ({base})", file=sys.stderr)
+        try:
+            yield cluster
+        finally:  # jobs still queued or running (a timeout) end with the cluster, not after it
+            subprocess.run(["scancel", "--user", str(os.getuid())], env=cluster.env, capture_output=True)
+            os.environ.pop("SLURM_CONF") if old is None else os.environ.update(SLURM_CONF=old)
+
+
+def wait_settled(sweep_dir: Path, deadline: float, poll_s: float = 2.0) -> None:
+    """Until no cell has a job queued or running (two polls in a row): every cell done, failed, cancelled
+    or preempted. A job that requeued itself stays queued, so a chain of requeues is waited for whole."""
+    from orchestrator.sweeps.status import status_rows
+
+    calm, rows = 0, []
+    while time.monotonic() < deadline:
+        rows = status_rows(sweep_dir)
+        held = [(r["cell"], r["reason"]) for r in rows if "held" in str(r.get("reason") or "")]
+        if held:  # e.g. "launch failed requeued held": SLURM will not run it again by itself
+            raise SystemExit(f"rehearse: SLURM holds cells {held} (see the cluster's slurmd logs)")
+        calm = calm + 1 if all(r["state"] in ("done", "failed", "cancelled", "preempted") for r in rows) else 0
+        if calm >= 2:
+            return
+        time.sleep(poll_s)
+    raise SystemExit(f"rehearse: timed out (--timeout-s) with cells {[(r['cell'], r['state'], r['step']) for r in rows]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sweep")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--scale", type=float, default=0.001, help="factor on max_steps and the job time limit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--executor", choices=("local",), default="local")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: the local launcher; slurm: the real test SLURM (tests/slurm_cluster.py, needs root)")
+    p.add_argument("--timeout-s", type=float, default=3600, help="give up (exit 1) after this long")
     p.add_argument("--root", default="runs/rehearsal")
     p.add_argument("--step-s", type=float, default=None, help="replace the planner's step time (seconds)")
     p.add_argument("--time-limits", type=int, default=None,
@@ -179,12 +243,23 @@ def main(argv: list[str] | None = None) -> int:
         scaled["GPUs/node"] = (res.pop("gpus_per_node"), 0)
     if doc.get("profile") not in (None, "local"):
         doc["profile"] = "local"  # this machine: its MLflow host and paths, not the cluster's
+    doc["executor"] = args.executor
+    for key in ("partition", "account", "cpus_per_task", "mem_gb", "time_min", "nodes"):
+        res.pop(key, None)  # the cluster's values: here the local profile's (one CPU a rank)
+    if args.executor == "slurm":
+        res.update(cpus_per_task=1, mem_gb=1)  # the ranks wait on GPUs that are not there: one CPU each
+    if args.step_s is None:  # each cell its own planned step time (an override matched on its grid values)
+        step_of = {c.cell: 1 / c.steps_per_s for c in costs}
+        doc["overrides"] = [*(doc.get("overrides") or []), *(
+            {"match": dict(c.values), "set": {"trainer.rehearse_step_s": float(f"{step_of[c.id]:.6g}")}}
+            for c in original.cells)]
     Path(args.root).mkdir(parents=True, exist_ok=True)
     args.sweep = str(Path(args.root) / f"{Path(args.sweep).stem}.rehearse.yaml")
     Path(args.sweep).write_text(yaml.safe_dump(doc, sort_keys=False))
-    plan = build_plan(args.sweep, executor="local", root=args.root, overrides=args.overrides)
+    plan = build_plan(args.sweep, executor=args.executor, root=args.root, overrides=args.overrides)
     t = plan.cells[0].config.trainer
     step_s = args.step_s if args.step_s is not None else statistics.mean(1 / c.steps_per_s for c in costs)
+    cell_steps = {c.id: c.config.trainer.rehearse_step_s for c in plan.cells}
     planned_steps = statistics.mean(c.steps for c in costs)
     chains = max(c.chains for c in costs)
     # time-limit stops per cell: its planned chains - 1 (the job time limit scaled like max_steps)
@@ -193,12 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     steps = max(2 * t.log_every, round(planned_steps * args.scale))
     ckpt = max(1, min(t.ckpt_every, steps // max(2, 2 * (max(stops.values()) + 1))))
     events = schedule(stops, steps, ckpt, random.Random(args.seed), not args.no_faults)
-    overrides = [*args.overrides, f"trainer.rehearse_step_s={step_s:.6g}", f"trainer.max_steps={steps}",
-                 f"trainer.ckpt_every={ckpt}"]
-    print(f"rehearse: {len(plan.cells)} cells, {planned_steps:,.0f} planned steps/cell -> {steps} (x{args.scale:g}), "
-          f"step {step_s * 1e3:.1f} ms ({device}, planner), {chains} planned chain(s)/cell at most, time-limit "
+    overrides = [*args.overrides, f"trainer.max_steps={steps}", f"trainer.ckpt_every={ckpt}",
+                 *([f"trainer.rehearse_step_s={step_s:.6g}"] if args.step_s is not None else [])]
+    step_text = (f"step {step_s * 1e3:.1f} ms (--step-s)" if args.step_s is not None else
+                 f"step {min(cell_steps.values()) * 1e3:.1f}-{max(cell_steps.values()) * 1e3:.1f} ms per cell "
+                 f"({device}, planner)")
+    print(f"rehearse: {len(plan.cells)} cells on {args.executor}, {planned_steps:,.0f} planned steps/cell -> {steps} "
+          f"(x{args.scale:g}), {step_text}, {chains} planned chain(s)/cell at most, time-limit "
           f"stops {sorted(set(stops.values()))}/cell; faults {sorted((e[0], e[1], c) for c, es in events.items() for e in es if e[1] != 'time limit')}; "
-          f"simplified: one step time and max_steps for all cells (means)", file=sys.stderr)
+          f"simplified: one max_steps for all cells (the mean)", file=sys.stderr)
     stats = Path(args.root).resolve() / f"{plan.sweep_dir.name}.tracking-stats.jsonl"
     stats.parent.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
@@ -206,19 +284,29 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if not args.no_faults and not args.report_only and plan.tracking and plan.tracking.server_dir is not None:
         server = ServerFault(plan, t.log_every, args.server_down_s)
+    groups = run_groups(events, args.executor)
     t0 = time.monotonic()
-    for i in range(0 if args.report_only else 1 + max(map(len, events.values()))):
-        rules = [es[i][2] for es in events.values() if i < len(es)]  # each cell's next job-ending event
-        if server is not None:
-            server.armed.set()
-            if i == 0:
-                server.start()
-        _sweep(args, overrides, ";".join(rules), stats)
-        if server is not None:
-            with server.lock:
-                server.armed.clear()
-            if server.killed.is_set():
-                server.join()  # restarted before the next run (its start would otherwise race the restart)
+    deadline = t0 + args.timeout_s
+    with contextlib.ExitStack() as stack:
+        if args.executor == "slurm" and not args.report_only:
+            # under /tmp: slurmstepd's socket paths below the folder must stay under 108 bytes
+            base = Path(tempfile.mkdtemp(prefix="rehearse-slurm-", dir="/tmp"))
+            stack.callback(shutil.rmtree, base, True)
+            stack.enter_context(test_cluster(base, plan))
+        for i in range(0 if args.report_only else max(map(len, groups.values()))):
+            rules = [e[2] for gs in groups.values() if i < len(gs) for e in gs[i]]
+            if server is not None:
+                server.armed.set()
+                if i == 0:
+                    server.start()
+            _sweep(args, overrides, ";".join(rules), stats)
+            if args.executor == "slurm":
+                wait_settled(plan.sweep_dir, deadline)
+            if server is not None:
+                with server.lock:
+                    server.armed.clear()
+                if server.killed.is_set():
+                    server.join()  # restarted before the next run (its start would otherwise race the restart)
     wall = time.monotonic() - t0
     if not args.report_only and not args.keep_server and plan.tracking and plan.tracking.server_dir is not None:
         from orchestrator.mlflow_server import stop_server  # the report reads the SQLite store directly
@@ -236,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         elif not server.done:
             problems.append("MLflow server kill/restart did not happen (no cell logged a window while it waited)")
     injected = {c: len(es) for c, es in events.items()}
-    code = report(plan, Ledger(plan.sweep_dir).read(), steps, t.log_every, t.val_every, injected, costs, step_s,
+    code = report(plan, Ledger(plan.sweep_dir).read(), steps, t.log_every, t.val_every, injected, costs,
+                  statistics.mean(cell_steps.values()),
                   stats, server.done if server else "", wall, args.drop_point,
                   scaled | {"overrides": args.overrides}, server.outage_ms if server else None)
     for line in problems:

@@ -43,8 +43,9 @@ ENV_VAR = "SE_FAULTS"
 CELL_ENV = "SE_FAULTS_CELL"
 
 POINTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "train.step": ("training loop, at every step boundary before the stop check (step = steps done)",
-                   ("step", "rank")),
+    "train.step": ("training loop, at every step boundary before the stop check (step = steps done); not at "
+                   "a resumed run's first one (the run that saved it reached it: a requeued job keeps its "
+                   "SE_FAULTS, and `step=N` must not stop it again)", ("step", "rank")),
     "checkpoint.files_written": ("checkpoint save: this rank's files written, before the COMPLETE marker",
                                  ("step", "rank")),
     "checkpoint.saved": ("checkpoint save: step-N complete and renamed, old ones pruned (rank 0)",

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import TINY_RWSA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,16 @@ def _row(out: str, label: str) -> str:
     return m.group(1)
 
 
-def test_rehearsal_with_one_fault_of_each_kind_loses_no_point(journey_corpus, tmp_path, capsys):
+def _logs(runs: Path, cell: Path) -> str:
+    """What the cell's processes printed: the local launcher's log, or SLURM's job output files."""
+    local = cell / "launcher.log"
+    return local.read_text() if local.exists() else "".join(p.read_text() for p in (runs / "rh" / "logs").glob("*.out"))
+
+
+@pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=[pytest.mark.slow, pytest.mark.slurm])])
+def test_rehearsal_with_one_fault_of_each_kind_loses_no_point(executor, journey_corpus, tmp_path, capsys):
+    """SLURM: the same faults on the real test cluster; the time-limit stop and the preemption requeue
+    the job by itself (`scontrol requeue`), the SIGKILLed job is resubmitted by the next sweep run."""
     from training.progress import WINDOW_KEYS
     from training.validation import VAL_METRICS
 
@@ -37,15 +47,16 @@ def test_rehearsal_with_one_fault_of_each_kind_loses_no_point(journey_corpus, tm
     base["model.options"] = {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}
     sweep = tmp_path / "rh.yaml"
     sweep.write_text(json.dumps({"name": "rh", "base": base, "grid": {"trainer.seed": [0]}, "profile": "local",
-                                 "executor": "local", "resources": {"nproc": 1, "cpus_per_task": 1}}))
+                                 "executor": executor, "resources": {"nproc": 1, "cpus_per_task": 1}}))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "rehearse.py"), str(sweep), "--scale", "1", "--step-s", "0.1",
-           "--time-limits", "1", "--seed", "3", "--root", str(tmp_path / "runs"), "--server-down-s", "1"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+           "--time-limits", "1", "--seed", "3", "--root", str(tmp_path / "runs"), "--server-down-s", "1",
+           "--executor", executor, "--timeout-s", "420"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     out = r.stdout
     assert r.returncode == 0, out + r.stderr[-3000:]
     cells = list((tmp_path / "runs" / "rh" / "cells").iterdir())
     assert len(cells) == 1, cells
-    cell_log = (cells[0] / "launcher.log").read_text()
+    cell_log = _logs(tmp_path / "runs", cells[0])
     assert cell_log.count("fault injected at train.step") == 2  # the time limit and the preemption (USR2)
     assert cell_log.count("fault injected at checkpoint.saved") == 1  # the SIGKILL
     exp, stored = map(int, re.match(r"(\d+) / (\d+) \(missing 0, duplicates 0\)",

@@ -135,7 +135,8 @@ class Trainer:
         self.write_progress("running")
         self.meter.start(self.step)
         while self.step < t.max_steps:
-            faults.point("train.step", step=self.step, rank=self.env.rank)
+            if self.step > start_step or start_step == 0:  # a resumed run's first boundary was reached before
+                faults.point("train.step", step=self.step, rank=self.env.rank)
             if self.preempt.should_stop(self.device):
                 log.warning("stopping at step %d: %s; checkpointing for requeue", self.step, self.preempt.reason)
                 if self.ckpt.latest() is None or self.ckpt.complete_steps()[-1] != self.step:
