@@ -40,6 +40,7 @@ log_batch latency is measured at the client (training.tracking's sender, around 
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
 import os
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                     server.armed.clear()
                 if server.killed.is_set():
                     server.join()  # restarted before the next run (its start would otherwise race the restart)
-    wall = time.monotonic() - t0
+    wall = None if args.report_only else time.monotonic() - t0
     if not args.report_only and not args.keep_server and plan.tracking and plan.tracking.server_dir is not None:
         from orchestrator.mlflow_server import stop_server  # the report reads the SQLite store directly
 
@@ -405,6 +406,16 @@ def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, s
     lat.sort()
     pct = (lambda q: f"{lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3:.1f} ms") if lat else (lambda q: "-")
     simulated = len(ledger["cells"]) * steps * step_s
+    ts = sorted(t for (t,) in con.execute("SELECT timestamp FROM metrics WHERE key NOT LIKE 'system/%'"))
+    busiest = max((bisect.bisect_left(ts, t + 10_000) - i for i, t in enumerate(ts)), default=0) / 10
+    rate = {run: v for run, v in con.execute(  # each cell's mean of its logged windows' steps/s
+        "SELECT run_uuid, AVG(value) FROM metrics WHERE key='train/steps_per_s' GROUP BY run_uuid")}
+    by_model: dict[str, list] = {}
+    for c in plan.cells:
+        if runs.get(c.id) in rate:
+            by_model.setdefault(c.config.model.name, []).append((rate[runs[c.id]], c.config.trainer.rehearse_step_s))
+    pace = "; ".join(f"{m} {statistics.mean(r for r, _ in v):.2f} / {1 / statistics.mean(s for _, s in v):.2f}"
+                     for m, v in by_model.items() if all(s > 0 for _, s in v))
     rows = [
         ("metric points expected / stored", f"{exp} / {stored} (missing {missing}, duplicates {dup})"),
         ("cells done", f"{done} / {len(ledger['cells'])}"),
@@ -416,6 +427,8 @@ def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, s
          f"{steps * len(req):,} steps, {len(req) + sum(req.values())} jobs"),
         ("MLflow points/s: planned (all cells) / rehearsal (stored / wall)",
          f"{sum(c.mlflow_points_per_h for c in costs) / 3600:.0f} / " + (f"{stored / wall:.0f}" if wall else "-")),
+        ("MLflow points/s, busiest 10 s (client timestamps, no system/*)", f"{busiest:.0f}"),
+        ("steps/s per cell: rehearsed / planned (mean by model)", pace or "-"),
         ("MLflow server restarts", (server or "none") + (
             f"; points logged while it was down, stored: {outage_points}" if outage_ms else "")),
         ("scaled down here (planned -> rehearsed)", "; ".join(

@@ -60,7 +60,8 @@ def _exe(name: str) -> str:
 
 
 class SlurmCluster:
-    """munged + slurmctld + slurmd×2 rooted at ``base``; ``env`` points clients at it."""
+    """munged + slurmctld + slurmd×2 rooted at ``base``; ``env`` points clients at it. More CPUs per node
+    than the machine has (the scale rehearsal's slots for waiting ranks) use `config_overrides`."""
 
     def __init__(self, base: Path, cpus_per_node: int = 2, mem_mb_per_node: int = 8000):
         self.base = Path(base)
@@ -111,7 +112,7 @@ SlurmdTimeout=60
 InactiveLimit=0
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-PreemptType=preempt/partition_prio
+{"SlurmdParameters=config_overrides" + chr(10) if self.cpus_per_node > (os.cpu_count() or 1) else ""}PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 NodeName=node1 Port={n1} {node}
