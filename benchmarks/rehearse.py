@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from orchestrator.ledger import Ledger
+    from orchestrator.mlflow_server import TIMING_ENV
     from orchestrator.planner import device_for, plan_costs
     from orchestrator.sweeps.plan import build_plan
 
@@ -280,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
           f"simplified: one max_steps for all cells (the mean)", file=sys.stderr)
     stats = Path(args.root).resolve() / f"{plan.sweep_dir.name}.tracking-stats.jsonl"
     stats.parent.mkdir(parents=True, exist_ok=True)
+    timing = Path(args.root).resolve() / f"{plan.sweep_dir.name}.server-timing"
     if not args.report_only:
         stats.unlink(missing_ok=True)
+        shutil.rmtree(timing, ignore_errors=True)
+    os.environ[TIMING_ENV] = str(timing)  # the sweep's server (and its restart) time each log_batch
     server = None
     if not args.no_faults and not args.report_only and plan.tracking and plan.tracking.server_dir is not None:
         server = ServerFault(plan, t.log_every, args.server_down_s)
@@ -328,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     code = report(plan, Ledger(plan.sweep_dir).read(), steps, t.log_every, t.val_every, injected, costs,
                   statistics.mean(cell_steps.values()),
                   stats, server.done if server else "", wall, args.drop_point,
-                  scaled | {"overrides": args.overrides}, server.outage_ms if server else None)
+                  scaled | {"overrides": args.overrides}, server.outage_ms if server else None, timing)
     for line in problems:
         print(f"LOSS: {line}")
     return 1 if problems else code
@@ -361,8 +365,21 @@ def requeue_text(req: dict[str, int], injected: dict[str, int], costs) -> str:
     return (text + (f"; {rest} other cell(s) 0/0 (plan 0)" if rest else "")) or "-"
 
 
+def server_timings(folder: Path) -> list[float]:
+    """Seconds of every log_batch request the sweep's server timed (orchestrator/mlflow_timing.py's
+    files: all workers, all server lifetimes; a line cut by a SIGKILLed server is skipped)."""
+    out: list[float] = []
+    for path in sorted(Path(folder).glob("log-batch-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                out += json.loads(line)["s"]
+            except (ValueError, KeyError):
+                continue
+    return out
+
+
 def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, stats, server, wall, drop,
-           scaled=None, outage_ms=None) -> int:
+           scaled=None, outage_ms=None, timing: Path | None = None) -> int:
     store = plan.tracking.store
     db = store[len("sqlite:///"):]
     con = sqlite3.connect(db)
@@ -403,8 +420,9 @@ def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, s
             s = json.loads(line)
             lat += s["latencies_s"]
             blocked += s["blocked_s"]
-    lat.sort()
-    pct = (lambda q: f"{lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3:.1f} ms") if lat else (lambda q: "-")
+    def pct(values: list[float], q: float) -> str:
+        return f"{sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1e3:.1f} ms" if values else "-"
+    at_server = server_timings(timing) if timing else []
     simulated = len(ledger["cells"]) * steps * step_s
     ts = sorted(t for (t,) in con.execute("SELECT timestamp FROM metrics WHERE key NOT LIKE 'system/%'"))
     busiest = max((bisect.bisect_left(ts, t + 10_000) - i for i, t in enumerate(ts)), default=0) / 10
@@ -420,7 +438,9 @@ def report(plan, ledger, steps, log_every, val_every, injected, costs, step_s, s
         ("metric points expected / stored", f"{exp} / {stored} (missing {missing}, duplicates {dup})"),
         ("cells done", f"{done} / {len(ledger['cells'])}"),
         ("requeues per cell: actual / injected (plan chains-1)", requeue_text(req, injected, costs)),
-        ("log_batch latency p50 / p99 (client side)", f"{pct(0.5)} / {pct(0.99)} over {len(lat)} calls"),
+        ("log_batch latency p50 / p99 (client side)", f"{pct(lat, 0.5)} / {pct(lat, 0.99)} over {len(lat)} calls"),
+        ("log_batch latency p50 / p99 (at the server)",
+         f"{pct(at_server, 0.5)} / {pct(at_server, 0.99)} over {len(at_server)} requests"),
         ("step time blocked on tracking (goal <= 1 %)", f"{100 * blocked / simulated:.3f} %" if simulated else "-"),
         ("planner steps, jobs vs rehearsal (all cells)",
          f"{sum(c.steps for c in costs):,} steps, {sum(c.chains for c in costs)} jobs; rehearsed "

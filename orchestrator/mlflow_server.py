@@ -140,6 +140,9 @@ def _needs_allowed_hosts(host: str) -> bool:
     return not (ip.is_loopback or ip.is_private)
 
 
+TIMING_ENV = "SE_SERVER_TIMING"  # a folder: serve orchestrator.mlflow_timing's app, which writes there
+
+
 def server_command(
     *,
     backend_store_uri: str,
@@ -164,6 +167,8 @@ def server_command(
     if _needs_allowed_hosts(connect):
         allowed = ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", connect, f"{connect}:*"]
         cmd += ["--allowed-hosts", ",".join(allowed)]
+    if os.environ.get(TIMING_ENV):  # the scale rehearsal: log-batch timed inside the server
+        cmd += ["--app-name", "se-timed"]
     return cmd
 
 

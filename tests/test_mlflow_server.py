@@ -355,3 +355,37 @@ def test_sqlite_stores_follow_the_umask(tmp_path):
         os.umask(old)
     for db in (tmp_path / "srv" / "mlflow.db", tmp_path / "direct" / "mlflow.db"):
         assert oct(db.stat().st_mode & 0o777) == "0o664", db
+
+
+def test_a_server_started_with_se_server_timing_times_log_batch_inside_the_server(tmp_path, monkeypatch):
+    """The rehearsal's server (`SE_SERVER_TIMING` set): MLflow's own app behind orchestrator.mlflow_timing;
+    each log_batch request's seconds land in the folder (one line a second per worker), other calls don't."""
+    import json
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    timing = tmp_path / "timing"
+    monkeypatch.setenv(ms.TIMING_ENV, str(timing))
+    d = tmp_path / "mlflow-server"
+    assert ms.server_command(backend_store_uri="sqlite:///x.db", artifacts_destination="a")[-2:] == \
+        ["--app-name", "se-timed"]
+    info = ms.start_server(d, backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", workers=2, timeout_s=180)
+    try:
+        client = MlflowClient(tracking_uri=info.uri)
+        rid = client.create_run(client.create_experiment("timed")).info.run_id
+        for step in range(5):
+            client.log_batch(rid, metrics=[Metric("train/loss_g", 1.0, 0, step)])
+        client.log_metric(rid, "train/lr", 1e-3, step=0)  # not a log_batch: not timed
+        deadline = time.monotonic() + 20
+        seconds: list[float] = []
+        while time.monotonic() < deadline and len(seconds) < 5:
+            time.sleep(0.5)
+            seconds = [s for p in timing.glob("log-batch-*.jsonl") for line in p.read_text().splitlines()
+                       for s in json.loads(line)["s"]]
+        assert len(seconds) == 5 and all(0 < s < 10 for s in seconds), seconds
+        assert len(client.get_metric_history(rid, "train/loss_g")) == 5  # MLflow's app served them
+    finally:
+        ms.stop_server(d, timeout_s=10)
+        if ms._pid_alive(info.pid):
+            os.killpg(info.pid, 9)
