@@ -34,7 +34,9 @@ corpus, `data.batch_size`, `data.num_workers`). One max_steps for all cells (the
 Prints one table; exits 1 on any loss (a metric point missing or stored twice, a cell not done, a cell
 requeued other than injected, a server fault that failed). ``--drop-point`` deletes one stored point before
 the check (the test of the check itself); ``--report-only`` checks a finished rehearsal in --root again.
-log_batch latency is measured at the client (training.tracking's sender, around each log_batch call).
+log_batch latency is measured at the client (training.tracking's sender, around each log_batch call) and
+at the server (orchestrator/mlflow_timing.py: the sweep's server is started with it while SE_SERVER_TIMING
+names a folder, which the rehearsal sets).
 """
 
 from __future__ import annotations
