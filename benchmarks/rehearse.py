@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         stats.unlink(missing_ok=True)
         shutil.rmtree(timing, ignore_errors=True)
-    os.environ[TIMING_ENV] = str(timing)  # the sweep's server (and its restart) time each log_batch
+        os.environ[TIMING_ENV] = str(timing)  # the sweep's server (and its restart) time each log_batch
     server = None
     if not args.no_faults and not args.report_only and plan.tracking and plan.tracking.server_dir is not None:
         server = ServerFault(plan, t.log_every, args.server_down_s)
