@@ -185,6 +185,7 @@ def test_cluster(base: Path, plan):
 def wait_settled(sweep_dir: Path, deadline: float, poll_s: float = 2.0) -> None:
     """Until no cell has a job queued or running (two polls in a row): every cell done, failed, cancelled
     or preempted. A job that requeued itself stays queued, so a chain of requeues is waited for whole."""
+    from orchestrator.ledger import ACTIVE
     from orchestrator.sweeps.status import status_rows
 
     calm, rows = 0, []
@@ -193,7 +194,7 @@ def wait_settled(sweep_dir: Path, deadline: float, poll_s: float = 2.0) -> None:
         held = [(r["cell"], r["reason"]) for r in rows if "held" in str(r.get("reason") or "")]
         if held:  # e.g. "launch failed requeued held": SLURM will not run it again by itself
             raise SystemExit(f"rehearse: SLURM holds cells {held} (see the cluster's slurmd logs)")
-        calm = calm + 1 if all(r["state"] in ("done", "failed", "cancelled", "preempted") for r in rows) else 0
+        calm = calm + 1 if not any(r["state"] in ACTIVE for r in rows) else 0
         if calm >= 2:
             return
         time.sleep(poll_s)
@@ -260,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.root).mkdir(parents=True, exist_ok=True)
     args.sweep = str(Path(args.root) / f"{Path(args.sweep).stem}.rehearse.yaml")
     Path(args.sweep).write_text(yaml.safe_dump(doc, sort_keys=False))
-    plan = build_plan(args.sweep, executor=args.executor, root=args.root, overrides=args.overrides)
+    given_step = [f"trainer.rehearse_step_s={args.step_s:.6g}"] if args.step_s is not None else []
+    plan = build_plan(args.sweep, executor=args.executor, root=args.root, overrides=[*args.overrides, *given_step])
     t = plan.cells[0].config.trainer
-    step_s = args.step_s if args.step_s is not None else statistics.mean(1 / c.steps_per_s for c in costs)
-    cell_steps = {c.id: c.config.trainer.rehearse_step_s for c in plan.cells}
+    cell_steps = {c.id: c.config.trainer.rehearse_step_s for c in plan.cells}  # what each cell will wait
     planned_steps = statistics.mean(c.steps for c in costs)
     chains = max(c.chains for c in costs)
     # time-limit stops per cell: its planned chains - 1 (the job time limit scaled like max_steps)
@@ -272,9 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = max(2 * t.log_every, round(planned_steps * args.scale))
     ckpt = max(1, min(t.ckpt_every, steps // max(2, 2 * (max(stops.values()) + 1))))
     events = schedule(stops, steps, ckpt, random.Random(args.seed), not args.no_faults)
-    overrides = [*args.overrides, f"trainer.max_steps={steps}", f"trainer.ckpt_every={ckpt}",
-                 *([f"trainer.rehearse_step_s={step_s:.6g}"] if args.step_s is not None else [])]
-    step_text = (f"step {step_s * 1e3:.1f} ms (--step-s)" if args.step_s is not None else
+    overrides = [*args.overrides, *given_step, f"trainer.max_steps={steps}", f"trainer.ckpt_every={ckpt}"]
+    step_text = (f"step {args.step_s * 1e3:.1f} ms (--step-s)" if args.step_s is not None else
                  f"step {min(cell_steps.values()) * 1e3:.1f}-{max(cell_steps.values()) * 1e3:.1f} ms per cell "
                  f"({device}, planner)")
     print(f"rehearse: {len(plan.cells)} cells on {args.executor}, {planned_steps:,.0f} planned steps/cell -> {steps} "

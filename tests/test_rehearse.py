@@ -66,6 +66,7 @@ def test_rehearsal_with_one_fault_of_each_kind_loses_no_point(executor, journey_
     assert _row(out, "cells done") == "1 / 1"
     assert re.fullmatch(r"\S+ 3/3 \(plan 0\)", _row(out, "requeues per cell: actual / injected (plan chains-1)"))
     assert re.fullmatch(r"[\d.]+ ms / [\d.]+ ms over [1-9]\d* requests", _row(out, "log_batch latency p50 / p99 (at the server)"))
+    assert re.fullmatch(r"\d+\.\d{3} %", _row(out, "step time blocked on tracking (goal <= 1 %)"))  # 0.1 s a step
     server = _row(out, "MLflow server restarts")
     assert "SIGKILLed" in server and "restarted as pid" in server
     assert int(re.search(r"points logged while it was down, stored: (\d+)", server).group(1)) > 0
