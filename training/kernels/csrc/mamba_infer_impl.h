@@ -190,6 +190,76 @@ static void scan_block16_v512(long m, long E, long P, long R, long o, const floa
 #pragma GCC unroll 16
     for (int n = 0; n < 16; n++) _mm512_storeu_ps(state + n * E + o, h[n]);
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+/* The AVX-512 functions above on 8 lanes (AVX2 + FMA: AMD Zen 2/3 such as LUMI's, Intel before
+ * Skylake-SP): the same polynomial and rounding, 2^k built in the exponent bits (k clamped to
+ * [-126, 128]; 128 gives inf, as vscalefps overflows), so the results equal the AVX-512 path's. */
+static inline __m256 exp2_v256(__m256 t) {
+    __m256 kf = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_sub_ps(t, kf);
+    __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(1.540353039e-04f), _mm256_set1_ps(1.333355815e-03f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(9.618129108e-03f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(5.550410866e-02f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(2.402265070e-01f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(6.931471806e-01f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(1.f));
+    kf = _mm256_min_ps(_mm256_max_ps(kf, _mm256_set1_ps(-126.f)), _mm256_set1_ps(128.f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(kf), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+static inline __m256 exp_v256(__m256 x) { return exp2_v256(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f))); }
+
+static void silu_v256(float *restrict x, long n) {
+    for (long q = 0; q < n; q += 8) {
+        __m256 v = _mm256_loadu_ps(x + q);
+        __m256 e = exp_v256(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        _mm256_storeu_ps(x + q, _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.f), e)));
+    }
+}
+
+static void softplus_gate_v256(float *restrict dt, const float *restrict z, float *restrict gate, float *restrict tmp,
+                               long n) {
+    for (long q = 0; q < n; q += 8) {
+        __m256 v = _mm256_loadu_ps(dt + q), zz = _mm256_loadu_ps(z + q);
+        _mm256_storeu_ps(tmp + q, exp_v256(_mm256_min_ps(v, _mm256_sub_ps(_mm256_setzero_ps(), v))));
+        __m256 e = exp_v256(_mm256_sub_ps(_mm256_setzero_ps(), zz));
+        _mm256_storeu_ps(gate + q, _mm256_mul_ps(zz, _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), e))));
+    }
+#pragma omp simd
+    for (long q = 0; q < n; q++) dt[q] = (dt[q] > 0 ? dt[q] : 0.f) + log1p_unit_f32(tmp[q]);
+}
+
+/* scan_block16_v512 on one half (8 channels at offset o) of a block: the 16 states in registers. */
+static void scan_half16_v256(long m, long E, long P, long R, long o, const float *restrict dt,
+                             const float *restrict u, const float *restrict xd, const float *restrict At,
+                             const float *restrict D, const float *restrict gate, float *restrict state,
+                             float *restrict y) {
+    __m256 h[16];
+    float a2[16 * 8];
+#pragma GCC unroll 16
+    for (int n = 0; n < 16; n++) {
+        h[n] = _mm256_loadu_ps(state + n * E + o);
+        _mm256_storeu_ps(a2 + 8 * n, _mm256_mul_ps(_mm256_loadu_ps(At + n * E + o), _mm256_set1_ps(1.4426950408889634f)));
+    }
+    __m256 dv = _mm256_loadu_ps(D + o);
+    for (long k = 0; k < m; k++) {
+        __m256 dk = _mm256_loadu_ps(dt + k * E + o), uk = _mm256_loadu_ps(u + k * E + o);
+        __m256 dtu = _mm256_mul_ps(dk, uk), yy = _mm256_mul_ps(dv, uk);
+        const float *bt = xd + k * P + R, *ct = bt + 16;
+#pragma GCC unroll 16
+        for (int n = 0; n < 16; n++) {
+            __m256 e = exp2_v256(_mm256_mul_ps(dk, _mm256_loadu_ps(a2 + 8 * n)));
+            h[n] = _mm256_fmadd_ps(e, h[n], _mm256_mul_ps(dtu, _mm256_set1_ps(bt[n])));
+            yy = _mm256_fmadd_ps(h[n], _mm256_set1_ps(ct[n]), yy);
+        }
+        _mm256_storeu_ps(y + k * E + o, _mm256_mul_ps(yy, _mm256_loadu_ps(gate + k * E + o)));
+    }
+#pragma GCC unroll 16
+    for (int n = 0; n < 16; n++) _mm256_storeu_ps(state + n * E + o, h[n]);
+}
 #endif
 
 int mamba_infer_f32(const float *restrict x, const float *restrict normw, float eps, int reverse, int residual,
@@ -240,6 +310,8 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
             }
 #if defined(__AVX512F__)
             silu_v512(u, m * E);
+#elif defined(__AVX2__) && defined(__FMA__)
+            silu_v256(u, m * E);
 #else
 #pragma omp simd
             for (long q = 0; q < m * E; q++) u[q] = u[q] / (1.f + exp_f32(-u[q]));
@@ -252,6 +324,8 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
                 for (long d = 0; d < E; d++) dt[k * E + d] += dtb[d];
 #if defined(__AVX512F__)
             softplus_gate_v512(dt, z, gate, y, m * E); /* y: scratch until the scan writes it */
+#elif defined(__AVX2__) && defined(__FMA__)
+            softplus_gate_v256(dt, z, gate, y, m * E);
 #else
 #pragma omp simd
             for (long q = 0; q < m * E; q++) {
@@ -267,6 +341,12 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
 #if defined(__AVX512F__)
                 if (N == 16) {
                     scan_block16_v512(m, E, P, R, o, dt, u, xd, At, D, gate, state, y);
+                    continue;
+                }
+#elif defined(__AVX2__) && defined(__FMA__)
+                if (N == 16) {
+                    scan_half16_v256(m, E, P, R, o, dt, u, xd, At, D, gate, state, y);
+                    scan_half16_v256(m, E, P, R, o + 8, dt, u, xd, At, D, gate, state, y);
                     continue;
                 }
 #endif
