@@ -67,7 +67,7 @@ def test_cluster(base: Path):
     reason = slurm_available()
     if reason:
         raise SystemExit(f"--slurm: {reason}")
-    with SlurmCluster(base) as cluster:
+    with SlurmCluster(base).as_default() as cluster:
         yield cluster
 
 

@@ -171,15 +171,9 @@ def test_cluster(base: Path, plan):
     launcher = plan.cells[0].config.launcher
     parallel = plan.spec.resources.get("max_parallel") or len(plan.cells)
     cpus = max(launcher.nproc, -(-min(parallel, len(plan.cells)) // 2) * launcher.nproc)
-    old = os.environ.get("SLURM_CONF")
-    with SlurmCluster(base, cpus_per_node=cpus, mem_mb_per_node=1024 * (cpus + 1)) as cluster:
-        os.environ["SLURM_CONF"] = str(cluster.conf)
+    with SlurmCluster(base, cpus_per_node=cpus, mem_mb_per_node=1024 * (cpus + 1)).as_default() as cluster:
         print(f"rehearse: test SLURM up, 2 nodes x {cpus} CPUs ({base})", file=sys.stderr)
-        try:
-            yield cluster
-        finally:  # jobs still queued or running (a timeout) end with the cluster, not after it
-            subprocess.run(["scancel", "--user", str(os.getuid())], env=cluster.env, capture_output=True)
-            os.environ.pop("SLURM_CONF") if old is None else os.environ.update(SLURM_CONF=old)
+        yield cluster
 
 
 def wait_settled(sweep_dir: Path, deadline: float, poll_s: float = 2.0) -> None:

@@ -14,10 +14,13 @@ Usage::
 
     with SlurmCluster(tmp_dir) as cluster:
         subprocess.run(["sbatch", ...], env=cluster.env)
+    with SlurmCluster(tmp_dir).as_default() as cluster:   # SLURM_CONF set for this process too
+        ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -176,6 +179,23 @@ PartitionName=urgent Nodes=node1,node2 MaxTime=INFINITE State=UP PriorityTier=10
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    @contextlib.contextmanager
+    def as_default(self):
+        """Started, with this process's SLURM clients (in-process sbatch/squeue/scontrol, submitit) pointed
+        at it through ``SLURM_CONF``; at exit the jobs still queued or running are cancelled (they end
+        with the cluster, not after it), ``SLURM_CONF`` is restored and the daemons stop."""
+        old = os.environ.get("SLURM_CONF")
+        with self:
+            os.environ["SLURM_CONF"] = str(self.conf)
+            try:
+                yield self
+            finally:
+                subprocess.run(["scancel", "--user", str(os.getuid())], env=self.env, capture_output=True, timeout=30)
+                if old is None:
+                    os.environ.pop("SLURM_CONF", None)
+                else:
+                    os.environ["SLURM_CONF"] = old
 
     # -- helpers ---------------------------------------------------------------------------------
     def run(self, *argv: str, check: bool = True, timeout: float = 30) -> str:
