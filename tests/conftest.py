@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 
 # ----- training engine fixtures (tests/test_training*.py, tests/test_ddp.py) -------------------------
-@pytest.fixture(scope="module")
-def torch_scan():
-    """``SE_SCAN_BACKEND=torch`` for one module (and the processes it starts: fastest for tiny shapes),
-    restored after it, so the rest of the session keeps the default scan dispatch."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SE_SCAN_BACKEND", "torch")
-        yield
-
-
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
     """A small procedural demo corpus (train 24 clips of 1-1.5 s in 4 shards, valid 3), built once."""
@@ -53,15 +43,8 @@ def cluster(tmp_path_factory):
     reason = slurm_available()
     if reason:
         pytest.skip(reason)
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    old = os.environ.get("SLURM_CONF")
-    with c:
-        os.environ["SLURM_CONF"] = str(c.conf)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")).as_default() as c:
         yield c
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
 
 
 # ----- a run written by the real trainer (tests of every checkpoint reader) -------------------------------

@@ -18,8 +18,7 @@ TINY_MODEL = {"name": "rwsa-xs", "options": {"hidden": 4, "num_blocks": 1, "leve
 
 
 def env(**extra) -> dict:
-    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT), "SE_SCAN_BACKEND": "torch",
-            **extra}
+    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT), **extra}
 
 
 def build_corpus(out: Path) -> Path:

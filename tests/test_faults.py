@@ -168,7 +168,7 @@ def test_a_usr2_aimed_at_a_step_preempts_a_real_run_exactly_there(demo_corpus, t
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "training.run", "--config", str(path), "--workdir", str(tmp_path / "run")]
-    env = {**{k: v for k, v in os.environ.items() if k != faults.ENV_VAR}, "SE_SCAN_BACKEND": "torch",
+    env = {**{k: v for k, v in os.environ.items() if k != faults.ENV_VAR},
            "PYTHONPATH": str(ROOT)}
     r = subprocess.run(cmd, cwd=ROOT, env={**env, "SE_FAULTS": "train.step=signal:USR2@step=3"},
                        capture_output=True, text=True, timeout=300)

@@ -15,10 +15,6 @@ from orchestrator.cli import main as cli_main
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _torch_scan(torch_scan):
-    """Every test and module fixture here trains with the torch scan (conftest.torch_scan)."""
-
 STEPS = 4
 
 

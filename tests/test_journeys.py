@@ -148,7 +148,7 @@ def test_slurm_sweep_preempted_with_workers_gives_the_same_compare_table(cluster
     max_steps = 6
     base = {"trainer.max_steps": max_steps, "trainer.val_every": 3, "trainer.ckpt_every": 1,
             "data.num_workers": 2, "loss.discriminator": True}
-    env = dict(cluster.env, MLFLOW_DISABLE_TELEMETRY="true", SE_SCAN_BACKEND="torch", PYTHONPATH=str(REPO))
+    env = dict(cluster.env, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO))
     path = journey_sweep(tmp_path, journey_corpus, "jslurm", **base)
     spec = json.loads(path.read_text())
     spec.update(profile="local", executor="slurm")

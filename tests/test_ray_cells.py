@@ -32,7 +32,7 @@ BASE = {"model.name": "rwsa-xs", "model.options": {"hidden": 8, "num_blocks": 1}
         "data.segment_samples": 1800, "data.batch_size": 2, "data.valid_limit": 1,
         "trainer.max_steps": STEPS, "trainer.val_every": STEPS, "trainer.ckpt_every": STEPS,
         "trainer.log_every": 1, "trainer.num_threads": 1, "trainer.pesq_workers": 0, "loss.discriminator": False}
-ENV = {"PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "SE_SCAN_BACKEND": "torch",
+ENV = {"PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true",
        "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 

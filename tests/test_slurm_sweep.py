@@ -37,9 +37,6 @@ def stop_mlflow_servers(tmp_path):
         ms.stop_server(f.parent, timeout_s=10)
 
 
-# sbatch exports the submitter's environment to the job: the plain-PyTorch scan is the fastest
-# for these tiny shapes (no JIT warm-up).
-TINY_ENV = {"SE_SCAN_BACKEND": "torch"}
 
 
 def tiny_base(demo: Path, max_steps: int) -> dict:
@@ -61,7 +58,7 @@ def write_sweep(tmp_path: Path, name: str, base: dict, grid: dict, **extra) -> P
 
 
 def orchestrate(cluster: SlurmCluster, *args: str) -> str:
-    env = dict(cluster.env, MLFLOW_DISABLE_TELEMETRY="true", **TINY_ENV)
+    env = dict(cluster.env, MLFLOW_DISABLE_TELEMETRY="true")
     r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, f"orchestrate {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"

@@ -16,11 +16,6 @@ from training.progress import ProgressFile
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _torch_scan(torch_scan):
-    """Every test and module fixture here trains with the torch scan (conftest.torch_scan)."""
-
-
 def test_rate_spans_requeues_without_counting_the_queue_wait(tmp_path, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr("training.progress.time.time", lambda: clock[0])

@@ -216,7 +216,7 @@ def test_preflight_accepts_remote_sources_and_names_an_unreachable_one(served, t
 
 # ----------------------------------------------------------------- a training run from HTTP, SIGTERM, resume
 def _run(cfg: Path, workdir: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SE_SCAN_BACKEND": "torch"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "training.run", "--config", str(cfg), "--workdir", str(workdir)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

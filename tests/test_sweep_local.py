@@ -16,11 +16,6 @@ from orchestrator.sweeps.status import status_rows
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _torch_scan(torch_scan):
-    """Every test and module fixture here trains with the torch scan (conftest.torch_scan)."""
-
-
 def sweep_file(tmp_path: Path, demo: Path, name: str, **extra) -> Path:
     base = {
         "model.name": "rwsa-xs", "model.options": {"hidden": 8, "num_blocks": 1},

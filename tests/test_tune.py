@@ -192,7 +192,6 @@ def test_engine_calls_on_validation_after_each_validation(demo_data, tmp_path, m
     from training.config import load_run_config
     from training.run import train
 
-    monkeypatch.setenv("SE_SCAN_BACKEND", "torch")
     cfg = load_run_config(None, [
         "model.name=rwsa-xs", "model.options={hidden: 8, num_blocks: 1}", f"data.train={demo_data / 'train'}",
         f"data.valid={demo_data / 'valid'}", "data.segment_samples=1800", "data.batch_size=2", "data.valid_limit=1",
