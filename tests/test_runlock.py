@@ -115,3 +115,36 @@ def test_claim_leaves_a_cell_another_sweep_finished_meanwhile(tmp_path):
     with Ledger(tmp_path).locked() as data:
         set_state(data["cells"]["s0"], "preempted")
     assert claim(tmp_path, "s0", cell_dir) is None  # a preempted cell is resumed
+
+
+def test_an_ended_cell_is_not_claimable_until_its_end_is_recorded(tmp_path):
+    """The other window of that race (seen in CI after the cells got faster): sweep A's cell process
+    ended and A has seen it, but its end is not in the ledger yet; sweep B must not claim the cell then.
+    `LocalBackend.ended` leaves the process a zombie (which `cell_alive` counts as running) until
+    `release`, which the loop calls after `record_end`."""
+    from types import SimpleNamespace
+
+    from orchestrator.launchers.cell_loop import Running, claim, record_end, record_start
+    from orchestrator.launchers.local import LocalBackend
+    from orchestrator.ledger import Ledger, new_cell_record
+
+    cell_dir = tmp_path / "cells" / "s0"
+    cell_dir.mkdir(parents=True)
+    with Ledger(tmp_path).locked(create={"cells": {"s0": new_cell_record(0, "c.yaml", "cells/s0", {})}}):
+        pass
+    assert claim(tmp_path, "s0", cell_dir) is None
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; sys.argv.append({str(cell_dir)!r}); sys.exit(3)"],
+                            start_new_session=True)
+    record_start(tmp_path, "s0", cell_dir, f"local:{proc.pid}")
+    backend = LocalBackend([])
+    r = Running(SimpleNamespace(id="s0"), cell_dir, proc, f"local:{proc.pid}")
+    done = []
+    for _ in range(100):
+        if done := backend.ended([r], 0.05):
+            break
+    assert done == [(r, 3)]
+    assert claim(tmp_path, "s0", cell_dir) == "already running in another process"  # ended, not recorded
+    assert record_end(tmp_path, "s0", cell_dir, 3) == "failed"
+    backend.release(r)
+    assert proc.returncode == 3
+    assert claim(tmp_path, "s0", cell_dir) is None  # recorded as failed: a rerun may take it now

@@ -159,6 +159,11 @@ class Backend(abc.ABC):
     def signal(self, running: list[Running], sig: int) -> None:
         """Send ``sig`` to the training processes of ``running`` (each at most once per signal)."""
 
+    def release(self, r: Running) -> None:
+        """After ``r``'s end is in the ledger: free what the backend still holds for it (a local process
+        is reaped only then; see `LocalBackend.ended`). Nothing by default."""
+        return None
+
     def describe(self, r: Running) -> str:
         return f"started {r.cell.id} ({r.job_id})"
 
@@ -245,6 +250,7 @@ def run_cells(sweep_dir: Path, cells: list, backend: Backend, *, out: Callable[[
             for r, rc in backend.ended(list(running), poll_s):
                 running.remove(r)
                 states[r.cell.id] = record_end(sweep_dir, r.cell.id, r.cell_dir, rc)
+                backend.release(r)
                 out(f"{r.cell.id}: {states[r.cell.id]} (exit {rc}; log {r.cell_dir / 'launcher.log'})")
             interrupt.relay()
             if running and time.monotonic() - last_report >= report_every_s:

@@ -7,6 +7,7 @@ has exited (the leftovers of a killed trainer, e.g. loader workers, do not outli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,27 +40,48 @@ class LocalBackend(Backend):
         return f"started {r.cell.id} (pid {r.handle.pid}): {' '.join(r.handle.args)}"
 
     def ended(self, running: list[Running], timeout_s: float) -> list[tuple[Running, int]]:
-        """The ended cells; what is left of each one's process group is SIGKILLed first, as SLURM ends a
-        job's cgroup (a trainer killed by SIGKILL leaves its loader workers and their forkserver behind)."""
+        """The ended cells, not reaped yet (`release` reaps them once their end is in the ledger: until then
+        a cell's pid is a zombie, which `cell_loop.cell_alive` counts as running, so another sweep command
+        cannot claim and start the cell again in between). What is left of each one's process group is
+        SIGKILLed first, as SLURM ends a job's cgroup (a trainer killed by SIGKILL leaves its loader
+        workers and their forkserver behind)."""
         time.sleep(timeout_s)
+        done = []
         for r in running:
-            try:  # exited but not reaped yet (WNOWAIT): its pid, so its group id, cannot be anyone else's
-                if os.waitid(os.P_PID, r.handle.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            rc = _exit_status(r.handle)
+            if rc is not None:
+                with contextlib.suppress(ProcessLookupError):  # its pid, so its group id, is still ours
                     os.killpg(r.handle.pid, signal.SIGKILL)
-            except (ChildProcessError, ProcessLookupError):  # reaped already / nothing left in the group
-                pass
-        return [(r, rc) for r in running if (rc := r.handle.poll()) is not None]
+                done.append((r, rc))
+        return done
+
+    def release(self, r: Running) -> None:
+        r.handle.wait()
 
     def signal(self, running: list[Running], sig: int) -> None:
         for r in running:
             if (r.handle.pid, sig) not in self.signalled:
                 self.signalled.add((r.handle.pid, sig))
-                if r.handle.poll() is not None:  # ended (and reaped now): its pid may be anyone's
-                    continue
-                try:  # not reaped, so the pid is still our child's: its group is the cell's
+                if r.handle.returncode is not None:
+                    continue  # reaped (`release`): its pid may be anyone's
+                try:  # not reaped (alive, or ended and a zombie), so the pid is still our child's: its group is the cell's
                     os.killpg(r.handle.pid, sig)
                 except ProcessLookupError:
                     pass
+
+
+def _exit_status(proc: subprocess.Popen) -> int | None:
+    """``proc``'s exit code (negative: killed by that signal, as ``Popen.returncode``) once it has ended,
+    else None; without reaping it (WNOWAIT)."""
+    if proc.returncode is not None:
+        return proc.returncode
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped elsewhere
+        return proc.poll()
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
 class LocalLauncher(base.Launcher):
