@@ -95,3 +95,32 @@ def test_env_from_torchrun_slurm_and_single(monkeypatch):
                               "MASTER_ADDR": "127.0.0.1"})
     assert e.master_addr == "127.0.0.1"
     assert distributed.env_from({}).world_size == 1
+
+
+def _exit_under_sigterms(ignore: bool) -> int:
+    """A child that handles SIGTERM in Python (as the trainer's late handler does), imports torch (a
+    long finalisation), optionally calls `ignore_stop_signals`, and exits 75; SIGTERM is sent to it every
+    millisecond from when it is about to exit until it has exited. Its exit code."""
+    import subprocess
+    import sys
+
+    code = ("import signal, sys, torch; from training.run import ignore_stop_signals; "
+            "signal.signal(signal.SIGTERM, lambda *a: None); "
+            f"{'ignore_stop_signals(); ' if ignore else ''}print('exiting', flush=True); sys.exit(75)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "exiting"
+    while p.poll() is None:
+        try:
+            os.kill(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            break
+        time.sleep(0.001)
+    return p.wait(timeout=60)
+
+
+def test_a_stop_signal_after_the_exit_code_is_decided_does_not_change_it():
+    """`python -m training.run` ignores the stop signals once `main` returned: the finalisation that follows
+    resets Python's handlers to the default, and a SIGTERM then (the Ctrl-C relay reaching rank 0 after
+    rank 1 stopped both: seen on Ray as 'training process exited -15') turned 75 into -15."""
+    assert _exit_under_sigterms(ignore=False) == -signal.SIGTERM  # the failure this guards against
+    assert _exit_under_sigterms(ignore=True) == 75

@@ -299,5 +299,18 @@ def main(argv: list[str] | None = None) -> int:
     return train(cfg, workdir)
 
 
+def ignore_stop_signals() -> None:
+    """Ignore the stop signals for the rest of this process: its exit code is decided. The interpreter's
+    finalisation puts the default action back for Python-level handlers (not for SIG_IGN), so a late
+    stop signal (the launchers' relay reaching a rank after its peers agreed, a second ``scancel``)
+    arriving during the teardown after ``main`` would kill the process: exit -15, a preempted or
+    finished rank counted as failed. (Blocking would not do: other threads would take the signal.)
+    Nothing is started afterwards, so no program inherits the ignored signals."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    ignore_stop_signals()
+    sys.exit(code)
