@@ -49,10 +49,12 @@ class LocalBackend(Backend):
         done = []
         for r in running:
             rc = _exit_status(r.handle)
-            if rc is not None:
-                with contextlib.suppress(ProcessLookupError):  # its pid, so its group id, is still ours
+            if rc is None:
+                continue
+            if r.handle.returncode is None:  # not reaped: its pid, so its group id, is still ours
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(r.handle.pid, signal.SIGKILL)
-                done.append((r, rc))
+            done.append((r, rc))
         return done
 
     def release(self, r: Running) -> None:
