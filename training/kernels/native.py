@@ -32,7 +32,7 @@ import torch
 
 _CSRC = Path(__file__).with_name("csrc")
 SOURCES = (_CSRC / "se_cpu.c", _CSRC / "selective_scan_impl.h", _CSRC / "causal_conv_impl.h",
-           _CSRC / "attention_impl.h", _CSRC / "mamba_infer_impl.h")
+           _CSRC / "vec_exp.h", _CSRC / "attention_impl.h", _CSRC / "mamba_infer_impl.h")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
 PORTABLE_FLAGS = tuple(f for f in FLAGS if f != "-march=native")  # compilers without -march=native
 

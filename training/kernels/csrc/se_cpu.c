@@ -74,5 +74,6 @@ static inline double log1p_unit_f64(double t) { return log1p(t); }
 #undef REAL
 #undef SUF
 
+#include "vec_exp.h"
 #include "attention_impl.h"
 #include "mamba_infer_impl.h"

@@ -1,0 +1,46 @@
+/* Vector exp for float32 on x86 SIMD (AVX-512; AVX2 + FMA), included by se_cpu.c before the
+ * kernels that use it (attention_impl.h, mamba_infer_impl.h). The training path's scalar exp_f32
+ * (se_cpu.c) is the reference; these compute 2^t as 2^k 2^r with k = round(t), r = t - k (exact),
+ * 2^r by one degree-6 polynomial, so every vector width gives the same values. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* 2^t on 16 lanes for t <= 0 (the scan's decays, exp(dt A) = 2^(dt A log2 e)): 2^k 2^r with
+ * k = round(t) and r = t - k (exact) in [-1/2, 1/2]; 2^r by the degree-6 Taylor polynomial of
+ * exp(r ln 2) (relative error < 2e-7), the scaling by one vscalefps; k >= -126 as in exp_f32. */
+static inline __m512 exp2_v512(__m512 t) {
+    __m512 kf = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_sub_ps(t, kf);
+    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.540353039e-04f), _mm512_set1_ps(1.333355815e-03f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(9.618129108e-03f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(5.550410866e-02f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(2.402265070e-01f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(6.931471806e-01f));
+    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, _mm512_max_ps(kf, _mm512_set1_ps(-126.f)));
+}
+
+/* exp(x) = 2^(x log2 e) for any x (inf above the float range, 2^-126 scale floor below). */
+static inline __m512 exp_v512(__m512 x) { return exp2_v512(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f))); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+/* The AVX-512 functions above on 8 lanes (AVX2 + FMA: AMD Zen 2/3 such as LUMI's, Intel before
+ * Skylake-SP): the same polynomial and rounding, 2^k built in the exponent bits (k clamped to
+ * [-126, 128]; 128 gives inf, as vscalefps overflows), so the results equal the AVX-512 path's. */
+static inline __m256 exp2_v256(__m256 t) {
+    __m256 kf = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_sub_ps(t, kf);
+    __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(1.540353039e-04f), _mm256_set1_ps(1.333355815e-03f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(9.618129108e-03f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(5.550410866e-02f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(2.402265070e-01f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(6.931471806e-01f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(1.f));
+    kf = _mm256_min_ps(_mm256_max_ps(kf, _mm256_set1_ps(-126.f)), _mm256_set1_ps(128.f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(kf), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+static inline __m256 exp_v256(__m256 x) { return exp2_v256(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f))); }
+#endif
