@@ -212,7 +212,7 @@ static void scan_half16_v256(long m, long E, long P, long R, long o, const float
         const float *bt = xd + k * P + R, *ct = bt + 16;
 #pragma GCC unroll 16
         for (int n = 0; n < 16; n++) {
-            __m256 e = exp2_v256(_mm256_mul_ps(dk, _mm256_loadu_ps(a2 + 8 * n)));
+            __m256 e = exp2_neg_v256(_mm256_mul_ps(dk, _mm256_loadu_ps(a2 + 8 * n)));
             h[n] = _mm256_fmadd_ps(e, h[n], _mm256_mul_ps(dtu, _mm256_set1_ps(bt[n])));
             yy = _mm256_fmadd_ps(h[n], _mm256_set1_ps(ct[n]), yy);
         }

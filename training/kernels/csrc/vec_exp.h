@@ -42,5 +42,22 @@ static inline __m256 exp2_v256(__m256 t) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
+/* 2^t for t <= 0 (the scan's decays) with fewer operations: exp2_v256's rounding and polynomial, the
+ * scaling an integer add of k << 23 to the exponent field of p (exact while 2^k p is normal, so
+ * equal to exp2_v256 for t >= -125.5), and k clamped to >= -125 after the conversion, off the
+ * polynomial's dependency chain: below 2^-125 a value under 3e-38 instead of 0 or a subnormal. */
+static inline __m256 exp2_neg_v256(__m256 t) {
+    __m256 kf = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_sub_ps(t, kf);
+    __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(1.540353039e-04f), _mm256_set1_ps(1.333355815e-03f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(9.618129108e-03f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(5.550410866e-02f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(2.402265070e-01f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(6.931471806e-01f));
+    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(1.f));
+    __m256i k = _mm256_max_epi32(_mm256_cvtps_epi32(kf), _mm256_set1_epi32(-125));
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(k, 23)));
+}
+
 static inline __m256 exp_v256(__m256 x) { return exp2_v256(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f))); }
 #endif
