@@ -249,6 +249,7 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
                 float *dst = xn + k * dm;
                 if (normw) {
                     float ss = 0;
+#pragma omp simd reduction(+ : ss)
                     for (long j = 0; j < dm; j++) ss += xr[j] * xr[j];
                     float rs = 1.f / sqrtf(ss / (float)dm + eps);
                     for (long j = 0; j < dm; j++) dst[j] = xr[j] * rs * normw[j];
