@@ -29,11 +29,15 @@ x time per call, 28.4 ms): scan 12.6 ms against 9.1 ms of limit (1.4x), projecti
 step, two SiLUs, RMSNorm: an exp and a divide each per value): the layer is at 1.7x its limit, and
 the scan cannot lose much more. Lowering the count to what the CPU executes would move the target,
 not the speed, so it is not done. On AVX2 (AMD EPYC without AVX-512, 8 lanes, 16 registers, 2^k built
-in the exponent bits) the same layer at 768 x 256 steps, d_model 16, d_inner 64, 1 thread: 134 ms
-against 51 ms of limit (2.6x; the scan about half of it, near the throughput of its ~19 vector
-operations per state and 8 lanes; splitting the states into two register passes or a cheaper
-rounding did not change it). For rwsa-xs (Mamba ~72 % of the MACs, the rest 4-48-channel
-convolutions, norms and layout copies with little arithmetic per byte) 1.5x of this limit is out
+in the exponent bits) the same layer at 768 x 256 steps, d_model 16, d_inner 64, 1 thread: 122 ms
+against 51 ms of limit (2.4x; 134 ms before the projections' 6-row tiles and the decay's integer
+scaling). The scan is about half of it: per state and 8 lanes ~10 operations on the two FMA pipes
+(the decay's product and degree-6 polynomial, the input term, the update, the read-out) where the
+limit grants 6. The mambattention layer (d_model 64, d_inner 128, 1601 steps) is at 1.9x. The
+attention kernel's AVX2 path is at 1.8x its limit on mambattention's time axis (dh 8) and 3.3x
+at rwsa-xs level 1 (dh 4: one exponential per score costs more than the 8 MACs the limit grants
+it). For rwsa-xs (Mamba ~72 % of the MACs, the rest 4-48-channel convolutions, norms and layout
+copies with little arithmetic per byte) 1.5x of this limit is out
 of reach on 2 cores; the measured ratios are in the issue's closing note.
 
     python benchmarks/bench_enhance.py                          # rwsa-xs, mambattention; 10 s and 60 s
