@@ -38,9 +38,9 @@ static void attn_pack(const float *restrict qkv, long L, long H, long dh, long s
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
 /* AVX2 + FMA (AMD Zen 2/3, Intel before Skylake-SP). 16 vector registers: the generic block below,
  * 16 queries over two registers, spills them. Here a block is 8 queries, one register, in three
- * passes over the keys: scores and row maxima (the DH query vectors in registers, two keys at a
+ * passes over the keys: scores and row maxima (the query vectors in registers, two keys at a
  * time, each as two partial sums: short dependency chains); the exponentials in place and the
- * row sums; the weighted sum of values (DH accumulators). Separate passes because a fused exp +
+ * row sums; the weighted sum of values (one accumulator per channel). Separate passes because a fused exp +
  * accumulate keeps each exponential's ~40-cycle dependency chain ahead of the FMAs that need it,
  * more than the out-of-order window hides: on an AMD EPYC (dh 8, 20 x 1601 queries, 1 thread, the
  * same background load) 524 ms fused, 336 ms in three passes; ~14 cycles per 8 queries x 8 keys
@@ -63,66 +63,115 @@ static inline __m256 exp2_softmax_v256(__m256 t) {
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), k23));
 }
 
-#define ATTN_BLOCK(DH)                                                                          \
-    static void attn_block_##DH( const float *restrict kp, const float *restrict vp, long L,         \
-                                 const float *restrict q, float *restrict sc, float *restrict o) {  \
-        __m256 qr[DH], acc[DH];                                                                      \
-        _Pragma("GCC unroll 16") for (int c = 0; c < DH; c++) qr[c] = _mm256_loadu_ps(q + 8 * c);    \
+/* Pass 1 over channels [c0, c0 + W) of keys of DH channels: sc[j] = (add ? sc[j] : 0) + <q, k_j> for
+ * the block's 8 queries; returns the row maxima of what it stored. The passes are always inlined
+ * (an out-of-line copy with a run-time DH and add was 7 % slower at dh 8). */
+#define ATTN_SCORES(W)                                                                               \
+    static inline __attribute__((always_inline)) __m256 attn_scores_##W(                         \
+        const float *restrict kp, long DH, long c0, long L, const float *restrict q, float *restrict sc, \
+        int add) {                                                                                   \
+        __m256 qr[W];                                                                                \
+        _Pragma("GCC unroll 16") for (int c = 0; c < W; c++) qr[c] = _mm256_loadu_ps(q + 8 * (c0 + c)); \
         __m256 mx = _mm256_set1_ps(-INFINITY);                                                       \
         long j = 0;                                                                                  \
         for (; j + 2 <= L; j += 2) {                                                                 \
-            const float *k0 = kp + j * DH, *k1 = k0 + DH;                                            \
+            const float *k0 = kp + j * DH + c0, *k1 = k0 + DH;                                       \
             __m256 a0 = _mm256_mul_ps(qr[0], _mm256_broadcast_ss(k0));                               \
             __m256 b0 = _mm256_mul_ps(qr[1], _mm256_broadcast_ss(k0 + 1));                           \
             __m256 a1 = _mm256_mul_ps(qr[0], _mm256_broadcast_ss(k1));                               \
             __m256 b1 = _mm256_mul_ps(qr[1], _mm256_broadcast_ss(k1 + 1));                           \
-            _Pragma("GCC unroll 16") for (int c = 2; c < DH; c += 2) {                               \
+            _Pragma("GCC unroll 16") for (int c = 2; c < W; c += 2) {                                \
                 a0 = _mm256_fmadd_ps(qr[c], _mm256_broadcast_ss(k0 + c), a0);                        \
                 b0 = _mm256_fmadd_ps(qr[c + 1], _mm256_broadcast_ss(k0 + c + 1), b0);                \
                 a1 = _mm256_fmadd_ps(qr[c], _mm256_broadcast_ss(k1 + c), a1);                        \
                 b1 = _mm256_fmadd_ps(qr[c + 1], _mm256_broadcast_ss(k1 + c + 1), b1);                \
             }                                                                                        \
             __m256 s0 = _mm256_add_ps(a0, b0), s1 = _mm256_add_ps(a1, b1);                           \
+            if (add) {                                                                               \
+                s0 = _mm256_add_ps(_mm256_loadu_ps(sc + j * 8), s0);                                 \
+                s1 = _mm256_add_ps(_mm256_loadu_ps(sc + j * 8 + 8), s1);                             \
+            }                                                                                        \
             _mm256_storeu_ps(sc + j * 8, s0);                                                        \
             _mm256_storeu_ps(sc + j * 8 + 8, s1);                                                    \
             mx = _mm256_max_ps(mx, _mm256_max_ps(s0, s1));                                           \
         }                                                                                            \
         for (; j < L; j++) {                                                                         \
-            const float *k0 = kp + j * DH;                                                           \
+            const float *k0 = kp + j * DH + c0;                                                      \
             __m256 a0 = _mm256_mul_ps(qr[0], _mm256_broadcast_ss(k0));                               \
             __m256 b0 = _mm256_mul_ps(qr[1], _mm256_broadcast_ss(k0 + 1));                           \
-            _Pragma("GCC unroll 16") for (int c = 2; c < DH; c += 2) {                               \
+            _Pragma("GCC unroll 16") for (int c = 2; c < W; c += 2) {                                \
                 a0 = _mm256_fmadd_ps(qr[c], _mm256_broadcast_ss(k0 + c), a0);                        \
                 b0 = _mm256_fmadd_ps(qr[c + 1], _mm256_broadcast_ss(k0 + c + 1), b0);                \
             }                                                                                        \
             __m256 s0 = _mm256_add_ps(a0, b0);                                                       \
+            if (add) s0 = _mm256_add_ps(_mm256_loadu_ps(sc + j * 8), s0);                            \
             _mm256_storeu_ps(sc + j * 8, s0);                                                        \
             mx = _mm256_max_ps(mx, s0);                                                              \
         }                                                                                            \
-        __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();                              \
-        for (j = 0; j + 2 <= L; j += 2) {                                                            \
-            __m256 e0 = exp2_softmax_v256(_mm256_sub_ps(_mm256_loadu_ps(sc + j * 8), mx));           \
-            __m256 e1 = exp2_softmax_v256(_mm256_sub_ps(_mm256_loadu_ps(sc + j * 8 + 8), mx));       \
-            _mm256_storeu_ps(sc + j * 8, e0);                                                        \
-            _mm256_storeu_ps(sc + j * 8 + 8, e1);                                                    \
-            sum0 = _mm256_add_ps(sum0, e0);                                                          \
-            sum1 = _mm256_add_ps(sum1, e1);                                                          \
-        }                                                                                            \
-        for (; j < L; j++) {                                                                         \
-            __m256 e0 = exp2_softmax_v256(_mm256_sub_ps(_mm256_loadu_ps(sc + j * 8), mx));           \
-            _mm256_storeu_ps(sc + j * 8, e0);                                                        \
-            sum0 = _mm256_add_ps(sum0, e0);                                                          \
-        }                                                                                            \
-        _Pragma("GCC unroll 16") for (int c = 0; c < DH; c++) acc[c] = _mm256_setzero_ps();          \
-        for (j = 0; j < L; j++) {                                                                    \
-            const float *v = vp + j * DH;                                                            \
+        return mx;                                                                                   \
+    }
+
+/* Pass 3 over channels [c0, c0 + W): o[c] = sum_j sc[j] v_j[c] / sum, for the block's 8 queries. */
+#define ATTN_VALUES(W)                                                                               \
+    static inline __attribute__((always_inline)) void attn_values_##W(                           \
+        const float *restrict vp, long DH, long c0, long L, const float *restrict sc, __m256 sum,    \
+        float *restrict o) {                                                                         \
+        __m256 acc[W];                                                                               \
+        _Pragma("GCC unroll 16") for (int c = 0; c < W; c++) acc[c] = _mm256_setzero_ps();           \
+        for (long j = 0; j < L; j++) {                                                               \
+            const float *v = vp + j * DH + c0;                                                       \
             __m256 e = _mm256_loadu_ps(sc + j * 8);                                                  \
-            _Pragma("GCC unroll 16") for (int c = 0; c < DH; c++)                                    \
+            _Pragma("GCC unroll 16") for (int c = 0; c < W; c++)                                     \
                 acc[c] = _mm256_fmadd_ps(e, _mm256_broadcast_ss(v + c), acc[c]);                     \
         }                                                                                            \
-        __m256 sum = _mm256_add_ps(sum0, sum1);                                                      \
-        _Pragma("GCC unroll 16") for (int c = 0; c < DH; c++)                                        \
-            _mm256_storeu_ps(o + 8 * c, _mm256_div_ps(acc[c], sum));                                 \
+        _Pragma("GCC unroll 16") for (int c = 0; c < W; c++)                                         \
+            _mm256_storeu_ps(o + 8 * (c0 + c), _mm256_div_ps(acc[c], sum));                          \
+    }
+
+ATTN_SCORES(4)
+ATTN_SCORES(8)
+ATTN_VALUES(4)
+ATTN_VALUES(8)
+
+/* Pass 2: sc[j] <- 2^(sc[j] - mx) in place; returns the row sums. */
+static inline __attribute__((always_inline)) __m256 attn_exp(float *restrict sc, long L, __m256 mx) {
+    __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+    long j = 0;
+    for (; j + 2 <= L; j += 2) {
+        __m256 e0 = exp2_softmax_v256(_mm256_sub_ps(_mm256_loadu_ps(sc + j * 8), mx));
+        __m256 e1 = exp2_softmax_v256(_mm256_sub_ps(_mm256_loadu_ps(sc + j * 8 + 8), mx));
+        _mm256_storeu_ps(sc + j * 8, e0);
+        _mm256_storeu_ps(sc + j * 8 + 8, e1);
+        sum0 = _mm256_add_ps(sum0, e0);
+        sum1 = _mm256_add_ps(sum1, e1);
+    }
+    for (; j < L; j++) {
+        __m256 e0 = exp2_softmax_v256(_mm256_sub_ps(_mm256_loadu_ps(sc + j * 8), mx));
+        _mm256_storeu_ps(sc + j * 8, e0);
+        sum0 = _mm256_add_ps(sum0, e0);
+    }
+    return _mm256_add_ps(sum0, sum1);
+}
+
+/* One block of 8 queries: heads of 16 channels run passes 1 and 3 as two slices of 8 (16 query
+ * vectors or 16 accumulators would take every register). */
+#define ATTN_BLOCK(DH)                                                                               \
+    static void attn_block_##DH(const float *restrict kp, const float *restrict vp, long L,          \
+                                const float *restrict q, float *restrict sc, float *restrict o) {   \
+        __m256 mx;                                                                                   \
+        if (DH == 4) {                                                                               \
+            mx = attn_scores_4(kp, DH, 0, L, q, sc, 0);                                              \
+        } else {                                                                                     \
+            mx = attn_scores_8(kp, DH, 0, L, q, sc, 0);                                              \
+            if (DH == 16) mx = attn_scores_8(kp, DH, 8, L, q, sc, 1);                                \
+        }                                                                                            \
+        __m256 sum = attn_exp(sc, L, mx);                                                            \
+        if (DH == 4) {                                                                               \
+            attn_values_4(vp, DH, 0, L, sc, sum, o);                                                 \
+        } else {                                                                                     \
+            attn_values_8(vp, DH, 0, L, sc, sum, o);                                                 \
+            if (DH == 16) attn_values_8(vp, DH, 8, L, sc, sum, o);                                   \
+        }                                                                                            \
     }
 
 #define ATTN_SCORE_SCALE 1.4426950408889634f /* scores in log2 units for exp2_softmax_v256 */
