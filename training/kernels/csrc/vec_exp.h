@@ -2,6 +2,16 @@
  * kernels that use it (attention_impl.h, mamba_infer_impl.h). The training path's scalar exp_f32
  * (se_cpu.c) is the reference; these compute 2^t as 2^k 2^r with k = round(t), r = t - k (exact),
  * 2^r by one degree-6 polynomial, so every vector width gives the same values. */
+/* 2^r for r in [-1/2, 1/2]: the degree-6 Taylor polynomial of exp(r ln 2) by Horner's rule, for any
+ * vector width (FMADD(a, b, c) = a b + c, SET1 a broadcast constant). */
+#define EXP2_POLY6(FMADD, SET1, r)                                                                     \
+    FMADD(r, FMADD(r, FMADD(r, FMADD(r, FMADD(r, FMADD(r, SET1(1.540353039e-04f), SET1(1.333355815e-03f)), \
+                                               SET1(9.618129108e-03f)),                                \
+                                     SET1(5.550410866e-02f)),                                          \
+                           SET1(2.402265070e-01f)),                                                    \
+                 SET1(6.931471806e-01f)),                                                              \
+          SET1(1.f))
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -11,12 +21,7 @@
 static inline __m512 exp2_v512(__m512 t) {
     __m512 kf = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_sub_ps(t, kf);
-    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.540353039e-04f), _mm512_set1_ps(1.333355815e-03f));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(9.618129108e-03f));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(5.550410866e-02f));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(2.402265070e-01f));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(6.931471806e-01f));
-    p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
+    __m512 p = EXP2_POLY6(_mm512_fmadd_ps, _mm512_set1_ps, r);
     return _mm512_scalef_ps(p, _mm512_max_ps(kf, _mm512_set1_ps(-126.f)));
 }
 
@@ -31,12 +36,7 @@ static inline __m512 exp_v512(__m512 x) { return exp2_v512(_mm512_mul_ps(x, _mm5
 static inline __m256 exp2_v256(__m256 t) {
     __m256 kf = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_sub_ps(t, kf);
-    __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(1.540353039e-04f), _mm256_set1_ps(1.333355815e-03f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(9.618129108e-03f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(5.550410866e-02f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(2.402265070e-01f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(6.931471806e-01f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(1.f));
+    __m256 p = EXP2_POLY6(_mm256_fmadd_ps, _mm256_set1_ps, r);
     kf = _mm256_min_ps(_mm256_max_ps(kf, _mm256_set1_ps(-126.f)), _mm256_set1_ps(128.f));
     __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(kf), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
@@ -49,12 +49,7 @@ static inline __m256 exp2_v256(__m256 t) {
 static inline __m256 exp2_neg_v256(__m256 t) {
     __m256 kf = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_sub_ps(t, kf);
-    __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(1.540353039e-04f), _mm256_set1_ps(1.333355815e-03f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(9.618129108e-03f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(5.550410866e-02f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(2.402265070e-01f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(6.931471806e-01f));
-    p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(1.f));
+    __m256 p = EXP2_POLY6(_mm256_fmadd_ps, _mm256_set1_ps, r);
     __m256i k = _mm256_max_epi32(_mm256_cvtps_epi32(kf), _mm256_set1_epi32(-125));
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(k, 23)));
 }
