@@ -4,7 +4,7 @@
 ``[S, L, 3C]`` (the output of ``F.linear(x, in_proj_weight, in_proj_bias)``): softmax(q k^T /
 sqrt(C / heads)) v per head, no mask, heads concatenated in the order ``out_proj`` expects. It
 uses the C kernel (``csrc/attention_impl.h``) for float32 CPU input without autograd or dropout,
-head sizes 4, 8 or 16, when the kernels build here; else ``F.scaled_dot_product_attention``.
+head sizes 4, 6, 8, 12 or 16, when the kernels build here; else ``F.scaled_dot_product_attention``.
 Both agree to float32 rounding (tests/test_attention.py).
 """
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from training.kernels import native
 
-KERNEL_HEAD_SIZES = (4, 8, 16)
+KERNEL_HEAD_SIZES = (4, 6, 8, 12, 16)
 
 
 @functools.cache  # a failed build is not retried on every call

@@ -1,5 +1,5 @@
 /* Multi-head self-attention forward for inference on CPU, for the small heads of the TF blocks
- * (head size 4 to 16); float32; included once by se_cpu.c.
+ * (head size 4, 6, 8, 12 or 16); float32; included once by se_cpu.c.
  *
  *     out[s, i, h*dh:(h+1)*dh] = softmax_j(<q_si, k_sj> / sqrt(dh)) @ v_s[:, h]      (no mask)
  *
@@ -15,7 +15,7 @@
  * maxima (scores kept in a buffer of L * QB), then exp, row sums and the weighted sum of values.
  */
 
-/* Copy head h of sequence s's keys and values into contiguous (L, dh) buffers (dh 4, 8 or 16: copies
+/* Copy head h of sequence s's keys and values into contiguous (L, dh) buffers (dh 4, 6, 8, 12 or 16: copies
  * of a constant size, which compile to vector moves instead of a memcpy call per row). */
 #define ATTN_PACK_ROWS(DH)                                                                           \
     for (long j = 0; j < L; j++) {                                                                   \
@@ -26,12 +26,12 @@
 static void attn_pack(const float *restrict qkv, long L, long H, long dh, long s, long h, float *restrict kp,
                       float *restrict vp) {
     long C = H * dh;
-    if (dh == 4) {
-        ATTN_PACK_ROWS(4)
-    } else if (dh == 8) {
-        ATTN_PACK_ROWS(8)
-    } else {
-        ATTN_PACK_ROWS(16)
+    switch (dh) {
+    case 4: ATTN_PACK_ROWS(4) break;
+    case 6: ATTN_PACK_ROWS(6) break;
+    case 8: ATTN_PACK_ROWS(8) break;
+    case 12: ATTN_PACK_ROWS(12) break;
+    default: ATTN_PACK_ROWS(16) break;
     }
 }
 
@@ -129,8 +129,10 @@ static inline __m256 exp2_softmax_v256(__m256 t) {
     }
 
 ATTN_SCORES(4)
+ATTN_SCORES(6)
 ATTN_SCORES(8)
 ATTN_VALUES(4)
+ATTN_VALUES(6)
 ATTN_VALUES(8)
 
 /* Pass 2: sc[j] <- 2^(sc[j] - mx) in place; returns the row sums. */
@@ -153,23 +155,29 @@ static inline __attribute__((always_inline)) __m256 attn_exp(float *restrict sc,
     return _mm256_add_ps(sum0, sum1);
 }
 
-/* One block of 8 queries: heads of 16 channels run passes 1 and 3 as two slices of 8 (16 query
- * vectors or 16 accumulators would take every register). */
+/* One block of 8 queries. Passes 1 and 3 run on slices of at most 8 channels (heads of 12 as 8 + 4,
+ * of 16 as 8 + 8): 16 query vectors or 16 accumulators would take every register. */
 #define ATTN_BLOCK(DH)                                                                               \
     static void attn_block_##DH(const float *restrict kp, const float *restrict vp, long L,          \
                                 const float *restrict q, float *restrict sc, float *restrict o) {   \
         __m256 mx;                                                                                   \
         if (DH == 4) {                                                                               \
             mx = attn_scores_4(kp, DH, 0, L, q, sc, 0);                                              \
+        } else if (DH == 6) {                                                                        \
+            mx = attn_scores_6(kp, DH, 0, L, q, sc, 0);                                              \
         } else {                                                                                     \
             mx = attn_scores_8(kp, DH, 0, L, q, sc, 0);                                              \
+            if (DH == 12) mx = attn_scores_4(kp, DH, 8, L, q, sc, 1);                                \
             if (DH == 16) mx = attn_scores_8(kp, DH, 8, L, q, sc, 1);                                \
         }                                                                                            \
         __m256 sum = attn_exp(sc, L, mx);                                                            \
         if (DH == 4) {                                                                               \
             attn_values_4(vp, DH, 0, L, sc, sum, o);                                                 \
+        } else if (DH == 6) {                                                                        \
+            attn_values_6(vp, DH, 0, L, sc, sum, o);                                                 \
         } else {                                                                                     \
             attn_values_8(vp, DH, 0, L, sc, sum, o);                                                 \
+            if (DH == 12) attn_values_4(vp, DH, 8, L, sc, sum, o);                                   \
             if (DH == 16) attn_values_8(vp, DH, 8, L, sc, sum, o);                                   \
         }                                                                                            \
     }
@@ -213,10 +221,12 @@ static inline __attribute__((always_inline)) __m256 attn_exp(float *restrict sc,
 #endif
 
 ATTN_BLOCK(4)
+ATTN_BLOCK(6)
 ATTN_BLOCK(8)
+ATTN_BLOCK(12)
 ATTN_BLOCK(16)
 
-/* Items [lo, hi). dh must be 4, 8 or 16 (the caller checks). Returns 0, or -1 without memory. */
+/* Items [lo, hi). dh must be 4, 6, 8, 12 or 16 (the caller checks). Returns 0, or -1 without memory. */
 int attn_forward_f32(const float *restrict qkv, long S, long L, long H, long dh, long lo, long hi,
                      float *restrict out) {
     (void)S;
@@ -234,12 +244,13 @@ int attn_forward_f32(const float *restrict qkv, long S, long L, long H, long dh,
                 const float *row = qkv + (s * L + i0 + (t < m ? t : m - 1)) * 3 * C + h * dh;
                 for (long c = 0; c < dh; c++) q[c * QB + t] = row[c] * scale;
             }
-            if (dh == 4)
-                attn_block_4(kp, vp, L, q, sc, o);
-            else if (dh == 8)
-                attn_block_8(kp, vp, L, q, sc, o);
-            else
-                attn_block_16(kp, vp, L, q, sc, o);
+            switch (dh) {
+            case 4: attn_block_4(kp, vp, L, q, sc, o); break;
+            case 6: attn_block_6(kp, vp, L, q, sc, o); break;
+            case 8: attn_block_8(kp, vp, L, q, sc, o); break;
+            case 12: attn_block_12(kp, vp, L, q, sc, o); break;
+            default: attn_block_16(kp, vp, L, q, sc, o); break;
+            }
             for (long t = 0; t < m; t++) {
                 float *dst = out + (s * L + i0 + t) * C + h * dh;
                 for (long c = 0; c < dh; c++) dst[c] = o[c * QB + t];
