@@ -40,28 +40,13 @@ static void attn_pack(const float *restrict qkv, long L, long H, long dh, long s
  * 16 queries over two registers, spills them. Here a block is 8 queries, one register, in three
  * passes over the keys: scores and row maxima (the query vectors in registers, two keys at a
  * time, each as two partial sums: short dependency chains); the exponentials in place and the
- * row sums; the weighted sum of values (one accumulator per channel). Separate passes because a fused exp +
- * accumulate keeps each exponential's ~40-cycle dependency chain ahead of the FMAs that need it,
+ * row sums; the weighted sum of values (one accumulator per channel). Separate passes because a
+ * fused exp + accumulate keeps each exponential's ~40-cycle dependency chain ahead of the FMAs that need it,
  * more than the out-of-order window hides: on an AMD EPYC (dh 8, 20 x 1601 queries, 1 thread, the
  * same background load) 524 ms fused, 336 ms in three passes; ~14 cycles per 8 queries x 8 keys
  * once tuned, where the FLOP limit grants 16 FMAs = 8 cycles. The queries are scaled by
- * log2(e) / sqrt(dh), so that the exponentials are powers of two. */
+ * log2(e) / sqrt(dh), so that the exponentials are powers of two (exp2_softmax_v256, vec_exp.h). */
 #define QB 8
-/* 2^t for t <= 0 (score - row max, in log2 units), for softmax weights: t >= -125 so that 2^k
- * stays normal; k = round(t); 2^r for r = t - k in [-1/2, 1/2] by a degree-5 minimax polynomial
- * in Estrin's form (short dependency chain; relative error 2.4e-7 evaluated in float32, the
- * training path's exp_f32 1.6e-7); the scaling by 2^k an integer add to the exponent field. */
-static inline __m256 exp2_softmax_v256(__m256 t) {
-    t = _mm256_max_ps(t, _mm256_set1_ps(-125.f));
-    __m256 kf = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_sub_ps(t, kf), r2 = _mm256_mul_ps(r, r);
-    __m256 p01 = _mm256_fmadd_ps(r, _mm256_set1_ps(6.931469440460205e-01f), _mm256_set1_ps(1.0000001192092896f));
-    __m256 p23 = _mm256_fmadd_ps(r, _mm256_set1_ps(5.550713092088699e-02f), _mm256_set1_ps(2.402212023735046e-01f));
-    __m256 p45 = _mm256_fmadd_ps(r, _mm256_set1_ps(1.327647129073739e-03f), _mm256_set1_ps(9.675540961325169e-03f));
-    __m256 p = _mm256_fmadd_ps(r2, _mm256_fmadd_ps(r2, p45, p23), p01);
-    __m256i k23 = _mm256_slli_epi32(_mm256_cvtps_epi32(kf), 23);
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), k23));
-}
 
 /* Pass 1 over channels [c0, c0 + W) of keys of DH channels: sc[j] = (add ? sc[j] : 0) + <q, k_j> for
  * the block's 8 queries; returns the row maxima of what it stored. The passes are always inlined

@@ -1,7 +1,8 @@
 /* Vector exp for float32 on x86 SIMD (AVX-512; AVX2 + FMA), included by se_cpu.c before the
  * kernels that use it (attention_impl.h, mamba_infer_impl.h). The training path's scalar exp_f32
  * (se_cpu.c) is the reference; these compute 2^t as 2^k 2^r with k = round(t), r = t - k (exact),
- * 2^r by one degree-6 polynomial, so every vector width gives the same values. */
+ * 2^r by one degree-6 polynomial, so every vector width gives the same values; except
+ * exp2_softmax_v256 (attention weights only), a degree-5 polynomial with a shorter chain. */
 /* 2^r for r in [-1/2, 1/2]: the degree-6 Taylor polynomial of exp(r ln 2) by Horner's rule, for any
  * vector width (FMADD(a, b, c) = a b + c, SET1 a broadcast constant). */
 #define EXP2_POLY6(FMADD, SET1, r)                                                                     \
@@ -15,7 +16,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-/* 2^t on 16 lanes for t <= 0 (the scan's decays, exp(dt A) = 2^(dt A log2 e)): 2^k 2^r with
+/* 2^t on 16 lanes (the scan's decays, exp(dt A) = 2^(dt A log2 e), and exp_v512): 2^k 2^r with
  * k = round(t) and r = t - k (exact) in [-1/2, 1/2]; 2^r by the degree-6 Taylor polynomial of
  * exp(r ln 2) (relative error < 2e-7), the scaling by one vscalefps; k >= -126 as in exp_f32. */
 static inline __m512 exp2_v512(__m512 t) {
@@ -52,6 +53,22 @@ static inline __m256 exp2_neg_v256(__m256 t) {
     __m256 p = EXP2_POLY6(_mm256_fmadd_ps, _mm256_set1_ps, r);
     __m256i k = _mm256_max_epi32(_mm256_cvtps_epi32(kf), _mm256_set1_epi32(-125));
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(k, 23)));
+}
+
+/* 2^t for t <= 0 (score - row max, in log2 units), for softmax weights: t >= -125 so that 2^k
+ * stays normal; k = round(t); 2^r for r = t - k in [-1/2, 1/2] by a degree-5 minimax polynomial
+ * in Estrin's form (short dependency chain; relative error 2.4e-7 evaluated in float32, the
+ * training path's exp_f32 1.6e-7); the scaling by 2^k an integer add to the exponent field. */
+static inline __m256 exp2_softmax_v256(__m256 t) {
+    t = _mm256_max_ps(t, _mm256_set1_ps(-125.f));
+    __m256 kf = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_sub_ps(t, kf), r2 = _mm256_mul_ps(r, r);
+    __m256 p01 = _mm256_fmadd_ps(r, _mm256_set1_ps(6.931469440460205e-01f), _mm256_set1_ps(1.0000001192092896f));
+    __m256 p23 = _mm256_fmadd_ps(r, _mm256_set1_ps(5.550713092088699e-02f), _mm256_set1_ps(2.402212023735046e-01f));
+    __m256 p45 = _mm256_fmadd_ps(r, _mm256_set1_ps(1.327647129073739e-03f), _mm256_set1_ps(9.675540961325169e-03f));
+    __m256 p = _mm256_fmadd_ps(r2, _mm256_fmadd_ps(r2, p45, p23), p01);
+    __m256i k23 = _mm256_slli_epi32(_mm256_cvtps_epi32(kf), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), k23));
 }
 
 static inline __m256 exp_v256(__m256 x) { return exp2_v256(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f))); }
