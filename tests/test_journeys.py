@@ -73,6 +73,21 @@ def test_compare_right_after_sweep_mean_std_over_two_seeds(local_sweep, capsys):
     assert "±" in md and "pesq" in md.lower()
 
 
+def test_sweep_mlflow_parent_and_children(local_sweep):
+    """The sweep's MLflow parent run and one finished child run per cell, named after it, whose
+    config records the parent."""
+    sweep_dir, _ = local_sweep
+    parent = json.loads((sweep_dir / "ledger.json").read_text())["mlflow"]["parent_run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("journey")
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in children) == ["s0", "s1"]
+    assert all("val/pesq" in r.data.metrics and r.info.status == "FINISHED" for r in children)
+    p_run = client.get_run(parent)
+    assert p_run.data.tags["se.kind"] == "sweep" and p_run.info.status == "FINISHED"
+    assert f"parent_run_id: {parent}" in (sweep_dir / "cells" / "s0" / "config.yaml").read_text()
+
+
 def test_evaluate_enhance_and_report_on_a_cell(local_sweep, tmp_path, capsys):
     sweep_dir, corpus = local_sweep
     cell = sweep_dir / "cells" / "s0"

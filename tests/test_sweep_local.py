@@ -1,5 +1,6 @@
 """`orchestrate sweep --executor local` (and ray) with the real training on a tiny demo corpus:
-completion, status, MLflow parent/child runs, resume of a failed cell only."""
+completion, status, resume of a failed cell only (MLflow parent/child runs: tests/test_journeys.py,
+on the journey's local sweep)."""
 
 from __future__ import annotations
 
@@ -49,25 +50,6 @@ def test_local_sweep_runs_resumes_only_failed_cells(tmp_path, demo_data, capsys)
     capsys.readouterr()
     assert cli_main(["sweep", str(p), "--root", root, "trainer.max_steps=5"]) == 2
     assert "cell s0 already ran with a different config" in capsys.readouterr().err
-
-
-def test_local_sweep_mlflow_parent_and_children(tmp_path, demo_data):
-    from mlflow.tracking import MlflowClient
-
-    p = sweep_file(tmp_path, demo_data, "ml")
-    assert cli_main(["sweep", str(p), "--root", str(tmp_path / "runs")]) == 0
-    sweep_dir = tmp_path / "runs" / "ml"
-    ledger = json.loads((sweep_dir / "ledger.json").read_text())
-    parent = ledger["mlflow"]["parent_run_id"]
-    client = MlflowClient(tracking_uri=f"sqlite:///{sweep_dir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("ml")
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    assert sorted(r.info.run_name for r in children) == ["s0", "s1"]
-    assert all("val/pesq" in r.data.metrics and r.info.status == "FINISHED" for r in children)
-    p_run = client.get_run(parent)
-    assert p_run.data.tags["se.kind"] == "sweep" and p_run.info.status == "FINISHED"
-    cfg = (sweep_dir / "cells" / "s0" / "config.yaml").read_text()
-    assert f"parent_run_id: {parent}" in cfg
 
 
 @pytest.mark.slow

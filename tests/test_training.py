@@ -28,7 +28,7 @@ from training.config import ConfigError, load_run_config
 from training.preempt import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_STEPS = 40
+MAX_STEPS = 20
 TINY_MODEL = {"name": "rwsa-xs", "options": {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}}
 
 
