@@ -7,6 +7,10 @@ the compiler's version, the flags and the CPU's model and flags, so that a login
 nodes of another CPU type each get their own build. Concurrent builds (DDP ranks, sweep cells)
 are safe: each compiles to a temporary name and renames it into place atomically.
 
+``SE_NATIVE_PORTABLE=1`` builds without ``-march=native`` (generic C paths, no AVX2/AVX-512
+intrinsics): one library for every CPU of the architecture, e.g. a cache shared by nodes of
+different CPU types; the tests compare it with the native build.
+
 Cache folder: ``$SE_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/se-orchestrator``, else
 ``~/.cache/se-orchestrator``. :func:`load` raises :class:`NativeBuildError` (an ImportError) with
 the compiler's message when no library can be built; ``training.mamba.scan`` then falls back to
@@ -72,11 +76,17 @@ def _compiler_version(cc: str) -> str:
         raise NativeBuildError(f"CPU kernels: cannot run the C compiler {cc!r}: {e}") from e
 
 
+def flag_sets() -> tuple[tuple[str, ...], ...]:
+    """The compiler flags to try in order: native, then portable where the compiler refuses
+    ``-march=native``; only the portable ones under ``SE_NATIVE_PORTABLE=1``."""
+    return (PORTABLE_FLAGS,) if os.environ.get("SE_NATIVE_PORTABLE") == "1" else (FLAGS, PORTABLE_FLAGS)
+
+
 def library_path(cc: str) -> Path:
     h = hashlib.sha256()
     for src in SOURCES:
         h.update(src.read_bytes())
-    for part in (_compiler_version(cc), " ".join(FLAGS), _cpu_signature(), platform.machine()):
+    for part in (_compiler_version(cc), " ".join(flag_sets()[0]), _cpu_signature(), platform.machine()):
         h.update(part.encode())
     return cache_dir() / f"se_cpu-{h.hexdigest()[:16]}.so"
 
@@ -87,7 +97,7 @@ def _compile(cc: str, target: Path) -> None:
     os.close(fd)
     try:
         errors = []
-        for flags in (FLAGS, PORTABLE_FLAGS):
+        for flags in flag_sets():
             cmd = [*cc.split(), *flags, str(SOURCES[0]), "-o", tmp, "-lm"]
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if r.returncode == 0:
