@@ -20,20 +20,24 @@ How the limit counts the selective scan (``training.models.flops._scan_macs``, 6
 batch x channel x step): the rule is kept as it is, the count of the arithmetic the recurrence needs
 (decay, input term, state update, read-out), not of what a CPU spends on it. The decay exp(dt A) is
 one of those 6 MACs, but a CPU has no vector exp: the inference kernel
-(``training/kernels/csrc/mamba_infer_impl.h``) spends 14 vector instructions per state and 16
+(``training/kernels/csrc/mamba_infer_impl.h``) spent 14 vector instructions per state and 16
 channels (multiply, round, subtract, a degree-6 polynomial, scale, clamp, then the input term, the
-update and the read-out) where the limit grants 6 FMAs at sgemm speed. Measured on the fused BiMamba
+update and the read-out; 13 since the decays use a degree-5 polynomial) where the limit grants 6
+FMAs at sgemm speed. Measured on the fused BiMamba
 at rwsa-xs level-1 shapes (128 x 256 steps, d_model 16; 1 thread, sgemm 90.7 GFLOP/s; perf samples
 x time per call, 28.4 ms): scan 12.6 ms against 9.1 ms of limit (1.4x), projections 9.1 ms against
 7.6 ms (1.2x), and 6.7 ms for the element-wise parts the count has no MACs for (softplus of the
 step, two SiLUs, RMSNorm: an exp and a divide each per value): the layer is at 1.7x its limit, and
 the scan cannot lose much more. Lowering the count to what the CPU executes would move the target,
 not the speed, so it is not done. On AVX2 (AMD EPYC without AVX-512, 8 lanes, 16 registers, 2^k built
-in the exponent bits) the same layer at 768 x 256 steps, d_model 16, d_inner 64, 1 thread: 122 ms
-against 51 ms of limit (2.4x; 134 ms before the projections' 6-row tiles and the decay's integer
-scaling). The scan is about half of it: per state and 8 lanes ~10 operations on the two FMA pipes
-(the decay's product and degree-6 polynomial, the input term, the update, the read-out) where the
-limit grants 6. The mambattention layer (d_model 64, d_inner 128, 1601 steps) is at 1.9x. The
+in the exponent bits) the same layer at 768 x 256 steps, d_model 16, d_inner 64, 1 thread: 114-116 ms
+against 51 ms of limit (2.2-2.3x; 122 ms with the degree-6 decay polynomial, 134 ms before the
+projections' 6-row tiles and the decay's integer scaling). The scan is about half of it: per state
+and 8 lanes 9 operations on the two FMA pipes (the decay's product and degree-5 polynomial, the
+input term, the update, the read-out) where the limit grants 6; timed without the decays'
+exponential (a timing probe, not a result) the layer takes 84 ms. The mambattention layer (d_model
+64, d_inner 128, 1601 steps) is at 1.8x: perf gives its projections 48 % of the time, the scan 36 %,
+the rest (causal conv, SiLU, softplus, gate, RMSNorm, residual) 16 %. The
 attention kernel's AVX2 path is at 1.8x its limit on mambattention's time axis (dh 8) and 3.3x
 at rwsa-xs level 1 (dh 4: one exponential per score costs more than the 8 MACs the limit grants
 it). For rwsa-xs (Mamba ~72 % of the MACs, the rest 4-48-channel convolutions, norms and layout
