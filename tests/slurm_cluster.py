@@ -9,6 +9,9 @@ Partitions:
   ``debug`` (default, PriorityTier=1, PreemptMode=REQUEUE): where sweeps run.
   ``urgent`` (PriorityTier=10): a job here preempts (requeues) ``debug`` jobs on its node, after
   sending them their ``--signal`` (``preempt_send_user_signal``) and a ``GraceTime``.
+The main scheduler runs every 2 s and backfill every second (``sched_interval=2,bf_interval=1``;
+SLURM's defaults are 60 s and 30 s): a requeued job starts again ~10 s after its preemption
+instead of ~35 s, and the tests wait that much less.
 
 Usage::
 
@@ -106,6 +109,7 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_interval=2
 JobRequeue=1
 KillWait=30
 MailProg=/bin/true
