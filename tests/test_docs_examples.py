@@ -216,14 +216,12 @@ def test_every_example_is_classified():
 
 
 def _order(cmd: str) -> int:
-    """Producers first: shard builds, the demo sweep (runs/demo), then its readers, servers last."""
+    """Producers first: shard builds, the demo sweep (runs/demo), then its readers."""
     words = cmd.split()
     if words[1] == "shard":
         return 0
     if words[1] in ("sweep", "train"):
         return 1 if "demo.yaml" in cmd and "--dry-run" not in cmd else 2
-    if words[1] == "mlflow-server":
-        return 4
     return 3
 
 
@@ -238,11 +236,7 @@ def sandbox(journey_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.delenv("SE_SCAN_BACKEND", raising=False)  # the default (fused C kernels): 107 s vs 193 s with "torch"
-    yield tmp_path
-    from orchestrator import mlflow_server as ms
-
-    if (tmp_path / "runs" / "mlflow" / ms.SERVER_JSON).is_file():  # an example failed before --stop
-        ms.stop_server(tmp_path / "runs" / "mlflow", timeout_s=10)
+    return tmp_path
 
 
 def test_runnable_examples_execute(sandbox, capsys):

@@ -70,3 +70,18 @@ def test_portable_build_equals_native_build_to_float32_tolerance(tmp_path):
         got = portable_out[key]
         assert got.shape == ref.shape and torch.isfinite(got).all(), key
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item(), msg=key)
+
+
+def test_the_portable_library_is_one_file_for_every_cpu_and_the_native_one_is_per_cpu(monkeypatch):
+    from training.kernels import native
+
+    cc = native._compiler()
+
+    def path_on(cpu: str, portable: bool) -> str:
+        monkeypatch.setattr(native, "_cpu_signature", lambda: cpu)
+        monkeypatch.setenv("SE_NATIVE_PORTABLE", "1" if portable else "0")
+        return native.library_path(cc).name
+
+    assert path_on("zen3 avx2", True) == path_on("sapphire rapids avx512f", True)
+    assert path_on("zen3 avx2", False) != path_on("sapphire rapids avx512f", False)
+    assert path_on("zen3 avx2", True) != path_on("zen3 avx2", False)

@@ -83,10 +83,14 @@ def flag_sets() -> tuple[tuple[str, ...], ...]:
 
 
 def library_path(cc: str) -> Path:
+    """The cache file: a hash of the sources, the compiler, the flags and, for a native build only,
+    the CPU (a portable build is the same for every CPU of the architecture)."""
+    flags = flag_sets()[0]
     h = hashlib.sha256()
     for src in SOURCES:
         h.update(src.read_bytes())
-    for part in (_compiler_version(cc), " ".join(flag_sets()[0]), _cpu_signature(), platform.machine()):
+    cpu = _cpu_signature() if flags == FLAGS else ""
+    for part in (_compiler_version(cc), " ".join(flags), cpu, platform.machine()):
         h.update(part.encode())
     return cache_dir() / f"se_cpu-{h.hexdigest()[:16]}.so"
 
