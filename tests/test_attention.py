@@ -43,6 +43,33 @@ def test_kernel_matches_float64_sdpa(dh, seqs, length, heads):
     assert ours <= 4 * theirs + 1e-6 * float(ref.abs().max()), (ours, theirs)
 
 
+@pytest.mark.parametrize("dh", [4, 8])
+def test_kernel_adds_the_projection_bias_as_it_reads(dh, monkeypatch):
+    """``bias=`` gives what the kernel gives on ``qkv + bias`` (the same float additions, so bitwise),
+    on the kernel and on the SDPA path; and AttentionModule.residual at inference, which projects
+    without the bias and lets the kernel add it (a parameter's bias too: no SDPA), equals ``x +
+    module(x)``."""
+    from training.kernels import attention_cpu
+    from training.kernels.attention_cpu import attention_from_qkv, sdpa_from_qkv
+
+    torch.manual_seed(dh)
+    qkv, bias = torch.randn(3, 29, 3 * 2 * dh), torch.randn(3 * 2 * dh)
+    assert torch.equal(attention_from_qkv(qkv, 2, bias=bias), attention_from_qkv(qkv + bias, 2))
+    assert torch.equal(sdpa_from_qkv(qkv, 2, bias=bias), sdpa_from_qkv(qkv + bias, 2))
+    m = AttentionModule(2 * dh, n_head=2).eval()
+    with torch.no_grad():
+        m.attn.in_proj_bias.normal_()
+        m.attn.out_proj.bias.normal_()
+        x = torch.randn(3, 29, 2 * dh)
+        ref, kept = x + m(x), x.clone()
+        monkeypatch.setattr(attention_cpu, "sdpa_from_qkv", None)  # the kernel or a TypeError
+        got = m.residual(x)
+        assert torch.equal(x, kept), "residual() wrote into its input without inplace=True"
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        assert m.residual(x, inplace=True) is x
+        torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_kernel_does_not_depend_on_thread_count():
     from training.kernels.attention_cpu import attention_from_qkv
 

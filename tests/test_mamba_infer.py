@@ -70,14 +70,22 @@ def test_hooks_see_every_call_so_flop_counts_do_not_change():
     assert seen == [torch.Size([1, 20, 1 + 2 * 16])]  # dt rank + B + C: x_proj ran as a module
 
 
-def test_tf_block_inference_equals_training_forward():
-    """A whole MambAttention block (fused BiMamba, its kernel-1 ConvTranspose1d as a matmul) under
-    no_grad against its autograd forward, batch 1 and 2."""
+@pytest.mark.parametrize("options", [{}, {"attn_position": "after"}, {"order": "ft"}, {"attention": None}])
+def test_tf_block_inference_equals_training_forward(options):
+    """A whole MambAttention block (fused BiMamba, the attention's and the kernel-1 ConvTranspose1d's
+    projections accumulated onto the residuals) under no_grad against its autograd forward, batch 1
+    and 2, from [B, C, T, F] and from channels-last input: same values, the input's layout, and the
+    input left as it was (the frequency axis's sequences are views of channels-last input)."""
     torch.manual_seed(4)
-    block = _perturbed(MambAttentionBlock(8, AttentionModule(8, 2)), 5).eval()
+    attention = options.pop("attention", AttentionModule(8, 2))
+    block = _perturbed(MambAttentionBlock(8, attention, **options), 5).eval()
     for batch in (1, 2):
         x = torch.randn(batch, 8, 21, 13, generator=torch.Generator().manual_seed(batch))
         ref = block(x)
-        with torch.no_grad():
-            got = block(x)
-        _close(got, ref.detach())
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xl = x.contiguous(memory_format=layout)
+            with torch.no_grad():
+                got = block(xl)
+            _close(got, ref.detach())
+            assert got.is_contiguous(memory_format=layout), layout
+            assert torch.equal(xl, x), "the block wrote into its input"

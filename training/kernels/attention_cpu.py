@@ -1,7 +1,8 @@
 """Self-attention from a packed QKV projection on CPU, without autograd (inference).
 
-``attention_from_qkv(qkv, heads, dropout_p=0) -> Tensor[S, L, C]`` for ``qkv`` of shape
-``[S, L, 3C]`` (the output of ``F.linear(x, in_proj_weight, in_proj_bias)``): softmax(q k^T /
+``attention_from_qkv(qkv, heads, dropout_p=0, bias=None) -> Tensor[S, L, C]`` for ``qkv`` of shape
+``[S, L, 3C]`` (the output of ``F.linear(x, in_proj_weight, in_proj_bias)``, or of ``x @
+in_proj_weight.T`` with ``bias=in_proj_bias``, which the kernel adds as it reads): softmax(q k^T /
 sqrt(C / heads)) v per head, no mask, heads concatenated in the order ``out_proj`` expects. It
 uses the C kernel (``csrc/attention_impl.h``) for float32 CPU input without autograd or dropout,
 head sizes 4, 6, 8, 12 or 16, when the kernels build here; else ``F.scaled_dot_product_attention``.
@@ -34,8 +35,10 @@ def kernel_applies(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> boo
             and qkv.shape[-1] // 3 // heads in KERNEL_HEAD_SIZES and _kernel() is not None)
 
 
-def sdpa_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> torch.Tensor:
+def sdpa_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0, bias: torch.Tensor | None = None):
     """The same attention through PyTorch's SDPA (any device, dtype, autograd)."""
+    if bias is not None:
+        qkv = qkv + bias
     s, length, c3 = qkv.shape
     c = c3 // 3
     q, k, v = qkv.view(s, length, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # each [S, heads, L, dh]
@@ -43,13 +46,16 @@ def sdpa_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> torc
     return o.transpose(1, 2).reshape(s, length, c)
 
 
-def attention_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> torch.Tensor:
-    """[S, L, 3C] packed projections -> [S, L, C] attention output (C kernel when it applies)."""
-    if not kernel_applies(qkv, heads, dropout_p):
-        return sdpa_from_qkv(qkv, heads, dropout_p)
+def attention_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0, bias: torch.Tensor | None = None):
+    """[S, L, 3C] packed projections (+ ``bias`` [3C] when given) -> [S, L, C] attention output (C
+    kernel when it applies; it adds the bias as it reads q, k and v)."""
+    if not kernel_applies(qkv, heads, dropout_p) or (bias is not None and bias.requires_grad and torch.is_grad_enabled()):
+        return sdpa_from_qkv(qkv, heads, dropout_p, bias)
     s, length, c3 = qkv.shape
     c = c3 // 3
     qkv = qkv.contiguous()
+    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
     out = torch.empty(s, length, c, dtype=torch.float32)
-    native.run_items(_kernel(), s * heads, (qkv.data_ptr(), s, length, heads, c // heads), (out.data_ptr(),))
+    native.run_items(_kernel(), s * heads, (qkv.data_ptr(), None if b is None else b.data_ptr(), s, length, heads,
+                                            c // heads), (out.data_ptr(),))
     return out

@@ -129,10 +129,10 @@ _SIGNATURES = {
     "scan_forward": _FORWARD_ARGS, "scan_backward": _BACKWARD_ARGS,
     "conv_forward": _CONV_FORWARD_ARGS, "conv_backward": _CONV_BACKWARD_ARGS,
 }
-# attn_forward_f32(qkv, S, L, H, dh, lo, hi, out)
+# attn_forward_f32(qkv, bias, S, L, H, dh, lo, hi, out)
 # mamba_infer_f32(x, normw, eps, reverse, residual, winT, bin, cwT, cb, wxT, wdtT, dtb, At, D, woT, bo,
 #                 nb, L, dm, E, R, N, P, K, lo, hi, out, ldo)
-_SIGNATURES_F32 = {"attn_forward": [_P] + [_L] * 6 + [_P],
+_SIGNATURES_F32 = {"attn_forward": [_P, _P] + [_L] * 6 + [_P],
                    "mamba_infer": [_P, _P, ctypes.c_float, _I, _I] + [_P] * 11 + [_L] * 10 + [_P, _L]}
 
 

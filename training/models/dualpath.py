@@ -36,8 +36,11 @@ class DualPathGenerator(SpectralGenerator):
 
     def features(self, x: torch.Tensor):
         x = self.dense_encoder(x)
+        if not torch.is_grad_enabled():  # inference: the blocks run on [B, T, F, C] (tf_blocks.memory_format)
+            x = x.contiguous(memory_format=torch.channels_last)
         for block in self.blocks:
             x = block(x)
+        x = x.contiguous()
         return x, x
 
 

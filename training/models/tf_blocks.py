@@ -47,6 +47,29 @@ class AttentionModule(nn.Module):
         o = a.out_proj(attention_from_qkv(qkv, a.num_heads, a.dropout if self.training else 0.0))
         return o.transpose(0, 1) if self.across_batch else o
 
+    def residual(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``x + self(x)``. At inference (no autograd, no hooks) the output projection accumulates
+        onto the residual (:func:`add_linear`; into ``x`` itself when ``inplace``)."""
+        if torch.is_grad_enabled() or self.across_batch or self.training or hooked((self,)):
+            return x + self(x)
+        a = self.attn
+        qkv = F.linear(self.layernorm(x), a.in_proj_weight)  # the kernel adds the bias as it reads
+        o = attention_from_qkv(qkv, a.num_heads, bias=a.in_proj_bias)
+        return add_linear(x, o, a.out_proj.weight.t(), a.out_proj.bias, inplace)
+
+
+def add_linear(s, y, weight_t, bias, inplace: bool = False) -> torch.Tensor:
+    """``s + y @ weight_t + bias`` for ``s [..., C]``, ``y [..., K]``, ``weight_t [K, C]``, ``bias
+    [C]`` or None, with no ``[..., C]`` temporary: the matmul accumulates onto the residual, which
+    is ``s`` itself when ``inplace`` (and ``s`` is contiguous), else one copy. Inference only."""
+    if inplace and s.is_contiguous():
+        out = s if bias is None else s.add_(bias)
+    else:
+        out = torch.empty(s.shape, dtype=s.dtype, device=s.device)
+        out.copy_(s) if bias is None else torch.add(s, bias, out=out)
+    out.view(-1, out.shape[-1]).addmm_(y.reshape(-1, y.shape[-1]), weight_t)
+    return out
+
 
 class CheckpointableBlock(nn.Module):
     """A TF block whose activations can be recomputed in the backward pass: subclasses implement
@@ -88,6 +111,13 @@ def _from_freq(s, shape):
 _AXES = {"t": (_to_time, _from_time), "f": (_to_freq, _from_freq)}
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` when ``x`` ([B, C, T, F]) is stored as [B, T, F, C], else contiguous: a TF
+    block returns its input's layout. In channels-last the frequency-axis sequences are views and
+    the time-axis ones a copy of C-long rows; from [B, C, T, F] both are element-wise transposes."""
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+
 class MambAttentionBlock(CheckpointableBlock):
     """One dual-path block; ``attention`` may be a module shared with other blocks.
 
@@ -125,15 +155,17 @@ class MambAttentionBlock(CheckpointableBlock):
         self.flinear = nn.ConvTranspose1d(2 * channels, channels, 1)
 
     def _axis(self, s, attn, mamba, linear):
+        # s is to_seq's output: a copy of the block input (ours to update in place) or a view of it
+        owned = s._base is None
         if attn is not None and self.attn_position == "before":
-            s = s + attn(s)
+            s, owned = attn.residual(s, inplace=owned), True
         m = mamba(s)
         if torch.is_grad_enabled() or hooked((linear,)):
             s = s + linear(m.transpose(1, 2)).transpose(1, 2)
-        else:  # inference: the kernel-1 ConvTranspose1d as a matmul on the channel-last output (no transposes)
-            s = s + F.linear(m, linear.weight[:, :, 0].t(), linear.bias)
+        else:  # inference: the kernel-1 ConvTranspose1d as a matmul accumulated onto the residual
+            s, owned = add_linear(s, m, linear.weight[:, :, 0], linear.bias, inplace=owned), True
         if attn is not None and self.attn_position == "after":
-            s = s + attn(s)
+            s = attn.residual(s, inplace=owned)
         return s
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,10 +175,11 @@ class MambAttentionBlock(CheckpointableBlock):
             "t": (self.attention, self.time_mamba, self.tlinear),
             "f": (f_attn, self.freq_mamba, self.flinear),
         }
+        layout = memory_format(x)
         for axis in self.order:
             to_seq, from_seq = _AXES[axis]
             x = from_seq(self._axis(to_seq(x), *parts[axis]), shape)
-        return x.contiguous()
+        return x.contiguous(memory_format=layout)
 
 
 class _FeedForward(nn.Module):
@@ -215,11 +248,11 @@ class TSConformerBlock(CheckpointableBlock):
         self.freq_conformer = ConformerBlock(channels, n_head, across_batch=across_batch)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
+        shape, layout = x.shape, memory_format(x)
         s = _to_time(x)
         x = _from_time(s + self.time_conformer(s), shape)
         s = _to_freq(x)
-        return _from_freq(s + self.freq_conformer(s), shape).contiguous()
+        return _from_freq(s + self.freq_conformer(s), shape).contiguous(memory_format=layout)
 
 
 def set_activation_checkpointing(model: nn.Module, on: bool) -> int:

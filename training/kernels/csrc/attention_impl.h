@@ -15,16 +15,19 @@
  * maxima (scores kept in a buffer of L * QB), then exp, row sums and the weighted sum of values.
  */
 
-/* Copy head h of sequence s's keys and values into contiguous (L, dh) buffers (dh 4, 6, 8, 12 or 16: copies
- * of a constant size, which compile to vector moves instead of a memcpy call per row). */
+/* Copy head h of sequence s's keys and values, plus their biases bk, bv, into contiguous (L, dh)
+ * buffers (dh 4, 6, 8, 12 or 16: loops of a constant length, which compile to vector code). */
 #define ATTN_PACK_ROWS(DH)                                                                           \
     for (long j = 0; j < L; j++) {                                                                   \
         const float *row = qkv + (s * L + j) * 3 * C + h * DH;                                       \
-        memcpy(kp + j * DH, row + C, DH * sizeof(float));                                            \
-        memcpy(vp + j * DH, row + 2 * C, DH * sizeof(float));                                        \
+        for (long c = 0; c < DH; c++) {                                                              \
+            kp[j * DH + c] = row[C + c] + bk[c];                                                     \
+            vp[j * DH + c] = row[2 * C + c] + bv[c];                                                 \
+        }                                                                                            \
     }
-static void attn_pack(const float *restrict qkv, long L, long H, long dh, long s, long h, float *restrict kp,
-                      float *restrict vp) {
+
+static void attn_pack(const float *restrict qkv, const float *restrict bk, const float *restrict bv, long L,
+                      long H, long dh, long s, long h, float *restrict kp, float *restrict vp) {
     long C = H * dh;
     switch (dh) {
     case 4: ATTN_PACK_ROWS(4) break;
@@ -211,23 +214,27 @@ ATTN_BLOCK(8)
 ATTN_BLOCK(12)
 ATTN_BLOCK(16)
 
-/* Items [lo, hi). dh must be 4, 6, 8, 12 or 16 (the caller checks). Returns 0, or -1 without memory. */
-int attn_forward_f32(const float *restrict qkv, long S, long L, long H, long dh, long lo, long hi,
-                     float *restrict out) {
+/* Items [lo, hi). dh must be 4, 6, 8, 12 or 16 (the caller checks). bias: the projection's bias
+ * (3 * H * dh, added to q, k and v here, so that the caller's matmul need not broadcast it over
+ * the whole output first), or NULL for none. Returns 0, or -1 without memory. */
+int attn_forward_f32(const float *restrict qkv, const float *restrict bias, long S, long L, long H, long dh,
+                     long lo, long hi, float *restrict out) {
     (void)S;
     long C = H * dh;
-    float *mem = malloc((2 * L * dh + L * QB + 2 * dh * QB) * sizeof(float));
+    float *mem = calloc(2 * L * dh + L * QB + 2 * dh * QB + (bias ? 0 : 3 * C), sizeof(float));
     if (!mem) return -1;
+    if (!bias) bias = mem + 2 * L * dh + L * QB + 2 * dh * QB; /* zeros */
     float *kp = mem, *vp = kp + L * dh, *sc = vp + L * dh, *q = sc + L * QB, *o = q + dh * QB;
     float scale = ATTN_SCORE_SCALE / sqrtf((float)dh);
     for (long i = lo; i < hi; i++) {
         long s = i / H, h = i % H;
-        attn_pack(qkv, L, H, dh, s, h, kp, vp);
+        const float *bq = bias + h * dh;
+        attn_pack(qkv, bq + C, bq + 2 * C, L, H, dh, s, h, kp, vp);
         for (long i0 = 0; i0 < L; i0 += QB) {
             long m = L - i0 < QB ? L - i0 : QB;
             for (long t = 0; t < QB; t++) { /* queries past the end repeat the last one */
                 const float *row = qkv + (s * L + i0 + (t < m ? t : m - 1)) * 3 * C + h * dh;
-                for (long c = 0; c < dh; c++) q[c * QB + t] = row[c] * scale;
+                for (long c = 0; c < dh; c++) q[c * QB + t] = (row[c] + bq[c]) * scale;
             }
             switch (dh) {
             case 4: attn_block_4(kp, vp, L, q, sc, o); break;
