@@ -36,7 +36,7 @@ import torch
 
 _CSRC = Path(__file__).with_name("csrc")
 SOURCES = (_CSRC / "se_cpu.c", _CSRC / "selective_scan_impl.h", _CSRC / "causal_conv_impl.h",
-           _CSRC / "vec_exp.h", _CSRC / "attention_impl.h", _CSRC / "mamba_infer_impl.h")
+           _CSRC / "vec_exp.h", _CSRC / "attention_impl.h", _CSRC / "mamba_infer_impl.h", _CSRC / "codec_impl.h")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
 PORTABLE_FLAGS = tuple(f for f in FLAGS if f != "-march=native")  # compilers without -march=native
 
@@ -132,8 +132,12 @@ _SIGNATURES = {
 # attn_forward_f32(qkv, bias, S, L, H, dh, lo, hi, out)
 # mamba_infer_f32(x, normw, eps, reverse, residual, winT, bin, cwT, cb, wxT, wdtT, dtb, At, D, woT, bo,
 #                 nb, L, dm, E, R, N, P, K, lo, hi, out, ldo)
+# inorm_prelu_f32(x, gamma, beta, alpha, n_alpha, eps, C, HW, lo, hi, out, ldo_b)
+# convt_freq_f32(z, bias, C, K, S, T, F, lo, hi, out)
 _SIGNATURES_F32 = {"attn_forward": [_P, _P] + [_L] * 6 + [_P],
-                   "mamba_infer": [_P, _P, ctypes.c_float, _I, _I] + [_P] * 11 + [_L] * 10 + [_P, _L]}
+                   "mamba_infer": [_P, _P, ctypes.c_float, _I, _I] + [_P] * 11 + [_L] * 10 + [_P, _L],
+                   "inorm_prelu": [_P] * 4 + [_L, ctypes.c_float] + [_L] * 4 + [_P, _L],
+                   "convt_freq": [_P, _P] + [_L] * 7 + [_P]}
 
 
 @functools.cache

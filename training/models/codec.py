@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from training.kernels import codec_cpu
+from training.mamba.infer import hooked
+
 
 class LearnableSigmoid2d(nn.Module):
     """``beta * sigmoid(slope * x)`` on ``[B, F, T]`` with a learnable ``slope[F, 1]`` (init 1)."""
@@ -29,6 +32,26 @@ def _conv_in_prelu(c_in: int, c_out: int, kernel, **conv_kw) -> nn.Sequential:
     )
 
 
+def _run(seq: nn.Sequential, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``seq(x)`` (into ``out`` when given). Without autograd or hooks in ``seq``, each InstanceNorm2d +
+    PReLU pair and each ConvTranspose2d run through ``training.kernels.codec_cpu`` (the pair writes
+    straight into ``out`` when it ends ``seq``); they fall back to the modules where their kernels
+    do not apply."""
+    if torch.is_grad_enabled() or hooked((seq,)):
+        y = seq(x)
+        return y if out is None else out.copy_(y)
+    mods, i = list(seq), 0
+    while i < len(mods):
+        m, last = mods[i], i + 1 == len(mods)
+        if isinstance(m, nn.InstanceNorm2d) and not last and isinstance(mods[i + 1], nn.PReLU):
+            x = codec_cpu.instance_norm_prelu(x, m, mods[i + 1], out=out if i + 2 == len(mods) else None)
+            i += 2
+            continue
+        x = codec_cpu.conv_transpose_freq(x, m) if isinstance(m, nn.ConvTranspose2d) else m(x)
+        i += 1
+    return x if out is None or x is out else out.copy_(x)
+
+
 class DenseBlock(nn.Module):
     """Depth-4 dilated dense block: layer i is a 3x3 conv over C*(i+1) channels, dilation (2^i, 1) in time.
 
@@ -43,10 +66,25 @@ class DenseBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and not hooked((self,)):
+            return self._inference(x)
         skip = x
         for layer in self.dense_block:
             x = layer(skip)
             skip = torch.cat((x, skip), dim=1)
+        return x
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same without concatenations: one buffer ``[B, depth * C, T, F]`` holds, from its end,
+        the input and every layer's output but the last, so layer i reads its last (i + 1) * C
+        channels (a contiguous view for B = 1) and writes its output just before them."""
+        b, c, t, f = x.shape
+        d = len(self.dense_block)
+        buf = x.new_empty(b, d * c, t, f)
+        buf[:, (d - 1) * c :].copy_(x)
+        for i, layer in enumerate(self.dense_block):
+            dst = buf[:, (d - 2 - i) * c : (d - 1 - i) * c] if i < d - 1 else None
+            x = _run(layer, buf[:, (d - 1 - i) * c :], out=dst)
         return x
 
 
@@ -65,7 +103,7 @@ class DenseEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_conv_2(self.dense_block(self.dense_conv_1(x)))
+        return _run(self.dense_conv_2, self.dense_block(_run(self.dense_conv_1, x)))
 
 
 def _upsample(channels: int, style: str) -> list[nn.Module]:
@@ -96,7 +134,7 @@ class MaskDecoder(nn.Module):
         self.lsigmoid = LearnableSigmoid2d(n_freq, beta=beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mask_conv(self.dense_block(x))  # [B, 1, T, F]
+        x = _run(self.mask_conv, self.dense_block(x))  # [B, 1, T, F]
         return self.lsigmoid(x[:, 0].transpose(1, 2)).transpose(1, 2)[:, None]
 
 
@@ -113,5 +151,5 @@ class PhaseDecoder(nn.Module):
         self.phase_conv_i = nn.Conv2d(channels, 1, (1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.phase_conv(self.dense_block(x))
+        x = _run(self.phase_conv, self.dense_block(x))
         return torch.atan2(self.phase_conv_i(x), self.phase_conv_r(x))

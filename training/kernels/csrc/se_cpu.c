@@ -77,3 +77,4 @@ static inline double log1p_unit_f64(double t) { return log1p(t); }
 #include "vec_exp.h"
 #include "attention_impl.h"
 #include "mamba_infer_impl.h"
+#include "codec_impl.h"
