@@ -15,7 +15,7 @@ from training.model_names import FRAMING_400
 from training.models.base import SpectralGenerator
 from training.models.codec import DenseEncoder, MaskDecoder, PhaseDecoder
 from training.models.recurrent import BiRecurrent, LSTMBlock, MLSTMBlock
-from training.models.tf_blocks import AttentionModule, MambAttentionBlock, TSConformerBlock
+from training.models.tf_blocks import AttentionModule, MambAttentionBlock, TSConformerBlock, run_blocks
 from training.stft import STFTSpec
 
 STFT_400 = STFTSpec(n_fft=FRAMING_400.n_fft, hop=FRAMING_400.hop, win=FRAMING_400.win)  # 400 / 100 / 400
@@ -35,12 +35,7 @@ class DualPathGenerator(SpectralGenerator):
         self.phase_decoder = PhaseDecoder(channels, upsample="convt")
 
     def features(self, x: torch.Tensor):
-        x = self.dense_encoder(x)
-        if not torch.is_grad_enabled():  # inference: the blocks run on [B, T, F, C] (tf_blocks.memory_format)
-            x = x.contiguous(memory_format=torch.channels_last)
-        for block in self.blocks:
-            x = block(x)
-        x = x.contiguous()
+        x = run_blocks(self.blocks, self.dense_encoder(x))
         return x, x
 
 

@@ -28,7 +28,7 @@ from training.model_names import FRAMING_510
 from training.models.base import SpectralGenerator
 from training.models.codec import DenseEncoder, MaskDecoder, PhaseDecoder
 from training.models.deform_conv import DeformConv2d
-from training.models.tf_blocks import AttentionModule, MambAttentionBlock
+from training.models.tf_blocks import AttentionModule, MambAttentionBlock, run_blocks
 from training.stft import STFTSpec
 
 STFT_510 = STFTSpec(n_fft=FRAMING_510.n_fft, hop=FRAMING_510.hop, win=FRAMING_510.win)  # 510 / 120 / 510
@@ -87,10 +87,7 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.patch_embed(x)
-        for block in self.blocks:
-            y = block(y)
-        return x + y
+        return x + run_blocks(self.blocks, self.patch_embed(x))
 
 
 class RWSAMambaUNet(SpectralGenerator):

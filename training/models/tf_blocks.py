@@ -255,6 +255,17 @@ class TSConformerBlock(CheckpointableBlock):
         return _from_freq(s + self.freq_conformer(s), shape).contiguous(memory_format=layout)
 
 
+def run_blocks(blocks, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through the TF ``blocks`` in order, ``[B, C, T, F]`` in and out (contiguous). At inference
+    the stack runs in channels-last (:func:`memory_format`): two layout copies for the whole stack
+    instead of element-wise transposes in every block."""
+    if not torch.is_grad_enabled():
+        x = x.contiguous(memory_format=torch.channels_last)
+    for block in blocks:
+        x = block(x)
+    return x.contiguous()
+
+
 def set_activation_checkpointing(model: nn.Module, on: bool) -> int:
     """Turn activation checkpointing of every TF block (MambAttention, TS-Conformer) in ``model``
     on or off; returns how many blocks were set."""
