@@ -14,7 +14,19 @@ profile (one more, hooked, pass) splits the time by module kind, next to each ki
 MACs; "other" is the rest (norms, 1x1/dense convs, reshapes; STFT/iSTFT listed apart, 0 MACs).
 "mamba" is the outermost Mamba module (BiMamba in the TF blocks: with its norms, residuals and
 branch merge); hooks sit on outermost modules only, so the fused inference kernels, which step
-aside for hooked inner modules, run as in the timed passes.
+aside for hooked inner modules, run as in the timed passes. Two steps that do step aside: a hooked
+AttentionModule's residual (its output projection no longer accumulates onto the residual) and,
+for rwsa-*, the decoders' codec kernels (their depthwise convs are hooked): the profile's total is
+a little above the timed passes'.
+
+Where PyTorch's own steps were the cost (mambattention, 10 s, torch profiler, aten time outside the
+C kernels): the TF blocks' layout transposes, residual adds and bias fills took 1.50 s of the four
+blocks (now 0.77 s: the stack in channels-last, projections accumulated onto the residuals, the
+QKV bias added by the attention kernel); the dense codec's InstanceNorm + PReLU + concatenations
+and its ConvTranspose2d took about 1.2 s (now ~0.2 s: ``training.kernels.codec_cpu``). Whole model,
+back to back: 13.2 -> 11.45 s (ratio 1.86 -> 1.66). What is left is in the C kernels and oneDNN:
+perf on the whole mambattention pass gives the attention kernel 24 %, the Mamba layers' scan 13 %,
+their projections 17 % and element-wise parts 6 %, the dense convolutions (oneDNN) 25 %.
 
 How the limit counts the selective scan (``training.models.flops._scan_macs``, 6N + 2 MACs per
 batch x channel x step): the rule is kept as it is, the count of the arithmetic the recurrence needs

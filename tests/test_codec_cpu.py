@@ -90,3 +90,24 @@ def test_dense_codec_inference_equals_training_forward(batch):
         if isinstance(module, PhaseDecoder):  # atan2: compare where the angle is well defined
             ref, got = torch.cos(ref), torch.cos(got)
         _close(got, ref)
+
+
+def test_inference_under_bf16_autocast_runs_like_the_autograd_forward():
+    """Validation of a bf16 run enhances under autocast: the codec kernels and the TF blocks'
+    residual accumulations step aside (their matmuls would run in float32, or fail on mixed
+    dtypes), so a small MambAttention under no_grad runs and gives the autograd forward's magnitude
+    to bf16 precision (the phase, an atan2 of bf16 values, is not compared; the fused Mamba layer
+    runs in float32 in both)."""
+    from training.models import build_model
+    from training.models.tf_blocks import fusable
+
+    model = build_model("mambattention", channels=8, num_blocks=1, n_head=2, seed=0).eval()
+    mag, pha = torch.rand(1, 201, 20, generator=torch.Generator().manual_seed(0)), torch.rand(1, 201, 20)
+    x, norm, prelu = torch.randn(1, 4, 6, 5), nn.InstanceNorm2d(4, affine=True), nn.PReLU(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(mag, pha)
+        with torch.no_grad():
+            assert not fusable(x) and not codec_cpu.kernel_applies(x, norm, prelu)
+            got = model(mag, pha)
+    b = ref[0].detach().float()
+    torch.testing.assert_close(got[0].float(), b, rtol=2e-2, atol=2e-2 * float(b.abs().max()))

@@ -1,7 +1,7 @@
 """The dense codec's steps without autograd on CPU, where PyTorch's own are memory-bound (C kernels
 in ``csrc/codec_impl.h``). Each takes the modules it replaces, and runs those modules instead
-whenever its kernel does not apply (autograd, forward hooks, other dtypes, devices or options), so
-the two always agree to float32 rounding (tests/test_codec_cpu.py).
+whenever its kernel does not apply (autograd, autocast, forward hooks, other dtypes, devices or
+options), so the two always agree to float32 rounding (tests/test_codec_cpu.py).
 
 - ``instance_norm_prelu(x, norm, prelu, out=None) -> Tensor[B, C, H, W]``: ``prelu(norm(x))`` for an
   affine InstanceNorm2d without running statistics and a PReLU of 1 or C weights, written into
@@ -41,7 +41,8 @@ def kernel_applies(x: torch.Tensor, norm: nn.Module, prelu: nn.Module) -> bool:
     """Whether the C kernel takes this input and these modules (else the modules run)."""
     from training.mamba.infer import hooked
 
-    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+    return (not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
+            and x.dtype == torch.float32 and x.dim() == 4
             and x.is_contiguous() and isinstance(norm, nn.InstanceNorm2d) and norm.affine
             and not (norm.track_running_stats and not norm.training) and isinstance(prelu, nn.PReLU)
             and prelu.weight.numel() in (1, x.shape[1]) and norm.weight.dtype == torch.float32
@@ -69,7 +70,8 @@ def conv_transpose_freq_applies(x: torch.Tensor, convt: nn.Module) -> bool:
     """Whether :func:`conv_transpose_freq` runs its kernel on this input and module."""
     from training.mamba.infer import hooked
 
-    return (not torch.is_grad_enabled() and isinstance(convt, nn.ConvTranspose2d) and x.device.type == "cpu"
+    return (not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
+            and isinstance(convt, nn.ConvTranspose2d)
             and x.dtype == torch.float32 and x.dim() == 4 and convt.weight.dtype == torch.float32
             and convt.kernel_size[0] == 1 and convt.stride[0] == 1 and convt.padding == (0, 0)
             and convt.output_padding == (0, 0) and convt.dilation == (1, 1) and convt.groups == 1
