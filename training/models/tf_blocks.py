@@ -121,8 +121,9 @@ def memory_format(x: torch.Tensor) -> torch.memory_format:
     """``channels_last`` when ``x`` ([B, C, T, F]) is stored as [B, T, F, C], else contiguous: a TF
     block returns its input's layout. In channels-last the frequency-axis sequences are views and
     the time-axis ones a copy of C-long rows; from [B, C, T, F] both are element-wise transposes."""
-    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous() else torch.contiguous_format
+    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
 
 class MambAttentionBlock(CheckpointableBlock):
     """One dual-path block; ``attention`` may be a module shared with other blocks.
