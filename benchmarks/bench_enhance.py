@@ -1,9 +1,10 @@
 """CPU inference against its FLOP limit, per model x audio length, with a per-module profile.
 
-Each (model, length) runs in its own child process, as ``orchestrate enhance`` runs: malloc tuning
-(`training.kernels.malloc_tuning`), the run's enhancer (`training.evaluation.protocol.enhancer_for`,
-``eval.mode`` auto: RWSA segments for rwsa-*, 10 s chunks with 0.5 s overlap otherwise), a full-size
-model with random weights (speed does not depend on training), a synthetic 16 kHz noisy file.
+Each (model, length) runs in its own child process, as ``orchestrate enhance`` runs: passive OpenMP
+waits (`training.kernels.omp_wait`), malloc tuning (`training.kernels.malloc_tuning`), the run's
+enhancer (`training.evaluation.protocol.enhancer_for`, ``eval.mode`` auto: RWSA segments for
+rwsa-*, 10 s chunks with 0.5 s overlap otherwise), a full-size model with random weights (speed
+does not depend on training), a synthetic 16 kHz noisy file.
 
 FLOP limit (the issue's rule): the full-convention MACs (`training.models.flops.count_macs`) of the
 forward passes the enhancer makes for that file x 2 / the sgemm rate, measured in the same child right
@@ -240,6 +241,9 @@ def _forward_macs(model, enhancer, wav) -> dict[str, int]:
 
 
 def child(model_name: str, seconds: float, threads: int, repeat: int) -> dict:
+    from training.kernels import omp_wait
+
+    omp_wait.passive()  # as orchestrate enhance: before torch is imported
     import torch
 
     from training.config import load_run_config

@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.kernels import omp_wait
+
+    omp_wait.passive()  # before torch is imported
     from orchestrator.evaluate_and_enhance import EXIT_SOME_FAILED, enhance_files
     from training.kernels import malloc_tuning
 

@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.kernels import omp_wait
+
+    omp_wait.passive()  # before torch is imported
     if args.noisy_only:
         return _noisy_only(args)
     if not args.checkpoint:
