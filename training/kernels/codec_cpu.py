@@ -37,16 +37,21 @@ def _planes_contiguous(t: torch.Tensor) -> bool:
     return t.stride(3) == 1 and (h == 1 or t.stride(2) == w) and (c == 1 or t.stride(1) == h * w)
 
 
-def kernel_applies(x: torch.Tensor, norm: nn.Module, prelu: nn.Module) -> bool:
-    """Whether the C kernel takes this input and these modules (else the modules run)."""
+def _plain_inference(x: torch.Tensor, modules: tuple, kernel: str) -> bool:
+    """What both kernels need: float32 4-D CPU input, no autograd, no autocast, no hooks on the
+    modules they replace, and the kernel built."""
     from training.mamba.infer import hooked
 
     return (not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
-            and x.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous() and isinstance(norm, nn.InstanceNorm2d) and norm.affine
+            and x.dtype == torch.float32 and x.dim() == 4 and not hooked(modules) and _kernel(kernel) is not None)
+
+
+def kernel_applies(x: torch.Tensor, norm: nn.Module, prelu: nn.Module) -> bool:
+    """Whether the C kernel takes this input and these modules (else the modules run)."""
+    return (isinstance(norm, nn.InstanceNorm2d) and norm.affine and norm.weight.dtype == torch.float32
             and not (norm.track_running_stats and not norm.training) and isinstance(prelu, nn.PReLU)
-            and prelu.weight.numel() in (1, x.shape[1]) and norm.weight.dtype == torch.float32
-            and not hooked((norm, prelu)) and _kernel("inorm_prelu_f32") is not None)
+            and prelu.weight.numel() in (1, x.shape[1]) and x.is_contiguous()
+            and _plain_inference(x, (norm, prelu), "inorm_prelu_f32"))
 
 
 def instance_norm_prelu(x: torch.Tensor, norm: nn.Module, prelu: nn.Module, out: torch.Tensor | None = None):
@@ -68,14 +73,10 @@ def instance_norm_prelu(x: torch.Tensor, norm: nn.Module, prelu: nn.Module, out:
 
 def conv_transpose_freq_applies(x: torch.Tensor, convt: nn.Module) -> bool:
     """Whether :func:`conv_transpose_freq` runs its kernel on this input and module."""
-    from training.mamba.infer import hooked
-
-    return (not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
-            and isinstance(convt, nn.ConvTranspose2d)
-            and x.dtype == torch.float32 and x.dim() == 4 and convt.weight.dtype == torch.float32
+    return (isinstance(convt, nn.ConvTranspose2d) and convt.weight.dtype == torch.float32
             and convt.kernel_size[0] == 1 and convt.stride[0] == 1 and convt.padding == (0, 0)
             and convt.output_padding == (0, 0) and convt.dilation == (1, 1) and convt.groups == 1
-            and convt.padding_mode == "zeros" and not hooked((convt,)) and _kernel("convt_freq_f32") is not None)
+            and convt.padding_mode == "zeros" and _plain_inference(x, (convt,), "convt_freq_f32"))
 
 
 def conv_transpose_freq(x: torch.Tensor, convt: nn.Module) -> torch.Tensor:
