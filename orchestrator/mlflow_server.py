@@ -41,7 +41,8 @@ from pathlib import Path
 
 from common import procid
 from orchestrator.errors import UserError
-from training.tracking import ensure_sqlite_file, server_problem, unavailable_message
+from training.sqlite_store import ensure_sqlite_file
+from training.tracking import server_problem, unavailable_message
 
 log = logging.getLogger(__name__)
 

@@ -150,7 +150,7 @@ def ensure_parent_run(tracking_uri: str, experiment: str, sweep_name: str, run_i
     :func:`store_lock`, so concurrent first-time sweeps share one store schema and one parent run."""
     from mlflow.exceptions import MlflowException
 
-    from training.tracking import ensure_sqlite_file
+    from training.sqlite_store import ensure_sqlite_file
 
     ensure_sqlite_file(tracking_uri)  # created under the umask, not SQLite's fixed 0644
     with store_lock(tracking_uri, sweep_dir):

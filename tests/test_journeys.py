@@ -27,7 +27,8 @@ METRICS = ["pesq", "estoi", "si_sdr", "ssnr"]
 
 
 def journey_sweep(tmp_path: Path, corpus: Path, name: str, **base) -> Path:
-    """A demo-sized sweep file: tiny RWSA-XS x 2 seeds, 2 steps, evaluated on the corpus's test split."""
+    """A demo-sized sweep file: tiny RWSA-XS x 2 seeds, 2 steps, evaluated on the corpus's test split;
+    the two cells run side by side (one thread each on the 2 test cores)."""
     return write_sweep(tmp_path, name, {
         "model.name": "rwsa-xs", "model.options": TINY,
         "data.train": str(corpus / "train"), "data.valid": str(corpus / "valid"),
@@ -35,7 +36,7 @@ def journey_sweep(tmp_path: Path, corpus: Path, name: str, **base) -> Path:
         "trainer.max_steps": 2, "trainer.val_every": 2, "trainer.ckpt_every": 1, "trainer.log_every": 1,
         "trainer.pesq_workers": 1, "trainer.num_threads": 1,
         "eval.testsets": [str(corpus / "test")], "eval.num_workers": 1, **base,
-    })
+    }, resources={"max_parallel": 2})
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,6 @@ Only rank 0 logs (`build_tracker` returns a `NullTracker` elsewhere).
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 import logging
@@ -64,6 +63,7 @@ from pathlib import Path
 
 from common.config import ConfigError
 from common.rundir import RUN_ID_FILE
+from training.sqlite_store import ensure_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -594,19 +594,6 @@ class SenderStats:
     failures: int = 0  # log_batch calls that failed
     latencies_s: list = field(default_factory=list)  # one per successful log_batch
     blocked_s: float = 0.0  # time the trainer spent inside flush()
-
-
-def ensure_sqlite_file(uri: str) -> None:
-    """Create a `sqlite:///PATH` store's file (empty: MLflow makes the schema) with the mode a plain
-    `open()` gives under the umask; SQLite itself would create it 0644 whatever the umask."""
-    if not str(uri).startswith("sqlite:///"):
-        return
-    db = Path(uri[len("sqlite:///") :])
-    if str(db) in ("", ":memory:") or db.exists():
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
 
 
 class TrackerState:

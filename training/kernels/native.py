@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import cache
+
 _CSRC = Path(__file__).with_name("csrc")
 SOURCES = (_CSRC / "se_cpu.c", _CSRC / "selective_scan_impl.h", _CSRC / "causal_conv_impl.h",
            _CSRC / "vec_exp.h", _CSRC / "attention_impl.h", _CSRC / "mamba_infer_impl.h", _CSRC / "codec_impl.h")
@@ -48,8 +50,7 @@ class NativeBuildError(ImportError):
 def cache_dir() -> Path:
     if os.environ.get("SE_NATIVE_CACHE"):
         return Path(os.environ["SE_NATIVE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "se-orchestrator"
+    return cache.cache_dir()
 
 
 def _compiler() -> str:
