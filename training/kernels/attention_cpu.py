@@ -11,8 +11,6 @@ Both agree to float32 rounding (tests/test_attention.py).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -21,18 +19,10 @@ from training.kernels import native
 KERNEL_HEAD_SIZES = (4, 6, 8, 12, 16)
 
 
-@functools.cache  # a failed build is not retried on every call
-def _kernel():
-    try:
-        return native.load().attn_forward_f32
-    except native.NativeBuildError:
-        return None
-
-
 def kernel_applies(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> bool:
     """Whether the C kernel takes this input (else SDPA runs)."""
     return (dropout_p == 0.0 and qkv.device.type == "cpu" and qkv.dtype == torch.float32 and not qkv.requires_grad
-            and qkv.shape[-1] // 3 // heads in KERNEL_HEAD_SIZES and _kernel() is not None)
+            and qkv.shape[-1] // 3 // heads in KERNEL_HEAD_SIZES and native.kernel("attn_forward_f32") is not None)
 
 
 def sdpa_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0, bias: torch.Tensor | None = None):
@@ -56,6 +46,6 @@ def attention_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0, bi
     qkv = qkv.contiguous()
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
     out = torch.empty(s, length, c, dtype=torch.float32)
-    native.run_items(_kernel(), s * heads, (qkv.data_ptr(), None if b is None else b.data_ptr(), s, length, heads,
+    native.run_items(native.kernel("attn_forward_f32"), s * heads, (qkv.data_ptr(), None if b is None else b.data_ptr(), s, length, heads,
                                             c // heads), (out.data_ptr(),))
     return out

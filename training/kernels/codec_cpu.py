@@ -15,21 +15,11 @@ options), so the two always agree to float32 rounding (tests/test_codec_cpu.py).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from training.kernels import native
-
-
-@functools.cache  # a failed build is not retried on every call
-def _kernel(name: str):
-    try:
-        return getattr(native.load(), name)
-    except native.NativeBuildError:
-        return None
 
 
 def _planes_contiguous(t: torch.Tensor) -> bool:
@@ -42,8 +32,8 @@ def _plain_inference(x: torch.Tensor, modules: tuple, kernel: str) -> bool:
     modules they replace, and the kernel built."""
     from training.mamba.infer import hooked
 
-    return (not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
-            and x.dtype == torch.float32 and x.dim() == 4 and not hooked(modules) and _kernel(kernel) is not None)
+    return (x.device.type == "cpu" and native.plain_inference("cpu") and x.dtype == torch.float32 and x.dim() == 4
+            and not hooked(modules) and native.kernel(kernel) is not None)
 
 
 def kernel_applies(x: torch.Tensor, norm: nn.Module, prelu: nn.Module) -> bool:
@@ -66,7 +56,7 @@ def instance_norm_prelu(x: torch.Tensor, norm: nn.Module, prelu: nn.Module, out:
     if out is None:
         out = torch.empty_like(x)
     params = [p.detach().contiguous() for p in (norm.weight, norm.bias, prelu.weight)]
-    native.run_items(_kernel("inorm_prelu_f32"), b * c, (x.data_ptr(), *(p.data_ptr() for p in params), params[2].numel(),
+    native.run_items(native.kernel("inorm_prelu_f32"), b * c, (x.data_ptr(), *(p.data_ptr() for p in params), params[2].numel(),
                                         norm.eps, c, h * w), (out.data_ptr(), out.stride(0)))
     return out
 
@@ -90,6 +80,6 @@ def conv_transpose_freq(x: torch.Tensor, convt: nn.Module) -> torch.Tensor:
     z = F.conv2d(x, w).contiguous()  # [B, K * C_out, T, F]
     out = x.new_empty(b, c_out, t, (f - 1) * s + k)
     bias = None if convt.bias is None else convt.bias.detach().contiguous()
-    native.run_items(_kernel("convt_freq_f32"), b * c_out,
+    native.run_items(native.kernel("convt_freq_f32"), b * c_out,
                      (z.data_ptr(), None if bias is None else bias.data_ptr(), c_out, k, s, t, f), (out.data_ptr(),))
     return out

@@ -14,7 +14,9 @@ different CPU types; the tests compare it with the native build.
 Cache folder: ``$SE_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/se-orchestrator``, else
 ``~/.cache/se-orchestrator``. :func:`load` raises :class:`NativeBuildError` (an ImportError) with
 the compiler's message when no library can be built; ``training.mamba.scan`` then falls back to
-the pure-PyTorch scan (and attention to PyTorch's SDPA).
+the pure-PyTorch scan (and attention to PyTorch's SDPA). :func:`kernel` gives one function of the
+library or None; :func:`plain_inference` is the one rule for when an inference fast path may stand in
+for module calls (no autograd, no autocast).
 """
 
 from __future__ import annotations
@@ -160,6 +162,21 @@ def load() -> ctypes.CDLL:
             fn = getattr(lib, f"{name}_{suffix}")
             fn.argtypes, fn.restype = args, ctypes.c_int
     return lib
+
+
+@functools.cache  # a failed build is not retried on every call
+def kernel(name: str):
+    """The library's function ``name``, or None when no library builds here (the caller runs PyTorch)."""
+    try:
+        return getattr(load(), name)
+    except NativeBuildError:
+        return None
+
+
+def plain_inference(device_type: str) -> bool:
+    """Whether inference fast paths may stand in for module calls on ``device_type`` now: no autograd
+    (they write in place and record no graph) and no autocast (the modules would run in another dtype)."""
+    return not torch.is_grad_enabled() and not torch.is_autocast_enabled(device_type)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

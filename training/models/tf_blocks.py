@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from training.kernels import native
 from training.kernels.attention_cpu import attention_from_qkv
 from training.mamba import BiMamba
 from training.mamba.infer import hooked
@@ -50,18 +51,12 @@ class AttentionModule(nn.Module):
     def residual(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """``x + self(x)``. At inference (no autograd, no hooks) the output projection accumulates
         onto the residual (:func:`add_linear`; into ``x`` itself when ``inplace``)."""
-        if not fusable(x) or self.across_batch or self.training or hooked((self,)):
+        if not native.plain_inference(x.device.type) or self.across_batch or self.training or hooked((self,)):
             return x + self(x)
         a = self.attn
         qkv = F.linear(self.layernorm(x), a.in_proj_weight)  # the kernel adds the bias as it reads
         o = attention_from_qkv(qkv, a.num_heads, bias=a.in_proj_bias)
         return add_linear(x, o, a.out_proj.weight.t(), a.out_proj.bias, inplace)
-
-
-def fusable(x: torch.Tensor) -> bool:
-    """Whether the residual accumulations (:func:`add_linear`) may replace module calls here: no
-    autograd (in-place updates) and no autocast (its matmuls run in another dtype)."""
-    return not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
 
 
 def add_linear(s, y, weight_t, bias, inplace: bool = False) -> torch.Tensor:
@@ -167,7 +162,7 @@ class MambAttentionBlock(CheckpointableBlock):
         if attn is not None and self.attn_position == "before":
             s, owned = attn.residual(s, inplace=owned), True
         m = mamba(s)
-        if not fusable(s) or hooked((linear,)):
+        if not native.plain_inference(s.device.type) or hooked((linear,)):
             s = s + linear(m.transpose(1, 2)).transpose(1, 2)
         else:  # inference: the kernel-1 ConvTranspose1d as a matmul accumulated onto the residual
             s, owned = add_linear(s, m, linear.weight[:, :, 0], linear.bias, inplace=owned), True
