@@ -11,7 +11,7 @@ import torch
 from training.evaluation.protocol import resolve_mode
 from training.evaluation.segment_eval import SegmentEnhancer, enhance_segments, segment_plan
 from training.models import build_model
-from training.stft import mag_pha_istft, mag_pha_stft
+from training.stft import inverse_rms, mag_pha_istft, mag_pha_stft
 
 TINY = {"hidden": 4, "num_blocks": 1, "level_heads": 2, "middle_heads": 4}
 SEG = 1800  # 16 frames of hop 120: a valid RWSA length (the real one is 30,600 = 256 frames)
@@ -68,8 +68,8 @@ def test_matches_a_direct_loop_over_segments():
     wav[: SEG] *= 5.0  # a loud first segment: per-segment normalisation would differ
     got = enhance_segments(G, wav, SEG, batch=3)
     # the direct loop: normalise the whole utterance, each segment alone through the model
-    # (the same float32 formula as the contract: a random-init model's phase is chaotic in its input)
-    norm = float(torch.rsqrt(torch.from_numpy(wav).pow(2).mean()))
+    # (the contract's 1/RMS, `inverse_rms`: one ulp more or less flips phases of the first STFT frame)
+    norm = float(inverse_rms(torch.from_numpy(wav)))
     x = torch.from_numpy(wav) * norm
     n = len(wav)
     starts = list(range(0, n - SEG, SEG)) + [n - SEG]

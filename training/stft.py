@@ -41,6 +41,16 @@ class STFTSpec:
         return torch.hann_window(self.win, device=device, dtype=dtype)
 
 
+def inverse_rms(wav: torch.Tensor) -> torch.Tensor:
+    """``1 / RMS`` of ``wav [..., N]`` over its last axis, shape ``[..., 1]`` (float32, floored at 1e-5 RMS):
+    the papers' input normalisation at inference. Summed in float64, so the factor is the same float32
+    whatever the thread count: a factor one ulp apart changes the rounding noise in the imaginary parts
+    of the first STFT frame (a reflect-padded, symmetric frame: real up to rounding), whose phases then
+    flip between +pi and -pi at the model's input, and `evaluate` with 1 or 2 threads gave PESQ 4e-4
+    and SI-SDR 0.003 dB apart on a 16-file test set."""
+    return torch.rsqrt(wav.double().pow(2).mean(-1, keepdim=True).clamp_min(1e-10)).float()
+
+
 def mag_pha_stft(wav: torch.Tensor, spec: STFTSpec):
     """``wav[B, N]`` -> ``(mag[B,F,T], pha[B,F,T], com[B,F,T,2])`` with compressed magnitude."""
     x = torch.stft(

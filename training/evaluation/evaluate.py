@@ -87,7 +87,8 @@ def evaluate_testset(
     Two ways to run: ``enhancer_spec`` (`EnhancerSpec` fields as a dict) starts ``num_workers`` processes
     that each load the model and enhance *and* score whole files, so enhancement and metrics overlap
     and use every core; else ``enhance`` runs here (a GPU, a stop check between files) and
-    ``num_workers`` metric processes score (0: here). Either way the numbers are the same per file.
+    ``num_workers`` metric processes score (0: here). Either way the numbers are the same per file (to
+    float rounding: the enhancement does not depend on the thread count, `training.stft.inverse_rms`).
     ``identity`` (what is evaluated: checkpoint, step, mode, ...) turns on the per-file record
     ``<stem>.files.jsonl`` (`training.evaluation.file_record`): finished files are kept as they finish
     and a rerun of the same evaluation enhances only the others. Progress: a bar on a terminal

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from training.evaluation.inference import Enhancer
-from training.stft import mag_pha_istft, mag_pha_stft
+from training.stft import inverse_rms, mag_pha_istft, mag_pha_stft
 
 RWSA_SEGMENT = 30_600
 
@@ -60,7 +60,7 @@ def enhance_segments(G: torch.nn.Module, wav: torch.Tensor | np.ndarray, segment
     forward = forward or (lambda segs: _forward(G, segs))
     x = x.to(next(G.parameters()).device)
     n = x.shape[0]
-    norm = torch.rsqrt(x.pow(2).mean().clamp_min(1e-10))  # 1 / RMS of the whole utterance
+    norm = inverse_rms(x)  # 1 / RMS of the whole utterance, [1]
     xn = torch.nn.functional.pad(x * norm, (0, max(0, segment - n)))
     plan = segment_plan(n, segment)
     out = torch.zeros(max(n, segment), dtype=torch.float32)

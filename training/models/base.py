@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.stft import STFTSpec, mag_pha_istft, mag_pha_stft
+from training.stft import STFTSpec, inverse_rms, mag_pha_istft, mag_pha_stft
 
 
 class SpectralGenerator(nn.Module):
@@ -54,7 +54,7 @@ class SpectralGenerator(nn.Module):
         if squeeze:
             wav = wav[None]
         n = wav.shape[-1]
-        norm = torch.rsqrt(wav.pow(2).mean(-1, keepdim=True).clamp_min(1e-10))  # 1 / RMS
+        norm = inverse_rms(wav)
         hop, mult = self.stft.hop, self.frame_multiple
         frames = -(-n // hop) + 1  # frames of the hop-padded signal
         frames = -(-frames // mult) * mult
