@@ -54,7 +54,7 @@ EXAMPLES: dict[str, tuple] = {
     "data.batch_size=4 data.valid_limit=8 trainer.max_steps=3000 trainer.val_every=50 trainer.ckpt_every=50 "
     "trainer.pesq_workers=1 --workdir runs/learn": (RUN, [TINY, *SHORT], 0),
     # ---- sweep
-    "orchestrate sweep sweeps/demo.yaml": (RUN, [TINY, *SHORT, "eval.num_workers=1"], 0),
+    "orchestrate sweep sweeps/demo.yaml": (RUN, [TINY, *SHORT, "eval.num_workers=1", "launcher.max_parallel=2"], 0),
     "orchestrate sweep sweeps/rwsa_sizes.yaml --dry-run": (RUN, [], 2),  # plan shown, then the placeholders refused
     "orchestrate sweep sweeps/rwsa_sizes.yaml": (SKIP, CLUSTER),
     "orchestrate sweep sweeps/baselines.yaml trainer.max_steps=1000 --root /scratch/me/runs": (SKIP, CLUSTER),
