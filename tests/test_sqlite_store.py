@@ -27,7 +27,11 @@ def _contents(db: Path) -> dict:
     """Schema and rows, without what differs between any two stores (times, run ids and names)."""
     con = sqlite3.connect(db)
     try:
-        out = {"schema": sorted(r for r in con.execute("SELECT type, name, sql FROM sqlite_master") if r[1] != "sqlite_sequence")}
+        # a table's clauses in any order: MLflow's own migrations emit a table's CHECK constraints in an
+        # order that varies between two stores it builds in one process
+        out = {"schema": sorted((kind, name, sorted(x.strip().rstrip(",") for x in (sql or "").splitlines()))
+                                for kind, name, sql in con.execute("SELECT type, name, sql FROM sqlite_master")
+                                if name != "sqlite_sequence")}
         out["alembic"] = con.execute("SELECT version_num FROM alembic_version").fetchall()
         out["experiments"] = con.execute(
             "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments ORDER BY 1").fetchall()
