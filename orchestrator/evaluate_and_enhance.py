@@ -35,6 +35,7 @@ from common.rundir import (
 from orchestrator.errors import UserError
 from training.config import ConfigError
 from training.evaluation.evaluate import EnhancerSpec, evaluate_testset, unavailable_metrics_problem
+from training.evaluation.file_record import evaluation_identity
 from training.evaluation.inference import LoadedModel, load_generator
 from training.evaluation.metrics import REFERENCE_METRICS, check_metric_names
 from training.evaluation.protocol import enhancer_for
@@ -101,8 +102,7 @@ def evaluate(
     for ts in opened:
         log.info("evaluating %s on %s (%d files)", loaded.checkpoint, ts.name, len(ts))
         audio_dir = out_dir / f"{ts.name.replace('/', '_')}_enhanced" if save_audio else None
-        identity = {"checkpoint": str(loaded.checkpoint.resolve()), "step": loaded.step, "mode": enhancer.mode,
-                    "chunk_seconds": chunk_seconds, "overlap_seconds": overlap_seconds, "testset": str(ts.path)}
+        identity = evaluation_identity(loaded.checkpoint, loaded.step, enhancer, ts.path)
         spec = asdict(EnhancerSpec(str(loaded.checkpoint), eval_mode, chunk_seconds, overlap_seconds))
         summary = evaluate_testset(enhancer.enhance, ts, out_dir, metrics=metrics, num_workers=num_workers,
                                    save_audio_dir=audio_dir, limit=limit, identity=identity,

@@ -58,6 +58,19 @@ def test_end_of_job_metrics_equal_orchestrate_evaluate(mode, extra, cli, journey
     assert max(abs(whole["enhanced"][m] - at_end["enhanced"][m]) for m in at_end["enhanced"]) > 1e-3
 
 
+def test_orchestrate_evaluate_reuses_the_jobs_finished_files(journey_corpus, tmp_path, capsys):
+    """`orchestrate evaluate RUN --testset SET` on the test set the job evaluated at its end: the same
+    evaluation (`evaluation_identity`), so every file comes from the job's per-file record, nothing is
+    enhanced again, and the summary is the job's (before: the CLI described the checkpoint and protocol
+    differently, started the record over and replaced the job's summary)."""
+    run, at_end = _train(journey_corpus, tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--testset", str(journey_corpus / "test"), "--no-mlflow", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["resumed"] == again["n"] == 3
+    assert again["enhanced"] == at_end["enhanced"] and again["noisy"] == at_end["noisy"]
+
+
 def test_enhancement_does_not_depend_on_the_thread_count():
     """The job's evaluation enhances in its own process with the job's threads, `orchestrate evaluate
     --workers 2` in processes of one thread each: both must give the same audio. The input's 1/RMS

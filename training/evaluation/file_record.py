@@ -4,13 +4,15 @@ the end-of-job evaluation preempted) resumes without enhancing or scoring a fini
 
 Format (append-only JSON lines)::
 
-    {"evaluation": {"checkpoint", "step", "mode", "metrics", ...}}     # line 1: what was evaluated
+    {"evaluation": {"checkpoint", "step", "mode", ..., "testset", "metrics"}}   # line 1: `evaluation_identity`
     {"key": "u0", "error": null, "noisy": {metric row}, "enhanced": {metric row},
      "seconds": 3.0, "enhance_s": 0.41}                                # one line per finished file
 
 A file's line is written with one ``write`` of the whole line (O_APPEND) once the file is scored (or has
 failed), so a kill leaves at most one torn last line, which the next open drops. A record whose first line
-names another evaluation (other checkpoint, step, mode or metrics) is started over.
+names another evaluation (other checkpoint, step, protocol, test set or metrics) is started over. The
+end-of-job evaluation and `orchestrate evaluate` describe an evaluation with the same function
+(`evaluation_identity`), so either one resumes or reuses the other's finished files.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ import os
 from pathlib import Path
 
 from common.atomic import atomic_write_text
+
+
+def evaluation_identity(checkpoint: str | Path, step: int, enhancer, testset: str | Path) -> dict:
+    """What makes two evaluations the same: the checkpoint (path resolved) and its step, how files are
+    enhanced (``enhancer.protocol()``: the mode and its lengths in samples) and the test set (path
+    resolved); `evaluate_testset` adds the metrics."""
+    return {"checkpoint": str(Path(checkpoint).resolve()), "step": int(step), **enhancer.protocol(),
+            "testset": str(Path(testset).resolve())}
 
 
 class FileRecord:

@@ -97,6 +97,7 @@ def evaluate_after_training(cfg, workdir: str | Path, device, stop) -> int:
     Returns 0 when every test set is evaluated and logged, 75 when stopped, 2 for a bad test set."""
     from common.atomic import atomic_write_text
     from training.evaluation.evaluate import evaluate_testset
+    from training.evaluation.file_record import evaluation_identity
     from training.evaluation.inference import load_generator
     from training.evaluation.protocol import enhancer_for
     from training.evaluation.testsets import TestSetError, open_testset
@@ -137,8 +138,7 @@ def evaluate_after_training(cfg, workdir: str | Path, device, stop) -> int:
         try:
             summary = evaluate_testset(enhance, ts, out_dir, metrics=cfg.eval.metrics,
                                        num_workers=cfg.eval.num_workers, progress=False,
-                                       identity={"checkpoint": ckpt, "step": loaded.step, "mode": enhancer.mode,
-                                                 "testset": path})
+                                       identity=evaluation_identity(loaded.checkpoint, loaded.step, enhancer, ts.path))
         except EvaluationStopped as e:
             log.warning("evaluation stopped on %s: %s; exit %d to be requeued", ts.name, e, EXIT_PREEMPTED)
             _update_progress(workdir, "preempted")

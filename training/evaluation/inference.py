@@ -140,6 +140,10 @@ class Enhancer:
         self.seconds_processed = 0.0
         self.seconds_audio = 0.0
 
+    def protocol(self) -> dict:
+        """How files are enhanced, as a JSON-able dict (part of an evaluation's identity)."""
+        return {"mode": self.mode, "chunk_samples": self.chunk, "overlap_samples": self.overlap}
+
     def _enhance_chunk(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.enhance(x.to(self.device)).reshape(-1)
 

@@ -84,5 +84,8 @@ class SegmentEnhancer(Enhancer):
         super().__init__(model, device=device, bf16=bf16)
         self.segment = int(segment or getattr(model, "segment_samples", RWSA_SEGMENT))
 
+    def protocol(self) -> dict:
+        return {"mode": self.mode, "segment_samples": self.segment}
+
     def _enhance(self, wav: np.ndarray) -> np.ndarray:
         return enhance_segments(self.model, wav, self.segment)
