@@ -140,7 +140,11 @@ def _log_to_mlflow(loaded: LoadedModel, summary: dict, out_dir: Path, tracking_u
     if not cfg.mlflow.enabled or not loaded.mlflow_run_id:
         log.warning("no MLflow run recorded for %s: evaluation not logged to MLflow", loaded.checkpoint)
         return
-    log_summary(tracking_uri or cfg.mlflow.tracking_uri, loaded.mlflow_run_id, summary, out_dir, loaded.step)
+    # every file from an earlier record (the job's own evaluation, an interrupted run): the same numbers,
+    # already in MLflow unless that run stopped before logging them
+    reused = summary.get("resumed") == summary.get("n")
+    log_summary(tracking_uri or cfg.mlflow.tracking_uri, loaded.mlflow_run_id, summary, out_dir, loaded.step,
+                once=reused)
 
 
 def _walk_audio(folder: Path, out_dir: Path) -> tuple[list[Path], list[tuple[str, str]], set[Path]]:

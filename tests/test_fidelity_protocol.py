@@ -61,14 +61,21 @@ def test_end_of_job_metrics_equal_orchestrate_evaluate(mode, extra, cli, journey
 def test_orchestrate_evaluate_reuses_the_jobs_finished_files(journey_corpus, tmp_path, capsys):
     """`orchestrate evaluate RUN --testset SET` on the test set the job evaluated at its end: the same
     evaluation (`evaluation_identity`), so every file comes from the job's per-file record, nothing is
-    enhanced again, and the summary is the job's (before: the CLI described the checkpoint and protocol
-    differently, started the record over and replaced the job's summary)."""
+    enhanced again, the summary is the job's and MLflow gets no second point (before: the CLI described
+    the checkpoint and protocol differently, started the record over, replaced the job's summary and
+    logged it again)."""
+    from mlflow.tracking import MlflowClient
+
     run, at_end = _train(journey_corpus, tmp_path)
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--testset", str(journey_corpus / "test"), "--no-mlflow", "--json"]) == 0
+    assert main(["evaluate", str(run), "--testset", str(journey_corpus / "test"), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["resumed"] == again["n"] == 3
     assert again["enhanced"] == at_end["enhanced"] and again["noisy"] == at_end["noisy"]
+    # and the job's numbers are not logged a second time
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    assert len(client.get_metric_history(run_id, f"eval/{at_end['testset']}/n")) == 1
 
 
 def test_enhancement_does_not_depend_on_the_thread_count():
