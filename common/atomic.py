@@ -2,9 +2,10 @@
 
 Contract: the content goes to a temp file in the destination folder, is flushed and fsynced, gets the
 mode a plain ``open(path, "w")`` would give (``0o666 & ~umask``; ``mkstemp`` alone would leave 0600),
-and is renamed over ``path``; the folder is fsynced. A crash or an error at any point leaves either the
-old file or the new one under ``path``, never a partial one, and removes the temp file (except on
-SIGKILL, where a ``.NAME.*.tmp`` leftover may remain beside it).
+and is renamed over ``path`` (``exclusive``: hard-linked to it, never replacing a file there); the
+folder is fsynced. A crash or an error at any point leaves either the old file or the new one under
+``path``, never a partial one, and removes the temp file (except on SIGKILL, where a ``.NAME.*.tmp``
+leftover may remain beside it).
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class _WriteErrors:
         return getattr(self._f, name)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a binary temp file beside ``path``, then fsync, chmod to the umask, rename."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, exclusive: bool = False) -> Path:
+    """Call ``write(f)`` on a binary temp file beside ``path``, then fsync, chmod to the umask, rename.
+    ``exclusive``: hard-link it into place instead, so a file already at ``path`` (another process's)
+    stays and FileExistsError is raised; a file system without hard links raises its OSError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     short = os.fsdecode(os.fsencode(path.name)[:200])  # the temp name must fit too (255 bytes) for a long name
@@ -92,7 +95,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             f.flush()
             os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         if e.filename is None and e.errno is not None:  # name the file: "No space left on device" alone is not enough

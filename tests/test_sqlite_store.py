@@ -95,3 +95,13 @@ def test_other_uris_are_left_alone(tmp_path, use_cache):
     for uri in ("http://127.0.0.1:5000", "sqlite:///:memory:", "postgresql://u@h/db"):
         sqlite_store.ensure_sqlite_file(uri)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_made_meanwhile_by_another_process_stands(use_cache, tmp_path):
+    """The copy goes into place by a hard link (`atomic_write(..., exclusive=True)`): a store that
+    appeared after the existence check is kept byte for byte, and no temp file is left beside it."""
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"another process's store")
+    assert sqlite_store._link_copy(sqlite_store.empty_store_template(), db)
+    assert db.read_bytes() == b"another process's store"
+    assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"]

@@ -25,7 +25,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from common.atomic import file_mode, fsync_dir
+from common.atomic import atomic_write
 from common.cache import cache_dir
 
 log = logging.getLogger(__name__)
@@ -77,21 +77,12 @@ def _make_template(path: Path) -> None:
 
 def _link_copy(template: Path, db: Path) -> bool:
     """Copy ``template`` to ``db`` whole or not at all; True when ``db`` exists afterwards."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{db.name}.", suffix=".tmp", dir=db.parent)
+    data = template.read_bytes()
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(template.read_bytes())
-            f.flush()
-            os.fchmod(f.fileno(), file_mode())
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, db)
-        except FileExistsError:
-            return True  # another process made the store meanwhile: theirs stands
-        except OSError as e:
-            log.debug("MLflow store template not linked into %s: %s", db.parent, e)
-            return False
-        fsync_dir(db.parent)
-        return True
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        atomic_write(db, lambda f: f.write(data), exclusive=True)
+    except FileExistsError:
+        return True  # another process made the store meanwhile: theirs stands
+    except OSError as e:
+        log.debug("MLflow store template not linked into %s: %s", db.parent, e)
+        return False
+    return True

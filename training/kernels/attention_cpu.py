@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from training.kernels import native
 
 KERNEL_HEAD_SIZES = (4, 6, 8, 12, 16)
+KERNEL = "attn_forward_f32"
 
 
 def kernel_applies(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0) -> bool:
     """Whether the C kernel takes this input (else SDPA runs)."""
     return (dropout_p == 0.0 and qkv.device.type == "cpu" and qkv.dtype == torch.float32 and not qkv.requires_grad
-            and qkv.shape[-1] // 3 // heads in KERNEL_HEAD_SIZES and native.kernel("attn_forward_f32") is not None)
+            and qkv.shape[-1] // 3 // heads in KERNEL_HEAD_SIZES and native.kernel(KERNEL) is not None)
 
 
 def sdpa_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0, bias: torch.Tensor | None = None):
@@ -46,6 +47,7 @@ def attention_from_qkv(qkv: torch.Tensor, heads: int, dropout_p: float = 0.0, bi
     qkv = qkv.contiguous()
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
     out = torch.empty(s, length, c, dtype=torch.float32)
-    native.run_items(native.kernel("attn_forward_f32"), s * heads, (qkv.data_ptr(), None if b is None else b.data_ptr(), s, length, heads,
-                                            c // heads), (out.data_ptr(),))
+    native.run_items(native.kernel(KERNEL), s * heads,
+                     (qkv.data_ptr(), None if b is None else b.data_ptr(), s, length, heads, c // heads),
+                     (out.data_ptr(),))
     return out
