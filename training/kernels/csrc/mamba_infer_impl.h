@@ -26,23 +26,40 @@
 #define VW 4
 #endif
 typedef float vecf __attribute__((vector_size(VW * 4)));
-#define CH 32 /* time steps per chunk */
+#define CH 36 /* time steps per chunk: a multiple of the projections' 6-row tiles (32 = 5 x 6 + 2 ran 2 rows at
+               * a time: ~9 % slower on the mambattention layer) */
 
 static inline vecf vload(const float *p) { vecf v; memcpy(&v, p, sizeof v); return v; }
 static inline void vstore(float *p, vecf v) { memcpy(p, &v, sizeof v); }
 
-/* One tile of C: RT rows x NV vectors of columns from column c, over all Kd (the RT x NV sums in
- * registers: 12 of 16 on AVX2 with 6 x 2, enough independent FMA chains to fill both FMA pipes). */
+/* The projections read their weights packed in panels of PW columns: panel q holds columns
+ * [q PW, (q + 1) PW) of all Kd rows, row after row (Kd x PW floats, contiguous). A column block of a
+ * row-major weight would be read with a stride of its row length, often a power of two (in_proj:
+ * 2 E floats), whose rows share a few L1 sets and evict each other; a panel is one contiguous run
+ * (mambattention's BiMamba, 12 x 1601 steps, 1 thread, AVX2: 122 -> 117 ms; with 36-step chunks
+ * instead of 32 as well: 135 -> 117 ms). */
+#define PW 16
+
+/* Wp <- the panels of W (Kd x Nc, row stride ldw), Nc a multiple of PW. */
+static void pack_panels(const float *restrict W, long ldw, long Kd, long Nc, float *restrict Wp) {
+    for (long q = 0; q < Nc / PW; q++)
+        for (long k = 0; k < Kd; k++) memcpy(Wp + (q * Kd + k) * PW, W + k * ldw + q * PW, PW * sizeof(float));
+}
+
+/* One tile of C: RT rows x NV vectors of columns, over all Kd (the RT x NV sums in registers: 12 of
+ * 16 on AVX2 with 6 x 2, enough independent FMA chains to fill both FMA pipes). Vector v of row k
+ * of the weight is at W + v vs + k PW (in the packed panels; vs = VW within a panel on AVX2, a
+ * whole panel on AVX-512, whose vectors are PW wide). */
 #define GEMM_TILE(RT, NV)                                                                              \
     static inline void gemm_tile_##RT##_##NV(const float *restrict A, long lda, long Kd,               \
-                                             const float *restrict W, long ldw, const float *restrict bias, \
-                                             float *restrict C, long ldc, long c) {                    \
+                                             const float *restrict W, long vs, const float *restrict bias, \
+                                             float *restrict C, long ldc) {                            \
         vecf s[RT][NV];                                                                                \
         _Pragma("GCC unroll 8") for (int i = 0; i < RT; i++)                                           \
             _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) s[i][v] = (vecf){0};                 \
         for (long k = 0; k < Kd; k++) {                                                                \
             vecf w[NV];                                                                                \
-            _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) w[v] = vload(W + k * ldw + c + v * VW); \
+            _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) w[v] = vload(W + v * vs + k * PW);   \
             _Pragma("GCC unroll 8") for (int i = 0; i < RT; i++) {                                     \
                 float a = A[i * lda + k];                                                              \
                 _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) s[i][v] += a * w[v];              \
@@ -50,8 +67,8 @@ static inline void vstore(float *p, vecf v) { memcpy(p, &v, sizeof v); }
         }                                                                                              \
         _Pragma("GCC unroll 8") for (int i = 0; i < RT; i++)                                           \
             _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) {                                     \
-                if (bias) s[i][v] += vload(bias + c + v * VW);                                         \
-                vstore(C + i * ldc + c + v * VW, s[i][v]);                                             \
+                if (bias) s[i][v] += vload(bias + v * VW);                                             \
+                vstore(C + i * ldc + v * VW, s[i][v]);                                                 \
             }                                                                                          \
     }
 GEMM_TILE(6, 2)
@@ -61,24 +78,28 @@ GEMM_TILE(6, 1)
 GEMM_TILE(4, 1)
 GEMM_TILE(1, 1)
 
-/* C[r, c] = sum_k A[r, k] W[k, c] (+ bias[c]) for r < M, c < Nc (Nc a multiple of 16, so of VW).
- * Column blocks outer (a block of W stays in L1 for all rows), tiles of rows inner. Each sum runs
- * over k in order, then adds the bias: the same float32 result whatever the tiling. (Tiles of 4 rows
- * with rows outer reached 41-64 GFLOP/s on AVX2 at these shapes, 6-row tiles 75-91, of ~93 peak.) */
-static void gemm_rows_f32(const float *restrict A, long lda, long M, long Kd, const float *restrict W, long ldw,
-                          long Nc, const float *restrict bias, float *restrict C, long ldc) {
+/* C[r, c] = sum_k A[r, k] W[k, c] (+ bias[c]) for r < M, c < Nc (Nc a multiple of PW), W in panels
+ * (Wp, pack_panels). Column blocks outer (a block of W stays in L1 for all rows), tiles of rows
+ * inner. Each sum runs over k in order, then adds the bias: the same float32 result whatever the
+ * tiling. (Tiles of 4 rows with rows outer reached 41-64 GFLOP/s on AVX2 at these shapes, 6-row
+ * tiles 75-91, of ~93 peak; the caller's chunks are a multiple of 6 rows.) */
+static void gemm_rows_f32(const float *restrict A, long lda, long M, long Kd, const float *restrict Wp, long Nc,
+                          const float *restrict bias, float *restrict C, long ldc) {
+    long vs = VW < PW ? VW : Kd * PW; /* from a tile's first vector to its second */
     long c = 0;
     for (; c + 2 * VW <= Nc; c += 2 * VW) {
+        const float *W = Wp + c / PW * Kd * PW + c % PW, *bc = bias ? bias + c : NULL;
         long r = 0;
-        for (; r + 6 <= M; r += 6) gemm_tile_6_2(A + r * lda, lda, Kd, W, ldw, bias, C + r * ldc, ldc, c);
-        for (; r + 4 <= M; r += 4) gemm_tile_4_2(A + r * lda, lda, Kd, W, ldw, bias, C + r * ldc, ldc, c);
-        for (; r < M; r++) gemm_tile_1_2(A + r * lda, lda, Kd, W, ldw, bias, C + r * ldc, ldc, c);
+        for (; r + 6 <= M; r += 6) gemm_tile_6_2(A + r * lda, lda, Kd, W, vs, bc, C + r * ldc + c, ldc);
+        for (; r + 4 <= M; r += 4) gemm_tile_4_2(A + r * lda, lda, Kd, W, vs, bc, C + r * ldc + c, ldc);
+        for (; r < M; r++) gemm_tile_1_2(A + r * lda, lda, Kd, W, vs, bc, C + r * ldc + c, ldc);
     }
     for (; c < Nc; c += VW) {
+        const float *W = Wp + c / PW * Kd * PW + c % PW, *bc = bias ? bias + c : NULL;
         long r = 0;
-        for (; r + 6 <= M; r += 6) gemm_tile_6_1(A + r * lda, lda, Kd, W, ldw, bias, C + r * ldc, ldc, c);
-        for (; r + 4 <= M; r += 4) gemm_tile_4_1(A + r * lda, lda, Kd, W, ldw, bias, C + r * ldc, ldc, c);
-        for (; r < M; r++) gemm_tile_1_1(A + r * lda, lda, Kd, W, ldw, bias, C + r * ldc, ldc, c);
+        for (; r + 6 <= M; r += 6) gemm_tile_6_1(A + r * lda, lda, Kd, W, vs, bc, C + r * ldc + c, ldc);
+        for (; r + 4 <= M; r += 4) gemm_tile_4_1(A + r * lda, lda, Kd, W, vs, bc, C + r * ldc + c, ldc);
+        for (; r < M; r++) gemm_tile_1_1(A + r * lda, lda, Kd, W, vs, bc, C + r * ldc + c, ldc);
     }
 }
 
@@ -232,8 +253,14 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
     (void)nb;
     long dmp = (dm + 15) / 16 * 16;
     long nfl = CH * dm + (K - 1 + CH) * E + 5 * CH * E + CH * P + CH * dmp + N * E + CH * N * BLOCK;
-    float *mem = calloc(nfl, sizeof(float));
+    long nw = dm * 2 * E + E * P + R * E + E * dmp;
+    float *mem = calloc(nfl + nw, sizeof(float));
     if (!mem) return -1;
+    float *pin = mem + nfl, *px = pin + dm * 2 * E, *pdt = px + E * P, *pout = pdt + R * E;
+    pack_panels(winT, 2 * E, dm, 2 * E, pin);
+    pack_panels(wxT, P, E, P, px);
+    pack_panels(wdtT, E, R, E, pdt);
+    pack_panels(woT, dmp, E, dmp, pout);
     float *xn = mem, *xh = xn + CH * dm, *z = xh + (K - 1 + CH) * E, *u = z + CH * E, *dt = u + CH * E;
     float *y = dt + CH * E, *gate = y + CH * E, *xd = gate + CH * E, *ob = xd + CH * P, *state = ob + CH * dmp;
     float *eb = state + N * E;
@@ -259,8 +286,8 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
             }
             /* in_proj: x part after the K - 1 carried rows, z part */
             float *xc = xh + (K - 1) * E;
-            gemm_rows_f32(xn, dm, m, dm, winT, 2 * E, E, bin, xc, E);
-            gemm_rows_f32(xn, dm, m, dm, winT + E, 2 * E, E, bin ? bin + E : NULL, z, E);
+            gemm_rows_f32(xn, dm, m, dm, pin, E, bin, xc, E);
+            gemm_rows_f32(xn, dm, m, dm, pin + E * dm, E, bin ? bin + E : NULL, z, E);
             /* causal conv + SiLU: row k of u reads rows k .. k + K - 1 of xh */
             for (long k = 0; k < m; k++) {
                 long q0 = t0 + k - K + 1 < 0 ? K - 1 - t0 - k : 0; /* taps before the start are skipped */
@@ -280,8 +307,8 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
 #endif
             memmove(xh, xh + m * E, (K - 1) * E * sizeof(float)); /* keep the last K - 1 rows */
             /* x_proj -> (dt rank, B, C); dt_proj; softplus(dt + bias); gate = silu(z) */
-            gemm_rows_f32(u, E, m, E, wxT, P, P, NULL, xd, P);
-            gemm_rows_f32(xd, P, m, R, wdtT, E, E, NULL, dt, E);
+            gemm_rows_f32(u, E, m, E, px, P, NULL, xd, P);
+            gemm_rows_f32(xd, P, m, R, pdt, E, NULL, dt, E);
             for (long k = 0; k < m; k++)
                 for (long d = 0; d < E; d++) dt[k * E + d] += dtb[d];
 #if defined(__AVX512F__)
@@ -315,7 +342,7 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
                 scan_block_f32(m, N, E, P, R, o, dt, u, xd, At, D, gate, state, y, eb);
             }
             /* out_proj (+ residual), rows back in sequence order */
-            gemm_rows_f32(y, E, m, E, woT, dmp, dmp, NULL, ob, dmp);
+            gemm_rows_f32(y, E, m, E, pout, dmp, NULL, ob, dmp);
             for (long k = 0; k < m; k++) {
                 long tt = reverse ? L - 1 - (t0 + k) : t0 + k;
                 const float *xr = x + (b * L + tt) * dm, *ok = ob + k * dmp;
@@ -332,4 +359,5 @@ int mamba_infer_f32(const float *restrict x, const float *restrict normw, float 
 }
 
 #undef CH
+#undef PW
 #undef VW
