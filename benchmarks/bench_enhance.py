@@ -49,8 +49,17 @@ projections' 6-row tiles and the decay's integer scaling). The scan is about hal
 and 8 lanes 9 operations on the two FMA pipes (the decay's product and degree-5 polynomial, the
 input term, the update, the read-out) where the limit grants 6; timed without the decays'
 exponential (a timing probe, not a result) the layer takes 84 ms. The mambattention layer (d_model
-64, d_inner 128, 1601 steps) is at 1.8x: perf gives its projections 48 % of the time, the scan 36 %,
-the rest (causal conv, SiLU, softplus, gate, RMSNorm, residual) 16 %. The
+64, d_inner 256, 1601 steps) was at 1.8x with its projections at about half the sgemm rate: each
+column block of in_proj's transposed weight was read with a 1 KB row stride, so its 64 rows shared 4
+L1 sets and evicted each other, and chunks of 32 steps left 2 rows to run one at a time. With the
+weights packed in contiguous 16-column panels and 36-step chunks (6-row tiles only), the same
+outputs bit for bit: BiMamba, 12 x 1601 steps, 1 thread, 135 -> 117 ms; the projections now run at
+the sgemm rate (43 % of the layer), the scan takes 38 % (~2.2x its MACs), the element-wise rest
+(causal conv, SiLU, softplus, gate, RMSNorm, residual) 19 %. Whole model, 10 s: ratio 1.58 -> 1.52
+(CPU-time 1.57 -> 1.51); 60 s: 1.52 (CPU-time 1.50). Tried and measured without gain: the AVX2
+scan in two passes of 8 states (no spills), its read-out in two partial sums, the decays' rounding by
+a magic-number add instead of round + convert, division-free SiLU and gate (reciprocal estimate +
+Newton step), x_proj padded to 8 columns instead of 16 (~1 % of the layer). The
 attention kernel's AVX2 path is at 1.8x its limit on mambattention's time axis (dh 8) and 3.3x
 at rwsa-xs level 1 (dh 4: one exponential per score costs more than the 8 MACs the limit grants
 it). For rwsa-xs (Mamba ~72 % of the MACs, the rest 4-48-channel convolutions, norms and layout
