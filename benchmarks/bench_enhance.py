@@ -59,7 +59,8 @@ the sgemm rate (43 % of the layer), the scan takes 38 % (~2.2x its MACs), the el
 (CPU-time 1.57 -> 1.51); 60 s: 1.52 (CPU-time 1.50). Tried and measured without gain: the AVX2
 scan in two passes of 8 states (no spills), its read-out in two partial sums, the decays' rounding by
 a magic-number add instead of round + convert, division-free SiLU and gate (reciprocal estimate +
-Newton step), x_proj padded to 8 columns instead of 16 (~1 % of the layer). The
+Newton step); x_proj padded to 8 columns instead of 16 gained ~1 % of the layer, not worth a
+padding rule that depends on the vector width. The
 attention kernel's AVX2 path is at 1.8x its limit on mambattention's time axis (dh 8) and 3.3x
 at rwsa-xs level 1 (dh 4: one exponential per score costs more than the 8 MACs the limit grants
 it). For rwsa-xs (Mamba ~72 % of the MACs, the rest 4-48-channel convolutions, norms and layout
