@@ -50,7 +50,7 @@ and 8 lanes 9 operations on the two FMA pipes (the decay's product and degree-5 
 input term, the update, the read-out) where the limit grants 6; timed without the decays'
 exponential (a timing probe, not a result) the layer takes 84 ms. The mambattention layer (d_model
 64, d_inner 256, 1601 steps) was at 1.8x with its projections at about half the sgemm rate: each
-column block of in_proj's transposed weight was read with a 1 KB row stride, so its 64 rows shared 4
+column block of in_proj's transposed weight was read with a 2 KB row stride, so its 64 rows shared 2
 L1 sets and evicted each other, and chunks of 32 steps left 2 rows to run one at a time. With the
 weights packed in contiguous 16-column panels and 36-step chunks (6-row tiles only), the same
 outputs bit for bit: BiMamba, 12 x 1601 steps, 1 thread, 135 -> 117 ms; the projections now run at
